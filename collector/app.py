@@ -1,0 +1,232 @@
+"""Wire the collector together and run it: store, rules, gRPC, HTTP, timers, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from alerts.rules import RuleFileError, RuleSet, default_rules, load_rules
+from collector import tickets
+from collector.committer import Committer
+from collector.config import CollectorConfig, parse_hostport
+from collector.exposition import AgentSeriesCollector
+from collector.http import build_app
+from collector.pipeline import Pipeline
+from collector.selfmetrics import CollectorMetrics, TicketCountCollector
+from collector.server import CollectorService
+from collector.state import LiveState
+from collector.store import Store
+from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "tripline.v1.Collector"
+
+
+def grpc_server_options(config: CollectorConfig) -> list[tuple[str, int]]:
+    # Agents ping every 30 s; allow pings down to 10 s apart without calls so a
+    # client's keepalive never earns a GOAWAY "too_many_pings".
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 5),
+    ]
+
+
+def load_rule_set(path: Path | None) -> RuleSet:
+    return default_rules() if path is None else load_rules(path)
+
+
+def series_window(rules: RuleSet) -> float:
+    """History to keep per series: the longest rule window, at least 15 minutes."""
+    longest = max((r.window.over for r in rules.threshold_rules if r.window), default=0.0)
+    return max(900.0, longest + 60.0)
+
+
+class CollectorApp:
+    def __init__(self, config: CollectorConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.rules = load_rule_set(config.rules)
+        self.registry = CollectorRegistry()
+        self.metrics = CollectorMetrics(self.registry)
+        self.store = Store(config.effective_database_url)
+        self.state = LiveState(window=series_window(self.rules))
+        self.grpc_port = 0
+        self.http_port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: aio.Server | None = None
+        self._http: uvicorn.Server | None = None
+        self._health = health.aio.HealthServicer()
+
+    async def start(self) -> None:
+        config = self.config
+        if config.database_url is None:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(
+            self.store.migrate, lambda line: log.info(line, extra={"phase": "migrate"})
+        )
+        now = self.clock()
+        for customer, token in config.customers.items():
+            await asyncio.to_thread(self.store.ensure_enrollment_token, customer, token, now)
+        self.committer = Committer(self.store, self.metrics)
+        self.pipeline = Pipeline(
+            store=self.store,
+            state=self.state,
+            rules=self.rules,
+            config=config,
+            metrics=self.metrics,
+            committer=self.committer,
+            clock=self.clock,
+        )
+        await asyncio.to_thread(self.pipeline.restore, now)
+        self.registry.register(AgentSeriesCollector(self.state, self.pipeline.is_up))
+        self.registry.register(TicketCountCollector(self._ticket_counts))
+        self.service = CollectorService(self.pipeline, config, self.metrics)
+
+        self._server = aio.server(options=grpc_server_options(config))
+        pb_grpc.add_CollectorServicer_to_server(self.service, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        host, port = parse_hostport(config.listen, "listen")
+        self.grpc_port = self._server.add_insecure_port(f"{_bracket(host)}:{port}")
+        await self._server.start()
+
+        http_host, http_port = parse_hostport(config.http_listen, "http_listen")
+        app = build_app(self.registry, self._ready)
+        self._http = _EmbeddedUvicorn(
+            uvicorn.Config(app, host=http_host, port=http_port, log_level="warning", lifespan="off")
+        )
+        self._tasks.append(asyncio.create_task(self._http.serve()))
+        while not self._http.started:
+            if self._tasks[-1].done():
+                self._tasks[-1].result()  # raises the bind error
+            await asyncio.sleep(0.01)
+        self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
+
+        self._tasks.append(asyncio.create_task(self.committer.run()))
+        self._tasks.append(asyncio.create_task(self._ticker()))
+        await self._set_health(True)
+        log.info(
+            "collector ready",
+            extra={
+                "grpc": f"{host}:{self.grpc_port}",
+                "http": f"{http_host}:{self.http_port}",
+                "database": _redact(config.effective_database_url),
+                "rules": str(config.rules or "default rules"),
+                "rule_count": len(self.rules.rules),
+                "agents": len(self.state.agents),
+            },
+        )
+
+    def reload_rules(self) -> bool:
+        """SIGHUP: load the rule file again; on error keep the old rules and say why."""
+        try:
+            rules = load_rule_set(self.config.rules)
+        except RuleFileError as exc:
+            self.metrics.rule_reloads.labels("error").inc()
+            log.error("rule reload failed, keeping the previous rules", extra={"error": str(exc)})
+            return False
+        self.pipeline.set_rules(rules)
+        self.state.window = series_window(rules)
+        self.metrics.rule_reloads.labels("ok").inc()
+        log.info("rules reloaded", extra={"rule_count": len(rules.rules)})
+        return True
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self._set_health(False)
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._http is not None:
+            self._http.should_exit = True
+        for task in self._tasks:
+            if task is not self._tasks[0]:
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.store.close()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.evaluation_interval)
+            try:
+                await self.pipeline.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The loop must survive anything; the failure is logged and counted.
+                self.metrics.evaluation_errors.inc()
+                log.exception("evaluation tick failed")
+            await self._set_health(self.committer.healthy)
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self._health.set("", status)
+        await self._health.set(SERVICE_NAME, status)
+
+    def _ready(self) -> tuple[bool, str]:
+        if not self.committer.healthy:
+            return False, "store unavailable"
+        return True, "ready"
+
+    def _ticket_counts(self) -> dict[tuple[str, str], int]:
+        with self.store.read() as conn:
+            return tickets.count_by_state(conn)
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside our loop: the collector owns signal handling, not uvicorn."""
+
+    def install_signal_handlers(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password, for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+async def serve(config: CollectorConfig) -> None:
+    """Run until SIGINT/SIGTERM; SIGHUP reloads rules."""
+    app = CollectorApp(config)
+    await app.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if hasattr(signal, "SIGHUP"):
+        loop.add_signal_handler(signal.SIGHUP, app.reload_rules)
+    await stop.wait()
+    log.info("collector stopping")
+    await app.stop()

@@ -1,0 +1,90 @@
+"""Group commit: many reports' effects in one store transaction.
+
+Each submitted unit of work runs inside its own SAVEPOINT of a shared transaction, so one
+failing unit rolls back alone while the others commit together. Callers await their own
+result; a report is acknowledged only after the transaction holding its effects commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection
+
+from collector.selfmetrics import CollectorMetrics
+from collector.store import Store, StoreUnavailable
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Unit(Generic[T]):
+    work: Callable[[Connection], T]
+    future: asyncio.Future[T] = field(repr=False)
+
+
+class Committer:
+    def __init__(self, store: Store, metrics: CollectorMetrics, max_batch: int = 500) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Unit[Any]] = asyncio.Queue()
+        self.healthy = True
+
+    async def submit(self, work: Callable[[Connection], T]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Unit(work, future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [unit for unit in batch if not unit.future.cancelled()]
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                results = await asyncio.to_thread(self._commit, batch)
+            except StoreUnavailable as exc:
+                self.healthy = False
+                self._metrics.store_errors.inc()
+                log.warning("store unavailable, batch not committed", extra={"error": str(exc)})
+                for unit in batch:
+                    if not unit.future.done():
+                        unit.future.set_exception(exc)
+                continue
+            self.healthy = True
+            self._metrics.commit_seconds.observe(time.perf_counter() - started)
+            for unit, (ok, value) in zip(batch, results, strict=True):
+                if unit.future.done():
+                    continue
+                if ok:
+                    unit.future.set_result(value)
+                else:
+                    unit.future.set_exception(value)
+
+    def _commit(self, batch: list[_Unit[Any]]) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
+        with self._store.transaction() as conn:
+            for unit in batch:
+                savepoint = conn.begin_nested()
+                try:
+                    value = unit.work(conn)
+                except StoreUnavailable:
+                    savepoint.rollback()
+                    raise
+                except Exception as exc:  # one unit's failure must not sink the batch
+                    savepoint.rollback()
+                    results.append((False, exc))
+                else:
+                    savepoint.commit()
+                    results.append((True, value))
+        return results

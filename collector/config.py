@@ -1,0 +1,246 @@
+"""Configuration: frozen dataclasses built in one place from file, environment and flags.
+
+Precedence, lowest to highest: built-in defaults, the YAML config file, ``TRIPLINE_*``
+environment variables, command-line flags. Nothing below this module reads
+``os.environ``; everything else receives a finished config object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alerts.rules import parse_duration
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: names the key and the reason so a person can fix it."""
+
+    def __init__(self, key: str, reason: str, source: str = "") -> None:
+        self.key = key
+        self.reason = reason
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}config key '{key}': {reason}")
+
+
+def parse_hostport(text: str, key: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:7700`` for IPv6); raise ConfigError naming ``key``."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(key, f"expected HOST:PORT, got {text!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(key, f"port must be a number, got {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(key, f"port must be 0..65535, got {port}")
+    return host.strip("[]"), port
+
+
+@dataclass(frozen=True)
+class TicketSettings:
+    reopen_window: float = 3600.0
+    flap_count: int = 3
+    flap_window: float = 6 * 3600.0
+    escalate_tier1_after: float = 1800.0
+    escalate_tier2_after: float = 3600.0
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    listen: str = "127.0.0.1:7700"
+    http_listen: str = "127.0.0.1:7701"
+    data_dir: Path = Path("tripline-data")
+    database_url: str | None = None
+    rules: Path | None = None
+    # customer -> enrollment token accepted from agents (stored hashed on start)
+    customers: Mapping[str, str] = field(default_factory=dict)
+    interval: float = 10.0
+    inventory_interval: float = 3600.0
+    # an agent is offline after this much silence; None means 3 intervals
+    offline_after: float | None = None
+    evaluation_interval: float = 1.0
+    hello_timeout: float = 10.0
+    max_message_bytes: int = 4 * 2**20
+    max_samples_per_report: int = 10_000
+    tickets: TicketSettings = field(default_factory=TicketSettings)
+    log_format: str = "json"
+    log_level: str = "INFO"
+
+    @property
+    def effective_offline_after(self) -> float:
+        return self.offline_after if self.offline_after is not None else 3 * self.interval
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'tripline.db'}"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    collector: str = "127.0.0.1:7700"
+    enrollment_token: str | None = None
+    state_dir: Path = Path("tripline-agent")
+    site: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # until the collector's Welcome says otherwise
+    interval: float = 10.0
+    inventory_interval: float = 3600.0
+    spool_max_bytes: int = 64 * 2**20
+    collect_processes: bool = True
+    max_message_bytes: int = 4 * 2**20
+    backoff_initial: float = 0.5
+    backoff_max: float = 60.0
+    log_format: str = "json"
+    log_level: str = "INFO"
+
+
+_DURATION_KEYS = {
+    "interval",
+    "inventory_interval",
+    "offline_after",
+    "evaluation_interval",
+    "hello_timeout",
+    "reopen_window",
+    "flap_window",
+    "escalate_tier1_after",
+    "escalate_tier2_after",
+    "backoff_initial",
+    "backoff_max",
+}
+
+
+def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
+    """Convert one raw value (YAML, env string or flag) to the type of field ``key``."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(key, f"unknown key (known: {known})", source)
+    default = fields[key].default
+    if default is dataclasses.MISSING and fields[key].default_factory is not dataclasses.MISSING:
+        default = fields[key].default_factory()
+    if value is None:
+        return None
+    try:
+        if key in _DURATION_KEYS:
+            seconds = parse_duration(value)
+            if seconds <= 0:
+                raise ValueError("must be positive")
+            return seconds
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(f"expected true or false, got {value!r}")
+        if isinstance(default, int):
+            number = int(value)
+            if number <= 0:
+                raise ValueError("must be positive")
+            return number
+        if isinstance(default, Path) or key in {"rules"}:
+            return Path(str(value)).expanduser()
+        if isinstance(default, Mapping):
+            if isinstance(value, Mapping):
+                return {str(k): str(v) for k, v in value.items()}
+            raise ValueError(f"expected a mapping, got {value!r}")
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(key, str(exc), source) from None
+
+
+def _read_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}", str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", f"not valid YAML: {exc}", str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", "the file must hold a mapping of keys", str(path))
+    return data
+
+
+def _build(
+    cls: type,
+    *,
+    section: str,
+    path: Path | None,
+    environ: Mapping[str, str],
+    flags: Mapping[str, Any],
+) -> Any:
+    values: dict[str, Any] = {}
+    raw = _read_file(path)
+    file_values = raw.get(section, raw) if section in raw else raw
+    source = str(path) if path else ""
+    tickets_raw: dict[str, Any] = {}
+    for key, value in file_values.items():
+        if key == "tickets" and cls is CollectorConfig:
+            if not isinstance(value, dict):
+                raise ConfigError("tickets", "expected a mapping", source)
+            tickets_raw = value
+            continue
+        values[key] = _coerce(cls, key, value, source)
+    prefix = f"TRIPLINE_{section.upper()}_"
+    for name, value in environ.items():
+        if name.startswith(prefix):
+            key = name[len(prefix) :].lower()
+            values[key] = _coerce(cls, key, value, f"environment {name}")
+    for key, value in flags.items():
+        if value is not None:
+            values[key] = _coerce(cls, key, value, "command line")
+    if tickets_raw:
+        tickets = {k: _coerce(TicketSettings, k, v, source) for k, v in tickets_raw.items()}
+        values["tickets"] = TicketSettings(**tickets)
+    return cls(**values)
+
+
+def load_collector_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> CollectorConfig:
+    config: CollectorConfig = _build(
+        CollectorConfig,
+        section="collector",
+        path=path,
+        environ=os.environ if environ is None else environ,
+        flags=flags or {},
+    )
+    parse_hostport(config.listen, "listen")
+    parse_hostport(config.http_listen, "http_listen")
+    if config.log_format not in {"json", "text"}:
+        raise ConfigError("log_format", f"expected json or text, got {config.log_format!r}")
+    return config
+
+
+def load_agent_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    config: AgentConfig = _build(
+        AgentConfig,
+        section="agent",
+        path=path,
+        environ=os.environ if environ is None else environ,
+        flags=flags or {},
+    )
+    parse_hostport(config.collector, "collector")
+    if config.log_format not in {"json", "text"}:
+        raise ConfigError("log_format", f"expected json or text, got {config.log_format!r}")
+    return config

@@ -1,0 +1,269 @@
+"""The gRPC servicer: authenticate, decode, call the pipeline, encode. Nothing else.
+
+Each Connect stream has one writer (this handler) draining an outgoing queue, and one
+reader task that applies reports in order and queues acks, so settings can be pushed
+and an older stream of the same agent closed without two tasks writing at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+
+from collector import convert
+from collector.config import CollectorConfig
+from collector.pipeline import Pipeline, Session
+from collector.selfmetrics import CollectorMetrics
+from collector.store import AgentRecord, EnrollmentRefused, StoreUnavailable
+from protos.tripline.v1 import tripline_pb2 as pb
+from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+# Agents wait at least this long before resending after UNAVAILABLE from a busy store.
+RETRY_AFTER_SECONDS = "5"
+
+
+@dataclass(frozen=True)
+class _Abort:
+    code: grpc.StatusCode
+    details: str
+    trailers: tuple[tuple[str, str], ...] = ()
+
+
+_END = object()
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.outgoing: asyncio.Queue[object] = asyncio.Queue()
+
+    def send(self, item: object) -> None:
+        self.outgoing.put_nowait(item)
+
+
+class CollectorService(pb_grpc.CollectorServicer):
+    def __init__(
+        self, pipeline: Pipeline, config: CollectorConfig, metrics: CollectorMetrics
+    ) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.metrics = metrics
+        self.streams: dict[str, _Stream] = {}
+
+    def settings(self) -> pb.Settings:
+        return pb.Settings(
+            interval_seconds=self.config.interval,
+            inventory_interval_seconds=self.config.inventory_interval,
+            collect_processes=True,
+        )
+
+    def push_settings(self) -> None:
+        """Send the current settings to every connected agent."""
+        message = pb.CollectorMessage(settings=self.settings())
+        for stream in self.streams.values():
+            stream.send(message)
+
+    async def Enroll(
+        self, request: pb.EnrollRequest, context: aio.ServicerContext
+    ) -> pb.EnrollResponse:
+        if not request.enrollment_token:
+            self.metrics.enrollments.labels("invalid").inc()
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "enrollment_token is empty: pass the "
+                "customer's token (tripline tokens create --customer NAME)"
+            )
+        hostname = request.host.hostname or "unknown"
+        try:
+            agent, credential = await asyncio.to_thread(
+                self.pipeline.store.enroll_agent,
+                request.enrollment_token,
+                hostname=hostname[:253],
+                site=request.site[:128],
+                inventory=convert.host_dict(request.host),
+                now=self.pipeline.clock(),
+            )
+        except EnrollmentRefused as exc:
+            self.metrics.enrollments.labels("refused").inc()
+            log.warning("enrollment refused", extra={"host": hostname, "reason": str(exc)})
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"enrollment refused: {exc}")
+        except StoreUnavailable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "store unavailable, retry later")
+        self.metrics.enrollments.labels("ok").inc()
+        live = self.pipeline.track(agent)
+        live.last_seen = self.pipeline.clock()
+        log.info(
+            "agent enrolled",
+            extra={"agent_id": agent.agent_id, "customer": agent.customer, "host": hostname},
+        )
+        return pb.EnrollResponse(
+            agent_id=agent.agent_id, credential=credential, customer=agent.customer
+        )
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[pb.AgentMessage],
+        context: aio.ServicerContext,
+    ) -> None:
+        agent = await self._authenticate(context)
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), self.config.hello_timeout)
+        except (TimeoutError, StopAsyncIteration):
+            self.metrics.reports_rejected.labels("failed_precondition").inc()
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no Hello within {self.config.hello_timeout:g}s of opening the stream",
+            )
+        if first.WhichOneof("kind") != "hello":
+            self.metrics.reports_rejected.labels("failed_precondition").inc()
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the first message on Connect must be Hello, got "
+                f"{first.WhichOneof('kind') or 'an empty message'}",
+            )
+        try:
+            hello = convert.decode_hello(first.hello)
+        except convert.InvalidMessage as exc:
+            self.metrics.reports_rejected.labels("invalid_argument").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            session = await self.pipeline.open_session(agent, hello)
+        except StoreUnavailable:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "store unavailable, retry later",
+                trailing_metadata=(("retry-after", RETRY_AFTER_SECONDS),),
+            )
+        stream = _Stream()
+        older = self.streams.get(agent.agent_id)
+        if older is not None:
+            older.send(
+                _Abort(grpc.StatusCode.ALREADY_EXISTS, "superseded by a newer stream of this agent")
+            )
+        self.streams[agent.agent_id] = stream
+        session.live.connected = True
+        self.metrics.streams_open.inc()
+        log.info(
+            "agent connected",
+            extra={
+                "agent_id": agent.agent_id,
+                "customer": agent.customer,
+                "instance_id": hello.instance_id,
+                "applied_seq": session.applied_seq,
+                "peer": context.peer(),
+            },
+        )
+        await context.write(
+            pb.CollectorMessage(
+                welcome=pb.Welcome(
+                    agent_id=agent.agent_id,
+                    customer=agent.customer,
+                    site=agent.site,
+                    settings=self.settings(),
+                    applied_seq=session.applied_seq,
+                )
+            )
+        )
+        reader = asyncio.create_task(self._read(request_iterator, session, stream))
+        try:
+            while True:
+                item = await stream.outgoing.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Abort):
+                    await context.abort(item.code, item.details, trailing_metadata=item.trailers)
+                await context.write(item)
+        finally:
+            reader.cancel()
+            self.metrics.streams_open.dec()
+            if self.streams.get(agent.agent_id) is stream:
+                del self.streams[agent.agent_id]
+                session.live.connected = False
+            log.info("agent disconnected", extra={"agent_id": agent.agent_id})
+
+    async def _read(
+        self,
+        requests: AsyncIterator[pb.AgentMessage],
+        session: Session,
+        stream: _Stream,
+    ) -> None:
+        try:
+            async for message in requests:
+                kind = message.WhichOneof("kind")
+                if kind != "report":
+                    self.metrics.reports_rejected.labels("failed_precondition").inc()
+                    stream.send(
+                        _Abort(
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            "Hello sent twice on one stream"
+                            if kind == "hello"
+                            else "empty AgentMessage: set hello or report",
+                        )
+                    )
+                    return
+                try:
+                    report = convert.decode_report(
+                        message.report,
+                        instance_id=session.instance_id,
+                        max_samples=self.config.max_samples_per_report,
+                    )
+                except convert.InvalidMessage as exc:
+                    self.metrics.reports_rejected.labels("invalid_argument").inc()
+                    log.warning(
+                        "report rejected",
+                        extra={"agent_id": session.agent.agent_id, "error": str(exc)},
+                    )
+                    trailers = (("tripline-rejected-seq", str(exc.seq)),) if exc.seq else ()
+                    stream.send(_Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailers))
+                    return
+                try:
+                    await self.pipeline.apply(session, report)
+                except StoreUnavailable:
+                    stream.send(
+                        _Abort(
+                            grpc.StatusCode.UNAVAILABLE,
+                            "store unavailable: report not applied, resend later",
+                            (("retry-after", RETRY_AFTER_SECONDS),),
+                        )
+                    )
+                    return
+                stream.send(pb.CollectorMessage(ack=pb.Ack(seq=report.seq)))
+        except asyncio.CancelledError:
+            raise
+        except aio.AioRpcError:
+            pass  # the client went away mid-read; the handler ends the stream
+        except Exception:
+            # Keep serving everyone else; this stream ends and the agent reconnects.
+            log.exception("stream failed", extra={"agent_id": session.agent.agent_id})
+            self.metrics.evaluation_errors.inc()
+            stream.send(_Abort(grpc.StatusCode.INTERNAL, "internal error; see collector log"))
+            return
+        stream.send(_END)
+
+    async def _authenticate(self, context: aio.ServicerContext) -> AgentRecord:
+        credential = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                credential = value[len("Bearer ") :]
+        if not credential:
+            self.metrics.reports_rejected.labels("unauthenticated").inc()
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing 'authorization: Bearer <agent credential>' metadata; enroll first",
+            )
+        try:
+            agent = await asyncio.to_thread(self.pipeline.store.authenticate, credential)
+        except StoreUnavailable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "store unavailable, retry later")
+        if agent is None:
+            self.metrics.reports_rejected.labels("unauthenticated").inc()
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "agent credential unknown or revoked: re-enroll the agent",
+            )
+        return agent

@@ -1,0 +1,112 @@
+"""Live state: every agent's latest values and a short window of points per series.
+
+Held in the collector's memory only; it is rebuilt from the agents' next reports after a
+restart. Times are the collector's clock (agent timestamps corrected by the offset
+measured at Hello), so windows and liveness never depend on an office PC's clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from alerts.engine import SeriesData
+
+Labels = tuple[tuple[str, str], ...]
+SeriesKey = tuple[str, Labels]
+
+
+@dataclass
+class AgentLive:
+    agent_id: str
+    customer: str
+    hostname: str
+    site: str
+    last_seen: float | None = None  # collector clock, last report received
+    last_collected_at: float | None = None  # agent clock, as sent
+    connected: bool = False
+    instance_id: str = ""
+    dropped_reports_total: int = 0
+    reports_applied: int = 0
+    # series key -> points (collector time, value), oldest first
+    series: dict[SeriesKey, deque[tuple[float, float]]] = field(default_factory=dict)
+    # keys present in the latest report: what is exposed and evaluated
+    current: set[SeriesKey] = field(default_factory=set)
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    def latest(self) -> Iterator[tuple[str, Labels, float]]:
+        for key in self.current:
+            points = self.series.get(key)
+            if points:
+                yield key[0], key[1], points[-1][1]
+
+    def value(self, name: str, **labels: str) -> float | None:
+        points = self.series.get((name, tuple(sorted(labels.items()))))
+        if points and (name, tuple(sorted(labels.items()))) in self.current:
+            return points[-1][1]
+        return None
+
+
+class LiveState:
+    """Agents by id. ``window`` bounds how much history a series keeps (seconds)."""
+
+    def __init__(self, window: float, max_points: int = 720) -> None:
+        self.window = window
+        self.max_points = max_points
+        self.agents: dict[str, AgentLive] = {}
+
+    def ensure(self, agent_id: str, *, customer: str, hostname: str, site: str) -> AgentLive:
+        live = self.agents.get(agent_id)
+        if live is None:
+            live = AgentLive(agent_id=agent_id, customer=customer, hostname=hostname, site=site)
+            self.agents[agent_id] = live
+        else:
+            live.hostname = hostname or live.hostname
+            live.site = site
+        return live
+
+    def forget(self, agent_id: str) -> None:
+        self.agents.pop(agent_id, None)
+
+    def record(
+        self,
+        live: AgentLive,
+        at: float,
+        samples: Iterable[tuple[str, Labels, float]],
+    ) -> None:
+        """Add one report's samples at collector time ``at``.
+
+        A point at the same time as the series' last one replaces it, so a report
+        re-applied after a failed commit does not count twice in a window.
+        """
+        horizon = at - self.window
+        current: set[SeriesKey] = set()
+        for name, labels, value in samples:
+            key = (name, labels)
+            current.add(key)
+            points = live.series.get(key)
+            if points is None:
+                points = live.series[key] = deque(maxlen=self.max_points)
+            if points and points[-1][0] >= at:
+                if points[-1][0] == at:
+                    points[-1] = (at, value)
+                continue  # out of order (late replay): the window keeps time order
+            points.append((at, value))
+            while points and points[0][0] < horizon:
+                points.popleft()
+        live.current = current
+        # Series gone from the agent (a USB disk unplugged) are forgotten once their
+        # last point leaves the window.
+        for key in [k for k, pts in live.series.items() if k not in current]:
+            points = live.series[key]
+            if not points or points[-1][0] < horizon:
+                del live.series[key]
+
+    def series_data(self, live: AgentLive) -> list[SeriesData]:
+        return [
+            SeriesData(metric=key[0], labels=key[1], points=tuple(live.series[key]))
+            for key in live.current
+            if key in live.series
+        ]

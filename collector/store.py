@@ -1,0 +1,482 @@
+"""The collector's storage: enrollment, agents, delivery bookkeeping and alert state.
+
+One SQLite file (WAL) by default, PostgreSQL by URL. Tickets live in `collector.tickets`,
+whose functions run on a connection from `Store.transaction()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import Connection, Engine, exc, select
+
+from alerts.engine import AlertKey, AlertState
+from collector import migrations
+from collector.database import READ_ONLY, find_outage, make_engine
+from collector.schema import agent_instances, agents, alert_states, enrollment_tokens
+
+
+class StoreError(Exception):
+    """Base of the store's named errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The database is locked, read-only, full or unreachable: answer UNAVAILABLE, retry later."""
+
+
+class EnrollmentRefused(StoreError):
+    def __init__(self, reason: str, token_id: int | None = None) -> None:
+        super().__init__(f"enrollment refused: {reason}")
+        self.reason = reason
+        self.token_id = token_id
+
+
+class EnrollmentTokenConflict(StoreError):
+    def __init__(self, customer: str, other_customer: str) -> None:
+        super().__init__(
+            f"this enrollment token already belongs to customer {other_customer!r}, "
+            f"not {customer!r}: give each customer its own token"
+        )
+        self.customer = customer
+        self.other_customer = other_customer
+
+
+class EnrollmentTokenNotFound(StoreError):
+    def __init__(self, token_id: int) -> None:
+        super().__init__(f"no enrollment token with id {token_id}")
+        self.token_id = token_id
+
+
+class AgentNotFound(StoreError):
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"no agent {agent_id!r}")
+        self.agent_id = agent_id
+
+
+class SeqAlreadyApplied(StoreError):
+    def __init__(self, agent_id: str, instance_id: str, seq: int, applied_seq: int) -> None:
+        super().__init__(
+            f"agent {agent_id} instance {instance_id}: report seq {seq} is not after the "
+            f"applied seq {applied_seq}; it must not be applied twice"
+        )
+        self.agent_id = agent_id
+        self.instance_id = instance_id
+        self.seq = seq
+        self.applied_seq = applied_seq
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    agent_id: str
+    customer: str
+    hostname: str
+    site: str
+    created_at: float
+    last_seen_at: float | None
+    revoked_at: float | None
+    inventory: dict[str, Any]
+    tags: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EnrollmentToken:
+    id: int
+    customer: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _agent(row: Any) -> AgentRecord:
+    values = {f.name: getattr(row, f.name) for f in fields(AgentRecord)}
+    return AgentRecord(**{**values, "inventory": dict(row.inventory), "tags": dict(row.tags)})
+
+
+def _token(row: Any) -> EnrollmentToken:
+    return EnrollmentToken(**{f.name: getattr(row, f.name) for f in fields(EnrollmentToken)})
+
+
+class Store:
+    """Storage behind a small interface; each method runs in its own transaction unless
+    given `conn=` (a connection from `transaction()`), so a caller can group several."""
+
+    def __init__(self, url: str, *, busy_timeout: float = 5.0) -> None:
+        self._engine = make_engine(url, busy_timeout=busy_timeout)
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> Store:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{data_dir / 'tripline.db'}")
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def migrate(self, progress: migrations.Progress | None = None) -> None:
+        with self._unavailable_on_outage():
+            migrations.migrate(self._engine, progress)
+
+    @contextmanager
+    def _unavailable_on_outage(self) -> Iterator[None]:
+        try:
+            yield
+        except exc.TimeoutError as error:
+            raise StoreUnavailable(f"database unavailable: {error}") from error
+        except exc.SQLAlchemyError as error:
+            outage = find_outage(error)
+            if outage is None:
+                raise
+            raise StoreUnavailable(f"database unavailable: {outage.orig}") from error
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction, committed when the block ends without an exception."""
+        with self._unavailable_on_outage(), self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only snapshot; writes through it are a bug (SQLite may refuse them)."""
+        with (
+            self._unavailable_on_outage(),
+            self._engine.connect().execution_options(**{READ_ONLY: True}) as conn,
+            conn.begin(),
+        ):
+            yield conn
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _write(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.transaction() as own:
+                yield own
+
+    @contextmanager
+    def _read(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.read() as own:
+                yield own
+
+    # -- enrollment and agents -------------------------------------------------------------
+
+    def create_enrollment_token(
+        self,
+        customer: str,
+        now: float,
+        expires_at: float | None = None,
+        *,
+        conn: Connection | None = None,
+    ) -> tuple[EnrollmentToken, str]:
+        """A new token for `customer`; the secret is returned once and stored only hashed."""
+        token = "tle_" + secrets.token_urlsafe(32)
+        return self.ensure_enrollment_token(customer, token, now, expires_at, conn=conn), token
+
+    def ensure_enrollment_token(
+        self,
+        customer: str,
+        token: str,
+        now: float,
+        expires_at: float | None = None,
+        *,
+        conn: Connection | None = None,
+    ) -> EnrollmentToken:
+        """Register a token chosen by the operator; idempotent for the same customer (a
+        revoked token stays revoked)."""
+        if not customer or not token or token != token.strip():
+            raise ValueError("customer and token must be non-empty, without surrounding spaces")
+        digest = _sha256(token)
+        query = select(enrollment_tokens).where(enrollment_tokens.c.token_hash == digest)
+        with self._write(conn) as c:
+            row = c.execute(query).one_or_none()
+            if row is None:
+                insert = enrollment_tokens.insert().values(
+                    customer=customer, token_hash=digest, created_at=now, expires_at=expires_at
+                )
+                try:
+                    # Collectors sharing PostgreSQL start with the same flags: one inserts.
+                    with c.begin_nested():
+                        c.execute(insert)
+                except exc.IntegrityError:
+                    pass
+                row = c.execute(query).one()
+            if row.customer != customer:
+                raise EnrollmentTokenConflict(customer, row.customer)
+            return _token(row)
+
+    def list_enrollment_tokens(
+        self, customer: str | None = None, *, conn: Connection | None = None
+    ) -> list[EnrollmentToken]:
+        query = select(enrollment_tokens).order_by(enrollment_tokens.c.id)
+        if customer is not None:
+            query = query.where(enrollment_tokens.c.customer == customer)
+        with self._read(conn) as c:
+            return [_token(row) for row in c.execute(query)]
+
+    def revoke_enrollment_token(
+        self, token_id: int, now: float, *, conn: Connection | None = None
+    ) -> None:
+        """Idempotent: revoking again keeps the first revocation time."""
+        with self._write(conn) as c:
+            row = c.execute(
+                select(enrollment_tokens.c.revoked_at).where(enrollment_tokens.c.id == token_id)
+            ).one_or_none()
+            if row is None:
+                raise EnrollmentTokenNotFound(token_id)
+            if row.revoked_at is None:
+                c.execute(
+                    enrollment_tokens.update()
+                    .where(enrollment_tokens.c.id == token_id)
+                    .values(revoked_at=now)
+                )
+
+    def enroll_agent(
+        self,
+        token: str,
+        *,
+        hostname: str,
+        site: str,
+        inventory: dict[str, Any],
+        now: float,
+        tags: dict[str, Any] | None = None,
+        conn: Connection | None = None,
+    ) -> tuple[AgentRecord, str]:
+        """Register a new agent for the token's customer; returns it and its credential
+        "<agent_id>.<secret>" (shown once, stored hashed)."""
+        with self._write(conn) as c:
+            row = c.execute(
+                select(enrollment_tokens).where(enrollment_tokens.c.token_hash == _sha256(token))
+            ).one_or_none()
+            if row is None:
+                raise EnrollmentRefused("unknown enrollment token")
+            if row.revoked_at is not None:
+                raise EnrollmentRefused(f"enrollment token {row.id} was revoked", row.id)
+            if row.expires_at is not None and row.expires_at <= now:
+                raise EnrollmentRefused(f"enrollment token {row.id} has expired", row.id)
+            agent_id = "agt_" + secrets.token_hex(8)
+            secret = secrets.token_urlsafe(32)
+            record = AgentRecord(
+                agent_id=agent_id,
+                customer=row.customer,
+                hostname=hostname,
+                site=site,
+                created_at=now,
+                last_seen_at=None,
+                revoked_at=None,
+                inventory=dict(inventory),
+                tags=dict(tags or {}),
+            )
+            c.execute(
+                agents.insert().values(
+                    agent_id=agent_id,
+                    customer=row.customer,
+                    hostname=hostname,
+                    site=site,
+                    credential_hash=_sha256(secret),
+                    enrollment_token_id=row.id,
+                    inventory=record.inventory,
+                    tags=record.tags,
+                    created_at=now,
+                )
+            )
+        return record, f"{agent_id}.{secret}"
+
+    def authenticate(
+        self, credential: str, *, conn: Connection | None = None
+    ) -> AgentRecord | None:
+        """The agent a credential belongs to; None if unknown, revoked or malformed."""
+        agent_id, dot, secret = credential.partition(".")
+        if not dot or not agent_id or not secret:
+            return None
+        with self._read(conn) as c:
+            row = c.execute(select(agents).where(agents.c.agent_id == agent_id)).one_or_none()
+        if row is None or row.revoked_at is not None:
+            return None
+        if not hmac.compare_digest(_sha256(secret), row.credential_hash):
+            return None
+        return _agent(row)
+
+    def get_agent(self, agent_id: str, *, conn: Connection | None = None) -> AgentRecord | None:
+        with self._read(conn) as c:
+            row = c.execute(select(agents).where(agents.c.agent_id == agent_id)).one_or_none()
+        return None if row is None else _agent(row)
+
+    def list_agents(
+        self, customer: str | None = None, *, conn: Connection | None = None
+    ) -> list[AgentRecord]:
+        query = select(agents).order_by(agents.c.customer, agents.c.hostname, agents.c.agent_id)
+        if customer is not None:
+            query = query.where(agents.c.customer == customer)
+        with self._read(conn) as c:
+            return [_agent(row) for row in c.execute(query)]
+
+    def revoke_agent(self, agent_id: str, now: float, *, conn: Connection | None = None) -> None:
+        """Idempotent: revoking again keeps the first revocation time."""
+        with self._write(conn) as c:
+            row = c.execute(
+                select(agents.c.revoked_at).where(agents.c.agent_id == agent_id)
+            ).one_or_none()
+            if row is None:
+                raise AgentNotFound(agent_id)
+            if row.revoked_at is None:
+                c.execute(
+                    agents.update().where(agents.c.agent_id == agent_id).values(revoked_at=now)
+                )
+
+    def update_inventory(
+        self,
+        agent_id: str,
+        hostname: str,
+        inventory: dict[str, Any],
+        now: float,
+        *,
+        conn: Connection | None = None,
+    ) -> None:
+        """Record what the agent said in its Hello; also marks it seen at `now`."""
+        with self._write(conn) as c:
+            updated = c.execute(
+                agents.update()
+                .where(agents.c.agent_id == agent_id)
+                .values(hostname=hostname, inventory=dict(inventory), last_seen_at=now)
+            ).rowcount
+            if updated == 0:
+                raise AgentNotFound(agent_id)
+
+    # -- delivery bookkeeping --------------------------------------------------------------
+
+    def applied_seq(
+        self, agent_id: str, instance_id: str, *, conn: Connection | None = None
+    ) -> int:
+        """The highest report seq applied for this agent instance, 0 when unknown."""
+        with self._read(conn) as c:
+            seq = c.scalar(
+                select(agent_instances.c.applied_seq).where(
+                    agent_instances.c.agent_id == agent_id,
+                    agent_instances.c.instance_id == instance_id,
+                )
+            )
+        return 0 if seq is None else int(seq)
+
+    def record_applied(
+        self,
+        conn: Connection,
+        agent_id: str,
+        instance_id: str,
+        seq: int,
+        *,
+        dropped_total: int,
+        now: float,
+    ) -> None:
+        """Mark report `seq` applied, in the transaction that applied its effects.
+
+        Raises SeqAlreadyApplied when `seq` is not past the stored one (gaps are fine: the
+        agent's spool may have dropped reports, counted in `dropped_total`).
+        """
+        where = (
+            agent_instances.c.agent_id == agent_id,
+            agent_instances.c.instance_id == instance_id,
+        )
+        row = conn.execute(
+            select(agent_instances.c.applied_seq).where(*where).with_for_update()
+        ).one_or_none()
+        if row is not None and seq <= row.applied_seq:
+            raise SeqAlreadyApplied(agent_id, instance_id, seq, row.applied_seq)
+        seen = conn.execute(
+            agents.update().where(agents.c.agent_id == agent_id).values(last_seen_at=now)
+        ).rowcount
+        if seen == 0:
+            raise AgentNotFound(agent_id)
+        if row is None:
+            conn.execute(
+                agent_instances.insert().values(
+                    agent_id=agent_id,
+                    instance_id=instance_id,
+                    applied_seq=seq,
+                    dropped_reports_total=dropped_total,
+                    first_seen_at=now,
+                    last_seen_at=now,
+                )
+            )
+        else:
+            conn.execute(
+                agent_instances.update()
+                .where(*where)
+                .values(applied_seq=seq, dropped_reports_total=dropped_total, last_seen_at=now)
+            )
+
+    def last_seen_all(self, *, conn: Connection | None = None) -> dict[str, float]:
+        """agent_id -> last_seen_at of every agent seen at least once and not revoked."""
+        query = select(agents.c.agent_id, agents.c.last_seen_at).where(
+            agents.c.last_seen_at.is_not(None), agents.c.revoked_at.is_(None)
+        )
+        with self._read(conn) as c:
+            return {row.agent_id: row.last_seen_at for row in c.execute(query)}
+
+    # -- alert state -----------------------------------------------------------------------
+
+    def load_alert_states(self, *, conn: Connection | None = None) -> dict[AlertKey, AlertState]:
+        with self._read(conn) as c:
+            rows = c.execute(select(alert_states)).all()
+        return {
+            AlertKey(
+                agent_id=row.agent_id,
+                rule=row.rule,
+                labels=tuple((str(k), str(v)) for k, v in json.loads(row.labels_json)),
+            ): AlertState(
+                phase=cast(Any, row.phase),
+                active_since=row.active_since,
+                firing_since=row.firing_since,
+                clear_since=row.clear_since,
+                value=row.value,
+                last_eval=row.last_eval,
+            )
+            for row in rows
+        }
+
+    def save_alert_states(
+        self, conn: Connection, changes: Mapping[AlertKey, AlertState | None]
+    ) -> None:
+        """Upsert each changed state; None deletes the key's row."""
+        for key, state in changes.items():
+            where = (
+                alert_states.c.agent_id == key.agent_id,
+                alert_states.c.rule == key.rule,
+                alert_states.c.labels_json == json.dumps([list(pair) for pair in key.labels]),
+            )
+            if state is None:
+                conn.execute(alert_states.delete().where(*where))
+                continue
+            values = {
+                "phase": state.phase,
+                "active_since": state.active_since,
+                "firing_since": state.firing_since,
+                "clear_since": state.clear_since,
+                "value": state.value,
+                "last_eval": state.last_eval,
+            }
+            if conn.execute(alert_states.update().where(*where).values(**values)).rowcount == 0:
+                conn.execute(
+                    alert_states.insert().values(
+                        agent_id=key.agent_id,
+                        rule=key.rule,
+                        labels_json=json.dumps([list(pair) for pair in key.labels]),
+                        **values,
+                    )
+                )

@@ -1,0 +1,188 @@
+"""Agent and collector in one process over real gRPC on loopback, real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc import aio
+
+from agent.runner import AgentRunner
+from agent.spool import Spool
+from agent.transport import EnrollmentFailed
+from collector.app import CollectorApp
+from collector.config import load_agent_config, load_collector_config
+from protos.tripline.v1 import tripline_pb2 as pb
+from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
+
+TOKEN = "tle_acme_integration_token"
+
+
+def collector_config(data_dir: Path, **flags: object):
+    return load_collector_config(
+        None,
+        environ={},
+        flags={
+            "listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            "data_dir": data_dir,
+            "customers": {"acme": TOKEN},
+            "interval": 1,
+            "evaluation_interval": 0.2,
+            **flags,
+        },
+    )
+
+
+def agent_config(state_dir: Path, port: int, token: str = TOKEN):
+    return load_agent_config(
+        None,
+        environ={},
+        flags={
+            "collector": f"127.0.0.1:{port}",
+            "enrollment_token": token,
+            "state_dir": state_dir,
+            "interval": 0.2,
+            "backoff_initial": 0.05,
+            "backoff_max": 0.5,
+            "collect_processes": False,
+        },
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_collector(data_dir: Path, **flags: object) -> AsyncIterator[CollectorApp]:
+    app = CollectorApp(collector_config(data_dir, **flags))
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(grace=0.1)
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], deadline: float = 15.0) -> None:
+    """Poll ``check`` until true or the deadline passes (no fixed sleeps)."""
+    end = time.monotonic() + deadline
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {deadline}s: {check}")
+        await asyncio.sleep(0.05)
+
+
+def test_agent_enrolls_streams_and_spool_drains(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_collector(tmp_path / "c") as app:
+            runner = AgentRunner(agent_config(tmp_path / "a", app.grpc_port))
+            stop = asyncio.Event()
+            task = asyncio.create_task(runner.run(stop))
+            await eventually(lambda: runner.transport.stats.acked_seq >= 3)
+            agents = app.store.list_agents()
+            assert [a.customer for a in agents] == ["acme"]
+            agent_id = agents[0].agent_id
+            instance = runner.spool.instance_id
+            assert app.store.applied_seq(agent_id, instance) >= 3
+            live = app.state.agents[agent_id]
+            assert live.value("memory_total_bytes") and live.value("memory_total_bytes") > 0
+            async with httpx.AsyncClient() as client:
+                body = (await client.get(f"http://127.0.0.1:{app.http_port}/metrics")).text
+            assert f'tripline_agent_up{{agent_id="{agent_id}"' in body
+            assert "tripline_memory_total_bytes{" in body
+            assert "tripline_collector_reports_applied_total" in body
+            stop.set()
+            await task
+            # everything the collector applied is gone from the spool; what is left
+            # (at most the reports collected after the last ack) is unacknowledged
+            spool = Spool(tmp_path / "a" / "spool.db")
+            applied = app.store.applied_seq(agent_id, instance)
+            assert all(seq > applied for seq, _ in spool.pending(0, 1000))
+            spool.close()
+
+    asyncio.run(scenario())
+
+
+def test_wrong_enrollment_token_is_refused_unauthenticated(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_collector(tmp_path / "c") as app:
+            async with aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+                stub = pb_grpc.CollectorStub(channel)
+                with pytest.raises(aio.AioRpcError) as err:
+                    await stub.Enroll(pb.EnrollRequest(enrollment_token="tle_wrong"))
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "enrollment refused" in (err.value.details() or "")
+            runner = AgentRunner(agent_config(tmp_path / "a", app.grpc_port, token="tle_wrong"))
+            with pytest.raises(EnrollmentFailed):
+                await runner.run(asyncio.Event())
+            assert app.store.list_agents() == []
+
+    asyncio.run(scenario())
+
+
+def test_connect_without_credential_or_hello_is_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_collector(tmp_path / "c") as app:
+            async with aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+                stub = pb_grpc.CollectorStub(channel)
+                call = stub.Connect(metadata=(("authorization", "Bearer agt_x.nope"),))
+                await call.write(pb.AgentMessage(hello=pb.Hello(instance_id="i")))
+                with pytest.raises(aio.AioRpcError) as err:
+                    await call.read()
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+                enrolled = await stub.Enroll(pb.EnrollRequest(enrollment_token=TOKEN))
+                meta = (("authorization", f"Bearer {enrolled.credential}"),)
+                call = stub.Connect(metadata=meta)
+                await call.write(
+                    pb.AgentMessage(report=pb.Report(instance_id="i", seq=1, collected_at_seconds=1))
+                )
+                with pytest.raises(aio.AioRpcError) as err:
+                    await call.read()
+                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert "first message on Connect must be Hello" in (err.value.details() or "")
+
+                # a malformed report is rejected with its seq; nothing from it is stored
+                call = stub.Connect(metadata=meta)
+                await call.write(
+                    pb.AgentMessage(hello=pb.Hello(instance_id="i", sent_at_seconds=time.time()))
+                )
+                welcome = await call.read()
+                assert welcome.welcome.agent_id == enrolled.agent_id
+                bad = pb.Report(instance_id="i", seq=1, collected_at_seconds=time.time())
+                bad.samples.add(name="cpu usage", value=1.0)
+                await call.write(pb.AgentMessage(report=bad))
+                with pytest.raises(aio.AioRpcError) as err:
+                    await call.read()
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "not a valid Prometheus name" in (err.value.details() or "")
+                assert ("tripline-rejected-seq", "1") in tuple(err.value.trailing_metadata() or ())
+                assert app.store.applied_seq(enrolled.agent_id, "i") == 0
+
+                # the collector keeps serving: a good report on a new stream is applied
+                call = stub.Connect(metadata=meta)
+                await call.write(
+                    pb.AgentMessage(hello=pb.Hello(instance_id="i", sent_at_seconds=time.time()))
+                )
+                await call.read()
+                good = pb.Report(instance_id="i", seq=1, collected_at_seconds=time.time())
+                good.samples.add(name="process_count", value=42)
+                await call.write(pb.AgentMessage(report=good))
+                ack = await call.read()
+                assert ack.ack.seq == 1
+                # the same seq again is acknowledged without being applied twice
+                await call.write(pb.AgentMessage(report=good))
+                assert (await call.read()).ack.seq == 1
+                await call.done_writing()
+                assert app.store.applied_seq(enrolled.agent_id, "i") == 1
+                assert app.metrics.reports_duplicate._value.get() == 1
+
+    asyncio.run(scenario())

@@ -1,0 +1,470 @@
+"""The storage contract, run on SQLite always and on PostgreSQL when the run has one."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, inspect, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from alerts.engine import AlertKey, AlertState
+from collector import migrations, schema, tickets
+from collector.store import (
+    AgentNotFound,
+    AgentRecord,
+    EnrollmentRefused,
+    EnrollmentTokenConflict,
+    EnrollmentTokenNotFound,
+    SeqAlreadyApplied,
+    Store,
+    StoreUnavailable,
+)
+
+T0 = 1_700_000_000.0
+
+# -- migrations ----------------------------------------------------------------------------
+
+
+def test_migrated_database_matches_the_schema_module(store: Store) -> None:
+    with store.read() as conn:
+        found = inspect(conn)
+        assert set(found.get_table_names()) == set(schema.metadata.tables)
+        for table in schema.metadata.tables.values():
+            assert {c["name"] for c in found.get_columns(table.name)} == set(table.columns.keys())
+        indexes = {ix["name"] for ix in found.get_indexes("tickets")}
+        assert "uq_tickets_active_problem" in indexes
+        assert migrations.current_version(conn) == len(migrations.MIGRATIONS)
+
+
+def test_migrate_reports_progress_then_nothing_when_up_to_date(store_url: str) -> None:
+    store = Store(store_url)
+    lines: list[str] = []
+    store.migrate(lines.append)
+    latest = len(migrations.MIGRATIONS)
+    assert lines == [
+        f"migration {m.version}/{latest}: {m.description}" for m in migrations.MIGRATIONS
+    ]
+    lines.clear()
+    store.migrate(lines.append)
+    assert lines == []
+    store.close()
+
+
+def test_database_newer_than_the_code_is_refused(store: Store) -> None:
+    with store.transaction() as conn:
+        conn.execute(
+            schema.schema_migrations.insert().values(
+                version=len(migrations.MIGRATIONS) + 6, description="from the future", applied_at=T0
+            )
+        )
+    with pytest.raises(migrations.DatabaseTooNew) as caught:
+        store.migrate()
+    assert (caught.value.db_version, caught.value.code_version) == (
+        len(migrations.MIGRATIONS) + 6,
+        len(migrations.MIGRATIONS),
+    )
+    assert f"version {caught.value.db_version}" in str(caught.value)
+
+
+def _add_notes(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE agents ADD COLUMN notes VARCHAR(200)"))
+    conn.execute(text("UPDATE agents SET notes = 'migrated ' || hostname"))
+    Table(
+        "sites", MetaData(), Column("id", Integer, primary_key=True), Column("name", String(50))
+    ).create(conn)
+
+
+def test_upgrade_from_v1_applies_the_next_step_and_keeps_data(
+    store: Store, agent: AgentRecord
+) -> None:
+    new = len(migrations.MIGRATIONS) + 1
+    steps = (
+        *migrations.MIGRATIONS,
+        migrations.Migration(new, "add agent notes and sites", _add_notes),
+    )
+    lines: list[str] = []
+    assert migrations.migrate(store.engine, lines.append, migrations=steps, now=T0) == new
+    assert lines == [f"migration {new}/{new}: add agent notes and sites"]
+    assert store.get_agent(agent.agent_id) == agent
+    with store.read() as conn:
+        assert conn.scalar(text("SELECT notes FROM agents")) == "migrated pc-01"
+        assert inspect(conn).has_table("sites")
+        assert migrations.current_version(conn) == new
+        applied = conn.execute(
+            select(schema.schema_migrations.c.version, schema.schema_migrations.c.applied_at)
+        ).all()
+    assert [tuple(r) for r in applied][-1] == (new, T0)
+    # The code that only knows version 1 now refuses this database.
+    with pytest.raises(migrations.DatabaseTooNew):
+        store.migrate()
+
+
+def _half_done(conn: Connection) -> None:
+    Table("half_done", MetaData(), Column("id", Integer, primary_key=True)).create(conn)
+    raise RuntimeError("step failed midway")
+
+
+def test_a_failing_migration_leaves_no_trace(store: Store) -> None:
+    known = len(migrations.MIGRATIONS)
+    steps = (*migrations.MIGRATIONS, migrations.Migration(known + 1, "fails midway", _half_done))
+    with pytest.raises(RuntimeError, match="midway"):
+        migrations.migrate(store.engine, migrations=steps)
+    with store.read() as conn:
+        assert not inspect(conn).has_table("half_done")
+        assert migrations.current_version(conn) == known
+
+
+def test_migration_list_must_be_numbered_in_order(store: Store) -> None:
+    gap = len(migrations.MIGRATIONS) + 2
+    steps = (*migrations.MIGRATIONS, migrations.Migration(gap, "skips one", _add_notes))
+    with pytest.raises(migrations.InvalidMigrationList):
+        migrations.migrate(store.engine, migrations=steps)
+
+
+# -- one active ticket per problem ---------------------------------------------------------
+
+
+def _raw_ticket(conn: Connection, agent_id: str, status: str) -> None:
+    conn.execute(
+        schema.tickets.insert().values(
+            problem_key="k" * 64, customer="acme", agent_id=agent_id, hostname="pc-01",
+            rule="DiskFull", labels={}, status=status, severity="warning", tier=1,
+            summary="disk full", value=0.95, context={}, opened_at=T0, tier_since=T0,
+            updated_at=T0, reopen_count=0, flapping=False, event_seq=0,
+        )
+    )  # fmt: skip
+
+
+def test_a_second_active_ticket_for_a_problem_violates_the_index(
+    store: Store, agent: AgentRecord
+) -> None:
+    with store.transaction() as conn:
+        _raw_ticket(conn, agent.agent_id, "resolved")
+        _raw_ticket(conn, agent.agent_id, "resolved")
+        _raw_ticket(conn, agent.agent_id, "open")
+    with pytest.raises(IntegrityError), store.transaction() as conn:
+        _raw_ticket(conn, agent.agent_id, "acknowledged")
+    with store.read() as conn:
+        assert (
+            conn.scalar(
+                select(schema.tickets.c.id).where(schema.tickets.c.status == "acknowledged")
+            )
+            is None
+        )
+
+
+# -- enrollment and agents -----------------------------------------------------------------
+
+
+def test_enrollment_binds_the_credential_to_agent_and_customer(store: Store) -> None:
+    record, token = store.create_enrollment_token("acme", now=T0, expires_at=T0 + 3600)
+    assert token.startswith("tle_")
+    assert not hasattr(record, "token") and not hasattr(record, "token_hash")
+    agent, credential = store.enroll_agent(
+        token, hostname="pc-01", site="hq", inventory={"os": "linux", "cpus": 4}, now=T0 + 10
+    )
+    assert agent.agent_id.startswith("agt_") and len(agent.agent_id) == 4 + 16
+    assert agent.customer == "acme" and agent.inventory == {"os": "linux", "cpus": 4}
+    assert credential.startswith(agent.agent_id + ".")
+    assert store.authenticate(credential) == agent
+    assert store.get_agent(agent.agent_id) == agent
+    other, other_credential = store.enroll_agent(
+        token, hostname="pc-02", site="hq", inventory={}, now=T0 + 20
+    )
+    assert other.agent_id != agent.agent_id
+    assert store.authenticate(other_credential) == other
+    with store.read() as conn:
+        stored = conn.execute(select(schema.agents.c.credential_hash)).scalars().all()
+    assert all(credential.split(".")[1] not in h for h in stored)
+
+
+@pytest.mark.parametrize(
+    "credential",
+    ["", "no-dot", "agt_0000000000000000.secret", ".secret", "{agent_id}.", "{agent_id}.wrong"],
+)
+def test_bad_credentials_authenticate_nobody(
+    store: Store, agent: AgentRecord, credential: str
+) -> None:
+    assert store.authenticate(credential.format(agent_id=agent.agent_id)) is None
+
+
+def test_a_revoked_agent_no_longer_authenticates(store: Store) -> None:
+    _, token = store.create_enrollment_token("acme", now=T0)
+    agent, credential = store.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0)
+    store.revoke_agent(agent.agent_id, now=T0 + 5)
+    store.revoke_agent(agent.agent_id, now=T0 + 9)
+    assert store.authenticate(credential) is None
+    assert store.get_agent(agent.agent_id).revoked_at == T0 + 5  # type: ignore[union-attr]
+    with pytest.raises(AgentNotFound):
+        store.revoke_agent("agt_missing", now=T0)
+
+
+def test_enrollment_is_refused_for_unknown_revoked_and_expired_tokens(store: Store) -> None:
+    revoked, revoked_token = store.create_enrollment_token("acme", now=T0)
+    store.revoke_enrollment_token(revoked.id, now=T0 + 1)
+    expired, expired_token = store.create_enrollment_token("acme", now=T0, expires_at=T0 + 60)
+    cases = {
+        "tle_never_issued": "unknown enrollment token",
+        revoked_token: f"enrollment token {revoked.id} was revoked",
+        expired_token: f"enrollment token {expired.id} has expired",
+    }
+    for token, reason in cases.items():
+        with pytest.raises(EnrollmentRefused) as caught:
+            store.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0 + 60)
+        assert caught.value.reason == reason
+        assert token not in str(caught.value)
+    assert store.list_agents() == []
+    # Still valid one second before it expires.
+    store.enroll_agent(expired_token, hostname="pc", site="", inventory={}, now=T0 + 59)
+
+
+def test_operator_chosen_tokens_are_idempotent_per_customer(store: Store) -> None:
+    first = store.ensure_enrollment_token("acme", "acme-demo-token", now=T0)
+    again = store.ensure_enrollment_token("acme", "acme-demo-token", now=T0 + 100)
+    assert again == first and first.created_at == T0
+    with pytest.raises(EnrollmentTokenConflict):
+        store.ensure_enrollment_token("globex", "acme-demo-token", now=T0)
+    store.create_enrollment_token("globex", now=T0)
+    assert [t.customer for t in store.list_enrollment_tokens()] == ["acme", "globex"]
+    assert store.list_enrollment_tokens("acme") == [first]
+    agent, _ = store.enroll_agent("acme-demo-token", hostname="pc", site="", inventory={}, now=T0)
+    assert agent.customer == "acme"
+    with pytest.raises(EnrollmentTokenNotFound):
+        store.revoke_enrollment_token(999, now=T0)
+
+
+def test_agents_are_listed_per_customer_and_keep_their_inventory(store: Store) -> None:
+    _, acme = store.create_enrollment_token("acme", now=T0)
+    _, globex = store.create_enrollment_token("globex", now=T0)
+    a, _ = store.enroll_agent(
+        acme, hostname="b-pc", site="hq", inventory={}, now=T0, tags={"role": "desk"}
+    )
+    b, _ = store.enroll_agent(acme, hostname="a-pc", site="hq", inventory={}, now=T0)
+    c, _ = store.enroll_agent(globex, hostname="c-pc", site="", inventory={}, now=T0)
+    assert [r.hostname for r in store.list_agents("acme")] == ["a-pc", "b-pc"]
+    assert {r.agent_id for r in store.list_agents()} == {a.agent_id, b.agent_id, c.agent_id}
+    assert store.get_agent(a.agent_id).tags == {"role": "desk"}  # type: ignore[union-attr]
+    store.update_inventory(
+        a.agent_id, "b-pc.acme.local", {"os": "Windows 11", "ram": 16}, now=T0 + 30
+    )
+    updated = store.get_agent(a.agent_id)
+    assert updated is not None
+    assert (updated.hostname, updated.inventory, updated.last_seen_at) == (
+        "b-pc.acme.local", {"os": "Windows 11", "ram": 16}, T0 + 30,
+    )  # fmt: skip
+    assert store.get_agent("agt_missing") is None
+    with pytest.raises(AgentNotFound):
+        store.update_inventory("agt_missing", "x", {}, now=T0)
+
+
+# -- delivery bookkeeping ------------------------------------------------------------------
+
+
+def test_applied_seq_only_moves_forward(store: Store, agent: AgentRecord) -> None:
+    assert store.applied_seq(agent.agent_id, "boot-1") == 0
+    with store.transaction() as conn:
+        store.record_applied(conn, agent.agent_id, "boot-1", 5, dropped_total=0, now=T0 + 1)
+    assert store.applied_seq(agent.agent_id, "boot-1") == 5
+    for stale in (5, 3):
+        with pytest.raises(SeqAlreadyApplied) as caught, store.transaction() as conn:
+            store.record_applied(conn, agent.agent_id, "boot-1", stale, dropped_total=0, now=T0 + 2)
+        assert (caught.value.seq, caught.value.applied_seq) == (stale, 5)
+    with store.transaction() as conn:
+        store.record_applied(conn, agent.agent_id, "boot-1", 9, dropped_total=2, now=T0 + 3)
+        store.record_applied(conn, agent.agent_id, "boot-2", 1, dropped_total=0, now=T0 + 4)
+    assert store.applied_seq(agent.agent_id, "boot-1") == 9
+    assert store.applied_seq(agent.agent_id, "boot-2") == 1
+    with store.read() as conn:
+        row = conn.execute(
+            select(schema.agent_instances).where(schema.agent_instances.c.instance_id == "boot-1")
+        ).one()
+    assert (row.dropped_reports_total, row.first_seen_at, row.last_seen_at) == (2, T0 + 1, T0 + 3)
+    assert store.last_seen_all() == {agent.agent_id: T0 + 4}
+
+
+def test_record_applied_rolls_back_with_the_effects_it_guards(
+    store: Store, agent: AgentRecord
+) -> None:
+    class EffectFailed(Exception):
+        pass
+
+    with pytest.raises(EffectFailed), store.transaction() as conn:
+        store.record_applied(conn, agent.agent_id, "boot-1", 1, dropped_total=0, now=T0 + 1)
+        raise EffectFailed
+    assert store.applied_seq(agent.agent_id, "boot-1") == 0
+    assert store.last_seen_all() == {}
+    with pytest.raises(AgentNotFound), store.transaction() as conn:
+        store.record_applied(conn, "agt_missing", "boot-1", 1, dropped_total=0, now=T0)
+
+
+def test_last_seen_skips_revoked_and_never_seen_agents(store: Store, agent: AgentRecord) -> None:
+    _, token = store.create_enrollment_token("acme", now=T0)
+    quiet, _ = store.enroll_agent(token, hostname="quiet", site="", inventory={}, now=T0)
+    gone, _ = store.enroll_agent(token, hostname="gone", site="", inventory={}, now=T0)
+    store.update_inventory(agent.agent_id, "pc-01", {}, now=T0 + 7)
+    store.update_inventory(gone.agent_id, "gone", {}, now=T0 + 8)
+    store.revoke_agent(gone.agent_id, now=T0 + 9)
+    assert store.last_seen_all() == {agent.agent_id: T0 + 7}
+    assert quiet.agent_id not in store.last_seen_all()
+
+
+# -- alert state ---------------------------------------------------------------------------
+
+
+def test_alert_states_round_trip_across_a_restart(
+    store_url: str, store: Store, agent: AgentRecord
+) -> None:
+    disk = AlertKey(agent.agent_id, "DiskFull", (("mountpoint", "/"), ("device", "sda1")))
+    cpu = AlertKey(agent.agent_id, "CpuHigh", ())
+    pending = AlertState(
+        "pending", active_since=T0, firing_since=None, clear_since=None, value=0.93, last_eval=T0
+    )
+    firing = AlertState("firing", T0 - 600, T0 - 300, clear_since=T0, value=0.5, last_eval=T0)
+    with store.transaction() as conn:
+        store.save_alert_states(conn, {disk: pending, cpu: firing})
+    assert store.load_alert_states() == {disk: pending, cpu: firing}
+    later = AlertState("firing", T0, T0 + 300, None, 0.97, T0 + 300)
+    with store.transaction() as conn:
+        store.save_alert_states(conn, {disk: later, cpu: None})
+    store.close()
+    restarted = Store(store_url)
+    assert restarted.load_alert_states() == {disk: later}
+    restarted.close()
+
+
+# -- unavailability ------------------------------------------------------------------------
+
+
+def _sqlite_store(tmp_path: Path, **kwargs: float) -> Store:
+    store = Store(f"sqlite:///{tmp_path / 'tripline.db'}", **kwargs)
+    store.migrate()
+    return store
+
+
+def test_for_data_dir_makes_a_wal_file_with_foreign_keys(tmp_path: Path) -> None:
+    store = Store.for_data_dir(tmp_path / "data")
+    store.migrate()
+    with store.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    store.close()
+    assert (tmp_path / "data" / "tripline.db").is_file()
+
+
+def test_a_read_only_database_is_unavailable_for_writes(tmp_path: Path) -> None:
+    writable = _sqlite_store(tmp_path)
+    _, token = writable.create_enrollment_token("acme", now=T0)
+    writable.close()
+    read_only = Store(f"sqlite:///file:{tmp_path / 'tripline.db'}?mode=ro&uri=true")
+    assert [t.customer for t in read_only.list_enrollment_tokens()] == ["acme"]
+    with pytest.raises(StoreUnavailable, match=r"readonly|read-only|read only"):
+        read_only.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0)
+    read_only.close()
+
+
+def test_a_locked_database_is_unavailable(tmp_path: Path) -> None:
+    holder = _sqlite_store(tmp_path)
+    waiter = Store(f"sqlite:///{tmp_path / 'tripline.db'}", busy_timeout=0.05)
+    with holder.transaction(), pytest.raises(StoreUnavailable, match="locked"):
+        waiter.create_enrollment_token("acme", now=T0)
+    waiter.create_enrollment_token("acme", now=T0)
+    holder.close()
+    waiter.close()
+
+
+def test_a_full_database_is_unavailable(tmp_path: Path) -> None:
+    store = _sqlite_store(tmp_path)
+    with pytest.raises(StoreUnavailable, match="full"), store.transaction() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+        conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
+        for n in range(2000):
+            store.create_enrollment_token(f"customer-{n:04d}-" + "x" * 150, now=T0, conn=conn)
+    store.close()
+
+
+def test_a_full_database_is_unavailable_inside_a_ticket_savepoint(tmp_path: Path) -> None:
+    store = _sqlite_store(tmp_path)
+    _, token = store.create_enrollment_token("acme", now=T0)
+    agent, _ = store.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0)
+    with pytest.raises(StoreUnavailable, match="full"), store.transaction() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+        conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
+        tickets.on_alert_firing(
+            conn, customer="acme", agent_id=agent.agent_id, hostname="pc", rule="DiskFull",
+            labels=(), severity="critical", tier=1, summary="full", runbook=None, value=1.0,
+            threshold=0.9, context={"log": "x" * 100_000}, now=T0, policy=tickets.TicketPolicy(),
+        )  # fmt: skip
+    store.close()
+
+
+def test_bugs_are_not_disguised_as_unavailability(tmp_path: Path) -> None:
+    store = _sqlite_store(tmp_path)
+    with pytest.raises(OperationalError, match="no such table"), store.transaction() as conn:
+        conn.execute(text("SELECT * FROM no_such_table"))
+    store.close()
+
+
+def test_an_unreachable_postgresql_is_unavailable() -> None:
+    pytest.importorskip("psycopg", reason="needs psycopg (pip install .[postgres])")
+    store = Store("postgresql+psycopg://tripline@127.0.0.1:1/tripline?connect_timeout=2")
+    with pytest.raises(StoreUnavailable):
+        store.list_agents()
+    store.close()
+
+
+def test_a_store_can_be_shared_by_threads(store: Store, agent: AgentRecord) -> None:
+    errors: list[BaseException] = []
+
+    def report(instance: str) -> None:
+        try:
+            for seq in range(1, 21):
+                with store.transaction() as conn:
+                    store.record_applied(
+                        conn, agent.agent_id, instance, seq, dropped_total=0, now=T0 + seq
+                    )
+        except BaseException as error:  # handed to the main thread's assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=report, args=(f"boot-{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert [store.applied_seq(agent.agent_id, f"boot-{n}") for n in range(4)] == [20] * 4
+
+
+def test_collectors_starting_together_register_a_flag_token_once(
+    store_url: str, store: Store
+) -> None:
+    racers = [Store(store_url) for _ in range(3)]
+    barrier = threading.Barrier(len(racers))
+    results: list[object] = []
+
+    def start(racer: Store) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results.append(racer.ensure_enrollment_token("acme", "acme-flag-token", now=T0))
+        except BaseException as error:  # handed to the main thread's assertion
+            results.append(error)
+
+    threads = [threading.Thread(target=start, args=(racer,)) for racer in racers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(store.list_enrollment_tokens()) == 1
+    assert results == [store.list_enrollment_tokens()[0]] * 3
+    for racer in racers:
+        racer.close()
+
+
+def test_an_in_memory_store_works_for_quick_demos() -> None:
+    store = Store("sqlite://")
+    store.migrate()
+    _, token = store.create_enrollment_token("acme", now=T0)
+    agent, credential = store.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0)
+    assert store.authenticate(credential) == agent
+    store.close()
