@@ -30,7 +30,9 @@ def load(path: Path) -> Identity | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise IdentityError(path, f"unreadable identity file ({exc}); delete it to re-enroll")
+        raise IdentityError(
+            path, f"unreadable identity file ({exc}); delete it to re-enroll"
+        ) from None
     try:
         return Identity(
             agent_id=str(data["agent_id"]),

@@ -264,7 +264,9 @@ class Transport:
             seq = int(trailers["tripline-rejected-seq"])
             await asyncio.to_thread(self.spool.ack, seq)
             self.stats.reports_rejected += 1
-            log.error("report rejected by the collector, dropped", extra={"seq": seq, "error": details})
+            log.error(
+                "report rejected by the collector, dropped", extra={"seq": seq, "error": details}
+            )
             return 0.0
         level = logging.WARNING if code in RETRYABLE else logging.ERROR
         if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -278,9 +280,7 @@ class Transport:
         while True:
             in_flight = last_sent - self.stats.acked_seq
             room = MAX_IN_FLIGHT - in_flight
-            batch = (
-                await asyncio.to_thread(self.spool.pending, last_sent, room) if room > 0 else []
-            )
+            batch = await asyncio.to_thread(self.spool.pending, last_sent, room) if room > 0 else []
             if not batch:
                 self._new_data.clear()
                 self._acked.clear()

@@ -134,6 +134,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         token_file.write_text("tle_demo_" + secrets.token_urlsafe(24))
         token_file.chmod(0o600)
     token = token_file.read_text().strip()
+    rules_file = data_dir / "demo-rules.yaml"
+    if not rules_file.exists():
+        rules_file.write_text(_demo_rules())
     config = load_collector_config(
         args.config,
         flags={
@@ -141,7 +144,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "http_listen": args.http_listen,
             "data_dir": data_dir,
             "customers": {"demo": token},
-            "interval": args.interval,
+            "rules": rules_file,
+            "interval": args.interval or 5,
             "log_format": args.log_format or "text",
         },
     )
@@ -165,12 +169,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, app.reload_rules)
         http = config.http_listen.rsplit(":", 1)[0]
         print(
             "\nTripline demo: a collector and an agent for this PC are running.\n"
             f"  Prometheus metrics: http://{http}:{app.http_port}/metrics\n"
             f"  Tickets:            tripline tickets list --data-dir {data_dir}\n"
             f"  Collector (gRPC):   {config.listen}\n"
+            f"  Rules:              {rules_file} (the default pack plus one demo rule;\n"
+            "                      edit it, then `kill -HUP` this process to reload)\n"
             f"  Data:               {data_dir}/  (SQLite store, agent spool)\n"
             "Ctrl-C stops both.\n",
             flush=True,
@@ -183,6 +190,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     asyncio.run(main())
     print("Tripline demo stopped.")
     return 0
+
+
+DEMO_RULE = """
+  # Demo only: trips on every running PC so the demo shows a ticket with its context.
+  - name: DemoPcIsUp
+    metric: uptime_seconds
+    op: ">"
+    threshold: 0
+    for: 15s
+    severity: info
+    tier: 1
+    summary: "{host} is up for {value:.0f}s (demo rule: shows what a ticket looks like)"
+    runbook: >-
+      Demo rule. Delete it from demo-rules.yaml and reload (SIGHUP) to see the
+      ticket resolve.
+"""
+
+
+def _demo_rules() -> str:
+    from importlib.resources import files
+
+    return files("alerts").joinpath("default_rules.yaml").read_text() + DEMO_RULE
 
 
 # -- rules --------------------------------------------------------------------------
@@ -234,7 +263,10 @@ def _print_ticket(ticket: Any) -> None:
     print(f"  {d['summary']}")
     print(f"  customer {d['customer']}  host {d['hostname']}  agent {d['agent_id']}")
     print(f"  rule {d['rule']}  labels {json.dumps(d['labels'])}")
-    print(f"  value {d['value']:.4g} (threshold {d['threshold']:.4g})  opened {_fmt_time(d['opened_at'])}")
+    print(
+        f"  value {d['value']:.4g} (threshold {d['threshold']:.4g})"
+        f"  opened {_fmt_time(d['opened_at'])}"
+    )
     if d.get("flapping"):
         print(f"  FLAPPING: reopened {d['reopen_count']} times")
     if d.get("runbook"):
@@ -270,7 +302,10 @@ def cmd_tickets(args: argparse.Namespace) -> int:
             if not rows:
                 print("no tickets")
                 return 0
-            print(f"{'ID':>5}  {'STATUS':<12} {'SEV':<8} {'TIER':<4} {'CUSTOMER':<12} {'HOST':<18} SUMMARY")
+            print(
+                f"{'ID':>5}  {'STATUS':<12} {'SEV':<8} {'TIER':<4} "
+                f"{'CUSTOMER':<12} {'HOST':<18} SUMMARY"
+            )
             for t in rows:
                 flag = " (flapping)" if t.flapping else ""
                 print(
@@ -288,9 +323,13 @@ def cmd_tickets(args: argparse.Namespace) -> int:
                     if args.tickets_cmd == "ack":
                         ticket = tickets.acknowledge(conn, args.id, actor=actor, now=now)
                     elif args.tickets_cmd == "comment":
-                        ticket = tickets.comment(conn, args.id, actor=actor, text=args.text, now=now)
+                        ticket = tickets.comment(
+                            conn, args.id, actor=actor, text=args.text, now=now
+                        )
                     else:
-                        ticket = tickets.resolve(conn, args.id, actor=actor, now=now, note=args.note)
+                        ticket = tickets.resolve(
+                            conn, args.id, actor=actor, now=now, note=args.note
+                        )
         except tickets.TicketError as exc:
             raise CliError(str(exc)) from None
         if args.json:
@@ -313,7 +352,9 @@ def cmd_tokens(args: argparse.Namespace) -> int:
                 except ValueError as exc:
                     raise CliError(f"--expires-in: {exc}") from None
             record, token = store.create_enrollment_token(args.customer, now, expires)
-            print(f"enrollment token for customer {record.customer!r} (id {record.id}), shown once:")
+            print(
+                f"enrollment token for customer {record.customer!r} (id {record.id}), shown once:"
+            )
             print(token)
             return 0
         if args.tokens_cmd == "revoke":
@@ -322,7 +363,10 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             return 0
         for t in store.list_enrollment_tokens(args.customer):
             state = "revoked" if t.revoked_at else "active"
-            print(f"{t.id:>4}  {t.customer:<20} {state:<8} created {_fmt_time(t.created_at)}  expires {_fmt_time(t.expires_at)}")
+            print(
+                f"{t.id:>4}  {t.customer:<20} {state:<8} created {_fmt_time(t.created_at)}"
+                f"  expires {_fmt_time(t.expires_at)}"
+            )
     return 0
 
 
@@ -338,7 +382,10 @@ def cmd_agents(args: argparse.Namespace) -> int:
             return 0
         for a in agents:
             state = "revoked" if a.revoked_at else "active"
-            print(f"{a.agent_id}  {a.customer:<16} {a.hostname:<24} {state:<8} last seen {_fmt_time(a.last_seen_at)}")
+            print(
+                f"{a.agent_id}  {a.customer:<16} {a.hostname:<24} {state:<8}"
+                f" last seen {_fmt_time(a.last_seen_at)}"
+            )
     return 0
 
 
@@ -361,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def server_flags(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--listen", help="gRPC HOST:PORT (default 127.0.0.1:7700)")
-        sp.add_argument("--http-listen", help="HTTP HOST:PORT for /metrics (default 127.0.0.1:7701)")
+        sp.add_argument(
+            "--http-listen", help="HTTP HOST:PORT for /metrics (default 127.0.0.1:7701)"
+        )
         sp.add_argument("--interval", help="agents' collection interval (default 10s)")
         sp.add_argument("--log-format", choices=["json", "text"])
 
@@ -375,9 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
     store_flags(col)
     server_flags(col)
     col.add_argument("--rules", type=Path, help="rule file (default: the built-in rule pack)")
-    col.add_argument("--customer", action="append", metavar="NAME=ENROLLMENT_TOKEN",
-                     help="accept this enrollment token for customer NAME (repeatable)")
-    col.add_argument("--offline-after", help="silence before an agent is offline (default 3 intervals)")
+    col.add_argument(
+        "--customer",
+        action="append",
+        metavar="NAME=ENROLLMENT_TOKEN",
+        help="accept this enrollment token for customer NAME (repeatable)",
+    )
+    col.add_argument(
+        "--offline-after", help="silence before an agent is offline (default 3 intervals)"
+    )
     col.set_defaults(func=cmd_collector)
 
     ag = sub.add_parser("agent", help="run the agent, or print one snapshot with --once")

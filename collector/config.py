@@ -144,19 +144,34 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
                 return False
             raise ValueError(f"expected true or false, got {value!r}")
         if isinstance(default, int):
-            number = int(value)
-            if number <= 0:
-                raise ValueError("must be positive")
-            return number
+            return _positive_int(value)
         if isinstance(default, Path) or key in {"rules"}:
             return Path(str(value)).expanduser()
         if isinstance(default, Mapping):
             if isinstance(value, Mapping):
                 return {str(k): str(v) for k, v in value.items()}
             raise ValueError(f"expected a mapping, got {value!r}")
+        if dataclasses.is_dataclass(default):
+            # Only the file can hold a nested section; an env string must not replace it.
+            raise ValueError("set it as a mapping in the config file")
+        if isinstance(value, (Mapping, list)):
+            raise ValueError(f"expected a single value, got {value!r}")
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(key, str(exc), source) from None
+
+
+def _positive_int(value: Any) -> int:
+    # bool is an int subclass and int(1.5) truncates: both would pass silently.
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected a positive whole number, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a positive whole number, got {value!r}") from None
+    if number <= 0:
+        raise ValueError("must be positive")
+    return number
 
 
 def _read_file(path: Path | None) -> dict[str, Any]:
@@ -185,8 +200,12 @@ def _build(
 ) -> Any:
     values: dict[str, Any] = {}
     raw = _read_file(path)
-    file_values = raw.get(section, raw) if section in raw else raw
+    file_values = raw.get(section, raw)
     source = str(path) if path else ""
+    if file_values is None:
+        file_values = {}
+    if not isinstance(file_values, dict):
+        raise ConfigError(section, "expected a mapping of keys", source)
     tickets_raw: dict[str, Any] = {}
     for key, value in file_values.items():
         if key == "tickets" and cls is CollectorConfig:
@@ -223,8 +242,7 @@ def load_collector_config(
     )
     parse_hostport(config.listen, "listen")
     parse_hostport(config.http_listen, "http_listen")
-    if config.log_format not in {"json", "text"}:
-        raise ConfigError("log_format", f"expected json or text, got {config.log_format!r}")
+    _check_logging(config.log_format, config.log_level)
     return config
 
 
@@ -241,6 +259,16 @@ def load_agent_config(
         flags=flags or {},
     )
     parse_hostport(config.collector, "collector")
-    if config.log_format not in {"json", "text"}:
-        raise ConfigError("log_format", f"expected json or text, got {config.log_format!r}")
+    _check_logging(config.log_format, config.log_level)
     return config
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _check_logging(log_format: str, log_level: str) -> None:
+    if log_format not in {"json", "text"}:
+        raise ConfigError("log_format", f"expected json or text, got {log_format!r}")
+    if log_level.upper() not in _LOG_LEVELS:
+        levels = ", ".join(_LOG_LEVELS)
+        raise ConfigError("log_level", f"expected one of {levels}, got {log_level!r}")

@@ -22,6 +22,8 @@ LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_LABELS = 16
 MAX_LABEL_VALUE = 1024
 MAX_NAME = 200
+# The store keeps seqs and counters in signed 64-bit columns; uint64 on the wire is wider.
+MAX_INT64 = 2**63 - 1
 
 
 class InvalidMessage(ValueError):
@@ -73,6 +75,8 @@ def decode_report(msg: pb.Report, *, instance_id: str, max_samples: int) -> Repo
     where = f"report seq {seq}"
     if seq <= 0:
         raise InvalidMessage("report seq must be >= 1", seq)
+    if seq > MAX_INT64:
+        raise InvalidMessage(f"{where}: seq must be at most {MAX_INT64}", seq)
     if msg.instance_id != instance_id:
         raise InvalidMessage(
             f"{where}: instance_id {msg.instance_id!r} differs from the Hello's {instance_id!r}",
@@ -80,6 +84,10 @@ def decode_report(msg: pb.Report, *, instance_id: str, max_samples: int) -> Repo
         )
     if not math.isfinite(msg.collected_at_seconds) or msg.collected_at_seconds <= 0:
         raise InvalidMessage(f"{where}: collected_at_seconds must be a positive unix time", seq)
+    if msg.spool_dropped_reports_total > MAX_INT64:
+        raise InvalidMessage(
+            f"{where}: spool_dropped_reports_total must be at most {MAX_INT64}", seq
+        )
     if len(msg.samples) > max_samples:
         raise InvalidMessage(
             f"{where}: {len(msg.samples)} samples, more than the limit of {max_samples}", seq
@@ -118,8 +126,7 @@ def _decode_sample(
     for label, value in sample.labels.items():
         if not LABEL_NAME.match(label) or label.startswith("__"):
             raise InvalidMessage(
-                f"{where} ({name}): label name {label[:80]!r} is not a valid Prometheus "
-                "label name",
+                f"{where} ({name}): label name {label[:80]!r} is not a valid Prometheus label name",
                 seq,
             )
         if len(value) > MAX_LABEL_VALUE:

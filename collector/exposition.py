@@ -1,8 +1,9 @@
 """Prometheus exposition of every agent's series, built fresh at scrape time.
 
 Each agent metric ``<name>`` becomes ``tripline_<name>`` with the target labels
-``agent_id``, ``host``, ``customer`` and ``site``. An agent label that collides with a
-target label is kept as ``exported_<label>``, as Prometheus does with honor_labels off.
+``agent_id``, ``host``, ``customer`` and ``site`` (see :func:`exposed_name` for the few
+names promtool would reject). An agent label that collides with a target label is kept
+as ``exported_<label>``, as Prometheus does with honor_labels off.
 prometheus_client escapes label values, so any hostname or mount point is safe.
 """
 
@@ -18,6 +19,21 @@ from prometheus_client.samples import Sample
 from collector.state import LiveState
 
 TARGET_LABELS = ("agent_id", "host", "customer", "site")
+# promtool rejects `le` and `quantile` on anything but histograms and summaries.
+RESERVED_LABELS = (*TARGET_LABELS, "le", "quantile")
+# ...and the suffixes `_count`, `_sum` and `_bucket` likewise.
+RESERVED_SUFFIXES = ("_count", "_sum", "_bucket")
+RENAMED = {"process_count": "processes"}
+# Written by the collector for every agent (or by selfmetrics): an agent series of the
+# same exposed name would be a second family of that name and break the whole scrape.
+OWN_FAMILIES = frozenset(
+    {
+        "tripline_agent_up",
+        "tripline_agent_last_report_timestamp_seconds",
+        "tripline_agent_spool_dropped_reports",
+    }
+)
+OWN_PREFIX = "tripline_collector_"
 
 # HELP text for the names the agent sends; an unknown name still gets a generic help.
 HELP: dict[str, str] = {
@@ -85,7 +101,7 @@ class AgentSeriesCollector(Collector):
         )
         dropped = CounterMetricFamily(
             "tripline_agent_spool_dropped_reports",
-            "Reports the agent dropped from its full spool (network outage longer than it buffers).",
+            "Reports the agent dropped from its full spool (an outage longer than it buffers).",
             labels=TARGET_LABELS,
         )
         for live in list(self._state.agents.values()):
@@ -95,29 +111,48 @@ class AgentSeriesCollector(Collector):
                 last.add_metric(target, live.last_seen)
             dropped.add_metric(target, float(live.dropped_reports_total))
             for name, labels, value in live.latest():
-                family = families.get(name)
+                exposed, kind = exposed_name(name)
+                if exposed in OWN_FAMILIES or exposed.startswith(OWN_PREFIX):
+                    continue
+                family = families.get(exposed)
                 if family is None:
-                    family = families[name] = _family(name)
+                    family = families[exposed] = _family(name, exposed, kind)
+                elif family.type != kind:
+                    continue  # `x` and `x_total` from agents: one family name, two types
                 names = list(TARGET_LABELS)
                 values = list(target)
                 for label, label_value in labels:
-                    names.append(f"exported_{label}" if label in TARGET_LABELS else label)
+                    names.append(f"exported_{label}" if label in RESERVED_LABELS else label)
                     values.append(label_value)
                 # Families take one label-name list; samples carry their own names.
-                family.samples.append(
-                    _sample(family, dict(zip(names, values, strict=True)), value)
-                )
+                family.samples.append(_sample(family, dict(zip(names, values, strict=True)), value))
         yield up
         yield last
         yield dropped
         yield from families.values()
 
 
-def _family(name: str) -> Metric:
-    help_text = HELP.get(name, f"Agent metric {name}.")
+def exposed_name(name: str) -> tuple[str, str]:
+    """The exposed family name of agent metric ``name`` and its type.
+
+    ``<name>_total`` is the counter ``tripline_<name>`` (its samples keep ``_total``);
+    anything else is the gauge ``tripline_<name>``, except that a gauge may not end in a
+    histogram/summary suffix: ``process_count`` is ``tripline_processes`` and any other
+    such name gets ``_value`` appended.
+    """
     if name.endswith("_total"):
-        return CounterMetricFamily(f"tripline_{name[: -len('_total')]}", help_text)
-    return GaugeMetricFamily(f"tripline_{name}", help_text)
+        return f"tripline_{name[: -len('_total')]}", "counter"
+    name = RENAMED.get(name, name)
+    if name.endswith(RESERVED_SUFFIXES):
+        name = f"{name}_value"
+    return f"tripline_{name}", "gauge"
+
+
+def _family(name: str, exposed: str, kind: str) -> Metric:
+    help_text = HELP.get(name, f"Agent metric {name}.")
+    if kind == "counter":
+        return CounterMetricFamily(exposed, help_text)
+    return GaugeMetricFamily(exposed, help_text)
 
 
 def _sample(family: Metric, labels: dict[str, str], value: float) -> Sample:

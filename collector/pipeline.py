@@ -136,9 +136,7 @@ class Pipeline:
 
     async def open_session(self, agent: AgentRecord, hello: Hello) -> Session:
         now = self.clock()
-        applied = await asyncio.to_thread(
-            self.store.applied_seq, agent.agent_id, hello.instance_id
-        )
+        applied = await asyncio.to_thread(self.store.applied_seq, agent.agent_id, hello.instance_id)
         live = self.track(agent)
         live.instance_id = hello.instance_id
         hostname = str(hello.host.get("hostname") or agent.hostname)

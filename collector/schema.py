@@ -88,6 +88,9 @@ agent_instances = Table(
     Column("agent_id", String(64), ForeignKey("agents.agent_id"), nullable=False),
     Column("instance_id", Text, nullable=False),
     Column("applied_seq", BigInteger, nullable=False),
+    # Reports applied for this instance; equals applied_seq when nothing was dropped or
+    # applied twice, which is how the exactly-once promise is checked from outside.
+    Column("reports_applied", BigInteger, nullable=False, default=0),
     Column("dropped_reports_total", BigInteger, nullable=False, default=0),
     Column("first_seen_at", Double, nullable=False),
     Column("last_seen_at", Double, nullable=False),

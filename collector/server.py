@@ -75,8 +75,9 @@ class CollectorService(pb_grpc.CollectorServicer):
         if not request.enrollment_token:
             self.metrics.enrollments.labels("invalid").inc()
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "enrollment_token is empty: pass the "
-                "customer's token (tripline tokens create --customer NAME)"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "enrollment_token is empty: pass the "
+                "customer's token (tripline tokens create --customer NAME)",
             )
         hostname = request.host.hostname or "unknown"
         try:

@@ -409,6 +409,7 @@ class Store:
                     agent_id=agent_id,
                     instance_id=instance_id,
                     applied_seq=seq,
+                    reports_applied=1,
                     dropped_reports_total=dropped_total,
                     first_seen_at=now,
                     last_seen_at=now,
@@ -418,7 +419,12 @@ class Store:
             conn.execute(
                 agent_instances.update()
                 .where(*where)
-                .values(applied_seq=seq, dropped_reports_total=dropped_total, last_seen_at=now)
+                .values(
+                    applied_seq=seq,
+                    reports_applied=agent_instances.c.reports_applied + 1,
+                    dropped_reports_total=dropped_total,
+                    last_seen_at=now,
+                )
             )
 
     def last_seen_all(self, *, conn: Connection | None = None) -> dict[str, float]:

@@ -130,59 +130,61 @@ def test_wrong_enrollment_token_is_refused_unauthenticated(tmp_path: Path) -> No
 
 def test_connect_without_credential_or_hello_is_refused(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with running_collector(tmp_path / "c") as app:
-            async with aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
-                stub = pb_grpc.CollectorStub(channel)
-                call = stub.Connect(metadata=(("authorization", "Bearer agt_x.nope"),))
-                await call.write(pb.AgentMessage(hello=pb.Hello(instance_id="i")))
-                with pytest.raises(aio.AioRpcError) as err:
-                    await call.read()
-                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-
-                enrolled = await stub.Enroll(pb.EnrollRequest(enrollment_token=TOKEN))
-                meta = (("authorization", f"Bearer {enrolled.credential}"),)
-                call = stub.Connect(metadata=meta)
-                await call.write(
-                    pb.AgentMessage(report=pb.Report(instance_id="i", seq=1, collected_at_seconds=1))
-                )
-                with pytest.raises(aio.AioRpcError) as err:
-                    await call.read()
-                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-                assert "first message on Connect must be Hello" in (err.value.details() or "")
-
-                # a malformed report is rejected with its seq; nothing from it is stored
-                call = stub.Connect(metadata=meta)
-                await call.write(
-                    pb.AgentMessage(hello=pb.Hello(instance_id="i", sent_at_seconds=time.time()))
-                )
-                welcome = await call.read()
-                assert welcome.welcome.agent_id == enrolled.agent_id
-                bad = pb.Report(instance_id="i", seq=1, collected_at_seconds=time.time())
-                bad.samples.add(name="cpu usage", value=1.0)
-                await call.write(pb.AgentMessage(report=bad))
-                with pytest.raises(aio.AioRpcError) as err:
-                    await call.read()
-                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-                assert "not a valid Prometheus name" in (err.value.details() or "")
-                assert ("tripline-rejected-seq", "1") in tuple(err.value.trailing_metadata() or ())
-                assert app.store.applied_seq(enrolled.agent_id, "i") == 0
-
-                # the collector keeps serving: a good report on a new stream is applied
-                call = stub.Connect(metadata=meta)
-                await call.write(
-                    pb.AgentMessage(hello=pb.Hello(instance_id="i", sent_at_seconds=time.time()))
-                )
+        async with (
+            running_collector(tmp_path / "c") as app,
+            aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel,
+        ):
+            stub = pb_grpc.CollectorStub(channel)
+            call = stub.Connect(metadata=(("authorization", "Bearer agt_x.nope"),))
+            await call.write(pb.AgentMessage(hello=pb.Hello(instance_id="i")))
+            with pytest.raises(aio.AioRpcError) as err:
                 await call.read()
-                good = pb.Report(instance_id="i", seq=1, collected_at_seconds=time.time())
-                good.samples.add(name="process_count", value=42)
-                await call.write(pb.AgentMessage(report=good))
-                ack = await call.read()
-                assert ack.ack.seq == 1
-                # the same seq again is acknowledged without being applied twice
-                await call.write(pb.AgentMessage(report=good))
-                assert (await call.read()).ack.seq == 1
-                await call.done_writing()
-                assert app.store.applied_seq(enrolled.agent_id, "i") == 1
-                assert app.metrics.reports_duplicate._value.get() == 1
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+            enrolled = await stub.Enroll(pb.EnrollRequest(enrollment_token=TOKEN))
+            meta = (("authorization", f"Bearer {enrolled.credential}"),)
+            call = stub.Connect(metadata=meta)
+            await call.write(
+                pb.AgentMessage(report=pb.Report(instance_id="i", seq=1, collected_at_seconds=1))
+            )
+            with pytest.raises(aio.AioRpcError) as err:
+                await call.read()
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "first message on Connect must be Hello" in (err.value.details() or "")
+
+            # a malformed report is rejected with its seq; nothing from it is stored
+            call = stub.Connect(metadata=meta)
+            await call.write(
+                pb.AgentMessage(hello=pb.Hello(instance_id="i", sent_at_seconds=time.time()))
+            )
+            welcome = await call.read()
+            assert welcome.welcome.agent_id == enrolled.agent_id
+            bad = pb.Report(instance_id="i", seq=1, collected_at_seconds=time.time())
+            bad.samples.add(name="cpu usage", value=1.0)
+            await call.write(pb.AgentMessage(report=bad))
+            with pytest.raises(aio.AioRpcError) as err:
+                await call.read()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid Prometheus name" in (err.value.details() or "")
+            assert ("tripline-rejected-seq", "1") in tuple(err.value.trailing_metadata() or ())
+            assert app.store.applied_seq(enrolled.agent_id, "i") == 0
+
+            # the collector keeps serving: a good report on a new stream is applied
+            call = stub.Connect(metadata=meta)
+            await call.write(
+                pb.AgentMessage(hello=pb.Hello(instance_id="i", sent_at_seconds=time.time()))
+            )
+            await call.read()
+            good = pb.Report(instance_id="i", seq=1, collected_at_seconds=time.time())
+            good.samples.add(name="process_count", value=42)
+            await call.write(pb.AgentMessage(report=good))
+            ack = await call.read()
+            assert ack.ack.seq == 1
+            # the same seq again is acknowledged without being applied twice
+            await call.write(pb.AgentMessage(report=good))
+            assert (await call.read()).ack.seq == 1
+            await call.done_writing()
+            assert app.store.applied_seq(enrolled.agent_id, "i") == 1
+            assert app.metrics.reports_duplicate._value.get() == 1
 
     asyncio.run(scenario())

@@ -1,0 +1,389 @@
+"""collector/config.py: precedence, durations, and the errors a person sees for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.config import (
+    AgentConfig,
+    CollectorConfig,
+    ConfigError,
+    TicketSettings,
+    load_agent_config,
+    load_collector_config,
+    parse_hostport,
+)
+
+COLLECTOR_KEYS = (
+    "customers, data_dir, database_url, evaluation_interval, hello_timeout, http_listen, "
+    "interval, inventory_interval, listen, log_format, log_level, max_message_bytes, "
+    "max_samples_per_report, offline_after, rules, tickets"
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tripline.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- precedence -------------------------------------------------------------------------
+
+
+def test_defaults_without_file_env_or_flags() -> None:
+    config = load_collector_config(None, environ={}, flags={})
+    assert config == CollectorConfig()
+    assert config.effective_offline_after == 30.0
+    assert config.effective_database_url == "sqlite:///tripline-data/tripline.db"
+    assert load_agent_config(None, environ={}, flags={}) == AgentConfig()
+
+
+def test_file_beats_defaults_env_beats_file_flags_beat_env(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "interval: 20s\nhello_timeout: 3\nlisten: 0.0.0.0:7000\nlog_level: DEBUG\n",
+    )
+    environ = {
+        "TRIPLINE_COLLECTOR_HELLO_TIMEOUT": "4s",
+        "TRIPLINE_COLLECTOR_LISTEN": "0.0.0.0:7100",
+        # another component's variables are not the collector's business
+        "TRIPLINE_AGENT_SITE": "hq",
+        "PATH": "/usr/bin",
+    }
+    config = load_collector_config(path, environ=environ, flags={"listen": "127.0.0.1:7200"})
+    assert config.interval == 20.0  # file only
+    assert config.hello_timeout == 4.0  # env over file
+    assert config.listen == "127.0.0.1:7200"  # flag over env and file
+    assert config.log_level == "DEBUG"  # file only
+    assert config.http_listen == "127.0.0.1:7701"  # default
+
+
+def test_a_flag_left_unset_does_not_hide_env_or_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "interval: 5m\n")
+    config = load_collector_config(
+        path,
+        environ={"TRIPLINE_COLLECTOR_OFFLINE_AFTER": "2m"},
+        flags={"interval": None, "offline_after": None, "data_dir": None},
+    )
+    assert config.interval == 300.0
+    assert config.offline_after == 120.0
+    assert config.data_dir == Path("tripline-data")
+
+
+def test_one_file_with_a_section_per_component(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "collector:\n"
+        "  interval: 15s\n"
+        "  customers: {acme: tle_acme}\n"
+        "  tickets: {reopen_window: 10m, flap_count: 5}\n"
+        "agent:\n"
+        "  collector: collector.example:7700\n"
+        "  site: branch-2\n"
+        "  tags: {room: 101}\n"
+        "  collect_processes: 'no'\n"
+        "  spool_max_bytes: 1048576\n",
+    )
+    collector = load_collector_config(path, environ={})
+    assert collector.interval == 15.0
+    assert collector.customers == {"acme": "tle_acme"}
+    assert collector.tickets == TicketSettings(reopen_window=600.0, flap_count=5)
+    agent = load_agent_config(path, environ={"TRIPLINE_AGENT_SITE": "branch-3"})
+    assert agent.collector == "collector.example:7700"
+    assert agent.site == "branch-3"
+    assert agent.tags == {"room": "101"}
+    assert agent.collect_processes is False
+    assert agent.spool_max_bytes == 2**20
+
+
+def test_empty_file_and_empty_section_mean_defaults(tmp_path: Path) -> None:
+    assert load_collector_config(write(tmp_path, ""), environ={}) == CollectorConfig()
+    assert load_collector_config(write(tmp_path, "collector:\n"), environ={}) == CollectorConfig()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5m", 300.0), ("90s", 90.0), ("1h30m", 5400.0), ("2d", 172800.0), ("500ms", 0.5),
+     ("12", 12.0), (7, 7.0), (2.5, 2.5)],
+)  # fmt: skip
+def test_durations(text: object, seconds: float) -> None:
+    assert load_collector_config(None, environ={}, flags={"interval": text}).interval == seconds
+
+
+def test_offline_after_defaults_to_three_intervals() -> None:
+    config = load_collector_config(None, environ={"TRIPLINE_COLLECTOR_INTERVAL": "1m"})
+    assert config.offline_after is None
+    assert config.effective_offline_after == 180.0
+
+
+def test_paths_expand_home_and_database_url_wins(tmp_path: Path) -> None:
+    config = load_collector_config(
+        None,
+        environ={"HOME": str(tmp_path)},
+        flags={"data_dir": "~/data", "rules": "rules.yaml"},
+    )
+    assert config.rules == Path("rules.yaml")
+    assert config.data_dir.is_absolute()
+    url = "postgresql+psycopg://tripline@db/tripline"
+    config = load_collector_config(None, environ={"TRIPLINE_COLLECTOR_DATABASE_URL": url})
+    assert config.effective_database_url == url
+
+
+def test_ipv6_listen_address() -> None:
+    assert parse_hostport("[::1]:7700", "listen") == ("::1", 7700)
+
+
+# -- errors: (where the value comes from, exact message) --------------------------------
+
+# Each case: file text (or None), environment, flags, the exact message.
+BROKEN: list[tuple[str, str | None, dict[str, str], dict[str, Any], str]] = [
+    (
+        "unknown key in the file",
+        "intervall: 5m\n",
+        {},
+        {},
+        f"{{file}}: config key 'intervall': unknown key (known: {COLLECTOR_KEYS})",
+    ),
+    (
+        "unknown key in the environment",
+        None,
+        {"TRIPLINE_COLLECTOR_LISTEN_ADDR": "x"},
+        {},
+        "environment TRIPLINE_COLLECTOR_LISTEN_ADDR: config key 'listen_addr': "
+        f"unknown key (known: {COLLECTOR_KEYS})",
+    ),
+    (
+        "unknown ticket setting",
+        "tickets: {reopen: 1h}\n",
+        {},
+        {},
+        "{file}: config key 'reopen': unknown key (known: escalate_tier1_after, "
+        "escalate_tier2_after, flap_count, flap_window, reopen_window)",
+    ),
+    (
+        "duration in words",
+        "interval: 5 minutes\n",
+        {},
+        {},
+        "{file}: config key 'interval': expected a duration like '90s', '5m', '1h30m' or "
+        "'2d' (units: w, d, h, m, s, ms), got '5 minutes'",
+    ),
+    (
+        "units out of order",
+        None,
+        {"TRIPLINE_COLLECTOR_OFFLINE_AFTER": "30s5m"},
+        {},
+        "environment TRIPLINE_COLLECTOR_OFFLINE_AFTER: config key 'offline_after': units in "
+        "a duration must be largest first and each used once, got '30s5m'",
+    ),
+    (
+        "zero interval",
+        None,
+        {},
+        {"interval": "0s"},
+        "command line: config key 'interval': must be positive",
+    ),
+    (
+        "negative duration",
+        "hello_timeout: -5\n",
+        {},
+        {},
+        "{file}: config key 'hello_timeout': expected a non-negative, finite duration, got -5",
+    ),
+    (
+        "boolean as a duration",
+        "evaluation_interval: yes\n",
+        {},
+        {},
+        "{file}: config key 'evaluation_interval': expected a duration like '90s', '5m' or "
+        "'1h30m', got True",
+    ),
+    (
+        "size with a unit",
+        None,
+        {"TRIPLINE_COLLECTOR_MAX_MESSAGE_BYTES": "4MiB"},
+        {},
+        "environment TRIPLINE_COLLECTOR_MAX_MESSAGE_BYTES: config key 'max_message_bytes': "
+        "expected a positive whole number, got '4MiB'",
+    ),
+    (
+        "fractional count",
+        "max_samples_per_report: 1.5\n",
+        {},
+        {},
+        "{file}: config key 'max_samples_per_report': expected a positive whole number, "
+        "got 1.5",
+    ),
+    (
+        "boolean as a count",
+        "tickets: {flap_count: true}\n",
+        {},
+        {},
+        "{file}: config key 'flap_count': expected a positive whole number, got True",
+    ),
+    (
+        "zero count",
+        "max_samples_per_report: 0\n",
+        {},
+        {},
+        "{file}: config key 'max_samples_per_report': must be positive",
+    ),
+    (
+        "customers as a string",
+        "customers: acme\n",
+        {},
+        {},
+        "{file}: config key 'customers': expected a mapping, got 'acme'",
+    ),
+    (
+        "tickets from the environment",
+        None,
+        {"TRIPLINE_COLLECTOR_TICKETS": "reopen_window=1h"},
+        {},
+        "environment TRIPLINE_COLLECTOR_TICKETS: config key 'tickets': "
+        "set it as a mapping in the config file",
+    ),
+    (
+        "tickets as a list",
+        "tickets: [1, 2]\n",
+        {},
+        {},
+        "{file}: config key 'tickets': expected a mapping",
+    ),
+    (
+        "a list where one value belongs",
+        "listen: [127.0.0.1, 7700]\n",
+        {},
+        {},
+        "{file}: config key 'listen': expected a single value, got ['127.0.0.1', 7700]",
+    ),
+    (
+        "listen without a port",
+        None,
+        {},
+        {"listen": "localhost"},
+        "config key 'listen': expected HOST:PORT, got 'localhost'",
+    ),
+    (
+        "port out of range",
+        "http_listen: 0.0.0.0:70000\n",
+        {},
+        {},
+        "config key 'http_listen': port must be 0..65535, got 70000",
+    ),
+    (
+        "port not a number",
+        None,
+        {"TRIPLINE_COLLECTOR_HTTP_LISTEN": "0.0.0.0:http"},
+        {},
+        "config key 'http_listen': port must be a number, got 'http'",
+    ),
+    (
+        "log format",
+        None,
+        {},
+        {"log_format": "xml"},
+        "config key 'log_format': expected json or text, got 'xml'",
+    ),
+    (
+        "log level",
+        "log_level: LOUD\n",
+        {},
+        {},
+        "config key 'log_level': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, "
+        "got 'LOUD'",
+    ),
+    (
+        "file is a list",
+        "- interval: 5m\n",
+        {},
+        {},
+        "{file}: config key 'config': the file must hold a mapping of keys",
+    ),
+    (
+        "section is a string",
+        "collector: fast\n",
+        {},
+        {},
+        "{file}: config key 'collector': expected a mapping of keys",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "flags", "message"),
+    [case[1:] for case in BROKEN],
+    ids=[case[0] for case in BROKEN],
+)
+def test_broken_collector_config(
+    tmp_path: Path,
+    text: str | None,
+    environ: dict[str, str],
+    flags: dict[str, Any],
+    message: str,
+) -> None:
+    path = None if text is None else write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_collector_config(path, environ=environ, flags=flags)
+    assert str(err.value) == message.format(file=path)
+
+
+def test_config_error_carries_key_reason_and_source(tmp_path: Path) -> None:
+    path = write(tmp_path, "interval: soon\n")
+    with pytest.raises(ConfigError) as err:
+        load_collector_config(path, environ={})
+    assert err.value.key == "interval"
+    assert err.value.source == str(path)
+    assert "got 'soon'" in err.value.reason
+
+
+def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_collector_config(missing, environ={})
+    assert str(err.value) == (
+        f"{missing}: config key 'config': cannot read {missing}: No such file or directory"
+    )
+    path = write(tmp_path, "interval: [5m\n")
+    with pytest.raises(ConfigError) as err:
+        load_collector_config(path, environ={})
+    assert str(err.value).startswith(f"{path}: config key 'config': not valid YAML: ")
+    assert "line 2" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"TRIPLINE_AGENT_COLLECT_PROCESSES": "sometimes"},
+            "environment TRIPLINE_AGENT_COLLECT_PROCESSES: config key 'collect_processes': "
+            "expected true or false, got 'sometimes'",
+        ),
+        (
+            {"TRIPLINE_AGENT_COLLECTOR": "collector.example"},
+            "config key 'collector': expected HOST:PORT, got 'collector.example'",
+        ),
+        (
+            {"TRIPLINE_AGENT_BACKOFF_MAX": "0"},
+            "environment TRIPLINE_AGENT_BACKOFF_MAX: config key 'backoff_max': must be positive",
+        ),
+        (
+            {"TRIPLINE_AGENT_TAGS": "room=101"},
+            "environment TRIPLINE_AGENT_TAGS: config key 'tags': expected a mapping, "
+            "got 'room=101'",
+        ),
+    ],
+)
+def test_broken_agent_config(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_agent_config(None, environ=environ)
+    assert str(err.value) == message
+
+
+def test_config_objects_are_frozen() -> None:
+    config = load_collector_config(None, environ={})
+    with pytest.raises(AttributeError):
+        config.interval = 1.0  # type: ignore[misc]

@@ -1,0 +1,122 @@
+"""collector/state.py: the live window of points per series, and what counts as current."""
+
+from __future__ import annotations
+
+import pytest
+
+from alerts.engine import SeriesData
+from collector.state import AgentLive, LiveState
+
+T0 = 1_700_000_000.0
+ROOT = (("device", "/dev/sda1"), ("fstype", "ext4"), ("mountpoint", "/"))
+USB = (("device", "/dev/sdb1"), ("fstype", "vfat"), ("mountpoint", "/media/usb"))
+
+
+@pytest.fixture
+def state() -> LiveState:
+    return LiveState(window=60.0)
+
+
+@pytest.fixture
+def live(state: LiveState) -> AgentLive:
+    return state.ensure("a-1", customer="acme", hostname="pc-01", site="hq")
+
+
+def points(live: AgentLive, name: str, labels: tuple[tuple[str, str], ...] = ()) -> list:
+    return list(live.series[(name, labels)])
+
+
+def test_window_keeps_points_back_to_now_minus_window(state: LiveState, live: AgentLive) -> None:
+    for offset, value in [(0, 1.0), (30, 2.0), (60, 3.0)]:
+        state.record(live, T0 + offset, [("load1", (), value)])
+    # the point exactly one window old is still inside
+    assert points(live, "load1") == [(T0, 1.0), (T0 + 30, 2.0), (T0 + 60, 3.0)]
+    state.record(live, T0 + 61, [("load1", (), 4.0)])
+    assert points(live, "load1") == [(T0 + 30, 2.0), (T0 + 60, 3.0), (T0 + 61, 4.0)]
+    state.record(live, T0 + 200, [("load1", (), 5.0)])
+    assert points(live, "load1") == [(T0 + 200, 5.0)]
+
+
+def test_max_points_bounds_a_series() -> None:
+    state = LiveState(window=3600.0, max_points=3)
+    live = state.ensure("a-1", customer="acme", hostname="pc-01", site="hq")
+    for i in range(5):
+        state.record(live, T0 + i, [("load1", (), float(i))])
+    assert points(live, "load1") == [(T0 + 2, 2.0), (T0 + 3, 3.0), (T0 + 4, 4.0)]
+
+
+def test_same_time_replaces_the_last_point(state: LiveState, live: AgentLive) -> None:
+    state.record(live, T0, [("load1", (), 1.0)])
+    state.record(live, T0 + 10, [("load1", (), 2.0)])
+    # a report re-applied after a failed commit lands at the same collector time
+    state.record(live, T0 + 10, [("load1", (), 2.5)])
+    assert points(live, "load1") == [(T0, 1.0), (T0 + 10, 2.5)]
+    assert live.value("load1") == 2.5
+
+
+def test_out_of_order_point_is_ignored(state: LiveState, live: AgentLive) -> None:
+    state.record(live, T0 + 10, [("load1", (), 2.0)])
+    state.record(live, T0 + 20, [("load1", (), 3.0)])
+    state.record(live, T0 + 15, [("load1", (), 9.0), ("load5", (), 1.0)])
+    assert points(live, "load1") == [(T0 + 10, 2.0), (T0 + 20, 3.0)]
+    # a new series in the late report still starts
+    assert points(live, "load5") == [(T0 + 15, 1.0)]
+    assert live.value("load1") == 3.0
+
+
+def test_latest_and_value_follow_the_newest_report(state: LiveState, live: AgentLive) -> None:
+    state.record(
+        live,
+        T0,
+        [("filesystem_used_ratio", ROOT, 0.5), ("filesystem_used_ratio", USB, 0.1),
+         ("load1", (), 0.3)],
+    )  # fmt: skip
+    state.record(live, T0 + 10, [("filesystem_used_ratio", ROOT, 0.6), ("load1", (), 0.4)])
+    assert sorted(live.latest()) == [
+        ("filesystem_used_ratio", ROOT, 0.6),
+        ("load1", (), 0.4),
+    ]
+    # labels in any order name the same series
+    assert (
+        live.value("filesystem_used_ratio", mountpoint="/", fstype="ext4", device="/dev/sda1")
+        == 0.6
+    )
+    # the USB disk is not in the latest report: not current, though its points remain
+    assert live.value("filesystem_used_ratio", **dict(USB)) is None
+    assert ("filesystem_used_ratio", USB) in live.series
+    assert live.value("memory_used_ratio") is None
+
+
+def test_series_gone_from_the_agent_drops_out_after_the_window(
+    state: LiveState, live: AgentLive
+) -> None:
+    state.record(live, T0, [("filesystem_used_ratio", USB, 0.1), ("load1", (), 0.3)])
+    state.record(live, T0 + 60, [("load1", (), 0.4)])
+    assert ("filesystem_used_ratio", USB) in live.series  # last point still in the window
+    state.record(live, T0 + 61, [("load1", (), 0.5)])
+    assert ("filesystem_used_ratio", USB) not in live.series
+    assert set(live.series) == {("load1", ())}
+
+
+def test_series_data_is_current_series_only(state: LiveState, live: AgentLive) -> None:
+    state.record(live, T0, [("filesystem_used_ratio", USB, 0.1), ("load1", (), 0.3)])
+    state.record(live, T0 + 10, [("load1", (), 0.4)])
+    assert state.series_data(live) == [
+        SeriesData(metric="load1", labels=(), points=((T0, 0.3), (T0 + 10, 0.4)))
+    ]
+
+
+def test_ensure_updates_host_and_site_and_forget_removes(state: LiveState) -> None:
+    first = state.ensure("a-1", customer="acme", hostname="pc-01", site="hq")
+    state.record(first, T0, [("load1", (), 1.0)])
+    again = state.ensure("a-1", customer="acme", hostname="pc-01-renamed", site="branch")
+    assert again is first
+    assert (again.hostname, again.site) == ("pc-01-renamed", "branch")
+    # an empty hostname (Hello without one) keeps the known name
+    assert state.ensure("a-1", customer="acme", hostname="", site="branch").hostname == (
+        "pc-01-renamed"
+    )
+    assert again.value("load1") == 1.0
+    state.forget("a-1")
+    state.forget("a-1")
+    assert state.agents == {}
