@@ -122,6 +122,7 @@ class Transport:
         self.sleep = sleep
         self.clock = clock
         self.stats = TransportStats()
+        self._replay: _Replay | None = None
         self._new_data = asyncio.Event()
         self._acked = asyncio.Event()
 
@@ -224,6 +225,8 @@ class Transport:
                 "connected",
                 extra={"collector": self.target, "agent_id": ident.agent_id, "applied_seq": acked},
             )
+            stats = await asyncio.to_thread(self.spool.stats)
+            self._replay = _Replay.start(acked, stats.newest_seq or acked)
             sender = asyncio.create_task(self._send(call, acked))
             reader = asyncio.create_task(self._read(call))
             done, _ = await asyncio.wait(
@@ -312,9 +315,49 @@ class Transport:
                 self.stats.reports_acked += deleted
                 self.stats.acked_seq = max(self.stats.acked_seq, seq)
                 self._acked.set()
+                if self._replay is not None:
+                    self._replay = self._replay.progress(seq)
             elif kind == "settings":
                 self.on_settings(message.settings)
 
 
 class _ProtocolError(Exception):
     pass
+
+
+# A backlog this large after a reconnect is worth progress lines in the log.
+REPLAY_REPORT_THRESHOLD = 100
+
+
+@dataclass(frozen=True)
+class _Replay:
+    """Progress of resending a backlog after an outage, logged every tenth of the way."""
+
+    first: int
+    last: int
+    next_report: int
+
+    @classmethod
+    def start(cls, acked: int, newest: int) -> _Replay | None:
+        backlog = newest - acked
+        if backlog < REPLAY_REPORT_THRESHOLD:
+            return None
+        log.info("replaying backlog", extra={"reports": backlog, "from_seq": acked + 1})
+        return cls(first=acked, last=newest, next_report=acked + max(1, backlog // 10))
+
+    def progress(self, acked: int) -> _Replay | None:
+        total = self.last - self.first
+        if acked >= self.last:
+            log.info("backlog replayed", extra={"reports": total})
+            return None
+        if acked < self.next_report:
+            return self
+        log.info(
+            "replaying backlog",
+            extra={
+                "done": acked - self.first,
+                "reports": total,
+                "percent": round(100 * (acked - self.first) / total),
+            },
+        )
+        return _Replay(self.first, self.last, acked + max(1, total // 10))

@@ -65,7 +65,7 @@ class CollectorApp:
         self.registry = CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
         self.store = Store(config.effective_database_url)
-        self.state = LiveState(window=series_window(self.rules))
+        self.state = LiveState(window=series_window(self.rules), staleness=3 * config.interval)
         self.grpc_port = 0
         self.http_port = 0
         self._tasks: list[asyncio.Task[None]] = []

@@ -38,10 +38,15 @@ def _customers(values: Sequence[str] | None) -> dict[str, str] | None:
     out = {}
     for value in values:
         name, sep, token = value.partition("=")
-        if not sep or not name or not token:
+        if not sep or not _is_name(name) or not _is_name(token):
             raise CliError(f"--customer expects NAME=ENROLLMENT_TOKEN, got {value!r}")
         out[name] = token
     return out
+
+
+def _is_name(text: str) -> bool:
+    """Non-empty and without surrounding spaces, as the store requires of names and tokens."""
+    return bool(text) and text == text.strip()
 
 
 def _collector_config(args: argparse.Namespace) -> CollectorConfig:
@@ -345,6 +350,11 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     now = time.time()
     with _store(args) as store:
         if args.tokens_cmd == "create":
+            if not _is_name(args.customer):
+                raise CliError(
+                    "--customer expects a customer name without surrounding spaces, "
+                    f"got {args.customer!r}"
+                )
             expires = None
             if args.expires_in:
                 try:

@@ -229,6 +229,10 @@ class Pipeline:
             timers = any(s.phase == "pending" or s.clear_since is not None for s in states.values())
             if not (went_silent or timers):
                 continue
+            if not went_silent and live.last_point_at is None:
+                # Restored after a restart and not reported since: without its series
+                # every alert would read "series gone". Wait for its first report.
+                continue
             lock = self._lock(live.agent_id)
             if lock.locked():
                 continue  # a report is being applied: it evaluates this agent anyway

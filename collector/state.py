@@ -30,6 +30,7 @@ class AgentLive:
     instance_id: str = ""
     dropped_reports_total: int = 0
     reports_applied: int = 0
+    last_point_at: float | None = None  # collector time of the newest report's points
     # series key -> points (collector time, value), oldest first
     series: dict[SeriesKey, deque[tuple[float, float]]] = field(default_factory=dict)
     # keys present in the latest report: what is exposed and evaluated
@@ -50,11 +51,17 @@ class AgentLive:
 
 
 class LiveState:
-    """Agents by id. ``window`` bounds how much history a series keeps (seconds)."""
+    """Agents by id. ``window`` bounds how much history a series keeps (seconds).
 
-    def __init__(self, window: float, max_points: int = 720) -> None:
+    ``staleness``: a series missing from the latest report still counts for rule
+    evaluation while its last point is this recent, so one failed probe in one
+    collection does not resolve (and then reopen) every ticket on that series.
+    """
+
+    def __init__(self, window: float, max_points: int = 720, staleness: float = 30.0) -> None:
         self.window = window
         self.max_points = max_points
+        self.staleness = staleness
         self.agents: dict[str, AgentLive] = {}
 
     def ensure(self, agent_id: str, *, customer: str, hostname: str, site: str) -> AgentLive:
@@ -97,6 +104,8 @@ class LiveState:
             while points and points[0][0] < horizon:
                 points.popleft()
         live.current = current
+        if live.last_point_at is None or at > live.last_point_at:
+            live.last_point_at = at
         # Series gone from the agent (a USB disk unplugged) are forgotten once their
         # last point leaves the window.
         for key in [k for k, pts in live.series.items() if k not in current]:
@@ -105,8 +114,12 @@ class LiveState:
                 del live.series[key]
 
     def series_data(self, live: AgentLive) -> list[SeriesData]:
+        """The series rules see: those of the latest report, plus briefly missing ones."""
+        if live.last_point_at is None:
+            return []
+        fresh_after = live.last_point_at - self.staleness
         return [
-            SeriesData(metric=key[0], labels=key[1], points=tuple(live.series[key]))
-            for key in live.current
-            if key in live.series
+            SeriesData(metric=key[0], labels=key[1], points=tuple(points))
+            for key, points in live.series.items()
+            if points and (key in live.current or points[-1][0] >= fresh_after)
         ]

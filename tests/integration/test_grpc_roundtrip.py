@@ -12,6 +12,7 @@ import grpc
 import httpx
 import pytest
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.runner import AgentRunner
 from agent.spool import Spool
@@ -99,6 +100,11 @@ def test_agent_enrolls_streams_and_spool_drains(tmp_path: Path) -> None:
             assert f'tripline_agent_up{{agent_id="{agent_id}"' in body
             assert "tripline_memory_total_bytes{" in body
             assert "tripline_collector_reports_applied_total" in body
+            async with aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                for service in ("", "tripline.v1.Collector"):
+                    reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                    assert reply.status == health_pb2.HealthCheckResponse.SERVING
             stop.set()
             await task
             # everything the collector applied is gone from the spool; what is left

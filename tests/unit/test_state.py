@@ -98,12 +98,19 @@ def test_series_gone_from_the_agent_drops_out_after_the_window(
     assert set(live.series) == {("load1", ())}
 
 
-def test_series_data_is_current_series_only(state: LiveState, live: AgentLive) -> None:
+def test_series_data_keeps_a_briefly_missing_series_until_stale(live: AgentLive) -> None:
+    state = LiveState(window=600.0, staleness=30.0)
     state.record(live, T0, [("filesystem_used_ratio", USB, 0.1), ("load1", (), 0.3)])
+    # one collection without the USB disk (a failed probe): rules still see it
     state.record(live, T0 + 10, [("load1", (), 0.4)])
+    assert sorted(s.metric for s in state.series_data(live)) == ["filesystem_used_ratio", "load1"]
+    # missing for longer than the staleness: gone for the rules
+    state.record(live, T0 + 31, [("load1", (), 0.5)])
     assert state.series_data(live) == [
-        SeriesData(metric="load1", labels=(), points=((T0, 0.3), (T0 + 10, 0.4)))
+        SeriesData(metric="load1", labels=(), points=((T0, 0.3), (T0 + 10, 0.4), (T0 + 31, 0.5)))
     ]
+    # exposition shows only the latest report's series
+    assert [name for name, _, _ in live.latest()] == ["load1"]
 
 
 def test_ensure_updates_host_and_site_and_forget_removes(state: LiveState) -> None:

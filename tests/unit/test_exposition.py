@@ -1,0 +1,218 @@
+"""collector/exposition.py: agent series as Prometheus families on a registry passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector.exposition import AgentSeriesCollector, exposed_name
+from collector.state import AgentLive, LiveState
+
+T0 = 1_700_000_000.0
+TARGET = {"agent_id": "a-1", "host": "pc-01", "customer": "acme", "site": "hq"}
+ROOT = (("device", "/dev/sda1"), ("fstype", "ext4"), ("mountpoint", "/"))
+
+
+class Scrape:
+    """One agent in a LiveState, exposed on its own registry."""
+
+    def __init__(self, is_up: Callable[[AgentLive], bool] = lambda live: True) -> None:
+        self.state = LiveState(window=900.0)
+        self.live = self.state.ensure("a-1", customer="acme", hostname="pc-01", site="hq")
+        self.registry = CollectorRegistry()
+        self.registry.register(AgentSeriesCollector(self.state, is_up))
+
+    def record(self, *samples: tuple[str, tuple[tuple[str, str], ...], float]) -> None:
+        self.state.record(self.live, T0, samples)
+        self.live.last_seen = T0
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def families(self) -> dict[str, tuple[str, list[tuple[str, dict[str, str], float]]]]:
+        """name -> (type, [(sample name, labels, value)]) as a scraper parses it."""
+        return {
+            f.name: (f.type, [(s.name, s.labels, s.value) for s in f.samples])
+            for f in text_string_to_metric_families(self.text())
+        }
+
+    def value(self, sample_name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(sample_name, {**TARGET, **labels})
+
+
+@pytest.fixture
+def scrape() -> Scrape:
+    return Scrape()
+
+
+def test_gauges_are_tripline_name_with_target_labels(scrape: Scrape) -> None:
+    scrape.record(("memory_used_ratio", (), 0.42), ("filesystem_used_ratio", ROOT, 0.9))
+    assert scrape.value("tripline_memory_used_ratio") == 0.42
+    assert scrape.value("tripline_filesystem_used_ratio", **dict(ROOT)) == 0.9
+    families = scrape.families()
+    assert families["tripline_memory_used_ratio"] == (
+        "gauge",
+        [("tripline_memory_used_ratio", TARGET, 0.42)],
+    )
+    assert "# HELP tripline_memory_used_ratio Memory in use as a ratio (0-1).\n" in scrape.text()
+
+
+def test_counters_keep_total(scrape: Scrape) -> None:
+    scrape.record(("disk_read_bytes_total", (("device", "sda"),), 1234.0))
+    text = scrape.text()
+    assert "# TYPE tripline_disk_read_bytes_total counter\n" in text
+    assert scrape.value("tripline_disk_read_bytes_total", device="sda") == 1234.0
+    kind, samples = scrape.families()["tripline_disk_read_bytes"]
+    assert kind == "counter"
+    assert [name for name, _, _ in samples] == ["tripline_disk_read_bytes_total"]
+
+
+def test_unknown_metric_gets_a_generic_help(scrape: Scrape) -> None:
+    scrape.record(("printer_jobs_queued", (), 3.0))
+    assert "# HELP tripline_printer_jobs_queued Agent metric printer_jobs_queued.\n" in (
+        scrape.text()
+    )
+
+
+def test_agent_label_colliding_with_a_target_label_is_exported(scrape: Scrape) -> None:
+    scrape.record(
+        ("container_up", (("host", "docker-7"), ("site", "rack")), 1.0),
+        ("histogramish", (("le", "0.5"), ("quantile", "0.9")), 2.0),
+    )
+    assert scrape.value("tripline_container_up", exported_host="docker-7", exported_site="rack")
+    assert scrape.value("tripline_histogramish", exported_le="0.5", exported_quantile="0.9")
+
+
+def test_every_agent_has_up_last_report_and_dropped(scrape: Scrape) -> None:
+    scrape.record(("load1", (), 0.1))
+    scrape.live.dropped_reports_total = 7
+    assert scrape.value("tripline_agent_up") == 1.0
+    assert scrape.value("tripline_agent_last_report_timestamp_seconds") == T0
+    assert scrape.value("tripline_agent_spool_dropped_reports_total") == 7.0
+
+
+def test_agent_up_follows_is_up() -> None:
+    verdict = {"a-1": True}
+    scrape = Scrape(is_up=lambda live: verdict[live.agent_id])
+    scrape.record(("load1", (), 0.1))
+    assert scrape.value("tripline_agent_up") == 1.0
+    verdict["a-1"] = False
+    assert scrape.value("tripline_agent_up") == 0.0
+    # a silent agent's last values stay visible; `up` says whether to trust them
+    assert scrape.value("tripline_load1") == 0.1
+
+
+def test_agent_that_never_reported_is_down_without_a_timestamp() -> None:
+    scrape = Scrape(is_up=lambda live: live.last_seen is not None)
+    assert scrape.value("tripline_agent_up") == 0.0
+    assert scrape.value("tripline_agent_last_report_timestamp_seconds") is None
+    assert "tripline_agent_last_report_timestamp_seconds{" not in scrape.text()
+
+
+def test_several_agents_share_one_family() -> None:
+    scrape = Scrape()
+    other = scrape.state.ensure("a-2", customer="globex", hostname="pc-02", site="")
+    scrape.record(("load1", (), 0.1))
+    scrape.state.record(other, T0, [("load1", (), 0.2)])
+    kind, samples = scrape.families()["tripline_load1"]
+    assert kind == "gauge"
+    assert sorted((labels["agent_id"], labels["customer"], v) for _, labels, v in samples) == [
+        ("a-1", "acme", 0.1),
+        ("a-2", "globex", 0.2),
+    ]
+    assert scrape.text().count("# TYPE tripline_load1 gauge") == 1
+
+
+def test_label_values_are_escaped(scrape: Scrape) -> None:
+    host = 'pc "q" \\ back\nslash'
+    scrape.live.hostname = host
+    mount = '/mnt/we"ird\\path\nx'
+    scrape.record(("filesystem_used_ratio", (("mountpoint", mount),), 0.5))
+    assert 'mountpoint="/mnt/we\\"ird\\\\path\\nx"' in scrape.text()
+    _, samples = scrape.families()["tripline_filesystem_used_ratio"]
+    assert [(labels["host"], labels["mountpoint"]) for _, labels, _ in samples] == [(host, mount)]
+
+
+def test_gauge_with_a_histogram_suffix_is_renamed(scrape: Scrape) -> None:
+    scrape.record(
+        ("process_count", (), 212.0),
+        ("print_job_count", (), 3.0),
+        ("thing_sum", (), 1.0),
+        ("queue_bucket", (), 2.0),
+        ("error_count_total", (), 4.0),  # a counter ends in _total: nothing to rename
+    )
+    families = scrape.families()
+    names = set(families)
+    assert {
+        "tripline_processes",
+        "tripline_print_job_count_value",
+        "tripline_thing_sum_value",
+        "tripline_queue_bucket_value",
+        "tripline_error_count",
+    } <= names
+    assert scrape.value("tripline_processes") == 212.0
+    assert "# HELP tripline_processes Number of processes.\n" in scrape.text()
+    gauges = [name for name, (kind, _) in families.items() if kind == "gauge"]
+    assert not any(name.endswith(("_count", "_sum", "_bucket")) for name in gauges)
+    assert families["tripline_error_count"][0] == "counter"
+
+
+@pytest.mark.parametrize(
+    ("name", "exposed"),
+    [
+        ("cpu_usage_ratio", ("tripline_cpu_usage_ratio", "gauge")),
+        ("network_receive_bytes_total", ("tripline_network_receive_bytes", "counter")),
+        ("process_count", ("tripline_processes", "gauge")),
+        ("x_count", ("tripline_x_count_value", "gauge")),
+    ],
+)
+def test_exposed_name(name: str, exposed: tuple[str, str]) -> None:
+    assert exposed_name(name) == exposed
+
+
+def test_agent_series_cannot_shadow_the_collectors_own_families(scrape: Scrape) -> None:
+    scrape.live.dropped_reports_total = 2
+    scrape.record(
+        ("agent_up", (), 0.0),
+        ("agent_spool_dropped_reports_total", (), 99.0),
+        ("agent_last_report_timestamp_seconds", (), 1.0),
+        ("collector_reports_applied_total", (), 5.0),
+        ("load1", (), 0.1),
+    )
+    text = scrape.text()
+    for family in (
+        "tripline_agent_up",
+        "tripline_agent_spool_dropped_reports_total",
+        "tripline_agent_last_report_timestamp_seconds",
+    ):
+        assert text.count(f"# HELP {family} ") == 1
+    assert scrape.value("tripline_agent_up") == 1.0
+    assert scrape.value("tripline_agent_spool_dropped_reports_total") == 2.0
+    assert "tripline_collector_reports_applied" not in text
+    assert scrape.value("tripline_load1") == 0.1
+
+
+def test_gauge_and_counter_of_one_family_name_do_not_both_appear(scrape: Scrape) -> None:
+    scrape.record(("jobs", (), 1.0), ("jobs_total", (), 10.0))
+    text = scrape.text()
+    assert text.count("# TYPE tripline_jobs") == 1
+    # whichever came first, the scrape still parses
+    assert "tripline_jobs" in scrape.families()
+
+
+def test_only_current_series_are_exposed(scrape: Scrape) -> None:
+    usb = (("mountpoint", "/media/usb"),)
+    scrape.state.record(scrape.live, T0, [("filesystem_used_ratio", usb, 0.1)])
+    scrape.state.record(scrape.live, T0 + 10, [("filesystem_used_ratio", ROOT, 0.5)])
+    assert scrape.value("tripline_filesystem_used_ratio", **dict(usb)) is None
+    assert scrape.value("tripline_filesystem_used_ratio", **dict(ROOT)) == 0.5
+
+
+def test_collector_is_not_on_the_global_registry() -> None:
+    from prometheus_client import REGISTRY
+
+    Scrape().record(("load1", (), 0.1))
+    assert REGISTRY.get_sample_value("tripline_agent_up", TARGET) is None
