@@ -214,8 +214,7 @@ BROKEN: list[tuple[str, str | None, dict[str, str], dict[str, Any], str]] = [
         "max_samples_per_report: 1.5\n",
         {},
         {},
-        "{file}: config key 'max_samples_per_report': expected a positive whole number, "
-        "got 1.5",
+        "{file}: config key 'max_samples_per_report': expected a positive whole number, got 1.5",
     ),
     (
         "boolean as a count",
@@ -293,8 +292,7 @@ BROKEN: list[tuple[str, str | None, dict[str, str], dict[str, Any], str]] = [
         "log_level: LOUD\n",
         {},
         {},
-        "config key 'log_level': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, "
-        "got 'LOUD'",
+        "config key 'log_level': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'",
     ),
     (
         "file is a list",

@@ -82,8 +82,12 @@ def test_agent_label_colliding_with_a_target_label_is_exported(scrape: Scrape) -
         ("container_up", (("host", "docker-7"), ("site", "rack")), 1.0),
         ("histogramish", (("le", "0.5"), ("quantile", "0.9")), 2.0),
     )
-    assert scrape.value("tripline_container_up", exported_host="docker-7", exported_site="rack")
-    assert scrape.value("tripline_histogramish", exported_le="0.5", exported_quantile="0.9")
+    container = scrape.value(
+        "tripline_container_up", exported_host="docker-7", exported_site="rack"
+    )
+    assert container == 1.0
+    reserved = scrape.value("tripline_histogramish", exported_le="0.5", exported_quantile="0.9")
+    assert reserved == 2.0
 
 
 def test_every_agent_has_up_last_report_and_dropped(scrape: Scrape) -> None:

@@ -1,0 +1,387 @@
+"""collector/pipeline.py on a real SQLite store, stepped by a fake clock (no gRPC).
+
+The pieces are wired as collector/app.py wires them; reports go in decoded as the servicer
+decodes them, and time moves only when a test moves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from alerts.rules import parse_rules
+from collector import tickets
+from collector.committer import Committer
+from collector.config import load_collector_config
+from collector.convert import decode_hello, decode_report
+from collector.pipeline import Pipeline, Session
+from collector.selfmetrics import CollectorMetrics
+from collector.state import LiveState
+from collector.store import AgentRecord, Store
+from collector.tickets import Ticket
+from protos.tripline.v1 import tripline_pb2 as pb
+
+T0 = 1_700_000_000.0
+INSTANCE = "i-1"
+ROOT = {"mountpoint": "/", "fstype": "ext4", "device": "/dev/sda1"}
+DATA = {"mountpoint": "/data", "fstype": "ext4", "device": "/dev/sdb1"}
+CONTEXT = {
+    "top_cpu": [{"pid": 4242, "name": "backup.exe", "cpu_ratio": 0.71}],
+    "top_memory": [{"pid": 77, "name": "chrome.exe", "memory_rss_bytes": "3221225472"}],
+    "logged_in_users": ["alice"],
+}
+
+RULES = """\
+rules:
+  - name: DiskAlmostFull
+    metric: filesystem_used_ratio
+    match: {mountpoint: "/"}
+    op: ">"
+    threshold: 0.5
+    for: 1m
+    clear: {threshold: 0.4, for: 30s}
+    severity: warning
+    tier: 1
+    summary: "{host}: {mountpoint} is {value:.0%} full"
+    runbook: "Empty the recycle bin."
+  - name: LoadHigh
+    metric: load1
+    op: ">"
+    threshold: 4
+    clear: {threshold: 1, for: 1m}
+    severity: critical
+    tier: 2
+    summary: "{host}: load {value}"
+"""
+
+
+class Parts:
+    """Store, state, committer and pipeline as collector/app.py builds them."""
+
+    def __init__(self, db: Path, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.config = load_collector_config(
+            None, environ={}, flags={"data_dir": db.parent, "interval": 10}
+        )
+        self.store = Store(f"sqlite:///{db}")
+        self.store.migrate()
+        self.metrics = CollectorMetrics(CollectorRegistry())
+        self.committer = Committer(self.store, self.metrics)
+        self.pipeline = Pipeline(
+            store=self.store,
+            state=LiveState(window=900.0),
+            rules=parse_rules(RULES, "rules.yaml"),
+            config=self.config,
+            metrics=self.metrics,
+            committer=self.committer,
+            clock=clock,
+        )
+
+    async def run(self, scenario: Callable[[], Awaitable[None]]) -> None:
+        task = asyncio.create_task(self.committer.run())
+        try:
+            await scenario()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def enroll(self, hostname: str = "pc-01") -> AgentRecord:
+        _, token = self.store.create_enrollment_token("acme", now=T0)
+        record, _ = self.store.enroll_agent(
+            token, hostname=hostname, site="hq", inventory={}, now=T0
+        )
+        return record
+
+    async def connect(self, agent: AgentRecord) -> Session:
+        hello = pb.Hello(
+            agent_version="test",
+            instance_id=INSTANCE,
+            sent_at_seconds=self.clock(),
+            host=pb.HostInfo(hostname=agent.hostname),
+        )
+        return await self.pipeline.open_session(agent, decode_hello(hello))
+
+    async def send(
+        self,
+        session: Session,
+        seq: int,
+        *,
+        root: float | None = None,
+        load1: float | None = None,
+        data: float | None = None,
+    ) -> bool:
+        """One report collected now (agent clock == collector clock)."""
+        msg = pb.Report(instance_id=INSTANCE, seq=seq, collected_at_seconds=self.clock())
+        msg.context.top_cpu.add(pid=4242, name="backup.exe", cpu_ratio=0.71)
+        msg.context.top_memory.add(pid=77, name="chrome.exe", memory_rss_bytes=3 * 2**30)
+        msg.context.logged_in_users.append("alice")
+        msg.samples.add(name="uptime_seconds", value=86400.0)
+        if root is not None:
+            msg.samples.add(name="filesystem_used_ratio", labels=ROOT, value=root)
+            msg.samples.add(name="filesystem_avail_bytes", labels=ROOT, value=(1 - root) * 1e11)
+            msg.samples.add(name="filesystem_size_bytes", labels=ROOT, value=1e11)
+        if data is not None:
+            msg.samples.add(name="filesystem_used_ratio", labels=DATA, value=data)
+        if load1 is not None:
+            msg.samples.add(name="load1", value=load1)
+        report = decode_report(msg, instance_id=INSTANCE, max_samples=100)
+        return await self.pipeline.apply(session, report)
+
+    def tickets(self, **filters: Any) -> list[Ticket]:
+        with self.store.read() as conn:
+            listed = tickets.list_tickets(conn, **filters)
+            return [tickets.get_ticket(conn, t.id) for t in reversed(listed)]
+
+    def rules_with_tickets(self) -> list[tuple[str, str]]:
+        return [(t.rule, t.status) for t in self.tickets()]
+
+
+class Timeline:
+    """Seconds since T0, settable; the pipeline reads it through __call__."""
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+
+    def at(self, seconds: float) -> float:
+        self._clock.now = T0 + seconds
+        return self._clock.now
+
+
+def test_threshold_rule_fires_after_for_and_resolves_after_clear(
+    tmp_path: Path, clock: Any
+) -> None:
+    c = Parts(tmp_path / "tripline.db", clock)
+    t = Timeline(clock)
+
+    async def scenario() -> None:
+        agent = c.enroll()
+        session = await c.connect(agent)
+        for second in range(0, 60, 10):
+            t.at(second)
+            assert await c.send(session, second // 10 + 1, root=0.9, data=0.95, load1=0.5)
+            await c.pipeline.tick()
+        await c.pipeline.tick(t.at(59.9))
+        assert c.tickets() == []  # pending: `for` has not elapsed
+        await c.pipeline.tick(t.at(60))
+        [ticket] = c.tickets()
+        assert (ticket.rule, ticket.status, ticket.severity, ticket.tier) == (
+            "DiskAlmostFull",
+            "open",
+            "warning",
+            1,
+        )
+        assert ticket.opened_at == T0 + 60
+        assert ticket.labels == tuple(sorted(ROOT.items()))  # /data does not match the rule
+        assert (ticket.value, ticket.threshold) == (0.9, 0.5)
+        assert ticket.summary == "pc-01: / is 90% full"
+        assert ticket.runbook == "Empty the recycle bin."
+        context = ticket.context
+        assert context["top_cpu"] == CONTEXT["top_cpu"]
+        assert context["top_memory"] == CONTEXT["top_memory"]
+        assert context["logged_in_users"] == ["alice"]
+        assert context["uptime_seconds"] == 86400.0
+        assert context["load1"] == 0.5
+        assert [(fs["mountpoint"], fs["used_ratio"]) for fs in context["filesystems"]] == [
+            ("/", 0.9),
+            ("/data", 0.95),
+        ]
+        root_fs = context["filesystems"][0]
+        assert root_fs["size_bytes"] == 1e11
+        assert root_fs["avail_bytes"] == 1e11 * (1 - 0.9)
+
+        # between clear (0.4) and threshold (0.5): hysteresis keeps it firing
+        t.at(70)
+        await c.send(session, 7, root=0.45, load1=0.5)
+        t.at(80)
+        await c.send(session, 8, root=0.3, load1=0.5)  # below clear: the 30 s hold starts
+        t.at(90)
+        await c.send(session, 9, root=0.3, load1=0.5)
+        await c.pipeline.tick(t.at(109.9))
+        assert c.rules_with_tickets() == [("DiskAlmostFull", "open")]
+        await c.pipeline.tick(t.at(110))
+        [ticket] = c.tickets()
+        assert ticket.status == "resolved"
+        assert (ticket.resolved_at, ticket.resolved_value) == (T0 + 110, 0.3)
+        assert (ticket.resolve_reason, ticket.resolved_by) == ("cleared", "tripline")
+        assert [e.kind for e in ticket.events] == ["opened", "resolved"]
+        assert c.metrics.ticket_transitions.labels("firing")._value.get() == 1
+        assert c.metrics.ticket_transitions.labels("resolved")._value.get() == 1
+        assert c.pipeline.alert_states[agent.agent_id] == {}
+
+    asyncio.run(c.run(scenario))
+
+
+def test_silent_agent_goes_offline_at_exactly_offline_after_and_freezes_rules(
+    tmp_path: Path, clock: Any
+) -> None:
+    c = Parts(tmp_path / "tripline.db", clock)
+    t = Timeline(clock)
+    assert c.config.effective_offline_after == 30.0
+
+    async def scenario() -> None:
+        agent = c.enroll()
+        session = await c.connect(agent)
+        t.at(0)
+        await c.send(session, 1, load1=8.0)  # LoadHigh fires at once (no `for`)
+        assert c.rules_with_tickets() == [("LoadHigh", "open")]
+        t.at(10)
+        # load below its clear threshold: a 60 s clear hold starts (would resolve at 70);
+        # the disk starts its 60 s `for` (would fire at 70)
+        await c.send(session, 2, load1=0.5, root=0.9)
+        live = c.pipeline.state.agents[agent.agent_id]
+        assert live.last_seen == T0 + 10
+
+        await c.pipeline.tick(t.at(39.9))
+        assert c.pipeline.is_up(live)
+        assert c.rules_with_tickets() == [("LoadHigh", "open")]
+        await c.pipeline.tick(t.at(40))
+        assert not c.pipeline.is_up(live)
+        offline = [tk for tk in c.tickets() if tk.rule == "AgentOffline"]
+        assert [(tk.status, tk.opened_at, tk.value) for tk in offline] == [("open", T0 + 40, 30.0)]
+        assert offline[0].summary == "pc-01 has not reported for 30s"
+
+        # long past both timers: while offline nothing else fires or resolves
+        for second in (70, 71, 300, 3600):
+            await c.pipeline.tick(t.at(second))
+        assert c.rules_with_tickets() == [("LoadHigh", "open"), ("AgentOffline", "open")]
+        assert c.metrics.ticket_transitions.labels("firing")._value.get() == 2
+        assert c.metrics.ticket_transitions.labels("resolved")._value.get() == 0
+
+        # back online: the offline ticket resolves
+        t.at(3610)
+        await c.send(session, 3, load1=8.0, root=0.9)
+        by_rule = {tk.rule: tk for tk in c.tickets()}
+        assert by_rule["AgentOffline"].status == "resolved"
+        assert by_rule["AgentOffline"].resolved_at == T0 + 3610
+        assert by_rule["LoadHigh"].status == "open"
+
+    asyncio.run(c.run(scenario))
+
+
+def test_duplicate_seq_is_not_applied_twice(tmp_path: Path, clock: Any) -> None:
+    c = Parts(tmp_path / "tripline.db", clock)
+    t = Timeline(clock)
+
+    async def scenario() -> None:
+        agent = c.enroll()
+        session = await c.connect(agent)
+        t.at(0)
+        assert await c.send(session, 1, load1=8.0) is True
+        t.at(5)
+        assert await c.send(session, 1, load1=9.0) is False
+        live = c.pipeline.state.agents[agent.agent_id]
+        assert live.value("load1") == 8.0
+        assert live.reports_applied == 1
+
+        # after a reconnect the session starts from the stored seq
+        again = await c.connect(agent)
+        assert again.applied_seq == 1
+        assert await c.send(again, 1, load1=9.0) is False
+
+        # two sessions of one instance (an agent moved between collectors mid-outage):
+        # the store refuses the seq the other already applied
+        stale = await c.connect(agent)
+        t.at(10)
+        assert await c.send(again, 2, load1=8.0) is True
+        assert await c.send(stale, 2, load1=8.0) is False
+        assert stale.applied_seq == 2
+
+        assert c.store.applied_seq(agent.agent_id, INSTANCE) == 2
+        assert c.metrics.reports_applied._value.get() == 2
+        assert c.metrics.reports_duplicate._value.get() == 3
+        assert c.metrics.reports_received._value.get() == 5
+        # one ticket, one opening event
+        [ticket] = c.tickets()
+        assert [e.kind for e in ticket.events] == ["opened"]
+
+    asyncio.run(c.run(scenario))
+
+
+def test_restart_keeps_firing_alerts_firing_and_pending_clocks(tmp_path: Path, clock: Any) -> None:
+    db = tmp_path / "tripline.db"
+    first = Parts(db, clock)
+    t = Timeline(clock)
+    agent_id = ""
+
+    async def before() -> None:
+        nonlocal agent_id
+        agent = first.enroll()
+        agent_id = agent.agent_id
+        session = await first.connect(agent)
+        t.at(0)
+        await first.send(session, 1, load1=8.0)
+        t.at(20)
+        await first.send(session, 2, load1=8.0, root=0.9)  # disk pending since 20
+
+    asyncio.run(first.run(before))
+    first.store.close()
+    assert first.rules_with_tickets() == [("LoadHigh", "open")]
+
+    second = Parts(db, clock)
+    # down 25 s: short of the offline threshold after the restart grace
+    second.pipeline.restore(t.at(45))
+    live = second.pipeline.state.agents[agent_id]
+    assert (live.hostname, live.customer, live.site) == ("pc-01", "acme", "hq")
+    assert live.last_seen == T0 + 45
+    phases = {k.rule: s.phase for k, s in second.pipeline.alert_states[agent_id].items()}
+    assert phases == {"LoadHigh": "firing", "DiskAlmostFull": "pending"}
+
+    async def after() -> None:
+        [agent] = second.store.list_agents()
+        session = await second.connect(agent)
+        assert session.applied_seq == 2
+        t.at(50)
+        assert await second.send(session, 3, load1=8.0, root=0.9)
+        t.at(60)
+        await second.send(session, 4, load1=8.0, root=0.9)
+        # still pending: `for` counts from 20, not from the restart
+        await second.pipeline.tick(t.at(79.9))
+        assert second.rules_with_tickets() == [("LoadHigh", "open")]
+        await second.pipeline.tick(t.at(80))
+        assert second.rules_with_tickets() == [("LoadHigh", "open"), ("DiskAlmostFull", "open")]
+        disk = next(tk for tk in second.tickets() if tk.rule == "DiskAlmostFull")
+        assert disk.opened_at == T0 + 80
+        # the firing alert did not fire again: its ticket was neither duplicated nor reopened
+        load = next(tk for tk in second.tickets() if tk.rule == "LoadHigh")
+        assert (load.opened_at, load.reopen_count, [e.kind for e in load.events]) == (
+            T0,
+            0,
+            ["opened"],
+        )
+        assert second.metrics.ticket_transitions.labels("firing")._value.get() == 1
+
+    asyncio.run(second.run(after))
+    second.store.close()
+
+
+def test_restore_gives_a_grace_period_instead_of_offline_tickets(
+    tmp_path: Path, clock: Any
+) -> None:
+    db = tmp_path / "tripline.db"
+    first = Parts(db, clock)
+    t = Timeline(clock)
+
+    async def before() -> None:
+        session = await first.connect(first.enroll())
+        t.at(0)
+        await first.send(session, 1, load1=0.5)
+
+    asyncio.run(first.run(before))
+    first.store.close()
+
+    # the collector was down for an hour
+    second = Parts(db, clock)
+    second.pipeline.restore(t.at(3600))
+
+    async def after() -> None:
+        await second.pipeline.tick(t.at(3629.9))
+        assert second.tickets() == []
+        await second.pipeline.tick(t.at(3630))
+        assert second.rules_with_tickets() == [("AgentOffline", "open")]
+
+    asyncio.run(second.run(after))
+    second.store.close()
