@@ -19,6 +19,7 @@ from agent import convert, probes
 from agent.probes import Collection, Sample
 from agent.spool import Spool
 from agent.transport import Backoff, Transport
+from collector import tls
 from collector.config import AgentConfig
 from protos.tripline.v1 import tripline_pb2 as pb
 
@@ -48,6 +49,8 @@ class AgentRunner:
             site=config.site,
             host_info=self._host_info,
             on_settings=self._apply_settings,
+            # validity is judged by the wall clock, as the TLS handshake does
+            credentials=tls.agent_channel_credentials(config, time.time()),
             max_message_bytes=config.max_message_bytes,
             backoff=Backoff(config.backoff_initial, config.backoff_max),
             clock=clock,

@@ -105,6 +105,7 @@ class Transport:
         site: str,
         host_info: Callable[[], pb.HostInfo],
         on_settings: Callable[[pb.Settings], None],
+        credentials: grpc.ChannelCredentials | None,
         max_message_bytes: int = 4 * 2**20,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -117,6 +118,8 @@ class Transport:
         self.site = site
         self.host_info = host_info
         self.on_settings = on_settings
+        # None means plaintext, which only an explicit `plaintext: true` config asks for
+        self.credentials = credentials
         self.max_message_bytes = max_message_bytes
         self.backoff = backoff or Backoff(0.5, 60.0)
         self.sleep = sleep
@@ -132,9 +135,12 @@ class Transport:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, stream, reconnect; return when ``stop`` is set."""
-        async with aio.insecure_channel(
-            self.target, options=channel_options(self.max_message_bytes)
-        ) as channel:
+        options = channel_options(self.max_message_bytes)
+        if self.credentials is None:
+            channel = aio.insecure_channel(self.target, options=options)
+        else:
+            channel = aio.secure_channel(self.target, self.credentials, options=options)
+        async with channel:
             stub = pb_grpc.CollectorStub(channel)
             ident = await self._identity(stub, stop)
             if ident is None:

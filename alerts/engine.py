@@ -113,18 +113,20 @@ def evaluate_agent(
 
     # Sorted labels make the key independent of the order a caller built them in; a series
     # given twice counts once (the last wins).
-    current = {(s.metric, tuple(sorted(s.labels))): s for s in series}
-    label_maps = {labels: dict(labels) for _, labels in current}
+    by_metric: dict[str, dict[Labels, SeriesData]] = {}
+    for s in series:
+        by_metric.setdefault(s.metric, {})[tuple(sorted(s.labels))] = s
+    label_maps: dict[Labels, dict[str, str]] = {}
     seen: set[AlertKey] = set()
     for rule in rules.threshold_rules:
         effective = rule.for_customer(target.customer)
         if effective is None:
             continue
-        for (metric, labels), data in current.items():
-            label_map = label_maps[labels]
-            if metric != effective.metric or not all(
-                matcher.matches(label_map) for matcher in effective.matchers
-            ):
+        for labels, data in by_metric.get(effective.metric, {}).items():
+            label_map = label_maps.get(labels)
+            if label_map is None:
+                label_map = label_maps[labels] = dict(labels)
+            if not all(matcher.matches(label_map) for matcher in effective.matchers):
                 continue
             key = AlertKey(target.agent_id, rule.name, labels)
             seen.add(key)

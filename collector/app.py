@@ -16,14 +16,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from alerts.rules import RuleFileError, RuleSet, default_rules, load_rules
-from collector import tickets
+from collector import tickets, tls
+from collector.api import ApiContext
 from collector.committer import Committer
 from collector.config import CollectorConfig, parse_hostport
-from collector.exposition import AgentSeriesCollector
+from collector.delivery import Deliverer
+from collector.exposition import SeriesExposition
 from collector.http import build_app
 from collector.pipeline import Pipeline
 from collector.selfmetrics import CollectorMetrics, TicketCountCollector
 from collector.server import CollectorService
+from collector.sinks import build_sink
 from collector.state import LiveState
 from collector.store import Store
 from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
@@ -75,6 +78,9 @@ class CollectorApp:
 
     async def start(self) -> None:
         config = self.config
+        # Before anything else: a missing or unusable certificate stops the start here.
+        # Validity is judged by the wall clock, as the TLS handshake itself does.
+        tls_files = tls.server_files(config, time.time())
         if config.database_url is None:
             config.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(
@@ -94,7 +100,8 @@ class CollectorApp:
             clock=self.clock,
         )
         await asyncio.to_thread(self.pipeline.restore, now)
-        self.registry.register(AgentSeriesCollector(self.state, self.pipeline.is_up))
+        self.exposition = SeriesExposition(self.state, self.pipeline.is_up)
+        self.pipeline.on_report = self.exposition.update
         self.registry.register(TicketCountCollector(self._ticket_counts))
         self.service = CollectorService(self.pipeline, config, self.metrics)
 
@@ -102,11 +109,22 @@ class CollectorApp:
         pb_grpc.add_CollectorServicer_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         host, port = parse_hostport(config.listen, "listen")
-        self.grpc_port = self._server.add_insecure_port(f"{_bracket(host)}:{port}")
+        address = f"{_bracket(host)}:{port}"
+        if tls_files is None:
+            log.warning(tls.PLAINTEXT_WARNING, extra={"grpc": config.listen})
+            self.grpc_port = self._server.add_insecure_port(address)
+        else:
+            credentials = tls.server_credentials(tls_files)
+            self.grpc_port = self._server.add_secure_port(address, credentials)
         await self._server.start()
 
         http_host, http_port = parse_hostport(config.http_listen, "http_listen")
-        app = build_app(self.registry, self._ready)
+        app = build_app(
+            self.registry,
+            self._ready,
+            agent_series=self.exposition.render,
+            api=ApiContext(store=self.store, pipeline=self.pipeline, clock=self.clock),
+        )
         self._http = _EmbeddedUvicorn(
             uvicorn.Config(app, host=http_host, port=http_port, log_level="warning", lifespan="off")
         )
@@ -119,11 +137,18 @@ class CollectorApp:
 
         self._tasks.append(asyncio.create_task(self.committer.run()))
         self._tasks.append(asyncio.create_task(self._ticker()))
+        if config.routes:
+            self.deliverer = Deliverer(
+                self.store, [build_sink(route) for route in config.routes], self.metrics
+            )
+            self.pipeline.on_ticket_change = self.deliverer.notify
+            self._tasks.append(asyncio.create_task(self.deliverer.run()))
         await self._set_health(True)
         log.info(
             "collector ready",
             extra={
                 "grpc": f"{host}:{self.grpc_port}",
+                "tls": _tls_mode(tls_files),
                 "http": f"{http_host}:{self.http_port}",
                 "database": _redact(config.effective_database_url),
                 "rules": str(config.rules or "default rules"),
@@ -187,7 +212,7 @@ class CollectorApp:
             return False, "store unavailable"
         return True, "ready"
 
-    def _ticket_counts(self) -> dict[tuple[str, str], int]:
+    def _ticket_counts(self) -> dict[tuple[str, str, int], int]:
         with self.store.read() as conn:
             return tickets.count_by_state(conn)
 
@@ -201,6 +226,12 @@ class _EmbeddedUvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[no-untyped-def]
         yield
+
+
+def _tls_mode(files: tls.ServerFiles | None) -> str:
+    if files is None:
+        return "off (plaintext)"
+    return "mutual" if files.client_ca is not None else "server"
 
 
 def _bracket(host: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import json
 import secrets
@@ -16,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from alerts.rules import RuleFileError, load_rules
-from collector import logs
+from collector import logs, tls
 from collector.config import (
     CollectorConfig,
     ConfigError,
     load_agent_config,
     load_collector_config,
 )
+from collector.migrations import MigrationError
 from collector.store import StoreError
 
 EXIT_USAGE = 2
@@ -62,6 +64,10 @@ def _collector_config(args: argparse.Namespace) -> CollectorConfig:
             "interval": args.interval,
             "offline_after": args.offline_after,
             "log_format": args.log_format,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "tls_client_ca": args.tls_client_ca,
+            "plaintext": args.plaintext,
         },
     )
 
@@ -81,6 +87,8 @@ def cmd_collector(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
+    if args.action is not None:
+        return _agent_service(args)
     if args.once:
         return _agent_once(args.json)
     from agent.runner import AgentRunner
@@ -95,6 +103,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
             "interval": args.interval,
             "site": args.site,
             "log_format": args.log_format,
+            "tls_ca": args.tls_ca,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "plaintext": args.plaintext,
         },
     )
     logs.configure(config.log_format, config.log_level)
@@ -110,6 +122,24 @@ def cmd_agent(args: argparse.Namespace) -> int:
         asyncio.run(main())
     except EnrollmentFailed as exc:
         raise CliError(f"enrollment failed: {exc}") from None
+    return 0
+
+
+def _agent_service(args: argparse.Namespace) -> int:
+    from agent.service import ServiceError, install_service, under_root, uninstall_service
+
+    try:
+        if args.action == "uninstall-service":
+            result = uninstall_service(root=args.root)
+        else:
+            if args.config is None:
+                raise CliError("install-service needs --config FILE (the agent's YAML config)")
+            config = args.config.resolve()
+            load_agent_config(under_root(args.root, config), environ={})  # fail before writing
+            result = install_service(config, root=args.root, start=not args.no_start)
+    except ServiceError as exc:
+        raise CliError(str(exc)) from None
+    print(result.describe())
     return 0
 
 
@@ -155,6 +185,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         },
     )
     logs.configure(config.log_format, config.log_level)
+    if not config.plaintext and config.tls_cert is None:
+        # TLS in the demo too: a self-signed certificate the demo's agent trusts.
+        listen_host = config.listen.rsplit(":", 1)[0].strip("[]")
+        cert, key = tls.ensure_self_signed(
+            data_dir, ("localhost", "127.0.0.1", "::1", listen_host), time.time()
+        )
+        config = dataclasses.replace(config, tls_cert=cert, tls_key=key)
     agent_config = load_agent_config(
         None,
         environ={},
@@ -164,6 +201,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "state_dir": data_dir / "agent",
             "interval": config.interval,
             "site": "demo-office",
+            "tls_ca": config.tls_cert,
+            "plaintext": config.plaintext,
         },
     )
 
@@ -262,8 +301,7 @@ def _fmt_time(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _print_ticket(ticket: Any) -> None:
-    d = ticket.to_dict()
+def _print_ticket(d: dict[str, Any]) -> None:
     print(f"Ticket #{d['id']}  [{d['status']}]  {d['severity']}  tier {d['tier']}")
     print(f"  {d['summary']}")
     print(f"  customer {d['customer']}  host {d['hostname']}  agent {d['agent_id']}")
@@ -291,9 +329,99 @@ def _print_ticket(ticket: Any) -> None:
         print(f"    {_fmt_time(e['at'])}  {e['kind']:<12} by {e['actor']}{msg}")
 
 
+def _print_ticket_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("no tickets")
+        return
+    print(f"{'ID':>5}  {'STATUS':<12} {'SEV':<8} {'TIER':<4} {'CUSTOMER':<12} {'HOST':<18} SUMMARY")
+    for t in rows:
+        flag = " (flapping)" if t.get("flapping") else ""
+        print(
+            f"{t['id']:>5}  {t['status']:<12} {t['severity']:<8} {t['tier']:<4} "
+            f"{t['customer'][:12]:<12} {t['hostname'][:18]:<18} {t['summary']}{flag}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _ApiClient:
+    """A running collector's HTTP API, as `tripline tickets --api-url` reaches it."""
+
+    base: str  # ending in /api/v1
+    token: str = dataclasses.field(repr=False)
+
+    def call(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None
+    ) -> Any:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token}"}
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = httpx.request(
+                method, self.base + path, params=query, json=body, headers=headers, timeout=10.0
+            )
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the collector API at {self.base}: {exc}") from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code >= 400:
+            error = data.get("error") if isinstance(data, dict) else None
+            status = response.status_code
+            raise CliError(f"the collector API answered {status}: {error or response.text}")
+        return data
+
+
+def _api_client(args: argparse.Namespace) -> _ApiClient | None:
+    """The API to use instead of the data dir, when one is configured; None otherwise."""
+    from collector.api import API_PREFIX
+    from collector.config import load_api_client_config
+
+    config = load_api_client_config(flags={"url": args.api_url, "token": args.api_token})
+    local = args.data_dir is not None or args.database_url is not None
+    if config.url is None or (local and args.api_url is None):
+        return None
+    if local:
+        raise CliError("give --api-url or --data-dir/--database-url, not both")
+    if not config.token:
+        raise CliError("--api-url needs an API token: set TRIPLINE_API_TOKEN (or --api-token)")
+    if getattr(args, "actor", None):
+        raise CliError("through the API the actor is the API token's name: drop --actor")
+    base = config.url.rstrip("/")
+    return _ApiClient(base if base.endswith(API_PREFIX) else base + API_PREFIX, config.token)
+
+
+def _tickets_via_api(args: argparse.Namespace, api: _ApiClient) -> int:
+    if args.tickets_cmd == "list":
+        params = {"status": args.status, "customer": args.customer, "limit": args.limit}
+        _print_ticket_rows(api.call("GET", "/tickets", params=params)["items"], args.json)
+        return 0
+    path = f"/tickets/{args.id}"
+    if args.tickets_cmd == "show":
+        ticket = api.call("GET", path)
+    elif args.tickets_cmd == "ack":
+        ticket = api.call("POST", path + "/ack", body={})
+    elif args.tickets_cmd == "comment":
+        ticket = api.call("POST", path + "/comment", body={"text": args.text})
+    else:
+        ticket = api.call("POST", path + "/resolve", body={"note": args.note})
+    if args.json:
+        print(json.dumps(ticket, indent=2))
+    else:
+        _print_ticket(ticket)
+    return 0
+
+
 def cmd_tickets(args: argparse.Namespace) -> int:
     from collector import tickets
 
+    api = _api_client(args)
+    if api is not None:
+        return _tickets_via_api(args, api)
     now = time.time()
     with _store(args) as store:
         if args.tickets_cmd == "list":
@@ -301,22 +429,7 @@ def cmd_tickets(args: argparse.Namespace) -> int:
                 rows = tickets.list_tickets(
                     conn, status=args.status, customer=args.customer, limit=args.limit
                 )
-            if args.json:
-                print(json.dumps([t.to_dict() for t in rows], indent=2))
-                return 0
-            if not rows:
-                print("no tickets")
-                return 0
-            print(
-                f"{'ID':>5}  {'STATUS':<12} {'SEV':<8} {'TIER':<4} "
-                f"{'CUSTOMER':<12} {'HOST':<18} SUMMARY"
-            )
-            for t in rows:
-                flag = " (flapping)" if t.flapping else ""
-                print(
-                    f"{t.id:>5}  {t.status:<12} {t.severity:<8} {t.tier:<4} "
-                    f"{t.customer[:12]:<12} {t.hostname[:18]:<18} {t.summary}{flag}"
-                )
+            _print_ticket_rows([t.to_dict() for t in rows], args.json)
             return 0
         actor = getattr(args, "actor", None) or getpass.getuser()
         try:
@@ -340,7 +453,7 @@ def cmd_tickets(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(ticket.to_dict(), indent=2))
         else:
-            _print_ticket(ticket)
+            _print_ticket(ticket.to_dict())
     return 0
 
 
@@ -380,6 +493,41 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api_tokens(args: argparse.Namespace) -> int:
+    from collector import apitokens
+
+    now = time.time()
+    actor = getpass.getuser()
+    with _store(args) as store:
+        try:
+            if args.api_tokens_cmd == "create":
+                with store.transaction() as conn:
+                    token, secret = apitokens.create_token(
+                        conn, args.name, args.customer, actor=actor, now=now
+                    )
+                scope = ", ".join(token.customers) if token.customers else "all customers"
+                print(f"API token {token.name!r} (id {token.id}) for {scope}, shown once:")
+                print(secret)
+                return 0
+            if args.api_tokens_cmd == "revoke":
+                with store.transaction() as conn:
+                    token = apitokens.revoke_token(conn, args.id, actor=actor, now=now)
+                print(f"API token {token.id} ({token.name!r}) revoked")
+                return 0
+            with store.read() as conn:
+                found = apitokens.list_tokens(conn)
+        except (apitokens.ApiTokenError, ValueError) as exc:
+            raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps([t.to_dict() for t in found], indent=2))
+        return 0
+    for t in found:
+        state = "revoked" if t.revoked_at else "active"
+        scope = ",".join(t.customers) if t.customers else "*"
+        print(f"{t.id:>4}  {t.name:<24} {state:<8} {scope:<24} created {_fmt_time(t.created_at)}")
+    return 0
+
+
 def cmd_agents(args: argparse.Namespace) -> int:
     with _store(args) as store:
         if args.agents_cmd == "revoke":
@@ -397,6 +545,123 @@ def cmd_agents(args: argparse.Namespace) -> int:
                 f" last seen {_fmt_time(a.last_seen_at)}"
             )
     return 0
+
+
+def _moment(text: str, tz: str | None, flag: str) -> float:
+    """ISO 8601 date and time; without an offset it is read in `tz`, else local time."""
+    from datetime import datetime
+
+    from alerts import calendar
+
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        why = f"expected a date and time like '2024-03-04 18:00', got {text!r}"
+        raise CliError(f"{flag}: {why}") from None
+    if moment.tzinfo is None and tz is not None:
+        moment = moment.replace(tzinfo=calendar.zone(tz))
+    # naive and no --tz: timestamp() reads it as this machine's local time
+    return moment.timestamp()
+
+
+def _window_line(window: Any, now: float) -> str:
+    scope = " ".join(
+        f"{name}={getattr(window, name)}"
+        for name in ("customer", "site", "agent_id", "rule")
+        if getattr(window, name) is not None
+    )
+    if window.kind == "once":
+        schedule = f"{_fmt_time(window.starts_at)} .. {_fmt_time(window.ends_at)}"
+    elif window.kind == "weekly":
+        schedule = f"weekly {window.weekly!r} {window.timezone}"
+    else:
+        schedule = f"cron {window.cron!r} for {window.duration:g}s {window.timezone}"
+    comment = f"  # {window.comment}" if window.comment else ""
+    return f"{window.id:>4}  {window.status(now):<9} {scope:<36} {schedule}{comment}"
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    from alerts import calendar
+    from collector import maintenance
+
+    now = time.time()
+    with _store(args) as store:
+        try:
+            if args.maintenance_cmd == "add":
+                windows = [_add_window(args, store, now)]
+            elif args.maintenance_cmd == "delete":
+                with store.transaction() as conn:
+                    windows = [maintenance.delete_window(conn, args.id)]
+            else:
+                with store.read() as conn:
+                    windows = maintenance.list_windows(
+                        conn,
+                        customers=[args.customer] if args.customer else None,
+                        current_after=None if args.all else now,
+                    )
+        except (maintenance.MaintenanceError, calendar.CalendarError) as exc:
+            raise CliError(str(exc)) from None
+    if args.json:
+        listed = [w.to_dict() for w in windows]
+        print(json.dumps(listed if args.maintenance_cmd == "list" else listed[0], indent=2))
+        return 0
+    if args.maintenance_cmd == "delete":
+        print(f"maintenance window {windows[0].id} deleted")
+        return 0
+    if not windows:
+        print("no maintenance windows")
+    for window in windows:
+        print(_window_line(window, now))
+    return 0
+
+
+def _add_window(args: argparse.Namespace, store: Any, now: float) -> Any:
+    from alerts.rules import parse_duration
+    from collector import maintenance
+
+    def duration(text: str, flag: str) -> float:
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise CliError(f"{flag}: {exc}") from None
+
+    schedule: dict[str, Any] = {}
+    one_time = args.start is not None or args.end is not None or args.length is not None
+    if sum(map(bool, (one_time, args.weekly, args.cron))) != 1:
+        raise CliError("give one schedule: --start/--end (or --for), --weekly, or --cron")
+    if one_time:
+        start = now if args.start is None else _moment(args.start, args.tz, "--start")
+        if (args.end is None) == (args.length is None):
+            raise CliError("a one-time window needs --end or --for")
+        end = (
+            start + duration(args.length, "--for")
+            if args.length is not None
+            else _moment(args.end, args.tz, "--end")
+        )
+        schedule = {"starts_at": start, "ends_at": end}
+    else:
+        if args.tz is None:
+            raise CliError("--weekly and --cron need --tz, the zone of their wall times")
+        schedule = {"timezone": args.tz}
+        if args.weekly:
+            schedule["weekly"] = args.weekly
+        else:
+            if args.duration is None:
+                raise CliError("--cron needs --duration, e.g. --duration 2h")
+            schedule["cron"] = args.cron
+            schedule["duration"] = duration(args.duration, "--duration")
+    with store.transaction() as conn:
+        return maintenance.create_window(
+            conn,
+            actor=args.actor or getpass.getuser(),
+            now=now,
+            customer=args.customer,
+            site=args.site,
+            agent_id=args.agent,
+            rule=args.rule,
+            comment=args.comment,
+            **schedule,
+        )
 
 
 # -- parser ---------------------------------------------------------------------------
@@ -443,6 +708,19 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument(
         "--offline-after", help="silence before an agent is offline (default 3 intervals)"
     )
+    col.add_argument("--tls-cert", type=Path, help="PEM server certificate (chain) for gRPC")
+    col.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    col.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="PEM CA of agents' client certificates: turns on mutual TLS",
+    )
+    col.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=None,
+        help="gRPC without TLS (local development only)",
+    )
     col.set_defaults(func=cmd_collector)
 
     ag = sub.add_parser("agent", help="run the agent, or print one snapshot with --once")
@@ -453,8 +731,27 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--interval", help="collection interval until the collector sets one")
     ag.add_argument("--site", help="the customer's site this PC is at")
     ag.add_argument("--log-format", choices=["json", "text"])
+    ag.add_argument("--tls-ca", type=Path, help="PEM CA of the collector (default: system CAs)")
+    ag.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    ag.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    ag.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=None,
+        help="connect without TLS (local development only)",
+    )
     ag.add_argument("--once", action="store_true", help="print one snapshot and exit")
     ag.add_argument("--json", action="store_true", help="with --once: JSON instead of a table")
+    ag.add_argument(
+        "action",
+        nargs="?",
+        choices=["install-service", "uninstall-service"],
+        help="install or remove the agent as a system service (systemd, launchd, Windows)",
+    )
+    ag.add_argument("--no-start", action="store_true", help="install-service: enable only")
+    ag.add_argument(
+        "--root", type=Path, default=Path("/"), help="install-service: into this root (images)"
+    )
     ag.set_defaults(func=cmd_agent)
 
     rules = sub.add_parser("rules", help="rule files")
@@ -481,6 +778,15 @@ def build_parser() -> argparse.ArgumentParser:
     for tp in tsub.choices.values():
         store_flags(tp)
         tp.add_argument("--json", action="store_true")
+        tp.add_argument(
+            "--api-url",
+            help="a running collector's HTTP address instead of the data dir, "
+            "e.g. http://127.0.0.1:7701 (env TRIPLINE_API_URL)",
+        )
+        tp.add_argument(
+            "--api-token",
+            help="API token for --api-url; prefer env TRIPLINE_API_TOKEN (not shown by ps)",
+        )
         tp.set_defaults(func=cmd_tickets)
 
     to = sub.add_parser("tokens", help="customers' enrollment tokens")
@@ -506,6 +812,49 @@ def build_parser() -> argparse.ArgumentParser:
     for tp in asub.choices.values():
         store_flags(tp)
         tp.set_defaults(func=cmd_agents)
+
+    apt = sub.add_parser("api-tokens", help="operators' HTTP API tokens")
+    aptsub = apt.add_subparsers(dest="api_tokens_cmd", required=True)
+    aptc = aptsub.add_parser("create")
+    aptc.add_argument("--name", required=True, help="who the token's changes are recorded as")
+    aptc.add_argument(
+        "--customer",
+        action="append",
+        help="a customer the token may see (repeatable; none: all customers)",
+    )
+    aptl = aptsub.add_parser("list")
+    aptl.add_argument("--json", action="store_true")
+    aptr = aptsub.add_parser("revoke")
+    aptr.add_argument("id", type=int)
+    for tp in aptsub.choices.values():
+        store_flags(tp)
+        tp.set_defaults(func=cmd_api_tokens)
+
+    mw = sub.add_parser("maintenance", help="maintenance windows (alerts held back)")
+    msub = mw.add_subparsers(dest="maintenance_cmd", required=True)
+    ma = msub.add_parser("add", help="add a window: a scope and one schedule")
+    for scope in ("customer", "site", "agent", "rule"):
+        ma.add_argument(f"--{scope}", help=f"only alerts of this {scope} (all given must match)")
+    ma.add_argument("--start", help="one-time: start, e.g. '2024-03-04 18:00' (default: now)")
+    ma.add_argument("--end", help="one-time: end, e.g. '2024-03-04 20:00'")
+    ma.add_argument("--for", dest="length", help="one-time: length instead of --end, e.g. 2h")
+    ma.add_argument("--weekly", help="recurring, e.g. 'Mon-Fri 18:00-08:00', 'Fri 18:00-Mon 06:00'")
+    ma.add_argument("--cron", help="recurring starts, e.g. '0 2 * * Sun' (with --duration)")
+    ma.add_argument("--duration", help="with --cron: each window's length, e.g. 2h")
+    ma.add_argument(
+        "--tz", help="IANA time zone of the times given (required for --weekly and --cron)"
+    )
+    ma.add_argument("--comment", default="", help="why, for the people reading the list")
+    ma.add_argument("--actor", help="who (default: your login name)")
+    ml = msub.add_parser("list", help="windows that are active or still to come")
+    ml.add_argument("--customer")
+    ml.add_argument("--all", action="store_true", help="include one-time windows that ended")
+    md = msub.add_parser("delete", help="delete a window; alerts it held back then open tickets")
+    md.add_argument("id", type=int)
+    for tp in msub.choices.values():
+        store_flags(tp)
+        tp.add_argument("--json", action="store_true")
+        tp.set_defaults(func=cmd_maintenance)
     return p
 
 
@@ -514,7 +863,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (CliError, ConfigError, RuleFileError, StoreError) as exc:
+    except (CliError, ConfigError, RuleFileError, StoreError, MigrationError) as exc:
         print(f"tripline: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

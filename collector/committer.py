@@ -1,8 +1,9 @@
 """Group commit: many reports' effects in one store transaction.
 
-Each submitted unit of work runs inside its own SAVEPOINT of a shared transaction, so one
-failing unit rolls back alone while the others commit together. Callers await their own
-result; a report is acknowledged only after the transaction holding its effects commits.
+Submitted units of work run in one shared transaction; when one fails, the batch is
+retried unit by unit so the failure rolls back alone while the others commit. Callers
+await their own result; a report is acknowledged only after the transaction holding its
+effects commits.
 """
 
 from __future__ import annotations
@@ -72,19 +73,27 @@ class Committer:
                     unit.future.set_exception(value)
 
     def _commit(self, batch: list[_Unit[Any]]) -> list[tuple[bool, Any]]:
-        results: list[tuple[bool, Any]] = []
-        with self._store.transaction() as conn:
-            for unit in batch:
-                savepoint = conn.begin_nested()
-                try:
-                    value = unit.work(conn)
-                except StoreUnavailable:
-                    savepoint.rollback()
-                    raise
-                except Exception as exc:  # one unit's failure must not sink the batch
-                    savepoint.rollback()
-                    results.append((False, exc))
-                else:
-                    savepoint.commit()
-                    results.append((True, value))
-        return results
+        """All units in one transaction; if any unit fails, each again in its own.
+
+        A unit failing is rare (a seq another collector applied first, a bug), so the
+        common path pays for no savepoints; the fallback isolates the failure so it
+        rolls back alone and the others still commit.
+        """
+        try:
+            with self._store.transaction() as conn:
+                return [(True, unit.work(conn)) for unit in batch]
+        except StoreUnavailable:
+            raise
+        except Exception:  # find which unit failed: retried alone below
+            if len(batch) == 1:
+                return [self._alone(batch[0])]
+        return [self._alone(unit) for unit in batch]
+
+    def _alone(self, unit: _Unit[Any]) -> tuple[bool, Any]:
+        try:
+            with self._store.transaction() as conn:
+                return True, unit.work(conn)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # the caller's future gets it
+            return False, exc

@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from alerts import calendar
 from alerts.rules import parse_duration
+from collector.routes import Route, RouteError, parse_routes
 
 
 class ConfigError(ValueError):
@@ -71,6 +73,18 @@ class CollectorConfig:
     max_message_bytes: int = 4 * 2**20
     max_samples_per_report: int = 10_000
     tickets: TicketSettings = field(default_factory=TicketSettings)
+    # where ticket events are delivered (webhook, e-mail, Alertmanager); file only
+    routes: tuple[Route, ...] = ()
+    # customer -> when its office PCs are expected to report (others: around the clock)
+    business_hours: Mapping[str, calendar.Weekly] = field(default_factory=dict)
+    # agent tags (key, value) watched around the clock whatever their customer's hours
+    always_on_tags: tuple[tuple[str, str], ...] = ()
+    # TLS on the gRPC port; a client CA turns on mutual TLS (certificate bound to agent id)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # without TLS: only when explicitly enabled, for local development
+    plaintext: bool = False
     log_format: str = "json"
     log_level: str = "INFO"
 
@@ -98,9 +112,17 @@ class AgentConfig:
     max_message_bytes: int = 4 * 2**20
     backoff_initial: float = 0.5
     backoff_max: float = 60.0
+    # TLS to the collector: tls_ca unset trusts the system's CAs; tls_cert/tls_key for mTLS
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    plaintext: bool = False
     log_format: str = "json"
     log_level: str = "INFO"
 
+
+# Path fields whose default is None, so the default's type cannot tell.
+_PATH_KEYS = {"rules", "tls_cert", "tls_key", "tls_client_ca", "tls_ca"}
 
 _DURATION_KEYS = {
     "interval",
@@ -129,6 +151,8 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
     if value is None:
         return None
     try:
+        if key == "always_on_tags":
+            return _parse_tags(value)
         if key in _DURATION_KEYS:
             seconds = parse_duration(value)
             if seconds <= 0:
@@ -145,7 +169,7 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
             raise ValueError(f"expected true or false, got {value!r}")
         if isinstance(default, int):
             return _positive_int(value)
-        if isinstance(default, Path) or key in {"rules"}:
+        if isinstance(default, Path) or key in _PATH_KEYS:
             return Path(str(value)).expanduser()
         if isinstance(default, Mapping):
             if isinstance(value, Mapping):
@@ -172,6 +196,57 @@ def _positive_int(value: Any) -> int:
     if number <= 0:
         raise ValueError("must be positive")
     return number
+
+
+def _parse_tags(value: Any) -> tuple[tuple[str, str], ...]:
+    """`always_on_tags`: KEY=VALUE items, as a list or one comma-separated string."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError(f"expected a list of KEY=VALUE tags, got {value!r}")
+    tags = []
+    for item in items:
+        key, sep, tag_value = str(item).strip().partition("=")
+        if not sep or not key.strip() or not tag_value.strip():
+            raise ValueError(f"expected KEY=VALUE (e.g. role=server), got {item!r}")
+        tags.append((key.strip(), tag_value.strip()))
+    return tuple(tags)
+
+
+_BUSINESS_HOURS_KEYS = {"tz", "days", "hours", "schedule"}
+
+
+def _parse_business_hours(raw: Any, source: str) -> dict[str, calendar.Weekly]:
+    """`business_hours`: customer -> {tz, days (default Mon-Fri), hours} or {tz, schedule}."""
+    if not isinstance(raw, dict):
+        raise ConfigError("business_hours", "expected a mapping of customer to hours", source)
+    out: dict[str, calendar.Weekly] = {}
+    for customer, spec in raw.items():
+        where = f"business_hours.{customer}"
+        if not isinstance(spec, dict):
+            raise ConfigError(where, "expected {tz, days, hours} or {tz, schedule}", source)
+        unknown = set(spec) - _BUSINESS_HOURS_KEYS
+        if unknown:
+            raise ConfigError(where, f"unknown keys {sorted(unknown)}", source)
+        if not spec.get("tz"):
+            raise ConfigError(f"{where}.tz", "required, e.g. Europe/Berlin", source)
+        if ("schedule" in spec) == ("hours" in spec):
+            why = "give hours (with days) or a schedule, not both"
+            raise ConfigError(where, f"{why}, e.g. hours: '08:00-18:00'", source)
+        try:
+            tz = calendar.zone(str(spec["tz"]))
+        except calendar.CalendarError as exc:
+            raise ConfigError(f"{where}.tz", str(exc), source) from None
+        field_name = "schedule" if "schedule" in spec else "hours"
+        text = (
+            str(spec["schedule"])
+            if "schedule" in spec
+            else f"{spec.get('days', 'Mon-Fri')} {spec['hours']}"
+        )
+        try:
+            out[str(customer)] = calendar.parse_weekly(text, tz)
+        except calendar.CalendarError as exc:
+            raise ConfigError(f"{where}.{field_name}", str(exc), source) from None
+    return out
 
 
 def _read_file(path: Path | None) -> dict[str, Any]:
@@ -212,6 +287,15 @@ def _build(
             if not isinstance(value, dict):
                 raise ConfigError("tickets", "expected a mapping", source)
             tickets_raw = value
+            continue
+        if key == "routes" and cls is CollectorConfig:
+            try:
+                values["routes"] = parse_routes(value)
+            except RouteError as exc:
+                raise ConfigError(exc.key, str(exc).split(": ", 1)[1], source) from None
+            continue
+        if key == "business_hours" and cls is CollectorConfig:
+            values["business_hours"] = _parse_business_hours(value, source)
             continue
         values[key] = _coerce(cls, key, value, source)
     prefix = f"TRIPLINE_{section.upper()}_"
@@ -260,6 +344,30 @@ def load_agent_config(
     )
     parse_hostport(config.collector, "collector")
     _check_logging(config.log_format, config.log_level)
+    return config
+
+
+@dataclass(frozen=True)
+class ApiClientConfig:
+    """Where the CLI reaches a running collector's HTTP API (TRIPLINE_API_URL,
+    TRIPLINE_API_TOKEN, or flags); url None means: use the data dir instead."""
+
+    url: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+
+def load_api_client_config(
+    environ: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None
+) -> ApiClientConfig:
+    config: ApiClientConfig = _build(
+        ApiClientConfig,
+        section="api",
+        path=None,
+        environ=os.environ if environ is None else environ,
+        flags=flags or {},
+    )
+    if config.url is not None and not config.url.startswith(("http://", "https://")):
+        raise ConfigError("url", f"expected an http:// or https:// URL, got {config.url!r}")
     return config
 
 

@@ -1,22 +1,18 @@
-"""Prometheus exposition of every agent's series, built fresh at scrape time.
+"""Prometheus exposition of every agent's series, prepared as each report arrives.
 
 Each agent metric ``<name>`` becomes ``tripline_<name>`` with the target labels
 ``agent_id``, ``host``, ``customer`` and ``site`` (see :func:`exposed_name` for the few
 names promtool would reject). An agent label that collides with a target label is kept
 as ``exported_<label>``, as Prometheus does with honor_labels off.
-prometheus_client escapes label values, so any hostname or mount point is safe.
+Label values are escaped as the text format requires, so any hostname or mount point
+is safe (promtool check metrics is part of the tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
-
-from collector.state import LiveState
+from collector.state import AgentLive, Labels, LiveState
 
 TARGET_LABELS = ("agent_id", "host", "customer", "site")
 # promtool rejects `le` and `quantile` on anything but histograms and summaries.
@@ -76,60 +72,138 @@ HELP: dict[str, str] = {
 }
 
 
-class AgentSeriesCollector(Collector):
-    """A prometheus_client collector over :class:`LiveState`.
+def escape_label_value(value: str) -> str:
+    """Text-format escaping: backslash, double quote and line feed."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
-    ``is_up(live)`` decides ``tripline_agent_up``; it is the same liveness the alerts
-    engine uses, so a dashboard and a ticket never disagree about an agent.
+
+def _labelset(pairs: Iterable[tuple[str, str]]) -> str:
+    return ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs)
+
+
+class _AgentLines:
+    """One agent's rendered text: its series grouped by exposed family.
+
+    Rebuilt as a whole after each report and swapped in by reference, so a scrape can
+    join the pieces without copying or locking. Series prefixes (name and escaped label
+    set) are cached: between reports only the values change.
     """
 
-    def __init__(self, state: LiveState, is_up: Callable[[Any], bool]) -> None:
+    __slots__ = ("chunks", "prefixes", "target", "target_key")
+
+    def __init__(self, target_key: tuple[str, str, str, str]) -> None:
+        self.target_key = target_key
+        self.target = _labelset(zip(TARGET_LABELS, target_key, strict=True))
+        self.prefixes: dict[tuple[str, Labels], tuple[str, str] | None] = {}
+        self.chunks: dict[str, str] = {}
+
+
+class SeriesExposition:
+    """Every agent's series as Prometheus text, rendered incrementally.
+
+    :meth:`update` renders one agent's lines when its report is applied; a scrape
+    (:meth:`render`) only joins the prepared pieces and adds the per-agent liveness
+    families, so its cost grows with the bytes served, not with formatting work.
+    ``is_up(live)`` is the liveness the alerts engine uses, so a dashboard and a ticket
+    never disagree about an agent; an agent that is not up exposes only its liveness.
+    """
+
+    def __init__(self, state: LiveState, is_up: Callable[[AgentLive], bool]) -> None:
         self._state = state
         self._is_up = is_up
+        self._agents: dict[str, _AgentLines] = {}
+        # exposed family -> (type, help): the first agent to send a name fixes its type
+        self._families: dict[str, tuple[str, str]] = {}
 
-    def collect(self) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
-        up = GaugeMetricFamily(
-            "tripline_agent_up",
-            "1 when the agent reported within its offline threshold.",
-            labels=TARGET_LABELS,
+    def update(self, live: AgentLive) -> None:
+        key = (live.agent_id, live.hostname, live.customer, live.site)
+        lines = self._agents.get(live.agent_id)
+        if lines is None or lines.target_key != key:
+            lines = _AgentLines(key)
+        grouped: dict[str, list[str]] = {}
+        for name, labels, value in live.latest():
+            cached = lines.prefixes.get((name, labels), False)
+            if cached is False:
+                cached = lines.prefixes[(name, labels)] = self._prefix(lines, name, labels)
+            if cached is None:
+                continue
+            family, prefix = cached
+            grouped.setdefault(family, []).append(f"{prefix}{value!r}\n")
+        chunks = {family: "".join(parts) for family, parts in grouped.items()}
+        if len(lines.prefixes) > 4 * max(1, len(live.current)):
+            lines.prefixes.clear()  # series come and go (USB disks): keep the cache bounded
+        lines.chunks = chunks
+        self._agents[live.agent_id] = lines
+
+    def forget(self, agent_id: str) -> None:
+        self._agents.pop(agent_id, None)
+
+    def _prefix(self, lines: _AgentLines, name: str, labels: Labels) -> tuple[str, str] | None:
+        exposed, kind = exposed_name(name)
+        if exposed in OWN_FAMILIES or exposed.startswith(OWN_PREFIX):
+            return None
+        known = self._families.get(exposed)
+        if known is None:
+            self._families[exposed] = (kind, HELP.get(name, f"Agent metric {name}."))
+        elif known[0] != kind:
+            return None  # `x` and `x_total` from agents: one family name, two types
+        extra = _labelset(
+            (f"exported_{label}" if label in RESERVED_LABELS else label, value)
+            for label, value in labels
         )
-        last = GaugeMetricFamily(
-            "tripline_agent_last_report_timestamp_seconds",
-            "Collector time of the agent's last applied report.",
-            labels=TARGET_LABELS,
-        )
-        dropped = CounterMetricFamily(
-            "tripline_agent_spool_dropped_reports",
-            "Reports the agent dropped from its full spool (an outage longer than it buffers).",
-            labels=TARGET_LABELS,
-        )
+        sample = exposed + ("_total" if kind == "counter" else "")
+        return exposed, f"{sample}{{{lines.target}{',' + extra if extra else ''}}} "
+
+    def render(self) -> bytes:
+        up: list[str] = []
+        last: list[str] = []
+        dropped: list[str] = []
+        per_family: dict[str, list[str]] = {}
         for live in list(self._state.agents.values()):
-            target = (live.agent_id, live.hostname, live.customer, live.site)
-            up.add_metric(target, 1.0 if self._is_up(live) else 0.0)
+            lines = self._agents.get(live.agent_id)
+            key = (live.agent_id, live.hostname, live.customer, live.site)
+            target = (
+                lines.target
+                if lines is not None and lines.target_key == key
+                else (_labelset(zip(TARGET_LABELS, key, strict=True)))
+            )
+            alive = self._is_up(live)
+            up.append(f"tripline_agent_up{{{target}}} {1.0 if alive else 0.0}\n")
             if live.last_seen is not None:
-                last.add_metric(target, live.last_seen)
-            dropped.add_metric(target, float(live.dropped_reports_total))
-            for name, labels, value in live.latest():
-                exposed, kind = exposed_name(name)
-                if exposed in OWN_FAMILIES or exposed.startswith(OWN_PREFIX):
-                    continue
-                family = families.get(exposed)
-                if family is None:
-                    family = families[exposed] = _family(name, exposed, kind)
-                elif family.type != kind:
-                    continue  # `x` and `x_total` from agents: one family name, two types
-                names = list(TARGET_LABELS)
-                values = list(target)
-                for label, label_value in labels:
-                    names.append(f"exported_{label}" if label in RESERVED_LABELS else label)
-                    values.append(label_value)
-                # Families take one label-name list; samples carry their own names.
-                family.samples.append(_sample(family, dict(zip(names, values, strict=True)), value))
-        yield up
-        yield last
-        yield dropped
-        yield from families.values()
+                last.append(
+                    f"tripline_agent_last_report_timestamp_seconds{{{target}}} {live.last_seen!r}\n"
+                )
+            dropped.append(
+                f"tripline_agent_spool_dropped_reports_total{{{target}}} "
+                f"{float(live.dropped_reports_total)!r}\n"
+            )
+            if alive and lines is not None:
+                for family, text in lines.chunks.items():
+                    per_family.setdefault(family, []).append(text)
+        out = [
+            _header("tripline_agent_up", "gauge", UP_HELP),
+            *up,
+            _header("tripline_agent_last_report_timestamp_seconds", "gauge", LAST_HELP),
+            *last,
+            _header("tripline_agent_spool_dropped_reports_total", "counter", DROPPED_HELP),
+            *dropped,
+        ]
+        for family in sorted(per_family):
+            kind, help_text = self._families[family]
+            name = family + ("_total" if kind == "counter" else "")
+            out.append(_header(name, kind, help_text))
+            out.extend(per_family[family])
+        return "".join(out).encode()
+
+
+UP_HELP = "1 when the agent reported within its offline threshold."
+LAST_HELP = "Collector time of the agent's last applied report."
+DROPPED_HELP = "Reports the agent dropped from its full spool (an outage longer than it buffers)."
+
+
+def _header(name: str, kind: str, help_text: str) -> str:
+    help_text = help_text.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
 
 
 def exposed_name(name: str) -> tuple[str, str]:
@@ -146,15 +220,3 @@ def exposed_name(name: str) -> tuple[str, str]:
     if name.endswith(RESERVED_SUFFIXES):
         name = f"{name}_value"
     return f"tripline_{name}", "gauge"
-
-
-def _family(name: str, exposed: str, kind: str) -> Metric:
-    help_text = HELP.get(name, f"Agent metric {name}.")
-    if kind == "counter":
-        return CounterMetricFamily(exposed, help_text)
-    return GaugeMetricFamily(exposed, help_text)
-
-
-def _sample(family: Metric, labels: dict[str, str], value: float) -> Sample:
-    suffix = "_total" if family.type == "counter" else ""
-    return Sample(family.name + suffix, labels, value, None, None)

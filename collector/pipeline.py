@@ -9,6 +9,7 @@ seq) and only then lets the caller acknowledge.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -19,13 +20,13 @@ from sqlalchemy import Connection
 
 from alerts.engine import AlertKey, AlertState, Target, Transition, evaluate_agent
 from alerts.rules import RuleSet
-from collector import tickets
+from collector import maintenance, tickets
 from collector.committer import Committer
 from collector.config import CollectorConfig
 from collector.convert import Hello, Report
 from collector.selfmetrics import CollectorMetrics
 from collector.state import AgentLive, LiveState
-from collector.store import AgentRecord, SeqAlreadyApplied, Store
+from collector.store import AgentRecord, SeqAlreadyApplied, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,12 @@ def ticket_context(live: AgentLive, report_context: Mapping[str, Any]) -> dict[s
     }
 
 
+def _clocks(state: AlertState | None) -> tuple[object, ...] | None:
+    if state is None:
+        return None
+    return (state.phase, state.active_since, state.firing_since, state.clear_since)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -92,6 +99,7 @@ class Pipeline:
         self.store = store
         self.state = state
         self.rules = rules
+        self._rule_metrics = frozenset(rule.metric for rule in rules.threshold_rules)
         self.config = config
         self.metrics = metrics
         self.committer = committer
@@ -101,6 +109,15 @@ class Pipeline:
         self.alert_states: dict[str, dict[AlertKey, AlertState]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._contexts: dict[str, Mapping[str, Any]] = {}
+        # called after ticket changes commit, so delivery need not wait for its next poll
+        self.on_ticket_change: Callable[[], None] = lambda: None
+        # called with the agent's live state after each applied report (exposition)
+        self.on_report: Callable[[AgentLive], None] = lambda live: None
+        # Maintenance windows hold alerts back; business hours say when office PCs must report.
+        self.windows = maintenance.WindowCache()
+        self.watch = maintenance.BusinessHoursWatch(config.business_hours, config.always_on_tags)
+        self.suppressed: dict[AlertKey, maintenance.Suppressed] = {}  # held back, pending
+        self._always_on: set[str] = set()  # agent ids with an always-on tag
 
     # -- start-up ---------------------------------------------------------------
 
@@ -118,8 +135,13 @@ class Pipeline:
                 continue
             live = self.track(agent)
             live.last_seen = max(last_seen.get(agent.agent_id) or 0.0, now)
+        with self.store.read() as conn:
+            self.windows.load(conn, now)
+            for held in maintenance.pending_suppressed(conn):
+                self.suppressed[AlertKey(held.agent_id, held.rule, held.labels)] = held
 
     def track(self, agent: AgentRecord) -> AgentLive:
+        self._note_tags(agent.agent_id, {**agent.tags, **(agent.inventory.get("tags") or {})})
         return self.state.ensure(
             agent.agent_id, customer=agent.customer, hostname=agent.hostname, site=agent.site
         )
@@ -131,6 +153,7 @@ class Pipeline:
     def set_rules(self, rules: RuleSet) -> None:
         """Swap the rule set; alert state is keyed by rule name, so clocks carry over."""
         self.rules = rules
+        self._rule_metrics = frozenset(rule.metric for rule in rules.threshold_rules)
 
     # -- sessions and reports ---------------------------------------------------
 
@@ -139,6 +162,7 @@ class Pipeline:
         applied = await asyncio.to_thread(self.store.applied_seq, agent.agent_id, hello.instance_id)
         live = self.track(agent)
         live.instance_id = hello.instance_id
+        self._note_tags(agent.agent_id, hello.host.get("tags") or {})
         hostname = str(hello.host.get("hostname") or agent.hostname)
         if hostname != agent.hostname or hello.host != agent.inventory:
             await self.committer.submit(
@@ -176,10 +200,12 @@ class Pipeline:
             live.last_seen = now
             live.last_collected_at = report.collected_at
             self._contexts[agent.agent_id] = report.context
+            if report.host is not None:
+                self._note_tags(agent.agent_id, report.host.get("tags") or {})
             new_states, changes, transitions = self._evaluate(live, at)
             context = ticket_context(live, report.context) if transitions else {}
 
-            def work(conn: Connection) -> None:
+            def work(conn: Connection) -> dict[AlertKey, maintenance.Suppressed | None]:
                 self.store.record_applied(
                     conn,
                     agent.agent_id,
@@ -193,19 +219,21 @@ class Pipeline:
                     self.store.update_inventory(
                         agent.agent_id, hostname, report.host, now, conn=conn
                     )
-                self._commit_alerts(conn, live, changes, transitions, context)
+                return self._commit_alerts(conn, live, changes, transitions, context)
 
             try:
-                await self.committer.submit(work)
+                held = await self.committer.submit(work)
             except SeqAlreadyApplied:
                 # Another collector applied it first (an agent moved mid-outage).
                 self.metrics.reports_duplicate.inc()
                 session.applied_seq = report.seq
                 return False
             self.alert_states[agent.agent_id] = new_states
+            self._hold(held)
         session.applied_seq = report.seq
         live.dropped_reports_total = report.dropped_total
         live.reports_applied += 1
+        self.on_report(live)
         self.metrics.reports_applied.inc()
         self.metrics.samples_received.inc(len(report.samples))
         self._count(transitions)
@@ -221,11 +249,15 @@ class Pipeline:
         so a tick over thousands of quiet agents stays cheap.
         """
         now = self.clock() if now is None else now
+        if self.windows.due(now):
+            await asyncio.to_thread(self._load_windows, now)
         for live in list(self.state.agents.values()):
             states = self.alert_states.get(live.agent_id, {})
             went_silent = not self.is_up(live, now) and not any(
                 key.rule == self.rules.offline_rule.name for key in states
             )
+            if went_silent and not self._expected(live, now):
+                continue  # an office PC after hours: its alerts stay as they are, as offline
             timers = any(s.phase == "pending" or s.clear_since is not None for s in states.values())
             if not (went_silent or timers):
                 continue
@@ -245,17 +277,21 @@ class Pipeline:
                     if transitions
                     else {}
                 )
-                await self.committer.submit(
+                held = await self.committer.submit(
                     lambda conn, live=live, changes=changes, transitions=transitions, context=context: (  # noqa: E501
                         self._commit_alerts(conn, live, changes, transitions, context)
                     )
                 )
                 self.alert_states[live.agent_id] = new_states
+                self._hold(held)
             self._count(transitions)
+        if self.suppressed:
+            await self._release_suppressed(now)
         escalated = await self.committer.submit(
             lambda conn: tickets.escalate_due(conn, now=now, policy=self.policy)
         )
         if escalated:
+            self.on_ticket_change()
             self.metrics.ticket_transitions.labels("escalated").inc(len(escalated))
             log.info("tickets escalated", extra={"tickets": [c.ticket_id for c in escalated]})
 
@@ -280,10 +316,12 @@ class Pipeline:
             offline_after=self.offline_after,
         )
         new, transitions = evaluate_agent(
-            self.rules, target, self.state.series_data(live), old, now
+            self.rules, target, self.state.series_data(live, self._rule_metrics), old, now
         )
+        # Only what a restart needs is written: phases and clocks, not every evaluation's
+        # value and time, which would turn each report into a row update per alert.
         changes: dict[AlertKey, AlertState | None] = {
-            key: state for key, state in new.items() if old.get(key) != state
+            key: state for key, state in new.items() if _clocks(old.get(key)) != _clocks(state)
         }
         changes.update({key: None for key in old if key not in new})
         return new, changes, transitions
@@ -295,10 +333,24 @@ class Pipeline:
         changes: Mapping[AlertKey, AlertState | None],
         transitions: list[Transition],
         context: dict[str, Any],
-    ) -> None:
+    ) -> dict[AlertKey, maintenance.Suppressed | None]:
+        """Returns the suppression bookkeeping to apply once committed (see `_hold`)."""
         if changes:
             self.store.save_alert_states(conn, changes)
+        held: dict[AlertKey, maintenance.Suppressed | None] = {}
         for tr in transitions:
+            window = None
+            if tr.kind == "firing":
+                window = self.windows.find(
+                    customer=live.customer,
+                    site=live.site,
+                    agent_id=live.agent_id,
+                    rule=tr.rule.name,
+                    now=tr.at,
+                )
+            if window is not None:
+                held[tr.key] = self._suppress(conn, live, tr, window)
+                continue
             if tr.kind == "firing":
                 change = tickets.on_alert_firing(
                     conn,
@@ -318,6 +370,16 @@ class Pipeline:
                     policy=self.policy,
                 )
             else:
+                # Held back and now clear: it leaves no ticket.
+                if maintenance.clear_suppressed(
+                    conn,
+                    customer=live.customer,
+                    agent_id=live.agent_id,
+                    rule=tr.rule.name,
+                    labels=tr.key.labels,
+                    now=tr.at,
+                ):
+                    held[tr.key] = None
                 change = tickets.on_alert_resolved(
                     conn,
                     customer=live.customer,
@@ -341,7 +403,167 @@ class Pipeline:
                         "value": tr.value,
                     },
                 )
+        return held
 
     def _count(self, transitions: list[Transition]) -> None:
         for tr in transitions:
             self.metrics.ticket_transitions.labels(tr.kind).inc()
+        if transitions:
+            self.on_ticket_change()
+
+    # -- maintenance windows and business hours ---------------------------------------
+
+    def _note_tags(self, agent_id: str, tags: Mapping[str, Any]) -> None:
+        if self.watch.always_on(tags):
+            self._always_on.add(agent_id)
+        else:
+            self._always_on.discard(agent_id)
+
+    def _expected(self, live: AgentLive, now: float) -> bool:
+        """Whether this agent's silence counts now. An office PC (business hours set for its
+        customer, no always-on tag) is not expected outside business hours, and at their
+        start gets a full offline threshold to report before it counts as offline."""
+        if live.agent_id in self._always_on:
+            return True
+        since = self.watch.watched_since(live.customer, now)
+        if since is None:
+            return False
+        seen = since if live.last_seen is None else max(live.last_seen, since)
+        return now - seen >= self.offline_after
+
+    def _load_windows(self, now: float) -> None:
+        try:
+            with self.store.read() as conn:
+                self.windows.load(conn, now)
+        except StoreUnavailable as exc:
+            # the windows already loaded stay in force; the next tick tries again
+            log.warning("maintenance windows not reloaded", extra={"error": str(exc)})
+
+    def _suppress(
+        self,
+        conn: Connection,
+        live: AgentLive,
+        tr: Transition,
+        window: maintenance.MaintenanceWindow,
+    ) -> maintenance.Suppressed:
+        held = maintenance.record_suppressed(
+            conn,
+            window_id=window.id,
+            customer=live.customer,
+            agent_id=live.agent_id,
+            hostname=live.hostname,
+            rule=tr.rule.name,
+            labels=tr.key.labels,
+            value=tr.value,
+            severity=tr.rule.severity,
+            tier=tr.rule.tier,
+            summary=tr.summary,
+            runbook=tr.rule.runbook,
+            threshold=tr.rule.threshold,
+            now=tr.at,
+        )
+        log.info(
+            "alert suppressed by maintenance window",
+            extra={
+                "window_id": window.id,
+                "agent_id": live.agent_id,
+                "customer": live.customer,
+                "rule": tr.rule.name,
+                "labels": dict(tr.key.labels),
+                "value": tr.value,
+            },
+        )
+        return held
+
+    def _hold(self, held: Mapping[AlertKey, maintenance.Suppressed | None]) -> None:
+        """Apply committed suppression bookkeeping to memory (None: no longer held)."""
+        for key, record in held.items():
+            if record is None:
+                self.suppressed.pop(key, None)
+            else:
+                self.suppressed[key] = record
+                self.metrics.ticket_transitions.labels("suppressed").inc()
+
+    async def _release_suppressed(self, now: float) -> None:
+        """Open the tickets of held-back alerts that outlived every matching window."""
+        for key, held in list(self.suppressed.items()):
+            live = self.state.agents.get(key.agent_id)
+            if live is not None and self.windows.find(
+                customer=live.customer,
+                site=live.site,
+                agent_id=key.agent_id,
+                rule=key.rule,
+                now=now,
+            ):
+                continue
+            lock = self._lock(key.agent_id)
+            if lock.locked():
+                continue  # a report is being applied; the next tick looks again
+            async with lock:
+                state = self.alert_states.get(key.agent_id, {}).get(key)
+                firing = live if state is not None and state.phase == "firing" else None
+                context = (
+                    {}
+                    if live is None
+                    else ticket_context(live, self._contexts.get(key.agent_id, {}))
+                )
+                change = await self.committer.submit(
+                    functools.partial(
+                        self._release, held=held, live=firing, state=state, context=context, now=now
+                    )
+                )
+                self.suppressed.pop(key, None)
+            if change is not None:
+                self.metrics.ticket_transitions.labels("released").inc()
+                self.on_ticket_change()
+                log.info(
+                    "ticket %s after maintenance window",
+                    change.kind,
+                    extra={
+                        "ticket_id": change.ticket_id,
+                        "agent_id": key.agent_id,
+                        "rule": key.rule,
+                    },
+                )
+
+    def _release(
+        self,
+        conn: Connection,
+        *,
+        held: maintenance.Suppressed,
+        live: AgentLive | None,
+        state: AlertState | None,
+        context: dict[str, Any],
+        now: float,
+    ) -> tickets.TicketChange | None:
+        """Open the ticket of a held-back alert still firing (`live` set), else mark the
+        record cleared (its agent was revoked, or the alert ended unseen)."""
+        if live is None or state is None:
+            maintenance.clear_suppressed(
+                conn,
+                customer=held.customer,
+                agent_id=held.agent_id,
+                rule=held.rule,
+                labels=held.labels,
+                now=now,
+            )
+            return None
+        change = tickets.on_alert_firing(
+            conn,
+            customer=held.customer,
+            agent_id=held.agent_id,
+            hostname=live.hostname,
+            rule=held.rule,
+            labels=held.labels,
+            severity=held.severity,
+            tier=held.tier,
+            summary=held.summary,
+            runbook=held.runbook,
+            value=state.value,
+            threshold=held.threshold,
+            context=context,
+            now=now,
+            policy=self.policy,
+        )
+        maintenance.release_suppressed(conn, held.id, ticket_id=change.ticket_id, now=now)
+        return change

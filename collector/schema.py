@@ -179,3 +179,119 @@ ticket_events = Table(
     ),
 )
 Index("ix_ticket_events_kind_at", ticket_events.c.kind, ticket_events.c.at)
+
+# The outbox is ticket_events itself: a delivery route records each event it has handled,
+# so an event is delivered at least once, across restarts, in order per ticket.
+delivery_routes = Table(
+    "delivery_routes",
+    metadata,
+    Column("route", String(128), primary_key=True),
+    # events up to this id existed before the route did: a new route gets no history
+    Column("first_event_id", Integer, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("route", String(128), nullable=False),
+    Column("event_id", Integer, ForeignKey("ticket_events.id", ondelete="CASCADE"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("at", Double, nullable=False),
+    Column("error", Text, nullable=True),
+    PrimaryKeyConstraint("route", "event_id"),
+    CheckConstraint("status IN ('delivered', 'failed', 'skipped')", name="status"),
+)
+
+# Operators' HTTP API tokens (collector.apitokens). The secret is stored as its sha256 only;
+# `customers` is a JSON list of the customers the token may see, NULL for all of them.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # the actor recorded for the token's writes, so unique for good (revoked ones too)
+    Column("name", String(128), nullable=False, unique=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("customers", JSON, nullable=True),
+    Column("created_at", Double, nullable=False),
+    Column("revoked_at", Double, nullable=True),
+)
+
+# Every write made through the API or to API tokens, with who made it.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", Double, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=False),
+    # the customer the object belongs to; NULL for objects of no customer (API tokens)
+    Column("customer", Text, nullable=True),
+    Column("data", JSON, nullable=False),
+)
+Index("ix_audit_log_at", audit_log.c.at)
+
+# Scope columns left NULL match anything; a window has at least one. `kind` says which
+# schedule columns apply: once (starts_at, ends_at), weekly (spec, timezone) or cron
+# (spec, duration, timezone). See alerts.calendar.
+maintenance_windows = Table(
+    "maintenance_windows",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("customer", Text, nullable=True, index=True),
+    Column("site", Text, nullable=True),
+    Column("agent_id", String(64), nullable=True),
+    Column("rule", Text, nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("starts_at", Double, nullable=True),
+    Column("ends_at", Double, nullable=True),
+    Column("spec", Text, nullable=True),
+    Column("duration", Double, nullable=True),
+    Column("timezone", Text, nullable=True),
+    Column("comment", Text, nullable=False, default=""),
+    Column("created_at", Double, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    CheckConstraint("kind IN ('once', 'weekly', 'cron')", name="kind"),
+)
+
+# Alerts a maintenance window held back: no ticket, nothing sent. A row is pending until
+# the alert clears (cleared_at) or outlives every matching window and opens its ticket
+# (released_at, ticket_id). window_id has no foreign key: deleting a window keeps the record.
+suppressed_alerts = Table(
+    "suppressed_alerts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("problem_key", String(64), nullable=False),
+    Column("window_id", Integer, nullable=False, index=True),
+    Column("customer", Text, nullable=False),
+    Column("agent_id", String(64), ForeignKey("agents.agent_id"), nullable=False),
+    Column("hostname", Text, nullable=False),
+    Column("rule", Text, nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("value", Double, nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("tier", Integer, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("runbook", Text, nullable=True),
+    Column("threshold", Double, nullable=True),
+    Column("suppressed_at", Double, nullable=False),
+    Column("cleared_at", Double, nullable=True),
+    Column("released_at", Double, nullable=True),
+    Column("ticket_id", Integer, ForeignKey("tickets.id"), nullable=True),
+)
+# One pending record per problem, whichever collector suppressed it.
+Index(
+    "uq_suppressed_alerts_pending",
+    suppressed_alerts.c.problem_key,
+    unique=True,
+    sqlite_where=(suppressed_alerts.c.cleared_at.is_(None))
+    & (suppressed_alerts.c.released_at.is_(None)),
+    postgresql_where=(suppressed_alerts.c.cleared_at.is_(None))
+    & (suppressed_alerts.c.released_at.is_(None)),
+)
+Index(
+    "ix_suppressed_alerts_agent_at", suppressed_alerts.c.agent_id, suppressed_alerts.c.suppressed_at
+)

@@ -74,6 +74,13 @@ class CollectorMetrics:
             ["kind"],
             registry=registry,
         )
+        self.deliveries = Counter(
+            "tripline_collector_deliveries_total",
+            "Ticket events handed to delivery routes, by route and result "
+            "(delivered, retry, failed).",
+            ["route", "result"],
+            registry=registry,
+        )
         self.commit_seconds = Histogram(
             "tripline_collector_commit_duration_seconds",
             "Time to commit one batch of reports' effects to the store.",
@@ -85,17 +92,17 @@ class CollectorMetrics:
 
 
 class TicketCountCollector(Collector):
-    """``tripline_collector_tickets`` by state and severity, read at scrape time."""
+    """``tripline_collector_tickets`` by status, severity and tier, read at scrape time."""
 
-    def __init__(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+    def __init__(self, counts: Callable[[], Mapping[tuple[str, str, int], int]]) -> None:
         self._counts = counts
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             "tripline_collector_tickets",
-            "Tickets in the store by status and severity.",
-            labels=["status", "severity"],
+            "Tickets in the store by status, severity and support tier.",
+            labels=["status", "severity", "tier"],
         )
-        for (status, severity), count in sorted(self._counts().items()):
-            family.add_metric([status, severity], float(count))
+        for (status, severity, tier), count in sorted(self._counts().items()):
+            family.add_metric([status, severity, str(tier)], float(count))
         yield family

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 from grpc import aio
 
-from collector import convert
+from collector import convert, tls
 from collector.config import CollectorConfig
 from collector.pipeline import Pipeline, Session
 from collector.selfmetrics import CollectorMetrics
@@ -87,12 +87,15 @@ class CollectorService(pb_grpc.CollectorServicer):
                 hostname=hostname[:253],
                 site=request.site[:128],
                 inventory=convert.host_dict(request.host),
+                tags=dict(request.host.tags),
                 now=self.pipeline.clock(),
             )
         except EnrollmentRefused as exc:
             self.metrics.enrollments.labels("refused").inc()
             log.warning("enrollment refused", extra={"host": hostname, "reason": str(exc)})
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"enrollment refused: {exc}")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, f"enrollment refused: {exc.reason}"
+            )
         except StoreUnavailable:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "store unavailable, retry later")
         self.metrics.enrollments.labels("ok").inc()
@@ -223,6 +226,20 @@ class CollectorService(pb_grpc.CollectorServicer):
                     stream.send(_Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailers))
                     return
                 try:
+                    # Revocation is checked per report, not only at stream open, so a
+                    # revoked agent is refused on its next message.
+                    if await self._revoked(session.agent.agent_id):
+                        self.metrics.reports_rejected.labels("unauthenticated").inc()
+                        log.warning(
+                            "revoked agent refused", extra={"agent_id": session.agent.agent_id}
+                        )
+                        stream.send(
+                            _Abort(
+                                grpc.StatusCode.UNAUTHENTICATED,
+                                "agent credential revoked: re-enroll the agent",
+                            )
+                        )
+                        return
                     await self.pipeline.apply(session, report)
                 except StoreUnavailable:
                     stream.send(
@@ -267,4 +284,24 @@ class CollectorService(pb_grpc.CollectorServicer):
                 grpc.StatusCode.UNAUTHENTICATED,
                 "agent credential unknown or revoked: re-enroll the agent",
             )
+        if self.config.tls_client_ca is not None:
+            # Mutual TLS: the certificate must be issued to this very agent, so a copied
+            # credential is useless without the private key of that agent's certificate.
+            names = tls.peer_identities(context.auth_context())
+            if agent.agent_id not in names:
+                self.metrics.reports_rejected.labels("unauthenticated").inc()
+                log.warning(
+                    "client certificate does not match the agent",
+                    extra={"agent_id": agent.agent_id, "certificate_names": sorted(names)},
+                )
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"the client certificate (CN/SAN: {', '.join(sorted(names)) or 'none'}) is "
+                    f"not issued to agent {agent.agent_id}: give this agent a certificate "
+                    "whose CN or a SAN is its agent id",
+                )
         return agent
+
+    async def _revoked(self, agent_id: str) -> bool:
+        record = await asyncio.to_thread(self.pipeline.store.get_agent, agent_id)
+        return record is None or record.revoked_at is not None

@@ -8,7 +8,7 @@ measured at Hello), so windows and liveness never depend on an office PC's clock
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,13 +113,20 @@ class LiveState:
             if not points or points[-1][0] < horizon:
                 del live.series[key]
 
-    def series_data(self, live: AgentLive) -> list[SeriesData]:
-        """The series rules see: those of the latest report, plus briefly missing ones."""
+    def series_data(
+        self, live: AgentLive, metrics: Collection[str] | None = None
+    ) -> list[SeriesData]:
+        """The series rules see: those of the latest report, plus briefly missing ones.
+
+        ``metrics`` limits them to the names some rule reads, sparing the copies of the rest.
+        """
         if live.last_point_at is None:
             return []
         fresh_after = live.last_point_at - self.staleness
         return [
             SeriesData(metric=key[0], labels=key[1], points=tuple(points))
             for key, points in live.series.items()
-            if points and (key in live.current or points[-1][0] >= fresh_after)
+            if (metrics is None or key[0] in metrics)
+            and points
+            and (key in live.current or points[-1][0] >= fresh_after)
         ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, exc, select
+from sqlalchemy import Connection, Engine, bindparam, exc, select
 
 from alerts.engine import AlertKey, AlertState
 from collector import migrations
@@ -106,6 +106,55 @@ def _agent(row: Any) -> AgentRecord:
 
 def _token(row: Any) -> EnrollmentToken:
     return EnrollmentToken(**{f.name: getattr(row, f.name) for f in fields(EnrollmentToken)})
+
+
+# Built once: composing Core statements per report costs more than executing them.
+_ADVANCE_SEQ = (
+    agent_instances.update()
+    .where(
+        agent_instances.c.agent_id == bindparam("a"),
+        agent_instances.c.instance_id == bindparam("i"),
+        agent_instances.c.applied_seq < bindparam("seq"),
+    )
+    .values(
+        applied_seq=bindparam("seq"),
+        reports_applied=agent_instances.c.reports_applied + 1,
+        dropped_reports_total=bindparam("dropped"),
+        last_seen_at=bindparam("now"),
+    )
+)
+_APPLIED_SEQ = select(agent_instances.c.applied_seq).where(
+    agent_instances.c.agent_id == bindparam("a"),
+    agent_instances.c.instance_id == bindparam("i"),
+)
+_NEW_INSTANCE = agent_instances.insert().values(
+    agent_id=bindparam("a"),
+    instance_id=bindparam("i"),
+    applied_seq=bindparam("seq"),
+    reports_applied=1,
+    dropped_reports_total=bindparam("dropped"),
+    first_seen_at=bindparam("now"),
+    last_seen_at=bindparam("now"),
+)
+_AGENT_SEEN = (
+    agents.update().where(agents.c.agent_id == bindparam("a")).values(last_seen_at=bindparam("now"))
+)
+_ALERT_KEY = (
+    alert_states.c.agent_id == bindparam("k_agent"),
+    alert_states.c.rule == bindparam("k_rule"),
+    alert_states.c.labels_json == bindparam("k_labels"),
+)
+_ALERT_FIELDS = ("phase", "active_since", "firing_since", "clear_since", "value", "last_eval")
+_DELETE_ALERT = alert_states.delete().where(*_ALERT_KEY)
+_UPDATE_ALERT = (
+    alert_states.update().where(*_ALERT_KEY).values({f: bindparam(f"v_{f}") for f in _ALERT_FIELDS})
+)
+_INSERT_ALERT = alert_states.insert().values(
+    agent_id=bindparam("k_agent"),
+    rule=bindparam("k_rule"),
+    labels_json=bindparam("k_labels"),
+    **{f: bindparam(f"v_{f}") for f in _ALERT_FIELDS},
+)
 
 
 class Store:
@@ -389,43 +438,17 @@ class Store:
         Raises SeqAlreadyApplied when `seq` is not past the stored one (gaps are fine: the
         agent's spool may have dropped reports, counted in `dropped_total`).
         """
-        where = (
-            agent_instances.c.agent_id == agent_id,
-            agent_instances.c.instance_id == instance_id,
-        )
-        row = conn.execute(
-            select(agent_instances.c.applied_seq).where(*where).with_for_update()
-        ).one_or_none()
-        if row is not None and seq <= row.applied_seq:
-            raise SeqAlreadyApplied(agent_id, instance_id, seq, row.applied_seq)
-        seen = conn.execute(
-            agents.update().where(agents.c.agent_id == agent_id).values(last_seen_at=now)
-        ).rowcount
-        if seen == 0:
-            raise AgentNotFound(agent_id)
-        if row is None:
-            conn.execute(
-                agent_instances.insert().values(
-                    agent_id=agent_id,
-                    instance_id=instance_id,
-                    applied_seq=seq,
-                    reports_applied=1,
-                    dropped_reports_total=dropped_total,
-                    first_seen_at=now,
-                    last_seen_at=now,
-                )
-            )
-        else:
-            conn.execute(
-                agent_instances.update()
-                .where(*where)
-                .values(
-                    applied_seq=seq,
-                    reports_applied=agent_instances.c.reports_applied + 1,
-                    dropped_reports_total=dropped_total,
-                    last_seen_at=now,
-                )
-            )
+        params = {"a": agent_id, "i": instance_id, "seq": seq, "dropped": dropped_total, "now": now}
+        # The common case, one statement: advance the seq if it moves forward. Rowcount 0
+        # means a stale seq or an instance never seen; the SELECT tells which.
+        if conn.execute(_ADVANCE_SEQ, params).rowcount == 0:
+            row = conn.execute(_APPLIED_SEQ, params).one_or_none()
+            if row is not None:
+                raise SeqAlreadyApplied(agent_id, instance_id, seq, row.applied_seq)
+            if self.get_agent(agent_id, conn=conn) is None:
+                raise AgentNotFound(agent_id)
+            conn.execute(_NEW_INSTANCE, params)
+        conn.execute(_AGENT_SEEN, params)
 
     def last_seen_all(self, *, conn: Connection | None = None) -> dict[str, float]:
         """agent_id -> last_seen_at of every agent seen at least once and not revoked."""
@@ -461,28 +484,14 @@ class Store:
     ) -> None:
         """Upsert each changed state; None deletes the key's row."""
         for key, state in changes.items():
-            where = (
-                alert_states.c.agent_id == key.agent_id,
-                alert_states.c.rule == key.rule,
-                alert_states.c.labels_json == json.dumps([list(pair) for pair in key.labels]),
-            )
-            if state is None:
-                conn.execute(alert_states.delete().where(*where))
-                continue
-            values = {
-                "phase": state.phase,
-                "active_since": state.active_since,
-                "firing_since": state.firing_since,
-                "clear_since": state.clear_since,
-                "value": state.value,
-                "last_eval": state.last_eval,
+            params: dict[str, Any] = {
+                "k_agent": key.agent_id,
+                "k_rule": key.rule,
+                "k_labels": json.dumps([list(pair) for pair in key.labels]),
             }
-            if conn.execute(alert_states.update().where(*where).values(**values)).rowcount == 0:
-                conn.execute(
-                    alert_states.insert().values(
-                        agent_id=key.agent_id,
-                        rule=key.rule,
-                        labels_json=json.dumps([list(pair) for pair in key.labels]),
-                        **values,
-                    )
-                )
+            if state is None:
+                conn.execute(_DELETE_ALERT, params)
+                continue
+            params.update({f"v_{f}": getattr(state, f) for f in _ALERT_FIELDS})
+            if conn.execute(_UPDATE_ALERT, params).rowcount == 0:
+                conn.execute(_INSERT_ALERT, params)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -394,6 +394,24 @@ def escalate_due(conn: Connection, *, now: float, policy: TicketPolicy) -> list[
     return sorted(changes, key=lambda c: c.ticket_id)
 
 
+def reassign_tier(conn: Connection, ticket_id: int, *, tier: int, actor: str, now: float) -> Ticket:
+    """An operator moves an unresolved ticket to another tier, up or down; its escalation
+    clock restarts. Recorded as an "escalated" event with ``"manual": true``."""
+    if tier not in (1, 2, 3):
+        raise ValueError(f"ticket tier must be 1, 2 or 3, not {tier!r}")
+    row = _locked(conn, ticket_id)
+    if row.status == "resolved":
+        raise InvalidTicketTransition(ticket_id, "change the tier of", "it is resolved")
+    if row.tier == tier:
+        raise InvalidTicketTransition(ticket_id, "change the tier of", f"it is at tier {tier}")
+    message = f"tier {row.tier} -> {tier} by {actor}"
+    data = {"from_tier": row.tier, "to_tier": tier, "manual": True}
+    _change(
+        conn, row, now, {"tier": tier, "tier_since": now}, ("escalated", actor, message, data)
+    )
+    return get_ticket(conn, ticket_id)
+
+
 def get_ticket(conn: Connection, ticket_id: int) -> Ticket:
     """The ticket with its timeline, oldest event first."""
     row = conn.execute(select(tickets).where(tickets.c.id == ticket_id)).one_or_none()
@@ -418,8 +436,12 @@ def list_tickets(
     agent_id: str | None = None,
     limit: int = 100,
     offset: int = 0,
+    customers: Collection[str] | None = None,
+    severity: str | None = None,
+    tier: int | None = None,
 ) -> list[Ticket]:
-    """Newest first, without their events (get_ticket has those)."""
+    """Newest first, without their events (get_ticket has those). `customers` limits the
+    list to those customers (an API token's scope), on top of `customer`."""
     statuses = (status,) if isinstance(status, str) else status
     query = select(tickets)
     if statuses is not None:
@@ -431,15 +453,23 @@ def list_tickets(
         query = query.where(tickets.c.customer == customer)
     if agent_id is not None:
         query = query.where(tickets.c.agent_id == agent_id)
+    if customers is not None:
+        query = query.where(tickets.c.customer.in_(sorted(customers)))
+    if severity is not None:
+        query = query.where(tickets.c.severity == severity)
+    if tier is not None:
+        query = query.where(tickets.c.tier == tier)
     query = (
         query.order_by(tickets.c.opened_at.desc(), tickets.c.id.desc()).limit(limit).offset(offset)
     )
     return [_ticket(row) for row in conn.execute(query)]
 
 
-def count_by_state(conn: Connection) -> dict[tuple[str, str], int]:
-    """(status, severity) -> number of tickets."""
-    query = select(tickets.c.status, tickets.c.severity, func.count()).group_by(
-        tickets.c.status, tickets.c.severity
+def count_by_state(conn: Connection) -> dict[tuple[str, str, int], int]:
+    """(status, severity, tier) -> number of tickets."""
+    query = select(tickets.c.status, tickets.c.severity, tickets.c.tier, func.count()).group_by(
+        tickets.c.status, tickets.c.severity, tickets.c.tier
     )
-    return {(status, severity): int(n) for status, severity, n in conn.execute(query)}
+    return {
+        (status, severity, int(tier)): int(n) for status, severity, tier, n in conn.execute(query)
+    }

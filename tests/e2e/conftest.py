@@ -148,6 +148,7 @@ class Cluster:
                 str(data_dir),
                 "--log-format",
                 "json",
+                "--plaintext",  # TLS is covered by tests/integration/test_tls.py
                 *extra,
             ],
             log_path=self.tmp / f"{name}.log",
@@ -172,6 +173,7 @@ class Cluster:
                 str(self.tmp / name),
                 "--log-format",
                 "json",
+                "--plaintext",
                 *extra,
             ],
             log_path=self.tmp / f"{name}.log",

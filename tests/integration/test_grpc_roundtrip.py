@@ -36,6 +36,7 @@ def collector_config(data_dir: Path, **flags: object):
             "customers": {"acme": TOKEN},
             "interval": 1,
             "evaluation_interval": 0.2,
+            "plaintext": True,  # TLS is covered by test_tls.py
             **flags,
         },
     )
@@ -53,6 +54,7 @@ def agent_config(state_dir: Path, port: int, token: str = TOKEN):
             "backoff_initial": 0.05,
             "backoff_max": 0.5,
             "collect_processes": False,
+            "plaintext": True,
         },
     )
 

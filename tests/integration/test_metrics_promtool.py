@@ -66,6 +66,7 @@ async def running_collector(data_dir: Path) -> AsyncIterator[CollectorApp]:
             "data_dir": data_dir,
             "customers": {"acme": TOKEN},
             "interval": 1,
+            "plaintext": True,
         },
     )
     app = CollectorApp(config)

@@ -290,7 +290,9 @@ def test_lists_and_counts(store: Store, agent: AgentRecord) -> None:
     _, token = store.create_enrollment_token("globex", now=T0)
     other, _ = store.enroll_agent(token, hostname="gx-01", site="", inventory={}, now=T0)
     disk = fire(store, agent, T0).ticket_id
-    cpu = fire(store, agent, T0 + 1, rule="CpuHigh", labels=(), severity="critical").ticket_id
+    cpu = fire(
+        store, agent, T0 + 1, rule="CpuHigh", labels=(), severity="critical", tier=2
+    ).ticket_id
     gx = fire(store, other, T0 + 2, customer="globex").ticket_id
     with store.transaction() as conn:
         tickets.acknowledge(conn, cpu, actor="alice", now=T0 + 3)
@@ -307,7 +309,8 @@ def test_lists_and_counts(store: Store, agent: AgentRecord) -> None:
         assert [t.id for t in tickets.list_tickets(conn, limit=1, offset=1)] == [cpu]
         assert tickets.list_tickets(conn)[0].events == ()
         assert tickets.count_by_state(conn) == {
-            ("open", "warning"): 1, ("acknowledged", "critical"): 1, ("resolved", "warning"): 1,
+            ("open", "warning", 1): 1, ("acknowledged", "critical", 2): 1,
+            ("resolved", "warning", 1): 1,
         }  # fmt: skip
         with pytest.raises(ValueError, match="closed"):
             tickets.list_tickets(conn, status="closed")  # type: ignore[arg-type]

@@ -18,9 +18,11 @@ from collector.config import (
 )
 
 COLLECTOR_KEYS = (
-    "customers, data_dir, database_url, evaluation_interval, hello_timeout, http_listen, "
+    "always_on_tags, business_hours, customers, data_dir, database_url, evaluation_interval, "
+    "hello_timeout, http_listen, "
     "interval, inventory_interval, listen, log_format, log_level, max_message_bytes, "
-    "max_samples_per_report, offline_after, rules, tickets"
+    "max_samples_per_report, offline_after, plaintext, routes, rules, tickets, tls_cert, "
+    "tls_client_ca, tls_key"
 )
 
 

@@ -1,14 +1,13 @@
-"""collector/exposition.py: agent series as Prometheus families on a registry passed in."""
+"""collector/exposition.py: agent series rendered as Prometheus text, parsed back."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.exposition import AgentSeriesCollector, exposed_name
+from collector.exposition import SeriesExposition, exposed_name
 from collector.state import AgentLive, LiveState
 
 T0 = 1_700_000_000.0
@@ -17,20 +16,20 @@ ROOT = (("device", "/dev/sda1"), ("fstype", "ext4"), ("mountpoint", "/"))
 
 
 class Scrape:
-    """One agent in a LiveState, exposed on its own registry."""
+    """One agent in a LiveState, exposed by its own SeriesExposition."""
 
     def __init__(self, is_up: Callable[[AgentLive], bool] = lambda live: True) -> None:
         self.state = LiveState(window=900.0)
         self.live = self.state.ensure("a-1", customer="acme", hostname="pc-01", site="hq")
-        self.registry = CollectorRegistry()
-        self.registry.register(AgentSeriesCollector(self.state, is_up))
+        self.exposition = SeriesExposition(self.state, is_up)
 
     def record(self, *samples: tuple[str, tuple[tuple[str, str], ...], float]) -> None:
         self.state.record(self.live, T0, samples)
         self.live.last_seen = T0
+        self.exposition.update(self.live)
 
     def text(self) -> str:
-        return generate_latest(self.registry).decode()
+        return self.exposition.render().decode()
 
     def families(self) -> dict[str, tuple[str, list[tuple[str, dict[str, str], float]]]]:
         """name -> (type, [(sample name, labels, value)]) as a scraper parses it."""
@@ -40,7 +39,12 @@ class Scrape:
         }
 
     def value(self, sample_name: str, **labels: str) -> float | None:
-        return self.registry.get_sample_value(sample_name, {**TARGET, **labels})
+        wanted = {**TARGET, **labels}
+        for family in text_string_to_metric_families(self.text()):
+            for sample in family.samples:
+                if sample.name == sample_name and sample.labels == wanted:
+                    return float(sample.value)
+        return None
 
 
 @pytest.fixture
@@ -105,7 +109,10 @@ def test_agent_up_follows_is_up() -> None:
     assert scrape.value("tripline_agent_up") == 1.0
     verdict["a-1"] = False
     assert scrape.value("tripline_agent_up") == 0.0
-    # a silent agent's last values stay visible; `up` says whether to trust them
+    # a silent agent's series go stale, as Prometheus does with a target that vanished:
+    # a dashboard shows a gap, not an old value that looks current; `up` stays
+    assert scrape.value("tripline_load1") is None
+    verdict["a-1"] = True
     assert scrape.value("tripline_load1") == 0.1
 
 
@@ -121,6 +128,7 @@ def test_several_agents_share_one_family() -> None:
     other = scrape.state.ensure("a-2", customer="globex", hostname="pc-02", site="")
     scrape.record(("load1", (), 0.1))
     scrape.state.record(other, T0, [("load1", (), 0.2)])
+    scrape.exposition.update(other)
     kind, samples = scrape.families()["tripline_load1"]
     assert kind == "gauge"
     assert sorted((labels["agent_id"], labels["customer"], v) for _, labels, v in samples) == [
@@ -211,11 +219,12 @@ def test_only_current_series_are_exposed(scrape: Scrape) -> None:
     usb = (("mountpoint", "/media/usb"),)
     scrape.state.record(scrape.live, T0, [("filesystem_used_ratio", usb, 0.1)])
     scrape.state.record(scrape.live, T0 + 10, [("filesystem_used_ratio", ROOT, 0.5)])
+    scrape.exposition.update(scrape.live)
     assert scrape.value("tripline_filesystem_used_ratio", **dict(usb)) is None
     assert scrape.value("tripline_filesystem_used_ratio", **dict(ROOT)) == 0.5
 
 
-def test_collector_is_not_on_the_global_registry() -> None:
+def test_exposition_stays_off_the_global_registry() -> None:
     from prometheus_client import REGISTRY
 
     Scrape().record(("load1", (), 0.1))

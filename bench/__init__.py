@@ -1,0 +1,1 @@
+"""Benchmarks: the load generator and the agent-overhead comparison (not part of the test run)."""

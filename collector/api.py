@@ -1,0 +1,1114 @@
+"""The operators' HTTP API under /api/v1: tickets, agents, enrollment tokens, rules, alerts.
+
+Mounted on the collector's HTTP port (`collector.http`) and served in its asyncio loop.
+Every request but the OpenAPI document carries ``Authorization: Bearer <API token>``
+(`collector.apitokens`). A token sees only its customers: another customer's ticket, agent
+or enrollment token answers 404 exactly as a missing one does, so nothing tells that it
+exists; a request that itself names a customer outside the scope (a filter, a new
+enrollment token) answers 403. Reads run in a worker thread; writes go through the
+collector's committer, in one transaction with their audit row. Bad input answers 4xx
+with ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, select
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from alerts.rules import Rule
+from collector import apitokens, tickets
+from collector.apitokens import ApiToken
+from collector.pipeline import Pipeline
+from collector.schema import TICKET_STATUSES
+from collector.schema import tickets as tickets_table
+from collector.store import (
+    AgentNotFound,
+    AgentRecord,
+    EnrollmentToken,
+    EnrollmentTokenNotFound,
+    Store,
+    StoreUnavailable,
+)
+
+API_PREFIX = "/api/v1"
+# Fits any body the document allows: 10,000 characters escaped as JSON take up to 120 kB.
+MAX_BODY_BYTES = 256 * 1024
+MAX_TEXT = 10_000
+MAX_FILTER = 256
+MAX_LIMIT = 1000
+MAX_OFFSET = 1_000_000_000
+MAX_ID = 2**63 - 1
+MAX_EXPIRES_IN = 10 * 365 * 86400
+SEVERITIES = ("info", "warning", "critical")
+ALERT_PHASES = ("pending", "firing")
+
+T = TypeVar("T")
+
+
+class ApiError(Exception):
+    """Answered as ``{"error": message}`` with this status."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    store: Store
+    pipeline: Pipeline
+    clock: Callable[[], float] = time.time
+
+
+class _Json(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        # A value can be infinite (an agent that never reported has been silent "forever");
+        # JSON has no such number, so it is sent as null.
+        return super().render(_finite(content))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return _Json({"error": message}, status_code=status, headers=headers)
+
+
+# -- input ----------------------------------------------------------------------------
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _whole(text: str, what: str, low: int, high: int) -> int:
+    if _DIGITS.fullmatch(text) is None or not low <= int(text) <= high:
+        raise ApiError(400, f"{what} must be a whole number from {low} to {high}, not {text!r}")
+    return int(text)
+
+
+def _plain(text: str, what: str, max_length: int = MAX_FILTER) -> str:
+    """Free text for a filter or note: any characters but NUL (PostgreSQL cannot store it)."""
+    if "\x00" in text:
+        raise ApiError(400, f"{what} must not contain NUL characters")
+    if len(text) > max_length:
+        raise ApiError(400, f"{what} must be at most {max_length} characters")
+    return text
+
+
+def _choice(text: str, what: str, choices: Collection[str]) -> str:
+    if text not in choices:
+        raise ApiError(400, f"{what} must be one of {', '.join(choices)}, not {text!r}")
+    return text
+
+
+def _query(request: Request, allowed: Collection[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise ApiError(400, f"unknown query parameter {key!r} (known: {known})")
+        if key in found:
+            raise ApiError(400, f"query parameter {key!r} given more than once")
+        found[key] = value
+    return found
+
+
+PAGING = ("limit", "offset")
+
+
+def _paging(params: Mapping[str, str]) -> tuple[int, int]:
+    limit = _whole(params["limit"], "limit", 1, MAX_LIMIT) if "limit" in params else 100
+    offset = _whole(params["offset"], "offset", 0, MAX_OFFSET) if "offset" in params else 0
+    return limit, offset
+
+
+def _page(items: list[Any], limit: int, offset: int) -> dict[str, Any]:
+    """`items` holds up to limit + 1 entries: one more tells there is a next page."""
+    more = len(items) > limit
+    return {"items": items[:limit], "next_offset": offset + limit if more else None}
+
+
+async def _body(request: Request, fields: Collection[str], required: Collection[str] = ()) -> Any:
+    """The JSON object sent, with only `fields` and all of `required`; {} when empty."""
+    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body must be at most {MAX_BODY_BYTES} bytes")
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body must be at most {MAX_BODY_BYTES} bytes")
+    if not raw.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ApiError(400, "the request body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    unknown = set(data) - set(fields)
+    if unknown:
+        known = ", ".join(sorted(fields)) or "none"
+        raise ApiError(400, f"unknown fields {sorted(unknown)} (known: {known})")
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ApiError(400, f"missing required fields {missing}")
+    return data
+
+
+def _text(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise ApiError(400, f"field {key!r} must be a string")
+    return _plain(value, f"field {key!r}", MAX_TEXT)
+
+
+def _optional_text(data: Mapping[str, Any], key: str) -> str | None:
+    return None if data.get(key) is None else _text(data, key)
+
+
+def _integer(data: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    value = data.get(key)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ApiError(400, f"field {key!r} must be a whole number from {low} to {high}")
+    return value
+
+
+# -- output ---------------------------------------------------------------------------
+
+
+def ticket_json(ticket: tickets.Ticket, *, with_events: bool = True) -> dict[str, Any]:
+    out = ticket.to_dict()
+    if not with_events:
+        del out["events"]
+    return out
+
+
+def rule_json(rule: Rule, token: ApiToken) -> dict[str, Any]:
+    overrides = {
+        customer: {k: v for k, v in asdict(o).items() if v is not None}
+        for customer, o in sorted(rule.overrides.items())
+        if token.allows(customer)
+    }
+    return {
+        "name": rule.name,
+        "metric": rule.metric,
+        "match": [asdict(m) for m in rule.matchers],
+        "op": rule.op,
+        "threshold": rule.threshold,
+        "for": rule.for_seconds,
+        "clear": {"threshold": rule.clear_threshold, "for": rule.clear_for_seconds},
+        "window": None if rule.window is None else asdict(rule.window),
+        "severity": rule.severity,
+        "tier": rule.tier,
+        "summary": rule.summary,
+        "runbook": rule.runbook,
+        "builtin": rule.builtin,
+        "overrides": overrides,
+    }
+
+
+def _token_json(token: EnrollmentToken) -> dict[str, Any]:
+    return asdict(token)
+
+
+class _Handlers:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def _read(self, work: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self.ctx.store.read() as conn:
+                return work(conn)
+
+        return await asyncio.to_thread(run)
+
+    async def _write(self, work: Callable[[Connection], T]) -> T:
+        return await self.ctx.pipeline.committer.submit(work)
+
+    async def _caller(self, request: Request) -> ApiToken:
+        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+        challenge = {"WWW-Authenticate": 'Bearer realm="tripline"'}
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise ApiError(
+                401,
+                "send 'Authorization: Bearer <API token>' (an operator creates one with "
+                "'tripline api-tokens create --name NAME')",
+                challenge,
+            )
+        token = await self._read(lambda conn: apitokens.authenticate(conn, secret.strip()))
+        if token is None:
+            raise ApiError(401, "the API token is unknown or revoked", challenge)
+        return token
+
+    @staticmethod
+    def _scope_filter(token: ApiToken, customer: str | None) -> None:
+        if customer is not None and not token.allows(customer):
+            raise ApiError(403, f"this API token may not see customer {customer!r}")
+
+    # -- tickets ----------------------------------------------------------------------
+
+    async def list_tickets(self, request: Request) -> Response:
+        token = await self._caller(request)
+        params = _query(request, ("status", "customer", "severity", "tier", "agent_id", *PAGING))
+        limit, offset = _paging(params)
+        status = params.get("status")
+        if status is not None:
+            _choice(status, "status", TICKET_STATUSES)
+        customer = params.get("customer")
+        if customer is not None:
+            self._scope_filter(token, _plain(customer, "customer"))
+        severity = params.get("severity")
+        if severity is not None:
+            _choice(severity, "severity", SEVERITIES)
+        tier = _whole(params["tier"], "tier", 1, 3) if "tier" in params else None
+        agent_id = _plain(params["agent_id"], "agent_id") if "agent_id" in params else None
+        rows = await self._read(
+            lambda conn: tickets.list_tickets(
+                conn,
+                status=status,  # type: ignore[arg-type]
+                customer=customer,
+                customers=token.customers,
+                severity=severity,
+                tier=tier,
+                agent_id=agent_id,
+                limit=limit + 1,
+                offset=offset,
+            )
+        )
+        return _Json(_page([ticket_json(t, with_events=False) for t in rows], limit, offset))
+
+    def _ticket_id(self, request: Request) -> int:
+        return _whole(request.path_params["ticket_id"], "ticket id", 1, MAX_ID)
+
+    @staticmethod
+    def _visible_ticket(conn: Connection, token: ApiToken, ticket_id: int) -> str:
+        """The ticket's customer; TicketNotFound when missing or outside the scope."""
+        customer = conn.scalar(
+            select(tickets_table.c.customer).where(tickets_table.c.id == ticket_id)
+        )
+        if customer is None or not token.allows(customer):
+            raise tickets.TicketNotFound(ticket_id)
+        return str(customer)
+
+    async def show_ticket(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        ticket_id = self._ticket_id(request)
+
+        def work(conn: Connection) -> tickets.Ticket:
+            self._visible_ticket(conn, token, ticket_id)
+            return tickets.get_ticket(conn, ticket_id)
+
+        return _Json(ticket_json(await self._read(work)))
+
+    async def _change_ticket(
+        self,
+        request: Request,
+        token: ApiToken,
+        action: str,
+        data: dict[str, Any],
+        change: Callable[[Connection, int, str, float], tickets.Ticket],
+    ) -> Response:
+        ticket_id = self._ticket_id(request)
+        now = self.ctx.clock()
+
+        def work(conn: Connection) -> tickets.Ticket:
+            customer = self._visible_ticket(conn, token, ticket_id)
+            ticket = change(conn, ticket_id, token.name, now)
+            apitokens.record(
+                conn,
+                actor=token.name,
+                action=f"ticket.{action}",
+                target=f"ticket/{ticket_id}",
+                customer=customer,
+                data=data,
+                now=now,
+            )
+            return ticket
+
+        ticket = await self._write(work)
+        self.ctx.pipeline.on_ticket_change()
+        return _Json(ticket_json(ticket))
+
+    async def ack_ticket(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        await _body(request, ())
+        return await self._change_ticket(
+            request,
+            token,
+            "acknowledge",
+            {},
+            lambda conn, tid, actor, now: tickets.acknowledge(conn, tid, actor=actor, now=now),
+        )
+
+    async def comment_ticket(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        text = _text(await _body(request, ("text",), ("text",)), "text")
+        if not text.strip():
+            raise ApiError(400, "field 'text' needs some text")
+        return await self._change_ticket(
+            request,
+            token,
+            "comment",
+            {"text": text},
+            lambda conn, tid, actor, now: tickets.comment(
+                conn, tid, actor=actor, text=text, now=now
+            ),
+        )
+
+    async def resolve_ticket(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        note = _optional_text(await _body(request, ("note",)), "note")
+        return await self._change_ticket(
+            request,
+            token,
+            "resolve",
+            {"note": note},
+            lambda conn, tid, actor, now: tickets.resolve(
+                conn, tid, actor=actor, now=now, note=note or None
+            ),
+        )
+
+    async def tier_ticket(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        tier = _integer(await _body(request, ("tier",), ("tier",)), "tier", 1, 3)
+        return await self._change_ticket(
+            request,
+            token,
+            "tier",
+            {"tier": tier},
+            lambda conn, tid, actor, now: tickets.reassign_tier(
+                conn, tid, tier=tier, actor=actor, now=now
+            ),
+        )
+
+    # -- agents -----------------------------------------------------------------------
+
+    def _agent_json(self, agent: AgentRecord, *, detail: bool = False) -> dict[str, Any]:
+        live = self.ctx.pipeline.state.agents.get(agent.agent_id)
+        out: dict[str, Any] = {
+            "agent_id": agent.agent_id,
+            "customer": agent.customer,
+            "hostname": agent.hostname,
+            "site": agent.site,
+            "tags": agent.tags,
+            "created_at": agent.created_at,
+            "last_seen_at": agent.last_seen_at,
+            "revoked_at": agent.revoked_at,
+            "up": live is not None and self.ctx.pipeline.is_up(live),
+        }
+        if detail:
+            values = [] if live is None else sorted(live.latest())
+            out["inventory"] = agent.inventory
+            out["values"] = [
+                {"metric": name, "labels": dict(labels), "value": value}
+                for name, labels, value in values
+            ]
+        return out
+
+    def _agent_id(self, request: Request) -> str:
+        return _plain(request.path_params["agent_id"], "agent id", 64)
+
+    async def _visible_agent(self, token: ApiToken, agent_id: str) -> AgentRecord:
+        agent = await self._read(lambda conn: self.ctx.store.get_agent(agent_id, conn=conn))
+        if agent is None or not token.allows(agent.customer):
+            raise AgentNotFound(agent_id)
+        return agent
+
+    async def list_agents(self, request: Request) -> Response:
+        token = await self._caller(request)
+        params = _query(request, ("customer", "site", *PAGING))
+        limit, offset = _paging(params)
+        customer = params.get("customer")
+        if customer is not None:
+            self._scope_filter(token, _plain(customer, "customer"))
+        site = _plain(params["site"], "site") if "site" in params else None
+        agents = await self._read(lambda conn: self.ctx.store.list_agents(customer, conn=conn))
+        visible = [
+            a for a in agents if token.allows(a.customer) and (site is None or a.site == site)
+        ]
+        page = visible[offset : offset + limit + 1]
+        return _Json(_page([self._agent_json(a) for a in page], limit, offset))
+
+    async def show_agent(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        agent = await self._visible_agent(token, self._agent_id(request))
+        return _Json(self._agent_json(agent, detail=True))
+
+    async def revoke_agent(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        await _body(request, ())
+        agent_id = self._agent_id(request)
+        now = self.ctx.clock()
+        store = self.ctx.store
+
+        def work(conn: Connection) -> AgentRecord:
+            agent = store.get_agent(agent_id, conn=conn)
+            if agent is None or not token.allows(agent.customer):
+                raise AgentNotFound(agent_id)
+            if agent.revoked_at is None:
+                store.revoke_agent(agent_id, now, conn=conn)
+                apitokens.record(
+                    conn,
+                    actor=token.name,
+                    action="agent.revoke",
+                    target=f"agent/{agent_id}",
+                    customer=agent.customer,
+                    data={"hostname": agent.hostname},
+                    now=now,
+                )
+            revoked = store.get_agent(agent_id, conn=conn)
+            assert revoked is not None
+            return revoked
+
+        return _Json(self._agent_json(await self._write(work)))
+
+    # -- enrollment tokens ------------------------------------------------------------
+
+    async def list_enrollment_tokens(self, request: Request) -> Response:
+        token = await self._caller(request)
+        params = _query(request, ("customer",))
+        customer = params.get("customer")
+        if customer is not None:
+            self._scope_filter(token, _plain(customer, "customer"))
+        rows = await self._read(
+            lambda conn: self.ctx.store.list_enrollment_tokens(customer, conn=conn)
+        )
+        return _Json({"items": [_token_json(t) for t in rows if token.allows(t.customer)]})
+
+    async def create_enrollment_token(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        data = await _body(request, ("customer", "expires_in"), ("customer",))
+        customer = _text(data, "customer")
+        try:
+            apitokens.check_name(customer, "field 'customer'")
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        if not token.allows(customer):
+            raise ApiError(403, f"this API token may not act for customer {customer!r}")
+        expires_in = None
+        if data.get("expires_in") is not None:
+            expires_in = _integer(data, "expires_in", 1, MAX_EXPIRES_IN)
+        now = self.ctx.clock()
+        expires_at = None if expires_in is None else now + expires_in
+
+        def work(conn: Connection) -> tuple[EnrollmentToken, str]:
+            record, secret = self.ctx.store.create_enrollment_token(
+                customer, now, expires_at, conn=conn
+            )
+            apitokens.record(
+                conn,
+                actor=token.name,
+                action="enrollment_token.create",
+                target=f"enrollment_token/{record.id}",
+                customer=customer,
+                data={"expires_at": expires_at},
+                now=now,
+            )
+            return record, secret
+
+        record, secret = await self._write(work)
+        return _Json({**_token_json(record), "token": secret}, status_code=201)
+
+    async def revoke_enrollment_token(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        await _body(request, ())
+        token_id = _whole(request.path_params["token_id"], "enrollment token id", 1, MAX_ID)
+        now = self.ctx.clock()
+        store = self.ctx.store
+
+        def work(conn: Connection) -> EnrollmentToken:
+            found = [t for t in store.list_enrollment_tokens(conn=conn) if t.id == token_id]
+            if not found or not token.allows(found[0].customer):
+                raise EnrollmentTokenNotFound(token_id)
+            if found[0].revoked_at is None:
+                store.revoke_enrollment_token(token_id, now, conn=conn)
+                apitokens.record(
+                    conn,
+                    actor=token.name,
+                    action="enrollment_token.revoke",
+                    target=f"enrollment_token/{token_id}",
+                    customer=found[0].customer,
+                    data={},
+                    now=now,
+                )
+            return next(t for t in store.list_enrollment_tokens(conn=conn) if t.id == token_id)
+
+        return _Json(_token_json(await self._write(work)))
+
+    # -- rules and alerts -------------------------------------------------------------
+
+    async def list_rules(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        rules = self.ctx.pipeline.rules
+        return _Json({"source": rules.source, "items": [rule_json(r, token) for r in rules.rules]})
+
+    async def list_alerts(self, request: Request) -> Response:
+        token = await self._caller(request)
+        params = _query(request, ("phase", "customer", "agent_id", "rule", *PAGING))
+        limit, offset = _paging(params)
+        phase = params.get("phase")
+        if phase is not None:
+            _choice(phase, "phase", ALERT_PHASES)
+        customer = params.get("customer")
+        if customer is not None:
+            self._scope_filter(token, _plain(customer, "customer"))
+        agent_id = _plain(params["agent_id"], "agent_id") if "agent_id" in params else None
+        rule = _plain(params["rule"], "rule") if "rule" in params else None
+        agents = self.ctx.pipeline.state.agents
+        found = []
+        # Copied first: the pipeline replaces an agent's states while this loop runs.
+        for aid, states in list(self.ctx.pipeline.alert_states.items()):
+            live = agents.get(aid)
+            if live is None or not token.allows(live.customer):
+                continue
+            if (customer is not None and live.customer != customer) or (
+                agent_id is not None and aid != agent_id
+            ):
+                continue
+            for key, state in states.items():
+                if (rule is not None and key.rule != rule) or (
+                    phase is not None and state.phase != phase
+                ):
+                    continue
+                found.append(
+                    {
+                        "agent_id": aid,
+                        "customer": live.customer,
+                        "hostname": live.hostname,
+                        "rule": key.rule,
+                        "labels": dict(key.labels),
+                        "phase": state.phase,
+                        "active_since": state.active_since,
+                        "firing_since": state.firing_since,
+                        "value": state.value,
+                    }
+                )
+        found.sort(key=lambda a: (a["customer"], a["hostname"], a["agent_id"], a["rule"]))
+        return _Json(_page(found[offset : offset + limit + 1], limit, offset))
+
+    async def openapi(self, request: Request) -> Response:
+        return _Json(openapi_document())
+
+
+async def unrouted(request: Request, exc: Exception) -> Response:
+    """404 for the app the API is mounted in: JSON under API_PREFIX, else plain text."""
+    if request.url.path.startswith(API_PREFIX + "/"):
+        return _error(404, f"no such API path: {request.method} {request.url.path}")
+    return PlainTextResponse("Not Found", status_code=404)
+
+
+def build_api(ctx: ApiContext) -> Starlette:
+    """The API as an app to mount at API_PREFIX."""
+    h = _Handlers(ctx)
+    routes = [
+        Route("/openapi.json", h.openapi),
+        Route("/tickets", h.list_tickets),
+        Route("/tickets/{ticket_id}", h.show_ticket),
+        Route("/tickets/{ticket_id}/ack", h.ack_ticket, methods=["POST"]),
+        Route("/tickets/{ticket_id}/comment", h.comment_ticket, methods=["POST"]),
+        Route("/tickets/{ticket_id}/resolve", h.resolve_ticket, methods=["POST"]),
+        Route("/tickets/{ticket_id}/tier", h.tier_ticket, methods=["POST"]),
+        Route("/agents", h.list_agents),
+        Route("/agents/{agent_id}", h.show_agent),
+        Route("/agents/{agent_id}/revoke", h.revoke_agent, methods=["POST"]),
+        Route("/enrollment-tokens", h.list_enrollment_tokens),
+        Route("/enrollment-tokens", h.create_enrollment_token, methods=["POST"]),
+        Route("/enrollment-tokens/{token_id}/revoke", h.revoke_enrollment_token, methods=["POST"]),
+        Route("/rules", h.list_rules),
+        Route("/alerts", h.list_alerts),
+        # Maintenance windows: their routes go here (GET/POST /maintenance-windows,
+        # GET/PUT/DELETE /maintenance-windows/{id}), built on _Handlers._caller for the
+        # token, ApiError for bad input and apitokens.record for the audit row; their
+        # paths go into the OpenAPI document beside the others.
+    ]
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _error(exc.status, exc.message, exc.headers)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = {404: "no such API path", 405: "method not allowed here"}.get(
+            exc.status_code, exc.detail
+        )
+        return _error(
+            exc.status_code, f"{message}: {request.method} {request.url.path}", exc.headers
+        )
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _error(404, str(exc))
+
+    async def conflict(request: Request, exc: Exception) -> Response:
+        return _error(409, str(exc))
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        return _error(503, "the store is unavailable; retry later", {"Retry-After": "5"})
+
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            ApiError: api_error,
+            HTTPException: http_error,
+            tickets.TicketNotFound: not_found,
+            AgentNotFound: not_found,
+            EnrollmentTokenNotFound: not_found,
+            tickets.InvalidTicketTransition: conflict,
+            StoreUnavailable: unavailable,
+        },
+    )
+
+
+# -- OpenAPI document -------------------------------------------------------------------
+# Written by hand next to the handlers it describes; tests/integration/
+# test_api_schemathesis.py checks every response against it.
+
+_NO_NUL = "^[^\\u0000]*$"
+# A name as apitokens.check_name takes it: no control characters (C0, DEL, C1) and none of
+# the other characters str.strip() removes at either end. Spelled out rather than \\s,
+# whose meaning differs between regex dialects.
+_CONTROL = "\\u0000-\\u001f\\u007f-\\u009f"
+_SPACE = " \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+_NAME = f"^[^{_CONTROL}{_SPACE}](?:[^{_CONTROL}]*[^{_CONTROL}{_SPACE}])?$"
+# some text: a character that is neither NUL nor whitespace to str.strip()
+_ALL_SPACE = f"\\t-\\r\\u001c-\\u001f\\u0085{_SPACE}"
+_TEXT = f"^[^\\u0000]*[^\\u0000{_ALL_SPACE}][^\\u0000]*$"
+_ERROR_TEXT = {
+    "400": "Bad input: the error says which parameter or field and why.",
+    "401": "No API token, or an unknown or revoked one.",
+    "403": "The request names a customer outside the token's scope.",
+    "404": "No such object, or it belongs to a customer outside the token's scope.",
+    "409": "The ticket is not in a state that allows this change.",
+    "413": "The request body is too large.",
+    "503": "The store is unavailable; retry after the Retry-After seconds.",
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _or_null(kind: str) -> dict[str, Any]:
+    return {"type": [kind, "null"]}
+
+
+def _object(required: Collection[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": list(required), "properties": properties}
+
+
+def _strict(required: Collection[str] = (), **properties: Any) -> dict[str, Any]:
+    return {**_object(required, **properties), "additionalProperties": False}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _page_of(name: str) -> dict[str, Any]:
+    return _object(
+        ("items", "next_offset"),
+        items={"type": "array", "items": _ref(name)},
+        next_offset={**_or_null("integer"), "description": "offset of the next page, if any"},
+    )
+
+
+def _param(name: str, where: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "schema": schema,
+        "description": text,
+    }
+
+
+_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+_FILTER = {"type": "string", "maxLength": MAX_FILTER, "pattern": _NO_NUL}
+_TICKET_ID = _param("ticket_id", "path", _ID, "ticket id")
+_AGENT_ID = _param(
+    "agent_id",
+    "path",
+    {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^/\\u0000]+$"},
+    "agent id",
+)
+_CUSTOMER = _param("customer", "query", _FILTER, "only this customer (inside the scope)")
+_PAGING = [
+    _param(
+        "limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "default 100"
+    ),
+    _param("offset", "query", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}, ""),
+]
+
+
+def _op(
+    op_id: str,
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    ok_status: str = "200",
+    params: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    body_required: bool = False,
+    errors: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    responses = {ok_status: {"description": "OK", **_json(ok)}}
+    for status in ("400", "401", *errors, *(("413",) if body else ()), "503"):
+        responses[status] = {"description": _ERROR_TEXT[status], **_json(_ref("Error"))}
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": summary,
+        "parameters": params or [],
+        "responses": responses,
+    }
+    if body is not None:
+        op["requestBody"] = {"required": body_required, **_json(body)}
+    return op
+
+
+def _schemas() -> dict[str, Any]:
+    number = {"type": "number"}
+    text = {"type": "string"}
+    when = _or_null("number")
+    labels = {"type": "object", "additionalProperties": {"type": "string"}}
+    ticket = _object(
+        ("id", "customer", "agent_id", "hostname", "rule", "labels", "status", "severity"),
+        id={"type": "integer"},
+        problem_key=text,
+        customer=text,
+        agent_id=text,
+        hostname=text,
+        rule=text,
+        labels=labels,
+        status={"enum": list(TICKET_STATUSES)},
+        severity=text,
+        tier={"type": "integer", "minimum": 1, "maximum": 3},
+        summary=text,
+        runbook=_or_null("string"),
+        value=_or_null("number"),
+        threshold=_or_null("number"),
+        context={"type": "object"},
+        opened_at=number,
+        tier_since=number,
+        acknowledged_at=when,
+        acknowledged_by=_or_null("string"),
+        resolved_at=when,
+        resolved_by=_or_null("string"),
+        resolved_value=_or_null("number"),
+        resolve_reason=_or_null("string"),
+        reopen_count={"type": "integer"},
+        flapping={"type": "boolean"},
+        updated_at=number,
+        event_seq={"type": "integer"},
+    )
+    event = _object(
+        ("seq", "at", "kind", "actor", "message", "data"),
+        seq={"type": "integer"},
+        at=number,
+        kind=text,
+        actor={**text, "description": "'tripline' for the engine, else the API token's name"},
+        message=text,
+        data={"type": "object"},
+    )
+    agent = _object(
+        ("agent_id", "customer", "hostname", "site", "up"),
+        agent_id=text,
+        customer=text,
+        hostname=text,
+        site=text,
+        tags={"type": "object"},
+        created_at=number,
+        last_seen_at=when,
+        revoked_at=when,
+        up={"type": "boolean"},
+    )
+    value = _object(("metric", "labels", "value"), metric=text, labels=labels, value=when)
+    enrollment = _object(
+        ("id", "customer", "created_at"),
+        id={"type": "integer"},
+        customer=text,
+        created_at=number,
+        expires_at=when,
+        revoked_at=when,
+    )
+    rule = _object(
+        ("name", "metric", "op", "threshold", "for", "severity", "tier"),
+        name=text,
+        metric=text,
+        match={"type": "array", "items": {"type": "object"}},
+        op=text,
+        threshold=number,
+        clear={"type": "object"},
+        window={"type": ["object", "null"]},
+        severity=text,
+        tier={"type": "integer"},
+        summary=text,
+        runbook=text,
+        builtin=_or_null("string"),
+        overrides={"type": "object", "description": "per customer, inside the token's scope"},
+        **{"for": {**number, "description": "seconds the condition must hold"}},
+    )
+    alert = _object(
+        ("agent_id", "customer", "rule", "labels", "phase"),
+        agent_id=text,
+        customer=text,
+        hostname=text,
+        rule=text,
+        labels=labels,
+        phase={"enum": list(ALERT_PHASES)},
+        active_since=number,
+        firing_since=when,
+        value=when,
+    )
+    return {
+        "Error": _object(("error",), error=text),
+        "Ticket": ticket,
+        "TicketEvent": event,
+        "TicketDetail": {
+            "allOf": [
+                _ref("Ticket"),
+                _object(("events",), events={"type": "array", "items": _ref("TicketEvent")}),
+            ]
+        },
+        "TicketPage": _page_of("Ticket"),
+        "Agent": agent,
+        "AgentDetail": {
+            "allOf": [
+                _ref("Agent"),
+                _object(
+                    ("inventory", "values"),
+                    inventory={"type": "object"},
+                    values={"type": "array", "items": value},
+                ),
+            ]
+        },
+        "AgentPage": _page_of("Agent"),
+        "EnrollmentToken": enrollment,
+        "EnrollmentTokenCreated": {
+            "allOf": [
+                _ref("EnrollmentToken"),
+                _object(("token",), token={**text, "description": "the secret, shown once"}),
+            ]
+        },
+        "Rule": rule,
+        "Alert": alert,
+        "AlertPage": _page_of("Alert"),
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    no_body = _strict()
+    ticket_filters = [
+        _param("status", "query", {"enum": list(TICKET_STATUSES)}, ""),
+        _CUSTOMER,
+        _param("severity", "query", {"enum": list(SEVERITIES)}, ""),
+        _param("tier", "query", {"type": "integer", "minimum": 1, "maximum": 3}, ""),
+        _param("agent_id", "query", _FILTER, ""),
+        *_PAGING,
+    ]
+    ticket = _ref("TicketDetail")
+    paths: dict[str, Any] = {
+        "/tickets": {
+            "get": _op(
+                "listTickets",
+                "Tickets, newest first, without timelines",
+                _ref("TicketPage"),
+                params=ticket_filters,
+                errors=("403",),
+            )
+        },
+        "/tickets/{ticket_id}": {
+            "get": _op(
+                "showTicket",
+                "A ticket with its timeline",
+                ticket,
+                params=[_TICKET_ID],
+                errors=("404",),
+            )
+        },
+        "/tickets/{ticket_id}/ack": {
+            "post": _op(
+                "acknowledgeTicket",
+                "Acknowledge: stops escalation",
+                ticket,
+                params=[_TICKET_ID],
+                body=no_body,
+                errors=("404", "409"),
+            )
+        },
+        "/tickets/{ticket_id}/comment": {
+            "post": _op(
+                "commentTicket",
+                "Add a comment to the timeline",
+                ticket,
+                params=[_TICKET_ID],
+                body=_strict(
+                    ("text",),
+                    text={
+                        "type": "string",
+                        "maxLength": MAX_TEXT,
+                        "pattern": _TEXT,
+                    },
+                ),
+                body_required=True,
+                errors=("404",),
+            )
+        },
+        "/tickets/{ticket_id}/resolve": {
+            "post": _op(
+                "resolveTicket",
+                "Resolve, with an optional note",
+                ticket,
+                params=[_TICKET_ID],
+                body=_strict(
+                    note={"type": ["string", "null"], "maxLength": MAX_TEXT, "pattern": _NO_NUL}
+                ),
+                errors=("404", "409"),
+            )
+        },
+        "/tickets/{ticket_id}/tier": {
+            "post": _op(
+                "reassignTicketTier",
+                "Move an unresolved ticket to another tier; its escalation clock restarts",
+                ticket,
+                params=[_TICKET_ID],
+                body=_strict(("tier",), tier={"type": "integer", "minimum": 1, "maximum": 3}),
+                body_required=True,
+                errors=("404", "409"),
+            )
+        },
+        "/agents": {
+            "get": _op(
+                "listAgents",
+                "Enrolled agents",
+                _ref("AgentPage"),
+                params=[_CUSTOMER, _param("site", "query", _FILTER, ""), *_PAGING],
+                errors=("403",),
+            )
+        },
+        "/agents/{agent_id}": {
+            "get": _op(
+                "showAgent",
+                "An agent with its inventory and latest values",
+                _ref("AgentDetail"),
+                params=[_AGENT_ID],
+                errors=("404",),
+            )
+        },
+        "/agents/{agent_id}/revoke": {
+            "post": _op(
+                "revokeAgent",
+                "Revoke the agent's credential; it is refused on its next message",
+                _ref("Agent"),
+                params=[_AGENT_ID],
+                body=no_body,
+                errors=("404",),
+            )
+        },
+        "/enrollment-tokens": {
+            "get": _op(
+                "listEnrollmentTokens",
+                "Enrollment tokens (never their secrets)",
+                _object(("items",), items={"type": "array", "items": _ref("EnrollmentToken")}),
+                params=[_CUSTOMER],
+                errors=("403",),
+            ),
+            "post": _op(
+                "createEnrollmentToken",
+                "A new enrollment token; the secret is in the answer, once",
+                _ref("EnrollmentTokenCreated"),
+                ok_status="201",
+                body=_strict(
+                    ("customer",),
+                    customer={"type": "string", "maxLength": 128, "pattern": _NAME},
+                    expires_in={
+                        "type": ["integer", "null"],
+                        "minimum": 1,
+                        "maximum": MAX_EXPIRES_IN,
+                        "description": "seconds until it expires; none: never",
+                    },
+                ),
+                body_required=True,
+                errors=("403",),
+            ),
+        },
+        "/enrollment-tokens/{token_id}/revoke": {
+            "post": _op(
+                "revokeEnrollmentToken",
+                "Revoke an enrollment token; enrolled agents keep working",
+                _ref("EnrollmentToken"),
+                params=[_param("token_id", "path", _ID, "enrollment token id")],
+                body=no_body,
+                errors=("404",),
+            )
+        },
+        "/rules": {
+            "get": _op(
+                "listRules",
+                "The rules loaded",
+                _object(
+                    ("source", "items"),
+                    source={"type": "string"},
+                    items={"type": "array", "items": _ref("Rule")},
+                ),
+            )
+        },
+        "/alerts": {
+            "get": _op(
+                "listAlerts",
+                "Alerts pending (waiting out their 'for') and firing",
+                _ref("AlertPage"),
+                params=[
+                    _param("phase", "query", {"enum": list(ALERT_PHASES)}, ""),
+                    _CUSTOMER,
+                    _param("agent_id", "query", _FILTER, ""),
+                    _param("rule", "query", _FILTER, ""),
+                    *_PAGING,
+                ],
+                errors=("403",),
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Tripline collector API", "version": "1"},
+        "servers": [{"url": API_PREFIX}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": _schemas(),
+        },
+    }

@@ -1,0 +1,502 @@
+"""The HTTP API on a running collector: real agents over gRPC, real SQLite, httpx.
+
+Two customers, each with a real agent whose reports open a ticket; API tokens scoped to
+one customer or to all. A token for acme must never see or change globex's objects,
+whatever endpoint it tries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from agent.runner import AgentRunner
+from collector import apitokens, tickets
+from collector.app import CollectorApp
+from collector.cli import main
+from collector.schema import api_tokens
+from collector.store import AgentRecord, Store
+from tests.integration.test_grpc_roundtrip import agent_config, eventually, running_collector
+
+T0 = 1_700_000_000.0
+ENROLLMENT = {"acme": "tle_acme_api_test", "globex": "tle_globex_api_test"}
+
+RULES = """\
+rules:
+  - name: MemoryPresent
+    metric: memory_total_bytes
+    op: ">"
+    threshold: 0
+    for: 0s
+    severity: warning
+    tier: 1
+    summary: "{host} has memory"
+    overrides:
+      acme: {threshold: 1}
+      globex: {threshold: 2}
+  - name: UptimeLong
+    metric: uptime_seconds
+    op: ">"
+    threshold: 0
+    for: 1h
+    severity: info
+    tier: 2
+    summary: "{host} is up"
+"""
+
+
+@dataclass
+class Fleet:
+    app: CollectorApp
+    base: str
+    data_dir: Path
+    agents: dict[str, str]  # customer -> agent id
+    tickets: dict[str, int]  # customer -> its MemoryPresent ticket
+    secrets: dict[str, str]  # token name -> secret
+
+    def auth(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secrets[name]}"}
+
+    def ticket(self, ticket_id: int) -> tickets.Ticket:
+        with self.app.store.read() as conn:
+            return tickets.get_ticket(conn, ticket_id)
+
+    def audit(self) -> list[apitokens.AuditEntry]:
+        with self.app.store.read() as conn:
+            return apitokens.audit_entries(conn)
+
+
+@contextlib.asynccontextmanager
+async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    data_dir = tmp_path / "collector"
+    async with running_collector(data_dir, customers=ENROLLMENT, rules=rules) as app:
+        stop = asyncio.Event()
+        runs = [
+            asyncio.create_task(
+                AgentRunner(agent_config(tmp_path / customer, app.grpc_port, token)).run(stop)
+            )
+            for customer, token in ENROLLMENT.items()
+        ]
+        try:
+
+            def open_tickets() -> dict[str, tickets.Ticket]:
+                with app.store.read() as conn:
+                    found = tickets.list_tickets(conn, status="open")
+                return {t.customer: t for t in found if t.rule == "MemoryPresent"}
+
+            await eventually(lambda: set(open_tickets()) == set(ENROLLMENT))
+            secrets = {}
+            with app.store.transaction() as conn:
+                for name, scope in (("ops-acme", ["acme"]), ("ops-all", None)):
+                    _, secrets[name] = apitokens.create_token(
+                        conn, name, scope, actor="test", now=app.clock()
+                    )
+            found = open_tickets()
+            yield Fleet(
+                app=app,
+                base=f"http://127.0.0.1:{app.http_port}/api/v1",
+                data_dir=data_dir,
+                agents={c: t.agent_id for c, t in found.items()},
+                tickets={c: t.id for c, t in found.items()},
+                secrets=secrets,
+            )
+        finally:
+            stop.set()
+            await asyncio.gather(*runs)
+
+
+def test_a_token_for_one_customer_never_sees_or_changes_anothers(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with fleet(tmp_path) as f, httpx.AsyncClient(base_url=f.base) as http:
+            acme = f.auth("ops-acme")
+            theirs_ticket = f.tickets["globex"]
+            theirs_agent = f.agents["globex"]
+            before = f.ticket(theirs_ticket)
+            with f.app.store.read() as conn:
+                theirs_token = f.app.store.list_enrollment_tokens("globex", conn=conn)[0].id
+
+            # Lists hold acme's objects only; naming globex is refused.
+            listed = (await http.get("/tickets", headers=acme)).json()["items"]
+            assert {t["customer"] for t in listed} == {"acme"}
+            agents = (await http.get("/agents", headers=acme)).json()["items"]
+            assert [a["agent_id"] for a in agents] == [f.agents["acme"]]
+            tokens = (await http.get("/enrollment-tokens", headers=acme)).json()["items"]
+            assert {t["customer"] for t in tokens} == {"acme"}
+            await eventually(lambda: len(f.app.pipeline.alert_states) == 2)
+            alerts = (await http.get("/alerts", headers=acme)).json()["items"]
+            assert alerts and {a["customer"] for a in alerts} == {"acme"}
+            assert {(a["rule"], a["phase"]) for a in alerts} == {
+                ("MemoryPresent", "firing"),
+                ("UptimeLong", "pending"),
+            }
+            rules = (await http.get("/rules", headers=acme)).json()["items"]
+            memory = next(r for r in rules if r["name"] == "MemoryPresent")
+            assert memory["overrides"] == {"acme": {"threshold": 1.0, "enabled": True}}
+            for path in ("/tickets", "/agents", "/enrollment-tokens", "/alerts"):
+                refused = await http.get(path, params={"customer": "globex"}, headers=acme)
+                assert refused.status_code == 403, path
+                assert "globex" in refused.json()["error"]
+
+            # globex's objects answer exactly as missing ones do, reads and writes alike.
+            missing = await http.get("/tickets/999999", headers=acme)
+            hidden = await http.get(f"/tickets/{theirs_ticket}", headers=acme)
+            assert (missing.status_code, hidden.status_code) == (404, 404)
+            assert hidden.json() == {"error": f"no ticket {theirs_ticket}"}
+            writes = [
+                (f"/tickets/{theirs_ticket}/ack", {}),
+                (f"/tickets/{theirs_ticket}/comment", {"text": "hello"}),
+                (f"/tickets/{theirs_ticket}/resolve", {"note": "done"}),
+                (f"/tickets/{theirs_ticket}/tier", {"tier": 3}),
+                (f"/agents/{theirs_agent}/revoke", {}),
+                (f"/enrollment-tokens/{theirs_token}/revoke", {}),
+            ]
+            for path, body in writes:
+                answer = await http.post(path, json=body, headers=acme)
+                assert answer.status_code == 404, (path, answer.text)
+            assert (await http.get(f"/agents/{theirs_agent}", headers=acme)).status_code == 404
+            created = await http.post(
+                "/enrollment-tokens", json={"customer": "globex"}, headers=acme
+            )
+            assert created.status_code == 403
+
+            # Nothing of globex changed, and no write was recorded.
+            assert f.ticket(theirs_ticket) == before
+            with f.app.store.read() as conn:
+                assert f.app.store.get_agent(theirs_agent, conn=conn).revoked_at is None
+                globex_tokens = f.app.store.list_enrollment_tokens("globex", conn=conn)
+            assert [t.revoked_at for t in globex_tokens] == [None]
+            assert [e.action for e in f.audit()] == ["api_token.create"] * 2
+
+            # The all-customers token sees both.
+            everyone = f.auth("ops-all")
+            listed = (await http.get("/tickets", headers=everyone)).json()["items"]
+            assert {t["customer"] for t in listed} == {"acme", "globex"}
+            shown = await http.get(f"/tickets/{theirs_ticket}", headers=everyone)
+            assert shown.json()["customer"] == "globex"
+
+    asyncio.run(scenario())
+
+
+def test_ticket_lifecycle_through_the_api_records_the_actor(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with fleet(tmp_path) as f, httpx.AsyncClient(base_url=f.base) as http:
+            acme = f.auth("ops-acme")
+            tid = f.tickets["acme"]
+            path = f"/tickets/{tid}"
+            shown = (await http.get(path, headers=acme)).json()
+            assert shown["status"] == "open"
+            assert [e["kind"] for e in shown["events"]] == ["opened"]
+            assert shown["context"]["memory_used_ratio"] is not None
+
+            acked = await http.post(f"{path}/ack", headers=acme)
+            assert acked.status_code == 200
+            assert acked.json()["acknowledged_by"] == "ops-acme"
+            again = await http.post(f"{path}/ack", headers=acme)
+            assert again.status_code == 409
+            assert "already acknowledged by ops-acme" in again.json()["error"]
+            await http.post(f"{path}/comment", json={"text": "rebooting it"}, headers=acme)
+            moved = (await http.post(f"{path}/tier", json={"tier": 3}, headers=acme)).json()
+            assert moved["tier"] == 3
+            same = await http.post(f"{path}/tier", json={"tier": 3}, headers=acme)
+            assert same.status_code == 409
+            resolved = await http.post(f"{path}/resolve", json={"note": "fixed"}, headers=acme)
+            assert resolved.json()["status"] == "resolved"
+            assert resolved.json()["resolved_by"] == "ops-acme"
+
+            events = (await http.get(path, headers=acme)).json()["events"]
+            assert [(e["kind"], e["actor"]) for e in events] == [
+                ("opened", "tripline"),
+                ("acknowledged", "ops-acme"),
+                ("commented", "ops-acme"),
+                ("escalated", "ops-acme"),
+                ("resolved", "ops-acme"),
+            ]
+            assert events[2]["message"] == "rebooting it"
+            assert events[3]["data"] == {"from_tier": 1, "to_tier": 3, "manual": True}
+            assert events[4]["message"] == "fixed"
+
+            # Agents: the detail carries live values and the inventory.
+            agent = (await http.get(f"/agents/{f.agents['acme']}", headers=acme)).json()
+            assert agent["up"] is True
+            assert agent["inventory"]["hostname"]
+            values = {v["metric"] for v in agent["values"]}
+            assert {"memory_total_bytes", "uptime_seconds"} <= values
+
+            # A new enrollment token's secret enrolls an agent; then both are revoked.
+            created = await http.post(
+                "/enrollment-tokens", json={"customer": "acme", "expires_in": 3600}, headers=acme
+            )
+            assert created.status_code == 201
+            new = created.json()
+            assert new["expires_at"] == pytest.approx(new["created_at"] + 3600)
+            third, _ = f.app.store.enroll_agent(
+                new["token"], hostname="pc-3", site="", inventory={}, now=f.app.clock()
+            )
+            revoked = await http.post(f"/enrollment-tokens/{new['id']}/revoke", headers=acme)
+            assert revoked.json()["revoked_at"] is not None
+            gone = await http.post(f"/agents/{third.agent_id}/revoke", headers=acme)
+            assert gone.json()["revoked_at"] is not None
+
+            audit = [e for e in f.audit() if e.action != "api_token.create"]
+            assert [(e.action, e.actor, e.customer, e.target) for e in audit] == [
+                ("ticket.acknowledge", "ops-acme", "acme", f"ticket/{tid}"),
+                ("ticket.comment", "ops-acme", "acme", f"ticket/{tid}"),
+                ("ticket.tier", "ops-acme", "acme", f"ticket/{tid}"),
+                ("ticket.resolve", "ops-acme", "acme", f"ticket/{tid}"),
+                ("enrollment_token.create", "ops-acme", "acme", f"enrollment_token/{new['id']}"),
+                ("enrollment_token.revoke", "ops-acme", "acme", f"enrollment_token/{new['id']}"),
+                ("agent.revoke", "ops-acme", "acme", f"agent/{third.agent_id}"),
+            ]
+            assert "token" not in str([e.data for e in audit])
+
+    asyncio.run(scenario())
+
+
+def test_requests_without_a_valid_token_are_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with fleet(tmp_path) as f, httpx.AsyncClient(base_url=f.base) as http:
+            with f.app.store.transaction() as conn:
+                token, secret = apitokens.create_token(
+                    conn, "leaver", None, actor="test", now=f.app.clock()
+                )
+            assert (await http.get("/tickets", headers=f.auth("ops-all"))).status_code == 200
+            assert (
+                await http.get("/tickets", headers={"Authorization": f"Bearer {secret}"})
+            ).is_success
+            with f.app.store.transaction() as conn:
+                apitokens.revoke_token(conn, token.id, actor="test", now=f.app.clock())
+            for headers in (
+                {},
+                {"Authorization": f"Basic {secret}"},
+                {"Authorization": "Bearer tla_not-a-token"},
+                {"Authorization": f"Bearer {secret}"},
+            ):
+                answer = await http.post(f"/tickets/{f.tickets['acme']}/ack", headers=headers)
+                assert answer.status_code == 401, headers
+                assert answer.headers["www-authenticate"].startswith("Bearer")
+                assert answer.json()["error"]
+            assert f.ticket(f.tickets["acme"]).status == "open"
+            # the document describing the API needs no token
+            document = (await http.get("/openapi.json")).json()
+            assert "/tickets/{ticket_id}/tier" in document["paths"]
+
+    asyncio.run(scenario())
+
+
+BAD_INPUT = [
+    ("GET", "/tickets", {"limit": "0"}, None, "limit must be a whole number from 1 to 1000"),
+    ("GET", "/tickets", {"status": "closed"}, None, "status must be one of open"),
+    ("GET", "/tickets", {"tier": "4"}, None, "tier must be a whole number from 1 to 3"),
+    ("GET", "/tickets", {"sort": "id"}, None, "unknown query parameter 'sort'"),
+    ("GET", "/tickets/abc", {}, None, "ticket id must be a whole number"),
+    ("GET", "/alerts", {"phase": "done"}, None, "phase must be one of pending, firing"),
+    ("POST", "/tickets/{acme}/comment", {}, {"text": "  "}, "field 'text' needs some text"),
+    ("POST", "/tickets/{acme}/comment", {}, {}, "missing required fields ['text']"),
+    ("POST", "/tickets/{acme}/comment", {}, [1], "must be a JSON object"),
+    ("POST", "/tickets/{acme}/tier", {}, {"tier": 4}, "'tier' must be a whole number"),
+    ("POST", "/tickets/{acme}/tier", {}, {"tier": True}, "'tier' must be a whole number"),
+    ("POST", "/tickets/{acme}/ack", {}, {"by": "me"}, "unknown fields ['by']"),
+    ("POST", "/enrollment-tokens", {}, {"customer": " acme"}, "without surrounding spaces"),
+    ("POST", "/enrollment-tokens", {}, {"customer": "a\x00"}, "must not contain NUL"),
+]
+
+
+def test_bad_input_gets_a_4xx_a_person_can_act_on(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with fleet(tmp_path) as f, httpx.AsyncClient(base_url=f.base) as http:
+            auth = f.auth("ops-all")
+            for method, path, params, body, message in BAD_INPUT:
+                url = path.replace("{acme}", str(f.tickets["acme"]))
+                answer = await http.request(method, url, params=params, json=body, headers=auth)
+                assert answer.status_code == 400, (path, params, body, answer.text)
+                assert message in answer.json()["error"], (path, answer.json())
+            huge = await http.post(
+                f"/tickets/{f.tickets['acme']}/comment", content=b" " * 300_000, headers=auth
+            )
+            assert huge.status_code == 413
+            wrong = await http.delete("/tickets", headers=auth)
+            assert wrong.status_code == 405 and "error" in wrong.json()
+            assert (await http.get("/nothing", headers=auth)).json()["error"].startswith("no such")
+            assert f.ticket(f.tickets["acme"]).events[-1].kind == "opened"
+
+            # Paging: one ticket a page, then the next, then none.
+            first = (await http.get("/tickets", params={"limit": 1}, headers=auth)).json()
+            assert len(first["items"]) == 1 and first["next_offset"] == 1
+            second = (
+                await http.get("/tickets", params={"limit": 1, "offset": 1}, headers=auth)
+            ).json()
+            assert second["next_offset"] is None
+            assert {first["items"][0]["id"], second["items"][0]["id"]} == set(f.tickets.values())
+
+    asyncio.run(scenario())
+
+
+def _cli(*argv: str) -> int:
+    return main(list(argv))
+
+
+def test_tickets_cli_works_against_the_running_api(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        async with fleet(tmp_path) as f:
+            base = f"http://127.0.0.1:{f.app.http_port}"
+            # A token made with the CLI against the collector's data dir, while it runs.
+            code = await asyncio.to_thread(
+                _cli, "api-tokens", "create", "--name", "cli-ops", "--customer", "acme",
+                "--data-dir", str(f.data_dir),
+            )  # fmt: skip
+            assert code == 0
+            secret = capsys.readouterr().out.strip().splitlines()[-1]
+            monkeypatch.setenv("TRIPLINE_API_TOKEN", secret)
+
+            assert (
+                await asyncio.to_thread(_cli, "tickets", "list", "--api-url", base, "--json") == 0
+            )
+            listed = _json(capsys.readouterr().out)
+            assert [t["id"] for t in listed] == [f.tickets["acme"]]
+
+            tid = str(f.tickets["acme"])
+            for argv in (
+                ("ack", tid),
+                ("comment", tid, "called the customer"),
+                ("resolve", tid, "--note", "disk cleaned"),
+            ):
+                assert await asyncio.to_thread(_cli, "tickets", *argv, "--api-url", base) == 0
+            out = capsys.readouterr().out
+            assert f"Ticket #{tid}  [resolved]" in out
+            assert "by cli-ops  called the customer" in out
+
+            shown = f.ticket(f.tickets["acme"])
+            assert [(e.kind, e.actor) for e in shown.events[1:]] == [
+                ("acknowledged", "cli-ops"),
+                ("commented", "cli-ops"),
+                ("resolved", "cli-ops"),
+            ]
+            # globex's ticket is out of this token's reach from the CLI too
+            theirs = str(f.tickets["globex"])
+            code = await asyncio.to_thread(_cli, "tickets", "ack", theirs, "--api-url", base)
+            assert code == 2
+            assert f"404: no ticket {theirs}" in capsys.readouterr().err
+
+            monkeypatch.setenv("TRIPLINE_API_TOKEN", "tla_wrong")
+            code = await asyncio.to_thread(_cli, "tickets", "list", "--api-url", base)
+            assert code == 2
+            assert "401: the API token is unknown or revoked" in capsys.readouterr().err
+
+            # Listing and revoking tokens through the data dir.
+            code = await asyncio.to_thread(
+                _cli, "api-tokens", "list", "--json", "--data-dir", str(f.data_dir)
+            )
+            tokens = {t["name"]: t for t in _json(capsys.readouterr().out)}
+            assert tokens["cli-ops"]["customers"] == ["acme"]
+            assert tokens["ops-all"]["customers"] is None
+            code = await asyncio.to_thread(
+                _cli, "api-tokens", "revoke", str(tokens["cli-ops"]["id"]),
+                "--data-dir", str(f.data_dir),
+            )  # fmt: skip
+            assert code == 0
+            monkeypatch.setenv("TRIPLINE_API_TOKEN", secret)
+            assert await asyncio.to_thread(_cli, "tickets", "list", "--api-url", base) == 2
+            assert "401" in capsys.readouterr().err
+            actions = [(e.action, e.actor) for e in f.audit() if e.action.startswith("api_token")]
+            assert actions[-2:] == [("api_token.create", _login()), ("api_token.revoke", _login())]
+
+    asyncio.run(scenario())
+
+
+def _json(text: str) -> Any:
+    import json
+
+    return json.loads(text)
+
+
+def _login() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def test_api_tokens_are_stored_hashed_scoped_and_audited(store: Store) -> None:
+    """On every store backend (SQLite; PostgreSQL when the run has one)."""
+    with store.transaction() as conn:
+        scoped, secret = apitokens.create_token(
+            conn, "ops", ["globex", "acme", "acme"], actor="alice", now=T0
+        )
+        everyone, other = apitokens.create_token(conn, "all", None, actor="alice", now=T0)
+    assert scoped.customers == ("acme", "globex") and everyone.customers is None
+    assert secret.startswith("tla_") and len(secret) > 40
+    with store.read() as conn:
+        stored = conn.execute(select(api_tokens.c.token_hash)).scalars().all()
+        assert secret not in str(stored) and hashlib.sha256(secret.encode()).hexdigest() in stored
+        assert apitokens.authenticate(conn, secret) == scoped
+        assert apitokens.authenticate(conn, other) == everyone
+        assert apitokens.authenticate(conn, secret + "x") is None
+        assert apitokens.authenticate(conn, "") is None
+    assert scoped.allows("acme") and not scoped.allows("initech") and everyone.allows("initech")
+
+    with store.transaction() as conn, pytest.raises(apitokens.ApiTokenNameTaken):
+        apitokens.create_token(conn, "ops", None, actor="alice", now=T0)
+    for bad in ([], [" acme"], ["a\nb"]):
+        with store.transaction() as conn, pytest.raises(ValueError):
+            apitokens.create_token(conn, "x", bad, actor="alice", now=T0)
+    with store.transaction() as conn:
+        apitokens.revoke_token(conn, scoped.id, actor="bob", now=T0 + 1)
+        again = apitokens.revoke_token(conn, scoped.id, actor="bob", now=T0 + 2)
+        assert again.revoked_at == T0 + 1
+        with pytest.raises(apitokens.ApiTokenNotFound):
+            apitokens.revoke_token(conn, 999, actor="bob", now=T0)
+    with store.read() as conn:
+        assert apitokens.authenticate(conn, secret) is None
+        entries = apitokens.audit_entries(conn)
+    assert [(e.action, e.actor, e.target) for e in entries] == [
+        ("api_token.create", "alice", f"api_token/{scoped.id}"),
+        ("api_token.create", "alice", f"api_token/{everyone.id}"),
+        ("api_token.revoke", "bob", f"api_token/{scoped.id}"),
+    ]
+    assert entries[0].data == {"name": "ops", "customers": ["acme", "globex"]}
+
+
+def test_ticket_filters_and_manual_tier_change(store: Store, agent: AgentRecord) -> None:
+    """list_tickets' scope and filters, and reassign_tier, on every store backend."""
+    policy = tickets.TicketPolicy()
+    ids = {}
+    with store.transaction() as conn:
+        for customer, severity, tier in (("acme", "warning", 1), ("globex", "critical", 2)):
+            ids[customer] = tickets.on_alert_firing(
+                conn, customer=customer, agent_id=agent.agent_id, hostname="pc-01",
+                rule="R", labels=(), severity=severity, tier=tier, summary="s", runbook=None,
+                value=1.0, threshold=0.5, context={}, now=T0, policy=policy,
+            ).ticket_id  # fmt: skip
+    with store.read() as conn:
+
+        def found(**filters: Any) -> set[int]:
+            return {t.id for t in tickets.list_tickets(conn, **filters)}
+
+        assert found(customers=["acme"]) == {ids["acme"]}
+        assert found(customers=[]) == set()
+        assert found(customers=["acme"], customer="globex") == set()
+        assert found(severity="critical") == {ids["globex"]}
+        assert found(tier=1) == {ids["acme"]}
+    with store.transaction() as conn:
+        moved = tickets.reassign_tier(conn, ids["acme"], tier=3, actor="ops", now=T0 + 5)
+        assert (moved.tier, moved.tier_since) == (3, T0 + 5)
+        assert moved.events[-1].data == {"from_tier": 1, "to_tier": 3, "manual": True}
+        with pytest.raises(tickets.InvalidTicketTransition, match="it is at tier 3"):
+            tickets.reassign_tier(conn, ids["acme"], tier=3, actor="ops", now=T0 + 6)
+        tickets.resolve(conn, ids["acme"], actor="ops", now=T0 + 7)
+        with pytest.raises(tickets.InvalidTicketTransition, match="it is resolved"):
+            tickets.reassign_tier(conn, ids["acme"], tier=2, actor="ops", now=T0 + 8)
+        with pytest.raises(tickets.TicketNotFound):
+            tickets.reassign_tier(conn, 999, tier=2, actor="ops", now=T0)

@@ -1,0 +1,172 @@
+"""deploy/: the Prometheus config and recording rules pass promtool, the Grafana dashboard
+is well formed and every panel query parses, and the shipped service files are what
+agent/service.py writes."""
+
+from __future__ import annotations
+
+import json
+import plistlib
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent import service
+from agent.service import ServiceSpec
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DASHBOARD = DEPLOY / "grafana-dashboard.json"
+RULES = DEPLOY / "tripline.rules.yml"
+
+# What Grafana puts in for the template variables, for checks outside Grafana.
+VARIABLES = {"$__rate_interval": "5s", "$__interval": "1s"}
+
+
+def dashboard() -> dict[str, Any]:
+    return dict(json.loads(DASHBOARD.read_text()))
+
+
+def query_panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel that is not a row, including those nested in collapsed rows."""
+    out = []
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            out.extend(panel.get("panels", []))
+        else:
+            out.append(panel)
+    return out
+
+
+def panel_queries(board: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, PromQL expression) for every target of every panel."""
+    return [(p["title"], t["expr"]) for p in query_panels(board) for t in p["targets"]]
+
+
+def substitute(expr: str, values: dict[str, str]) -> str:
+    # longest names first: $host must not eat into $hostname-like names
+    for name in sorted(values, key=len, reverse=True):
+        expr = expr.replace("${" + name.lstrip("$") + "}", values[name])
+        expr = expr.replace(name, values[name])
+    return expr
+
+
+def recorded_names() -> set[str]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return {rule["record"] for group in groups for rule in group["rules"]}
+
+
+def promtool_run(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_prometheus_config_passes_promtool(promtool: str) -> None:
+    result = promtool_run(promtool, "check", "config", str(DEPLOY / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout + result.stderr
+    assert "WARNING" not in result.stdout + result.stderr
+
+
+def test_prometheus_config_keeps_the_collectors_labels() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "tripline"]
+    assert job["honor_labels"] is True
+    assert len(job["static_configs"][0]["targets"]) >= 2, "shows several collectors"
+    assert config["rule_files"] == [RULES.name]
+
+
+def test_recording_rules_pass_promtool(promtool: str) -> None:
+    result = promtool_run(promtool, "check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(recorded_names())} rules found" in result.stdout
+
+
+def test_dashboard_panels_have_a_datasource_and_queries() -> None:
+    board = dashboard()
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert {"datasource", "customer", "host"} <= set(variables)
+    assert variables["datasource"]["query"] == "prometheus"
+    assert "$customer" in variables["host"]["query"]["query"], "machines of the chosen customer"
+    rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
+    assert len(rows) >= 4, rows
+    panels = query_panels(board)
+    ids = [p["id"] for p in board["panels"] if p["type"] == "row"] + [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    for panel in panels:
+        title = panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, title
+        assert panel["targets"], f"{title}: no targets"
+        for target in panel["targets"]:
+            assert target["expr"].strip(), title
+            assert target["datasource"] == panel["datasource"], title
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), title
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, title
+
+
+def test_dashboard_covers_fleet_customer_machine_and_tickets() -> None:
+    queries = " ".join(expr for _, expr in panel_queries(dashboard()))
+    for needle in (
+        'customer="$customer", host="$host"',
+        'customer="$customer"',
+        "tier_severity:tripline_tickets_open:max",
+        "tripline_network_receive_bytes_total",
+        "tripline_filesystem_used_ratio",
+        "tripline_memory_used_ratio",
+        "customer:tripline_agents_down:sum",
+    ):
+        assert needle in queries, needle
+
+
+def test_dashboard_uses_only_defined_recording_rules() -> None:
+    defined = recorded_names()
+    for title, expr in panel_queries(dashboard()):
+        for name in re.findall(r"\b[a-z_]+:[a-z_:]+[a-z_]\b", expr):
+            assert name in defined, f"{title}: {name} is not a recording rule"
+
+
+def test_every_dashboard_query_parses(promtool: str, tmp_path: Path) -> None:
+    """Each panel query as a recording rule: promtool parses it as Prometheus would."""
+    values = {**VARIABLES, "$customer": "acme", "$host": "pc-1", "$datasource": "x"}
+    rules = [
+        {"record": f"dashboard_check_{i}", "expr": substitute(expr, values)}
+        for i, (_, expr) in enumerate(panel_queries(dashboard()))
+    ]
+    assert all("$" not in r["expr"] for r in rules), [r["expr"] for r in rules]
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = promtool_run(promtool, "check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(rules)} rules found" in result.stdout
+
+
+def test_a_broken_query_fails_the_parse_check(promtool: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.rules.yml"
+    bad = {"record": "x", "expr": "sum by (customer (tripline_agent_up)"}
+    path.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [bad]}]}))
+    assert promtool_run(promtool, "check", "rules", str(path)).returncode != 0
+
+
+def test_shipped_systemd_unit_is_what_install_service_writes() -> None:
+    spec = ServiceSpec(Path("/opt/tripline/bin/tripline"), Path("/etc/tripline/agent.yaml"))
+    assert (DEPLOY / "tripline-agent.service").read_text() == service.unit_text(spec)
+
+
+def test_shipped_launchd_plist_is_what_install_service_writes() -> None:
+    spec = ServiceSpec(
+        Path("/opt/tripline/bin/tripline"),
+        Path("/Library/Application Support/Tripline/agent.yaml"),
+        state_dir=service.MACOS_STATE_DIR,
+    )
+    shipped = DEPLOY / f"{service.LAUNCHD_LABEL}.plist"
+    assert shipped.read_text() == service.plist_text(spec)
+    assert plistlib.loads(shipped.read_bytes())["Label"] == service.LAUNCHD_LABEL
+
+
+@pytest.mark.parametrize("name", ["agent.example.yaml", "collector.example.yaml"])
+def test_example_configs_load(name: str) -> None:
+    from collector.config import load_agent_config, load_collector_config
+
+    load = load_agent_config if name.startswith("agent") else load_collector_config
+    load(DEPLOY / name, environ={})
