@@ -54,6 +54,15 @@ def load_rule_set(path: Path | None) -> RuleSet:
     return default_rules() if path is None else load_rules(path)
 
 
+def series_retention(rules: RuleSet) -> dict[str, float]:
+    """History each metric needs: its longest rule window (a bare threshold needs none)."""
+    retention: dict[str, float] = {}
+    for rule in rules.threshold_rules:
+        if rule.window is not None:
+            retention[rule.metric] = max(retention.get(rule.metric, 0.0), rule.window.over)
+    return retention
+
+
 def series_window(rules: RuleSet) -> float:
     """History to keep per series: the longest rule window, at least 15 minutes."""
     longest = max((r.window.over for r in rules.threshold_rules if r.window), default=0.0)
@@ -68,7 +77,11 @@ class CollectorApp:
         self.registry = CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
         self.store = Store(config.effective_database_url)
-        self.state = LiveState(window=series_window(self.rules), staleness=3 * config.interval)
+        self.state = LiveState(
+            window=series_window(self.rules),
+            staleness=3 * config.interval,
+            retention=series_retention(self.rules),
+        )
         self.grpc_port = 0
         self.http_port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -167,6 +180,7 @@ class CollectorApp:
             return False
         self.pipeline.set_rules(rules)
         self.state.window = series_window(rules)
+        self.state.set_retention(series_retention(rules))
         self.metrics.rule_reloads.labels("ok").inc()
         log.info("rules reloaded", extra={"rule_count": len(rules.rules)})
         return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,7 @@ class Report:
     seq: int
     collected_at: float
     samples: tuple[tuple[str, Labels, float], ...]
-    context: dict[str, Any]
+    context: Mapping[str, Any]
     dropped_total: int
     host: dict[str, Any] | None
 
@@ -95,47 +96,107 @@ def decode_report(msg: pb.Report, *, instance_id: str, max_samples: int) -> Repo
     samples: list[tuple[str, Labels, float]] = []
     seen: set[tuple[str, Labels]] = set()
     for index, sample in enumerate(msg.samples):
-        samples.append(_decode_sample(sample, f"{where}, sample #{index}", seq, seen))
+        # The hot path of the collector: names are checked once per process, labels only
+        # when a sample has any, and error text is built only for an error.
+        name = sample.name
+        if name not in _GOOD_METRICS:
+            _check_metric_name(name, where, index, seq)
+        value = sample.value
+        if not math.isfinite(value):
+            raise InvalidMessage(
+                f"{where}, sample #{index} ({name}): value {value} is not finite", seq
+            )
+        labels: Labels = ()
+        if sample.labels:
+            items = sorted(sample.labels.items())
+            if len(items) > MAX_LABELS:
+                raise InvalidMessage(
+                    f"{where}, sample #{index} ({name}): {len(items)} labels, "
+                    f"more than {MAX_LABELS}",
+                    seq,
+                )
+            for label, label_value in items:
+                if label not in _GOOD_LABELS:
+                    _check_label_name(label, f"{where}, sample #{index} ({name})", seq)
+                if len(label_value) > MAX_LABEL_VALUE:
+                    raise InvalidMessage(
+                        f"{where}, sample #{index} ({name}): label {label} is longer than "
+                        f"{MAX_LABEL_VALUE}",
+                        seq,
+                    )
+            labels = tuple(items)
+        key = (name, labels)
+        if key in seen:
+            raise InvalidMessage(
+                f"{where}, sample #{index}: series {name}{dict(labels)} appears twice", seq
+            )
+        seen.add(key)
+        samples.append((name, labels, value))
     return Report(
         instance_id=msg.instance_id,
         seq=seq,
         collected_at=msg.collected_at_seconds,
         samples=tuple(samples),
-        context=MessageToDict(msg.context, preserving_proto_field_name=True),
+        context=LazyContext(msg.context.SerializeToString()),
         dropped_total=msg.spool_dropped_reports_total,
         host=host_dict(msg.host) if msg.HasField("host") else None,
     )
 
 
-def _decode_sample(
-    sample: pb.Sample, where: str, seq: int, seen: set[tuple[str, Labels]]
-) -> tuple[str, Labels, float]:
-    name = sample.name
+# Names already seen valid; bounded so a hostile agent cannot grow them without limit.
+_GOOD_METRICS: set[str] = set()
+_GOOD_LABELS: set[str] = set()
+_KNOWN_NAMES_MAX = 10_000
+
+
+def _check_metric_name(name: str, where: str, index: int, seq: int) -> None:
     if not METRIC_NAME.match(name) or len(name) > MAX_NAME:
         raise InvalidMessage(
-            f"{where}: metric name {name[:80]!r} is not a valid Prometheus name "
-            "([a-zA-Z_][a-zA-Z0-9_]*, at most 200 characters)",
+            f"{where}, sample #{index}: metric name {name[:80]!r} is not a valid Prometheus "
+            "name ([a-zA-Z_][a-zA-Z0-9_]*, at most 200 characters)",
             seq,
         )
-    if not math.isfinite(sample.value):
-        raise InvalidMessage(f"{where} ({name}): value {sample.value} is not finite", seq)
-    if len(sample.labels) > MAX_LABELS:
+    if len(_GOOD_METRICS) < _KNOWN_NAMES_MAX:
+        _GOOD_METRICS.add(name)
+
+
+def _check_label_name(label: str, where: str, seq: int) -> None:
+    if not LABEL_NAME.match(label) or label.startswith("__") or len(label) > MAX_NAME:
         raise InvalidMessage(
-            f"{where} ({name}): {len(sample.labels)} labels, more than {MAX_LABELS}", seq
+            f"{where}: label name {label[:80]!r} is not a valid Prometheus label name", seq
         )
-    for label, value in sample.labels.items():
-        if not LABEL_NAME.match(label) or label.startswith("__"):
-            raise InvalidMessage(
-                f"{where} ({name}): label name {label[:80]!r} is not a valid Prometheus label name",
-                seq,
+    if len(_GOOD_LABELS) < _KNOWN_NAMES_MAX:
+        _GOOD_LABELS.add(label)
+
+
+class LazyContext(Mapping[str, Any]):
+    """A report's machine context, converted to a dict only when read.
+
+    Most reports' context is never read: it matters only when a ticket opens. Holding
+    the serialized bytes rather than the message keeps the parsed report collectable.
+    """
+
+    __slots__ = ("_data", "_raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self._data: dict[str, Any] | None = None
+
+    def _dict(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = MessageToDict(
+                pb.Context.FromString(self._raw), preserving_proto_field_name=True
             )
-        if len(value) > MAX_LABEL_VALUE:
-            raise InvalidMessage(
-                f"{where} ({name}): label {label} is longer than {MAX_LABEL_VALUE}", seq
-            )
-    labels = tuple(sorted(sample.labels.items()))
-    key = (name, labels)
-    if key in seen:
-        raise InvalidMessage(f"{where}: series {name}{dict(labels)} appears twice", seq)
-    seen.add(key)
-    return name, labels, sample.value
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return f"LazyContext({self._dict()!r})"

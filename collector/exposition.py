@@ -115,13 +115,16 @@ class SeriesExposition:
         # exposed family -> (type, help): the first agent to send a name fixes its type
         self._families: dict[str, tuple[str, str]] = {}
 
-    def update(self, live: AgentLive) -> None:
+    def update(
+        self, live: AgentLive, samples: Iterable[tuple[str, Labels, float]] | None = None
+    ) -> None:
+        """Render the agent's current series; ``samples`` (its latest report) saves a lookup."""
         key = (live.agent_id, live.hostname, live.customer, live.site)
         lines = self._agents.get(live.agent_id)
         if lines is None or lines.target_key != key:
             lines = _AgentLines(key)
         grouped: dict[str, list[str]] = {}
-        for name, labels, value in live.latest():
+        for name, labels, value in live.latest() if samples is None else samples:
             cached = lines.prefixes.get((name, labels), False)
             if cached is False:
                 cached = lines.prefixes[(name, labels)] = self._prefix(lines, name, labels)

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from collector.committer import Committer
 from collector.config import CollectorConfig
 from collector.convert import Hello, Report
 from collector.selfmetrics import CollectorMetrics
-from collector.state import AgentLive, LiveState
+from collector.state import AgentLive, Labels, LiveState
 from collector.store import AgentRecord, SeqAlreadyApplied, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,9 @@ class Pipeline:
         # called after ticket changes commit, so delivery need not wait for its next poll
         self.on_ticket_change: Callable[[], None] = lambda: None
         # called with the agent's live state after each applied report (exposition)
-        self.on_report: Callable[[AgentLive], None] = lambda live: None
+        self.on_report: Callable[[AgentLive, Sequence[tuple[str, Labels, float]]], None] = (
+            lambda live, samples: None
+        )
         # Maintenance windows hold alerts back; business hours say when office PCs must report.
         self.windows = maintenance.WindowCache()
         self.watch = maintenance.BusinessHoursWatch(config.business_hours, config.always_on_tags)
@@ -233,7 +235,7 @@ class Pipeline:
         session.applied_seq = report.seq
         live.dropped_reports_total = report.dropped_total
         live.reports_applied += 1
-        self.on_report(live)
+        self.on_report(live, report.samples)
         self.metrics.reports_applied.inc()
         self.metrics.samples_received.inc(len(report.samples))
         self._count(transitions)

@@ -114,10 +114,15 @@ class CollectorService(pb_grpc.CollectorServicer):
         request_iterator: AsyncIterator[pb.AgentMessage],
         context: aio.ServicerContext,
     ) -> None:
-        agent = await self._authenticate(context)
+        # The first message is read before the credential is judged: a refusal sent while
+        # an asyncio client is still writing its Hello reaches it as INTERNAL instead of
+        # UNAUTHENTICATED (grpc/grpc#36066), and the agent would not know why.
         try:
             first = await asyncio.wait_for(anext(request_iterator), self.config.hello_timeout)
         except (TimeoutError, StopAsyncIteration):
+            first = None
+        agent = await self._authenticate(context)
+        if first is None:
             self.metrics.reports_rejected.labels("failed_precondition").inc()
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,

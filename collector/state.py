@@ -7,7 +7,6 @@ measured at Hello), so windows and liveness never depend on an office PC's clock
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,8 @@ class AgentLive:
     reports_applied: int = 0
     last_point_at: float | None = None  # collector time of the newest report's points
     # series key -> points (collector time, value), oldest first
-    series: dict[SeriesKey, deque[tuple[float, float]]] = field(default_factory=dict)
+    # (a list, not a deque: most series hold one point, and an empty deque costs 600 bytes)
+    series: dict[SeriesKey, list[tuple[float, float]]] = field(default_factory=dict)
     # keys present in the latest report: what is exposed and evaluated
     current: set[SeriesKey] = field(default_factory=set)
     context: Mapping[str, Any] = field(default_factory=dict)
@@ -50,6 +50,10 @@ class AgentLive:
         return None
 
 
+# A windowed series keeps about this many points over its window, whatever the interval.
+POINTS_PER_WINDOW = 60
+
+
 class LiveState:
     """Agents by id. ``window`` bounds how much history a series keeps (seconds).
 
@@ -58,11 +62,28 @@ class LiveState:
     collection does not resolve (and then reopen) every ticket on that series.
     """
 
-    def __init__(self, window: float, max_points: int = 720, staleness: float = 30.0) -> None:
+    def __init__(
+        self,
+        window: float,
+        max_points: int = 720,
+        staleness: float = 30.0,
+        retention: Mapping[str, float] | None = None,
+    ) -> None:
         self.window = window
         self.max_points = max_points
         self.staleness = staleness
         self.agents: dict[str, AgentLive] = {}
+        self.set_retention(retention)
+
+    def set_retention(self, retention: Mapping[str, float] | None) -> None:
+        """How much history each metric keeps: ``{metric: seconds}`` from the rules' windows.
+
+        With a map, a metric no rule aggregates keeps only its latest point, and a long
+        window keeps about ``POINTS_PER_WINDOW`` points spaced over it (the newest point
+        is always kept): memory per agent stays small at any interval. None keeps every
+        point of every series for ``window`` seconds.
+        """
+        self.retention = None if retention is None else dict(retention)
 
     def ensure(self, agent_id: str, *, customer: str, hostname: str, site: str) -> AgentLive:
         live = self.agents.get(agent_id)
@@ -89,20 +110,34 @@ class LiveState:
         re-applied after a failed commit does not count twice in a window.
         """
         horizon = at - self.window
+        retention = self.retention
         current: set[SeriesKey] = set()
         for name, labels, value in samples:
             key = (name, labels)
             current.add(key)
             points = live.series.get(key)
             if points is None:
-                points = live.series[key] = deque(maxlen=self.max_points)
+                points = live.series[key] = []
             if points and points[-1][0] >= at:
                 if points[-1][0] == at:
                     points[-1] = (at, value)
                 continue  # out of order (late replay): the window keeps time order
-            points.append((at, value))
-            while points and points[0][0] < horizon:
-                points.popleft()
+            if retention is None:
+                keep, spacing = self.window, 0.0
+            else:
+                keep = retention.get(name, 0.0)
+                spacing = keep / POINTS_PER_WINDOW
+            if points and spacing and at // spacing == points[-1][0] // spacing:
+                points[-1] = (at, value)  # one point per spacing bucket: the newest wins
+            else:
+                points.append((at, value))
+            start = at - keep
+            drop = 0
+            while drop < len(points) - 1 and points[drop][0] < start:
+                drop += 1
+            drop = max(drop, len(points) - self.max_points)
+            if drop:
+                del points[:drop]
         live.current = current
         if live.last_point_at is None or at > live.last_point_at:
             live.last_point_at = at

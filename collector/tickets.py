@@ -406,9 +406,7 @@ def reassign_tier(conn: Connection, ticket_id: int, *, tier: int, actor: str, no
         raise InvalidTicketTransition(ticket_id, "change the tier of", f"it is at tier {tier}")
     message = f"tier {row.tier} -> {tier} by {actor}"
     data = {"from_tier": row.tier, "to_tier": tier, "manual": True}
-    _change(
-        conn, row, now, {"tier": tier, "tier_since": now}, ("escalated", actor, message, data)
-    )
+    _change(conn, row, now, {"tier": tier, "tier_since": now}, ("escalated", actor, message, data))
     return get_ticket(conn, ticket_id)
 
 

@@ -106,8 +106,8 @@ class Client:
         hello = pb.Hello(
             instance_id="i-1", host=pb.HostInfo(hostname=hostname), sent_at_seconds=time.time()
         )
-        await call.write(pb.AgentMessage(hello=hello))
         try:
+            await call.write(pb.AgentMessage(hello=hello))
             reply = await call.read()
         except aio.AioRpcError as exc:
             self.errors.append(exc.details() or "")
@@ -298,6 +298,26 @@ def test_an_agent_cannot_report_for_another_agent_or_customer(
             assert (ticket.customer, ticket.agent_id) == ("acme", a.agent_id)
             with app.store.read() as conn:
                 assert tickets.list_tickets(conn, customer="globex") == []
+
+    asyncio.run(scenario())
+
+
+def test_refusal_at_stream_open_always_arrives_as_unauthenticated(tmp_path: Path) -> None:
+    """A refusal racing the client's Hello write once surfaced as INTERNAL in ~1 of 10
+    asyncio clients (grpc/grpc#36066); the agent must always learn it was refused."""
+
+    async def scenario() -> None:
+        # Plaintext: without handshakes the race is hit most often (a test of the fix).
+        config = collector_config(tmp_path / "c", plaintext=True)
+        async with running(config) as app:
+            codes = []
+            for i in range(300):
+                # a fresh connection each time: the race shows on a connection's first call
+                async with aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+                    code, _ = await Client(channel).connect_refused(f"agt_{i:016x}.forged")
+                codes.append(code)
+            assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}
+            assert app.metrics.reports_rejected.labels("unauthenticated")._value.get() == 300
 
     asyncio.run(scenario())
 

@@ -127,3 +127,19 @@ def test_ensure_updates_host_and_site_and_forget_removes(state: LiveState) -> No
     state.forget("a-1")
     state.forget("a-1")
     assert state.agents == {}
+
+
+def test_retention_bounds_history_per_metric_and_keeps_the_newest_point() -> None:
+    state = LiveState(window=3600.0, retention={"filesystem_avail_bytes": 3600.0})
+    live = state.ensure("a-1", customer="acme", hostname="pc-01", site="hq")
+    for i in range(720):  # two hours at a 10 s interval
+        t = T0 + 10 * i
+        state.record(live, t, [("filesystem_avail_bytes", ROOT, float(i)), ("load1", (), float(i))])
+    fs = live.series[("filesystem_avail_bytes", ROOT)]
+    # about one point a minute over the last hour, the newest last
+    assert 55 <= len(fs) <= 62
+    assert fs[-1] == (T0 + 7190, 719.0)
+    assert fs[0][0] >= T0 + 7190 - 3600
+    assert all(b[0] - a[0] >= 60 for a, b in zip(list(fs)[:-2], list(fs)[1:-1], strict=True))
+    # a metric no rule aggregates keeps its latest point only
+    assert list(live.series[("load1", ())]) == [(T0 + 7190, 719.0)]
