@@ -491,7 +491,9 @@ class _Handlers:
             assert revoked is not None
             return revoked
 
-        return _Json(self._agent_json(await self._write(work)))
+        revoked = await self._write(work)
+        await self.ctx.pipeline.retire(agent_id, now)
+        return _Json(self._agent_json(revoked))
 
     # -- enrollment tokens ------------------------------------------------------------
 

@@ -115,6 +115,7 @@ class CollectorApp:
         await asyncio.to_thread(self.pipeline.restore, now)
         self.exposition = SeriesExposition(self.state, self.pipeline.is_up)
         self.pipeline.on_report = self.exposition.update
+        self.pipeline.on_retire = self.exposition.forget
         self.registry.register(TicketCountCollector(self._ticket_counts))
         self.service = CollectorService(self.pipeline, config, self.metrics)
 

@@ -84,6 +84,10 @@ def _clocks(state: AlertState | None) -> tuple[object, ...] | None:
     return (state.phase, state.active_since, state.firing_since, state.clear_since)
 
 
+# How often the timer looks for agents revoked by another process (the CLI).
+REVOCATION_CHECK_INTERVAL = 30.0
+
+
 class Pipeline:
     def __init__(
         self,
@@ -111,6 +115,9 @@ class Pipeline:
         self._contexts: dict[str, Mapping[str, Any]] = {}
         # called after ticket changes commit, so delivery need not wait for its next poll
         self.on_ticket_change: Callable[[], None] = lambda: None
+        # called with an agent id when a revoked agent is dropped from live state
+        self.on_retire: Callable[[str], None] = lambda agent_id: None
+        self._next_revocation_check = 0.0
         # called with the agent's live state after each applied report (exposition)
         self.on_report: Callable[[AgentLive, Sequence[tuple[str, Labels, float]]], None] = (
             lambda live, samples: None
@@ -253,6 +260,11 @@ class Pipeline:
         now = self.clock() if now is None else now
         if self.windows.due(now):
             await asyncio.to_thread(self._load_windows, now)
+        if now >= self._next_revocation_check:
+            self._next_revocation_check = now + REVOCATION_CHECK_INTERVAL
+            revoked = await asyncio.to_thread(self.store.revoked_agent_ids)
+            for agent_id in revoked & self.state.agents.keys():
+                await self.retire(agent_id, now)
         for live in list(self.state.agents.values()):
             states = self.alert_states.get(live.agent_id, {})
             went_silent = not self.is_up(live, now) and not any(
@@ -296,6 +308,42 @@ class Pipeline:
             self.on_ticket_change()
             self.metrics.ticket_transitions.labels("escalated").inc(len(escalated))
             log.info("tickets escalated", extra={"tickets": [c.ticket_id for c in escalated]})
+
+    async def retire(self, agent_id: str, now: float) -> None:
+        """Stop watching a revoked agent: its open tickets resolve, its state goes.
+
+        A revoked PC falls silent for good; without this it would open an offline ticket
+        nobody can act on. Revocations made by the CLI in another process are found by
+        the periodic check in :meth:`tick`; the API retires at once.
+        """
+        live = self.state.agents.get(agent_id)
+        if live is None:
+            return
+        async with self._lock(agent_id):
+            states = self.alert_states.get(agent_id, {})
+            firing = [key for key, state in states.items() if state.phase == "firing"]
+
+            def work(conn: Connection) -> None:
+                self.store.save_alert_states(conn, {key: None for key in states})
+                for key in firing:
+                    tickets.on_alert_resolved(
+                        conn,
+                        customer=live.customer,
+                        agent_id=agent_id,
+                        rule=key.rule,
+                        labels=key.labels,
+                        value=states[key].value,
+                        reason="agent revoked",
+                        now=now,
+                    )
+
+            await self.committer.submit(work)
+            self.alert_states.pop(agent_id, None)
+            self.state.forget(agent_id)
+            self.on_retire(agent_id)
+        log.info("revoked agent retired", extra={"agent_id": agent_id, "resolved": len(firing)})
+        if firing:
+            self.on_ticket_change()
 
     # -- internals ----------------------------------------------------------------
 

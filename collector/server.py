@@ -19,7 +19,7 @@ from collector import convert, tls
 from collector.config import CollectorConfig
 from collector.pipeline import Pipeline, Session
 from collector.selfmetrics import CollectorMetrics
-from collector.store import AgentRecord, EnrollmentRefused, StoreUnavailable
+from collector.store import AgentRecord, AgentRevoked, EnrollmentRefused, StoreUnavailable
 from protos.tripline.v1 import tripline_pb2 as pb
 from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 
@@ -231,21 +231,19 @@ class CollectorService(pb_grpc.CollectorServicer):
                     stream.send(_Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailers))
                     return
                 try:
-                    # Revocation is checked per report, not only at stream open, so a
-                    # revoked agent is refused on its next message.
-                    if await self._revoked(session.agent.agent_id):
-                        self.metrics.reports_rejected.labels("unauthenticated").inc()
-                        log.warning(
-                            "revoked agent refused", extra={"agent_id": session.agent.agent_id}
-                        )
-                        stream.send(
-                            _Abort(
-                                grpc.StatusCode.UNAUTHENTICATED,
-                                "agent credential revoked: re-enroll the agent",
-                            )
-                        )
-                        return
+                    # Revocation is checked in the transaction applying each report, so
+                    # a revoked agent is refused on its next message, not only at connect.
                     await self.pipeline.apply(session, report)
+                except AgentRevoked:
+                    self.metrics.reports_rejected.labels("unauthenticated").inc()
+                    log.warning("revoked agent refused", extra={"agent_id": session.agent.agent_id})
+                    stream.send(
+                        _Abort(
+                            grpc.StatusCode.UNAUTHENTICATED,
+                            "agent credential revoked: re-enroll the agent",
+                        )
+                    )
+                    return
                 except StoreUnavailable:
                     stream.send(
                         _Abort(
@@ -306,7 +304,3 @@ class CollectorService(pb_grpc.CollectorServicer):
                     "whose CN or a SAN is its agent id",
                 )
         return agent
-
-    async def _revoked(self, agent_id: str) -> bool:
-        record = await asyncio.to_thread(self.pipeline.store.get_agent, agent_id)
-        return record is None or record.revoked_at is not None

@@ -61,6 +61,14 @@ class AgentNotFound(StoreError):
         self.agent_id = agent_id
 
 
+class AgentRevoked(StoreError):
+    """The agent's credential was revoked: nothing more of it is applied."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"agent {agent_id!r} is revoked")
+        self.agent_id = agent_id
+
+
 class SeqAlreadyApplied(StoreError):
     def __init__(self, agent_id: str, instance_id: str, seq: int, applied_seq: int) -> None:
         super().__init__(
@@ -137,7 +145,9 @@ _NEW_INSTANCE = agent_instances.insert().values(
     last_seen_at=bindparam("now"),
 )
 _AGENT_SEEN = (
-    agents.update().where(agents.c.agent_id == bindparam("a")).values(last_seen_at=bindparam("now"))
+    agents.update()
+    .where(agents.c.agent_id == bindparam("a"), agents.c.revoked_at.is_(None))
+    .values(last_seen_at=bindparam("now"))
 )
 _ALERT_KEY = (
     alert_states.c.agent_id == bindparam("k_agent"),
@@ -376,6 +386,10 @@ class Store:
         with self._read(conn) as c:
             return [_agent(row) for row in c.execute(query)]
 
+    def revoked_agent_ids(self, *, conn: Connection | None = None) -> set[str]:
+        with self._read(conn) as c:
+            return set(c.scalars(select(agents.c.agent_id).where(agents.c.revoked_at.is_not(None))))
+
     def revoke_agent(self, agent_id: str, now: float, *, conn: Connection | None = None) -> None:
         """Idempotent: revoking again keeps the first revocation time."""
         with self._write(conn) as c:
@@ -436,7 +450,9 @@ class Store:
         """Mark report `seq` applied, in the transaction that applied its effects.
 
         Raises SeqAlreadyApplied when `seq` is not past the stored one (gaps are fine: the
-        agent's spool may have dropped reports, counted in `dropped_total`).
+        agent's spool may have dropped reports, counted in `dropped_total`), and
+        AgentRevoked when the agent was revoked: checked in this transaction, so no report
+        of a revoked agent commits, whichever process revoked it and when.
         """
         params = {"a": agent_id, "i": instance_id, "seq": seq, "dropped": dropped_total, "now": now}
         # The common case, one statement: advance the seq if it moves forward. Rowcount 0
@@ -448,7 +464,8 @@ class Store:
             if self.get_agent(agent_id, conn=conn) is None:
                 raise AgentNotFound(agent_id)
             conn.execute(_NEW_INSTANCE, params)
-        conn.execute(_AGENT_SEEN, params)
+        if conn.execute(_AGENT_SEEN, params).rowcount == 0:
+            raise AgentRevoked(agent_id)
 
     def last_seen_all(self, *, conn: Connection | None = None) -> dict[str, float]:
         """agent_id -> last_seen_at of every agent seen at least once and not revoked."""

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from alerts.rules import parse_rules
@@ -18,10 +19,10 @@ from collector import tickets
 from collector.committer import Committer
 from collector.config import load_collector_config
 from collector.convert import decode_hello, decode_report
-from collector.pipeline import Pipeline, Session
+from collector.pipeline import REVOCATION_CHECK_INTERVAL, Pipeline, Session
 from collector.selfmetrics import CollectorMetrics
 from collector.state import LiveState
-from collector.store import AgentRecord, Store
+from collector.store import AgentRecord, AgentRevoked, Store
 from collector.tickets import Ticket
 from protos.tripline.v1 import tripline_pb2 as pb
 
@@ -385,3 +386,31 @@ def test_restore_gives_a_grace_period_instead_of_offline_tickets(
 
     asyncio.run(second.run(after))
     second.store.close()
+
+
+def test_an_agent_revoked_elsewhere_is_retired_and_refused(tmp_path: Path, clock: Any) -> None:
+    c = Parts(tmp_path / "tripline.db", clock)
+    t = Timeline(clock)
+
+    async def scenario() -> None:
+        agent = c.enroll()
+        session = await c.connect(agent)
+        for seq in range(1, 8):
+            t.at(10 * (seq - 1))
+            await c.send(session, seq, root=0.9)
+        await c.pipeline.tick(t.at(60))
+        [ticket] = c.tickets()
+        assert (ticket.rule, ticket.status) == ("DiskAlmostFull", "open")
+        c.store.revoke_agent(agent.agent_id, t.at(61))  # the CLI, another process
+        # its next report does not commit, whatever the stream believed at connect
+        with pytest.raises(AgentRevoked):
+            await c.send(session, 8, root=0.9)
+        await c.pipeline.tick(t.at(61 + REVOCATION_CHECK_INTERVAL))  # the periodic check
+        assert agent.agent_id not in c.pipeline.state.agents
+        [ticket] = c.tickets()
+        assert (ticket.status, ticket.resolve_reason) == ("resolved", "agent revoked")
+        # silent for good, yet no offline ticket: nobody is to act on a revoked PC
+        await c.pipeline.tick(t.at(100 + 10 * c.config.effective_offline_after))
+        assert c.rules_with_tickets() == [("DiskAlmostFull", "resolved")]
+
+    asyncio.run(c.run(scenario))
