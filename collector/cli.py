@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from alerts.rules import RuleFileError, load_rules
-from collector import logs, tls
+from collector import logs
 from collector.config import (
     CollectorConfig,
     ConfigError,
     load_agent_config,
     load_collector_config,
 )
-from collector.migrations import MigrationError
-from collector.store import StoreError
 
 EXIT_USAGE = 2
 
@@ -188,6 +186,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not config.plaintext and config.tls_cert is None:
         # TLS in the demo too: a self-signed certificate the demo's agent trusts.
         listen_host = config.listen.rsplit(":", 1)[0].strip("[]")
+        from collector import tls
+
         cert, key = tls.ensure_self_signed(
             data_dir, ("localhost", "127.0.0.1", "::1", listen_host), time.time()
         )
@@ -279,7 +279,9 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _store(args: argparse.Namespace) -> Iterator[Any]:
-    from collector.store import Store
+    # Imported here: the agent's commands must not pay for SQLAlchemy on an office PC.
+    from collector.migrations import MigrationError
+    from collector.store import Store, StoreError
 
     config = load_collector_config(
         args.config, flags={"data_dir": args.data_dir, "database_url": args.database_url}
@@ -289,12 +291,15 @@ def _store(args: argparse.Namespace) -> Iterator[Any]:
             f"no Tripline database in {config.data_dir}/ (start the collector or the demo "
             "first, or pass --data-dir / --database-url)"
         )
-    store = Store(config.effective_database_url)
     try:
-        store.migrate()
-        yield store
-    finally:
-        store.close()
+        store = Store(config.effective_database_url)
+        try:
+            store.migrate()
+            yield store
+        finally:
+            store.close()
+    except (StoreError, MigrationError) as exc:
+        raise CliError(str(exc)) from None
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -863,7 +868,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (CliError, ConfigError, RuleFileError, StoreError, MigrationError) as exc:
+    except (CliError, ConfigError, RuleFileError) as exc:
         print(f"tripline: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

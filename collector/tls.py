@@ -13,18 +13,21 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from collector.config import AgentConfig, CollectorConfig, ConfigError
+
+if TYPE_CHECKING:
+    # cryptography costs ~15 MB of RSS: the collector imports it where it checks its
+    # files; the agent on an office PC checks its own with the standard ssl module.
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ def _read(path: Path, key: str) -> bytes:
 
 
 def _certificates(path: Path, key: str, now: float) -> tuple[bytes, list[x509.Certificate]]:
+    from cryptography import x509
+
     data = _read(path, key)
     try:
         certs = x509.load_pem_x509_certificates(data)
@@ -87,6 +92,8 @@ def _certificates(path: Path, key: str, now: float) -> tuple[bytes, list[x509.Ce
 
 
 def _private_key_for(path: Path, key: str, cert: x509.Certificate, cert_key: str) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     data = _read(path, key)
     try:
         private = serialization.load_pem_private_key(data, password=None)
@@ -104,6 +111,8 @@ def _private_key_for(path: Path, key: str, cert: x509.Certificate, cert_key: str
 
 
 def _public(public_key: PublicKeyTypes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -144,7 +153,14 @@ def client_files(config: AgentConfig, now: float) -> ClientFiles | None:
         return None
     root_ca = None
     if config.tls_ca is not None:
-        root_ca, _ = _certificates(config.tls_ca, "tls_ca", now)
+        root_ca = _read(config.tls_ca, "tls_ca")
+        try:
+            ssl.create_default_context(cadata=root_ca.decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError):
+            raise TlsConfigError(
+                "tls_ca",
+                f"{config.tls_ca} holds no PEM certificate ('-----BEGIN CERTIFICATE-----')",
+            ) from None
     if (config.tls_cert is None) != (config.tls_key is None):
         missing = "tls_key" if config.tls_key is None else "tls_cert"
         raise TlsConfigError(
@@ -152,9 +168,31 @@ def client_files(config: AgentConfig, now: float) -> ClientFiles | None:
         )
     chain = private_key = None
     if config.tls_cert is not None and config.tls_key is not None:
-        chain, certs = _certificates(config.tls_cert, "tls_cert", now)
-        private_key = _private_key_for(config.tls_key, "tls_key", certs[0], "tls_cert")
+        chain = _read(config.tls_cert, "tls_cert")
+        private_key = _read(config.tls_key, "tls_key")
+        _check_pair(config.tls_cert, config.tls_key)
     return ClientFiles(root_ca, chain, private_key)
+
+
+def _refuse_password() -> bytes:
+    raise TlsConfigError("tls_key", "the key is encrypted; gRPC needs an unencrypted key")
+
+
+def _check_pair(cert: Path, key: Path) -> None:
+    """The agent's client certificate and key, checked with the standard ssl module."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_cert_chain(cert, key, password=_refuse_password)
+    except TlsConfigError:
+        raise
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+            raise TlsConfigError(
+                "tls_key", f"{key} is not the private key of the tls_cert certificate"
+            ) from None
+        raise TlsConfigError(
+            "tls_cert", f"{cert} and {key} are not a PEM certificate and its key ({exc.reason})"
+        ) from None
 
 
 def channel_credentials(files: ClientFiles) -> grpc.ChannelCredentials:
@@ -200,6 +238,11 @@ def ensure_self_signed(
             return cert_path, key_path
         except TlsConfigError:
             pass  # expired, foreign or damaged: make a new pair
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tripline demo collector")])
     sans: list[x509.GeneralName] = []

@@ -307,7 +307,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def test_top_processes_find_a_busy_process(busy_child: subprocess.Popen[bytes]) -> None:
-    prober = Prober(top_n=10)
+    prober = Prober(top_n=10, process_interval=0)
     first = prober.collect(now=1000.0)
     assert first.context.top_cpu == ()  # no per-process baseline yet
     start = _cpu_seconds(busy_child.pid)
@@ -327,6 +327,25 @@ def test_top_processes_find_a_busy_process(busy_child: subprocess.Popen[bytes]) 
     assert by_mem[busy_child.pid].memory_rss_bytes >= 200 << 20
     rss = [p.memory_rss_bytes for p in c.context.top_memory]
     assert rss == sorted(rss, reverse=True)
+
+
+def test_processes_are_scanned_at_most_once_per_process_interval() -> None:
+    scans = 0
+
+    def process_iter(**kwargs: Any) -> Iterator[Any]:
+        nonlocal scans
+        scans += 1
+        yield from psutil.process_iter(**kwargs)
+
+    prober = Prober(psutil_module=fake_psutil(process_iter=process_iter), process_interval=60)
+    first = prober.collect(now=0.0)
+    second = prober.collect(now=10.0)
+    assert scans == 1
+    assert second.context.top_memory == first.context.top_memory  # reused in between
+    count = [s.value for s in second.samples if s.name == "process_count"]
+    assert len(count) == 1 and count[0] > 0  # still counted every collection (cheaply)
+    prober.collect(now=60.0)
+    assert scans == 2
 
 
 def test_collect_processes_false_skips_the_scan() -> None:
@@ -444,6 +463,9 @@ def test_per_process_errors_are_caught_per_process(exc: psutil.Error) -> None:
         def cmdline(self) -> list[str]:
             raise exc
 
+        def username(self) -> str:
+            raise exc
+
     vanished: set[int] = set()
 
     def process_iter(**kwargs: Any) -> Iterator[Any]:
@@ -492,7 +514,9 @@ def test_a_failed_scan_keeps_the_previous_baseline(busy_child: subprocess.Popen[
             raise psutil.AccessDenied(pid=None, msg="scan refused")
         yield from psutil.process_iter(**kwargs)
 
-    prober = Prober(psutil_module=fake_psutil(process_iter=process_iter), top_n=10)
+    prober = Prober(
+        psutil_module=fake_psutil(process_iter=process_iter), top_n=10, process_interval=0
+    )
     prober.collect(now=100.0)
     start = _cpu_seconds(busy_child.pid)
     assert prober.collect(now=101.0).probe_errors["processes"] == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -220,3 +222,21 @@ def test_cli_flags() -> None:
     assert args.plaintext is None
     agent = build_parser().parse_args(["agent", "--tls-ca", "ca.crt", "--plaintext"])
     assert (agent.tls_ca, agent.plaintext) == (Path("ca.crt"), True)
+
+
+def test_agent_checks_its_files_without_cryptography(ca: CertAuthority, tmp_path: Path) -> None:
+    """The agent validates with the ssl module: a mismatched or non-PEM file is named."""
+    client, other = ca.issue("agt_a"), ca.issue("agt_b")
+    with pytest.raises(tls.TlsConfigError) as caught:
+        tls.client_files(AgentConfig(tls_ca=ca.path, tls_cert=client.cert, tls_key=other.key), NOW)
+    assert caught.value.reason == f"{other.key} is not the private key of the tls_cert certificate"
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(tls.TlsConfigError) as caught:
+        tls.client_files(AgentConfig(tls_ca=junk), NOW)
+    assert caught.value.key == "tls_ca" and str(junk) in caught.value.reason
+    code = (
+        "import sys, collector.cli, agent.runner; "
+        "sys.exit('cryptography' in sys.modules or 'sqlalchemy' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
