@@ -52,6 +52,7 @@ class AgentRunner:
             # validity is judged by the wall clock, as the TLS handshake does
             credentials=tls.agent_channel_credentials(config, time.time()),
             max_message_bytes=config.max_message_bytes,
+            keepalive=(config.keepalive_time, config.keepalive_timeout),
             backoff=Backoff(config.backoff_initial, config.backoff_max),
             clock=clock,
         )

@@ -48,12 +48,18 @@ class EnrollmentFailed(Exception):
     """The collector refused the enrollment token: a configuration error to fix by hand."""
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    # Ping every 30 s and give up on a silent peer after 10 s, so a blackholed
-    # connection is noticed within ~40 s; the collector permits pings every 10 s.
+def channel_options(
+    max_message_bytes: int, keepalive_time: float = 30.0, keepalive_timeout: float = 10.0
+) -> list[tuple[str, int]]:
+    # By default ping every 30 s and give up on a silent peer after 10 s, so a blackholed
+    # connection is noticed within ~40 s; the collector permits pings every 10 s while it
+    # sends nothing (on a live stream its acks are data, so shorter settings work too).
     return [
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", round(keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", round(keepalive_timeout * 1000)),
+        # gRPC core (1.6x on) times every ping out by this instead, default 60 s: without
+        # it a blackholed stream is noticed only after a minute (tests/e2e/test_faults.py).
+        ("grpc.http2.ping_timeout_ms", round(keepalive_timeout * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -107,6 +113,7 @@ class Transport:
         on_settings: Callable[[pb.Settings], None],
         credentials: grpc.ChannelCredentials | None,
         max_message_bytes: int = 4 * 2**20,
+        keepalive: tuple[float, float] = (30.0, 10.0),
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
@@ -121,6 +128,7 @@ class Transport:
         # None means plaintext, which only an explicit `plaintext: true` config asks for
         self.credentials = credentials
         self.max_message_bytes = max_message_bytes
+        self.keepalive = keepalive  # (ping after idle seconds, answer timeout seconds)
         self.backoff = backoff or Backoff(0.5, 60.0)
         self.sleep = sleep
         self.clock = clock
@@ -135,7 +143,7 @@ class Transport:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, stream, reconnect; return when ``stop`` is set."""
-        options = channel_options(self.max_message_bytes)
+        options = channel_options(self.max_message_bytes, *self.keepalive)
         if self.credentials is None:
             channel = aio.insecure_channel(self.target, options=options)
         else:

@@ -29,8 +29,23 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from alerts.rules import Rule
-from collector import apitokens, tickets
+from collector import apitokens, maintenance, tickets
 from collector.apitokens import ApiToken
+from collector.openapi import (
+    ALERT_PHASES,
+    API_PREFIX,
+    MAX_BODY_BYTES,
+    MAX_EXPIRES_IN,
+    MAX_FILTER,
+    MAX_ID,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    MAX_TEXT,
+    MAX_TIME,
+    MAX_WINDOW_DURATION,
+    SEVERITIES,
+    openapi_document,
+)
 from collector.pipeline import Pipeline
 from collector.schema import TICKET_STATUSES
 from collector.schema import tickets as tickets_table
@@ -42,18 +57,6 @@ from collector.store import (
     Store,
     StoreUnavailable,
 )
-
-API_PREFIX = "/api/v1"
-# Fits any body the document allows: 10,000 characters escaped as JSON take up to 120 kB.
-MAX_BODY_BYTES = 256 * 1024
-MAX_TEXT = 10_000
-MAX_FILTER = 256
-MAX_LIMIT = 1000
-MAX_OFFSET = 1_000_000_000
-MAX_ID = 2**63 - 1
-MAX_EXPIRES_IN = 10 * 365 * 86400
-SEVERITIES = ("info", "warning", "critical")
-ALERT_PHASES = ("pending", "firing")
 
 T = TypeVar("T")
 
@@ -193,6 +196,37 @@ def _integer(data: Mapping[str, Any], key: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ApiError(400, f"field {key!r} must be a whole number from {low} to {high}")
     return value
+
+
+WINDOW_FIELDS = (*maintenance.SCOPE_FIELDS, *maintenance.SCHEDULE_FIELDS, "comment")
+_WINDOW_TEXT_LIMITS = {"agent_id": 64, "comment": MAX_TEXT}
+
+
+def _window_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The body's window fields, their types and sizes checked; `collector.maintenance`
+    checks what they mean together (one schedule, some scope)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if value is None:
+            out[key] = "" if key == "comment" else None
+        elif key in ("starts_at", "ends_at", "duration"):
+            low, high = (0.0, MAX_TIME) if key != "duration" else (0.0, MAX_WINDOW_DURATION)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not low <= value <= high
+                or (key == "duration" and value == 0)
+            ):
+                kind = "seconds above 0" if key == "duration" else "unix seconds from 0"
+                raise ApiError(400, f"field {key!r} must be a number of {kind} up to {high:.0f}")
+            out[key] = float(value)
+        else:
+            text = _text(data, key)
+            _plain(text, f"field {key!r}", _WINDOW_TEXT_LIMITS.get(key, MAX_FILTER))
+            if key in maintenance.SCOPE_FIELDS and not text.strip():
+                raise ApiError(400, f"field {key!r} must be a non-empty name or null")
+            out[key] = text.strip() if key in maintenance.SCOPE_FIELDS else text
+    return out
 
 
 # -- output ---------------------------------------------------------------------------
@@ -622,6 +656,169 @@ class _Handlers:
         found.sort(key=lambda a: (a["customer"], a["hostname"], a["agent_id"], a["rule"]))
         return _Json(_page(found[offset : offset + limit + 1], limit, offset))
 
+    # -- maintenance windows ----------------------------------------------------------
+
+    def _window_id(self, request: Request) -> int:
+        return _whole(request.path_params["window_id"], "maintenance window id", 1, MAX_ID)
+
+    @staticmethod
+    def _visible_window(
+        conn: Connection, token: ApiToken, window_id: int
+    ) -> maintenance.MaintenanceWindow:
+        """WindowNotFound when missing or outside the scope (a window without a customer
+        spans customers, so only an all-customer token sees it)."""
+        window = maintenance.get_window(conn, window_id)
+        if token.customers is not None and (
+            window.customer is None or not token.allows(window.customer)
+        ):
+            raise maintenance.WindowNotFound(window_id)
+        return window
+
+    @staticmethod
+    def _scope_window_customer(token: ApiToken, customer: str | None) -> None:
+        """403 unless the token may own a window for `customer` (None: every customer)."""
+        if token.customers is None:
+            return
+        if customer is None:
+            raise ApiError(
+                403, "this API token is scoped to customers: field 'customer' must name one"
+            )
+        if not token.allows(customer):
+            raise ApiError(403, f"this API token may not act for customer {customer!r}")
+
+    @staticmethod
+    def _window_json(window: maintenance.MaintenanceWindow, now: float) -> dict[str, Any]:
+        return {**window.to_dict(), "status": window.status(now)}
+
+    async def list_windows(self, request: Request) -> Response:
+        token = await self._caller(request)
+        params = _query(request, ("customer", *PAGING))
+        limit, offset = _paging(params)
+        customer = params.get("customer")
+        if customer is not None:
+            self._scope_filter(token, _plain(customer, "customer"))
+        scope = token.customers if customer is None else (customer,)
+        now = self.ctx.clock()
+
+        def work(conn: Connection) -> list[dict[str, Any]]:
+            windows = maintenance.list_windows(conn, customers=scope)
+            return [self._window_json(w, now) for w in windows[offset : offset + limit + 1]]
+
+        return _Json(_page(await self._read(work), limit, offset))
+
+    async def show_window(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        window_id = self._window_id(request)
+        now = self.ctx.clock()
+        window = await self._read(lambda conn: self._visible_window(conn, token, window_id))
+        return _Json(self._window_json(window, now))
+
+    async def _write_window(
+        self,
+        token: ApiToken,
+        action: str,
+        data: dict[str, Any],
+        change: Callable[[Connection], maintenance.MaintenanceWindow],
+    ) -> maintenance.MaintenanceWindow:
+        now = self.ctx.clock()
+
+        def work(conn: Connection) -> maintenance.MaintenanceWindow:
+            window = change(conn)
+            apitokens.record(
+                conn,
+                actor=token.name,
+                action=f"maintenance_window.{action}",
+                target=f"maintenance_window/{window.id}",
+                customer=window.customer,
+                data=data,
+                now=now,
+            )
+            return window
+
+        window = await self._write(work)
+        # The pipeline matches alerts against its cached windows: reload at the next tick.
+        self.ctx.pipeline.windows.invalidate()
+        return window
+
+    async def create_window(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        data = _window_fields(await _body(request, WINDOW_FIELDS))
+        self._scope_window_customer(token, data.get("customer"))
+        now = self.ctx.clock()
+        window = await self._write_window(
+            token,
+            "create",
+            data,
+            lambda conn: maintenance.create_window(conn, actor=token.name, now=now, **data),
+        )
+        return _Json(self._window_json(window, now), status_code=201)
+
+    async def update_window(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        window_id = self._window_id(request)
+        data = _window_fields(await _body(request, WINDOW_FIELDS))
+        if "customer" in data:
+            self._scope_window_customer(token, data["customer"])
+        now = self.ctx.clock()
+
+        def change(conn: Connection) -> maintenance.MaintenanceWindow:
+            self._visible_window(conn, token, window_id)
+            return maintenance.update_window(conn, window_id, actor=token.name, now=now, **data)
+
+        window = await self._write_window(token, "update", data, change)
+        return _Json(self._window_json(window, now))
+
+    async def delete_window(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        await _body(request, ())
+        window_id = self._window_id(request)
+        now = self.ctx.clock()
+
+        def change(conn: Connection) -> maintenance.MaintenanceWindow:
+            self._visible_window(conn, token, window_id)
+            return maintenance.delete_window(conn, window_id)
+
+        window = await self._write_window(token, "delete", {}, change)
+        return _Json(self._window_json(window, now))
+
+    async def list_suppressed(self, request: Request) -> Response:
+        token = await self._caller(request)
+        params = _query(request, ("customer", "agent_id", "window_id", "limit", "before_id"))
+        limit = _whole(params["limit"], "limit", 1, MAX_LIMIT) if "limit" in params else 100
+        before_id = (
+            _whole(params["before_id"], "before_id", 1, MAX_ID) if "before_id" in params else None
+        )
+        window_id = (
+            _whole(params["window_id"], "window_id", 1, MAX_ID) if "window_id" in params else None
+        )
+        customer = params.get("customer")
+        if customer is not None:
+            self._scope_filter(token, _plain(customer, "customer"))
+        agent_id = _plain(params["agent_id"], "agent_id") if "agent_id" in params else None
+        scope = token.customers if customer is None else (customer,)
+        rows = await self._read(
+            lambda conn: maintenance.list_suppressed(
+                conn,
+                customers=scope,
+                agent_id=agent_id,
+                window_id=window_id,
+                limit=limit + 1,
+                before_id=before_id,
+            )
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return _Json(
+            {
+                "items": [r.to_dict() for r in rows],
+                "next_before_id": rows[-1].id if more else None,
+            }
+        )
+
     async def openapi(self, request: Request) -> Response:
         return _Json(openapi_document())
 
@@ -652,10 +849,12 @@ def build_api(ctx: ApiContext) -> Starlette:
         Route("/enrollment-tokens/{token_id}/revoke", h.revoke_enrollment_token, methods=["POST"]),
         Route("/rules", h.list_rules),
         Route("/alerts", h.list_alerts),
-        # Maintenance windows: their routes go here (GET/POST /maintenance-windows,
-        # GET/PUT/DELETE /maintenance-windows/{id}), built on _Handlers._caller for the
-        # token, ApiError for bad input and apitokens.record for the audit row; their
-        # paths go into the OpenAPI document beside the others.
+        Route("/maintenance-windows", h.list_windows),
+        Route("/maintenance-windows", h.create_window, methods=["POST"]),
+        Route("/maintenance-windows/{window_id}", h.show_window),
+        Route("/maintenance-windows/{window_id}", h.update_window, methods=["PUT"]),
+        Route("/maintenance-windows/{window_id}", h.delete_window, methods=["DELETE"]),
+        Route("/suppressed-alerts", h.list_suppressed),
     ]
 
     async def api_error(request: Request, exc: Exception) -> Response:
@@ -674,6 +873,9 @@ def build_api(ctx: ApiContext) -> Starlette:
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(404, str(exc))
 
+    async def bad_window(request: Request, exc: Exception) -> Response:
+        return _error(400, str(exc))
+
     async def conflict(request: Request, exc: Exception) -> Response:
         return _error(409, str(exc))
 
@@ -688,429 +890,9 @@ def build_api(ctx: ApiContext) -> Starlette:
             tickets.TicketNotFound: not_found,
             AgentNotFound: not_found,
             EnrollmentTokenNotFound: not_found,
+            maintenance.WindowNotFound: not_found,
+            maintenance.InvalidWindow: bad_window,
             tickets.InvalidTicketTransition: conflict,
             StoreUnavailable: unavailable,
         },
     )
-
-
-# -- OpenAPI document -------------------------------------------------------------------
-# Written by hand next to the handlers it describes; tests/integration/
-# test_api_schemathesis.py checks every response against it.
-
-_NO_NUL = "^[^\\u0000]*$"
-# A name as apitokens.check_name takes it: no control characters (C0, DEL, C1) and none of
-# the other characters str.strip() removes at either end. Spelled out rather than \\s,
-# whose meaning differs between regex dialects.
-_CONTROL = "\\u0000-\\u001f\\u007f-\\u009f"
-_SPACE = " \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
-_NAME = f"^[^{_CONTROL}{_SPACE}](?:[^{_CONTROL}]*[^{_CONTROL}{_SPACE}])?$"
-# some text: a character that is neither NUL nor whitespace to str.strip()
-_ALL_SPACE = f"\\t-\\r\\u001c-\\u001f\\u0085{_SPACE}"
-_TEXT = f"^[^\\u0000]*[^\\u0000{_ALL_SPACE}][^\\u0000]*$"
-_ERROR_TEXT = {
-    "400": "Bad input: the error says which parameter or field and why.",
-    "401": "No API token, or an unknown or revoked one.",
-    "403": "The request names a customer outside the token's scope.",
-    "404": "No such object, or it belongs to a customer outside the token's scope.",
-    "409": "The ticket is not in a state that allows this change.",
-    "413": "The request body is too large.",
-    "503": "The store is unavailable; retry after the Retry-After seconds.",
-}
-
-
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _or_null(kind: str) -> dict[str, Any]:
-    return {"type": [kind, "null"]}
-
-
-def _object(required: Collection[str], **properties: Any) -> dict[str, Any]:
-    return {"type": "object", "required": list(required), "properties": properties}
-
-
-def _strict(required: Collection[str] = (), **properties: Any) -> dict[str, Any]:
-    return {**_object(required, **properties), "additionalProperties": False}
-
-
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": schema}}}
-
-
-def _page_of(name: str) -> dict[str, Any]:
-    return _object(
-        ("items", "next_offset"),
-        items={"type": "array", "items": _ref(name)},
-        next_offset={**_or_null("integer"), "description": "offset of the next page, if any"},
-    )
-
-
-def _param(name: str, where: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": where,
-        "required": where == "path",
-        "schema": schema,
-        "description": text,
-    }
-
-
-_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
-_FILTER = {"type": "string", "maxLength": MAX_FILTER, "pattern": _NO_NUL}
-_TICKET_ID = _param("ticket_id", "path", _ID, "ticket id")
-_AGENT_ID = _param(
-    "agent_id",
-    "path",
-    {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^/\\u0000]+$"},
-    "agent id",
-)
-_CUSTOMER = _param("customer", "query", _FILTER, "only this customer (inside the scope)")
-_PAGING = [
-    _param(
-        "limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "default 100"
-    ),
-    _param("offset", "query", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}, ""),
-]
-
-
-def _op(
-    op_id: str,
-    summary: str,
-    ok: dict[str, Any],
-    *,
-    ok_status: str = "200",
-    params: list[dict[str, Any]] | None = None,
-    body: dict[str, Any] | None = None,
-    body_required: bool = False,
-    errors: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    responses = {ok_status: {"description": "OK", **_json(ok)}}
-    for status in ("400", "401", *errors, *(("413",) if body else ()), "503"):
-        responses[status] = {"description": _ERROR_TEXT[status], **_json(_ref("Error"))}
-    op: dict[str, Any] = {
-        "operationId": op_id,
-        "summary": summary,
-        "parameters": params or [],
-        "responses": responses,
-    }
-    if body is not None:
-        op["requestBody"] = {"required": body_required, **_json(body)}
-    return op
-
-
-def _schemas() -> dict[str, Any]:
-    number = {"type": "number"}
-    text = {"type": "string"}
-    when = _or_null("number")
-    labels = {"type": "object", "additionalProperties": {"type": "string"}}
-    ticket = _object(
-        ("id", "customer", "agent_id", "hostname", "rule", "labels", "status", "severity"),
-        id={"type": "integer"},
-        problem_key=text,
-        customer=text,
-        agent_id=text,
-        hostname=text,
-        rule=text,
-        labels=labels,
-        status={"enum": list(TICKET_STATUSES)},
-        severity=text,
-        tier={"type": "integer", "minimum": 1, "maximum": 3},
-        summary=text,
-        runbook=_or_null("string"),
-        value=_or_null("number"),
-        threshold=_or_null("number"),
-        context={"type": "object"},
-        opened_at=number,
-        tier_since=number,
-        acknowledged_at=when,
-        acknowledged_by=_or_null("string"),
-        resolved_at=when,
-        resolved_by=_or_null("string"),
-        resolved_value=_or_null("number"),
-        resolve_reason=_or_null("string"),
-        reopen_count={"type": "integer"},
-        flapping={"type": "boolean"},
-        updated_at=number,
-        event_seq={"type": "integer"},
-    )
-    event = _object(
-        ("seq", "at", "kind", "actor", "message", "data"),
-        seq={"type": "integer"},
-        at=number,
-        kind=text,
-        actor={**text, "description": "'tripline' for the engine, else the API token's name"},
-        message=text,
-        data={"type": "object"},
-    )
-    agent = _object(
-        ("agent_id", "customer", "hostname", "site", "up"),
-        agent_id=text,
-        customer=text,
-        hostname=text,
-        site=text,
-        tags={"type": "object"},
-        created_at=number,
-        last_seen_at=when,
-        revoked_at=when,
-        up={"type": "boolean"},
-    )
-    value = _object(("metric", "labels", "value"), metric=text, labels=labels, value=when)
-    enrollment = _object(
-        ("id", "customer", "created_at"),
-        id={"type": "integer"},
-        customer=text,
-        created_at=number,
-        expires_at=when,
-        revoked_at=when,
-    )
-    rule = _object(
-        ("name", "metric", "op", "threshold", "for", "severity", "tier"),
-        name=text,
-        metric=text,
-        match={"type": "array", "items": {"type": "object"}},
-        op=text,
-        threshold=number,
-        clear={"type": "object"},
-        window={"type": ["object", "null"]},
-        severity=text,
-        tier={"type": "integer"},
-        summary=text,
-        runbook=text,
-        builtin=_or_null("string"),
-        overrides={"type": "object", "description": "per customer, inside the token's scope"},
-        **{"for": {**number, "description": "seconds the condition must hold"}},
-    )
-    alert = _object(
-        ("agent_id", "customer", "rule", "labels", "phase"),
-        agent_id=text,
-        customer=text,
-        hostname=text,
-        rule=text,
-        labels=labels,
-        phase={"enum": list(ALERT_PHASES)},
-        active_since=number,
-        firing_since=when,
-        value=when,
-    )
-    return {
-        "Error": _object(("error",), error=text),
-        "Ticket": ticket,
-        "TicketEvent": event,
-        "TicketDetail": {
-            "allOf": [
-                _ref("Ticket"),
-                _object(("events",), events={"type": "array", "items": _ref("TicketEvent")}),
-            ]
-        },
-        "TicketPage": _page_of("Ticket"),
-        "Agent": agent,
-        "AgentDetail": {
-            "allOf": [
-                _ref("Agent"),
-                _object(
-                    ("inventory", "values"),
-                    inventory={"type": "object"},
-                    values={"type": "array", "items": value},
-                ),
-            ]
-        },
-        "AgentPage": _page_of("Agent"),
-        "EnrollmentToken": enrollment,
-        "EnrollmentTokenCreated": {
-            "allOf": [
-                _ref("EnrollmentToken"),
-                _object(("token",), token={**text, "description": "the secret, shown once"}),
-            ]
-        },
-        "Rule": rule,
-        "Alert": alert,
-        "AlertPage": _page_of("Alert"),
-    }
-
-
-def openapi_document() -> dict[str, Any]:
-    no_body = _strict()
-    ticket_filters = [
-        _param("status", "query", {"enum": list(TICKET_STATUSES)}, ""),
-        _CUSTOMER,
-        _param("severity", "query", {"enum": list(SEVERITIES)}, ""),
-        _param("tier", "query", {"type": "integer", "minimum": 1, "maximum": 3}, ""),
-        _param("agent_id", "query", _FILTER, ""),
-        *_PAGING,
-    ]
-    ticket = _ref("TicketDetail")
-    paths: dict[str, Any] = {
-        "/tickets": {
-            "get": _op(
-                "listTickets",
-                "Tickets, newest first, without timelines",
-                _ref("TicketPage"),
-                params=ticket_filters,
-                errors=("403",),
-            )
-        },
-        "/tickets/{ticket_id}": {
-            "get": _op(
-                "showTicket",
-                "A ticket with its timeline",
-                ticket,
-                params=[_TICKET_ID],
-                errors=("404",),
-            )
-        },
-        "/tickets/{ticket_id}/ack": {
-            "post": _op(
-                "acknowledgeTicket",
-                "Acknowledge: stops escalation",
-                ticket,
-                params=[_TICKET_ID],
-                body=no_body,
-                errors=("404", "409"),
-            )
-        },
-        "/tickets/{ticket_id}/comment": {
-            "post": _op(
-                "commentTicket",
-                "Add a comment to the timeline",
-                ticket,
-                params=[_TICKET_ID],
-                body=_strict(
-                    ("text",),
-                    text={
-                        "type": "string",
-                        "maxLength": MAX_TEXT,
-                        "pattern": _TEXT,
-                    },
-                ),
-                body_required=True,
-                errors=("404",),
-            )
-        },
-        "/tickets/{ticket_id}/resolve": {
-            "post": _op(
-                "resolveTicket",
-                "Resolve, with an optional note",
-                ticket,
-                params=[_TICKET_ID],
-                body=_strict(
-                    note={"type": ["string", "null"], "maxLength": MAX_TEXT, "pattern": _NO_NUL}
-                ),
-                errors=("404", "409"),
-            )
-        },
-        "/tickets/{ticket_id}/tier": {
-            "post": _op(
-                "reassignTicketTier",
-                "Move an unresolved ticket to another tier; its escalation clock restarts",
-                ticket,
-                params=[_TICKET_ID],
-                body=_strict(("tier",), tier={"type": "integer", "minimum": 1, "maximum": 3}),
-                body_required=True,
-                errors=("404", "409"),
-            )
-        },
-        "/agents": {
-            "get": _op(
-                "listAgents",
-                "Enrolled agents",
-                _ref("AgentPage"),
-                params=[_CUSTOMER, _param("site", "query", _FILTER, ""), *_PAGING],
-                errors=("403",),
-            )
-        },
-        "/agents/{agent_id}": {
-            "get": _op(
-                "showAgent",
-                "An agent with its inventory and latest values",
-                _ref("AgentDetail"),
-                params=[_AGENT_ID],
-                errors=("404",),
-            )
-        },
-        "/agents/{agent_id}/revoke": {
-            "post": _op(
-                "revokeAgent",
-                "Revoke the agent's credential; it is refused on its next message",
-                _ref("Agent"),
-                params=[_AGENT_ID],
-                body=no_body,
-                errors=("404",),
-            )
-        },
-        "/enrollment-tokens": {
-            "get": _op(
-                "listEnrollmentTokens",
-                "Enrollment tokens (never their secrets)",
-                _object(("items",), items={"type": "array", "items": _ref("EnrollmentToken")}),
-                params=[_CUSTOMER],
-                errors=("403",),
-            ),
-            "post": _op(
-                "createEnrollmentToken",
-                "A new enrollment token; the secret is in the answer, once",
-                _ref("EnrollmentTokenCreated"),
-                ok_status="201",
-                body=_strict(
-                    ("customer",),
-                    customer={"type": "string", "maxLength": 128, "pattern": _NAME},
-                    expires_in={
-                        "type": ["integer", "null"],
-                        "minimum": 1,
-                        "maximum": MAX_EXPIRES_IN,
-                        "description": "seconds until it expires; none: never",
-                    },
-                ),
-                body_required=True,
-                errors=("403",),
-            ),
-        },
-        "/enrollment-tokens/{token_id}/revoke": {
-            "post": _op(
-                "revokeEnrollmentToken",
-                "Revoke an enrollment token; enrolled agents keep working",
-                _ref("EnrollmentToken"),
-                params=[_param("token_id", "path", _ID, "enrollment token id")],
-                body=no_body,
-                errors=("404",),
-            )
-        },
-        "/rules": {
-            "get": _op(
-                "listRules",
-                "The rules loaded",
-                _object(
-                    ("source", "items"),
-                    source={"type": "string"},
-                    items={"type": "array", "items": _ref("Rule")},
-                ),
-            )
-        },
-        "/alerts": {
-            "get": _op(
-                "listAlerts",
-                "Alerts pending (waiting out their 'for') and firing",
-                _ref("AlertPage"),
-                params=[
-                    _param("phase", "query", {"enum": list(ALERT_PHASES)}, ""),
-                    _CUSTOMER,
-                    _param("agent_id", "query", _FILTER, ""),
-                    _param("rule", "query", _FILTER, ""),
-                    *_PAGING,
-                ],
-                errors=("403",),
-            )
-        },
-    }
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "Tripline collector API", "version": "1"},
-        "servers": [{"url": API_PREFIX}],
-        "security": [{"bearer": []}],
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _schemas(),
-        },
-    }

@@ -28,7 +28,7 @@ from collector.selfmetrics import CollectorMetrics, TicketCountCollector
 from collector.server import CollectorService
 from collector.sinks import build_sink
 from collector.state import LiveState
-from collector.store import Store
+from collector.store import Store, StoreUnavailable
 from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,9 @@ class CollectorApp:
         await asyncio.to_thread(self.pipeline.restore, now)
         self.exposition = SeriesExposition(self.state, self.pipeline.is_up)
         self.pipeline.on_report = self.exposition.update
-        self.pipeline.on_retire = self.exposition.forget
         self.registry.register(TicketCountCollector(self._ticket_counts))
         self.service = CollectorService(self.pipeline, config, self.metrics)
+        self.pipeline.on_retire = self._retire
 
         self._server = aio.server(options=grpc_server_options(config))
         pb_grpc.add_CollectorServicer_to_server(self.service, self._server)
@@ -171,6 +171,11 @@ class CollectorApp:
             },
         )
 
+    def _retire(self, agent_id: str) -> None:
+        """A revoked agent leaves live state: drop what else is kept per agent."""
+        self.exposition.forget(agent_id)
+        self.service.rate.forget(agent_id)
+
     def reload_rules(self) -> bool:
         """SIGHUP: load the rule file again; on error keep the old rules and say why."""
         try:
@@ -207,6 +212,10 @@ class CollectorApp:
                 await self.pipeline.tick()
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as exc:
+                # Expected while the store is locked or full: the health status says so
+                # and the committer counts it; a traceback every second would bury the log.
+                log.warning("evaluation tick skipped: store unavailable", extra={"error": str(exc)})
             except Exception:
                 # The loop must survive anything; the failure is logged and counted.
                 self.metrics.evaluation_errors.inc()

@@ -72,6 +72,15 @@ class CollectorConfig:
     hello_timeout: float = 10.0
     max_message_bytes: int = 4 * 2**20
     max_samples_per_report: int = 10_000
+    # distinct series an agent may have in live state; samples of new series past it are
+    # dropped (the rest of the report is applied) and counted
+    max_series_per_agent: int = 2000
+    # per agent token bucket: burst reports at once, then this many per second; at a 10 s
+    # interval that replays a backlog 50x faster than it was collected (README "Limits")
+    max_reports_per_second_per_agent: float = 5.0
+    max_report_burst_per_agent: int = 50
+    # concurrent agent Connect streams per collector; more are told to come back later
+    max_streams: int = 50_000
     tickets: TicketSettings = field(default_factory=TicketSettings)
     # where ticket events are delivered (webhook, e-mail, Alertmanager); file only
     routes: tuple[Route, ...] = ()
@@ -112,6 +121,10 @@ class AgentConfig:
     max_message_bytes: int = 4 * 2**20
     backoff_initial: float = 0.5
     backoff_max: float = 60.0
+    # ping the collector after this much silence, give it up after keepalive_timeout
+    # without an answer: how fast a connection cut without a reset is noticed
+    keepalive_time: float = 30.0
+    keepalive_timeout: float = 10.0
     # TLS to the collector: tls_ca unset trusts the system's CAs; tls_cert/tls_key for mTLS
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -136,6 +149,8 @@ _DURATION_KEYS = {
     "escalate_tier2_after",
     "backoff_initial",
     "backoff_max",
+    "keepalive_time",
+    "keepalive_timeout",
 }
 
 
@@ -169,6 +184,8 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
             raise ValueError(f"expected true or false, got {value!r}")
         if isinstance(default, int):
             return _positive_int(value)
+        if isinstance(default, float):
+            return _positive_float(value)
         if isinstance(default, Path) or key in _PATH_KEYS:
             return Path(str(value)).expanduser()
         if isinstance(default, Mapping):
@@ -195,6 +212,18 @@ def _positive_int(value: Any) -> int:
         raise ValueError(f"expected a positive whole number, got {value!r}") from None
     if number <= 0:
         raise ValueError("must be positive")
+    return number
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a positive number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a positive number, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"expected a positive number, got {value!r}")
     return number
 
 

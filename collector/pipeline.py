@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 
 from alerts.engine import AlertKey, AlertState, Target, Transition, evaluate_agent
 from alerts.rules import RuleSet
-from collector import maintenance, tickets
+from collector import faults, maintenance, tickets
 from collector.committer import Committer
 from collector.config import CollectorConfig
 from collector.convert import Hello, Report
@@ -84,6 +84,9 @@ def _clocks(state: AlertState | None) -> tuple[object, ...] | None:
     return (state.phase, state.active_since, state.firing_since, state.clear_since)
 
 
+# After a restart, agents are presumed alive this long at least: their reconnect
+# backoff reaches 60 s (plus jitter) during a longer outage.
+RECONNECT_GRACE = 90.0
 # How often the timer looks for agents revoked by another process (the CLI).
 REVOCATION_CHECK_INTERVAL = 30.0
 
@@ -118,6 +121,7 @@ class Pipeline:
         # called with an agent id when a revoked agent is dropped from live state
         self.on_retire: Callable[[str], None] = lambda agent_id: None
         self._next_revocation_check = 0.0
+        self._next_liveness_sync = 0.0
         # called with the agent's live state after each applied report (exposition)
         self.on_report: Callable[[AgentLive, Sequence[tuple[str, Labels, float]]], None] = (
             lambda live, samples: None
@@ -133,9 +137,12 @@ class Pipeline:
     def restore(self, now: float) -> None:
         """Load agents, liveness and alert states from the store after a (re)start.
 
-        Every agent gets a grace of one offline threshold from now: a collector that was
-        down for an hour must not open an offline ticket for every PC it could not hear.
+        Every agent is presumed alive until the grace ends (the offline threshold, and at
+        least RECONNECT_GRACE): a collector that was down for an hour must not open an
+        offline ticket for every PC it could not hear, and agents come back on their
+        reconnect backoff, which grows to a minute during an outage.
         """
+        grace_until = now + max(self.offline_after, RECONNECT_GRACE)
         for key, alert in self.store.load_alert_states().items():
             self.alert_states.setdefault(key.agent_id, {})[key] = alert
         last_seen = self.store.last_seen_all()
@@ -143,7 +150,8 @@ class Pipeline:
             if agent.revoked_at is not None:
                 continue
             live = self.track(agent)
-            live.last_seen = max(last_seen.get(agent.agent_id) or 0.0, now)
+            live.last_seen = last_seen.get(agent.agent_id) or now
+            live.grace_until = grace_until
         with self.store.read() as conn:
             self.windows.load(conn, now)
             for held in maintenance.pending_suppressed(conn):
@@ -157,7 +165,14 @@ class Pipeline:
 
     def is_up(self, live: AgentLive, now: float | None = None) -> bool:
         now = self.clock() if now is None else now
-        return live.last_seen is not None and now - live.last_seen < self.offline_after
+        seen = self._liveness(live)
+        return seen is not None and now - seen < self.offline_after
+
+    def _liveness(self, live: AgentLive) -> float | None:
+        """Last seen, for liveness: within the restart grace every agent counts as seen."""
+        if live.last_seen is None:
+            return None
+        return max(live.last_seen, live.grace_until - self.offline_after)
 
     def set_rules(self, rules: RuleSet) -> None:
         """Swap the rule set; alert state is keyed by rule name, so clocks carry over."""
@@ -170,6 +185,14 @@ class Pipeline:
         now = self.clock()
         applied = await asyncio.to_thread(self.store.applied_seq, agent.agent_id, hello.instance_id)
         live = self.track(agent)
+        if live.last_seen is None:
+            live.last_seen = now  # new to this process: not offline before its first report
+        # The agent may come from another collector sharing the store (a load balancer
+        # moved it): its alert clocks are the store's, not what this process saw last.
+        async with self._lock(agent.agent_id):
+            self.alert_states[agent.agent_id] = await asyncio.to_thread(
+                functools.partial(self.store.load_alert_states, agent_id=agent.agent_id)
+            )
         live.instance_id = hello.instance_id
         self._note_tags(agent.agent_id, hello.host.get("tags") or {})
         hostname = str(hello.host.get("hostname") or agent.hostname)
@@ -207,6 +230,7 @@ class Pipeline:
         async with self._lock(agent.agent_id):
             self.state.record(live, at, report.samples)
             live.last_seen = now
+            live.grace_until = 0.0  # heard from: silence from now on is real
             live.last_collected_at = report.collected_at
             self._contexts[agent.agent_id] = report.context
             if report.host is not None:
@@ -228,7 +252,9 @@ class Pipeline:
                     self.store.update_inventory(
                         agent.agent_id, hostname, report.host, now, conn=conn
                     )
-                return self._commit_alerts(conn, live, changes, transitions, context)
+                held = self._commit_alerts(conn, live, changes, transitions, context)
+                faults.hit("before_commit")
+                return held
 
             try:
                 held = await self.committer.submit(work)
@@ -237,6 +263,7 @@ class Pipeline:
                 self.metrics.reports_duplicate.inc()
                 session.applied_seq = report.seq
                 return False
+            faults.hit("after_commit_before_ack")
             self.alert_states[agent.agent_id] = new_states
             self._hold(held)
         session.applied_seq = report.seq
@@ -260,6 +287,9 @@ class Pipeline:
         now = self.clock() if now is None else now
         if self.windows.due(now):
             await asyncio.to_thread(self._load_windows, now)
+        if now >= self._next_liveness_sync:
+            self._next_liveness_sync = now + self.offline_after / 4
+            await self._sync_liveness()
         if now >= self._next_revocation_check:
             self._next_revocation_check = now + REVOCATION_CHECK_INTERVAL
             revoked = await asyncio.to_thread(self.store.revoked_agent_ids)
@@ -308,6 +338,28 @@ class Pipeline:
             self.on_ticket_change()
             self.metrics.ticket_transitions.labels("escalated").inc(len(escalated))
             log.info("tickets escalated", extra={"tickets": [c.ticket_id for c in escalated]})
+
+    async def _sync_liveness(self) -> None:
+        """Take last-seen times from the store, which every collector sharing it advances.
+
+        Each agent streams to one collector; the others must not call it offline, and
+        must watch it (also one enrolled after they started) should its collector die.
+        """
+        try:
+            seen = await asyncio.to_thread(self.store.last_seen_all)
+            unknown = [a for a in seen if a not in self.state.agents]
+            records = [await asyncio.to_thread(self.store.get_agent, a) for a in unknown]
+        except StoreUnavailable as exc:
+            log.warning("last-seen times not synced", extra={"error": str(exc)})
+            return
+        for record in records:
+            if record is not None and record.revoked_at is None:
+                self.track(record)
+        for agent_id, at in seen.items():
+            live = self.state.agents.get(agent_id)
+            if live is not None and (live.last_seen is None or at > live.last_seen):
+                live.last_seen = at
+                live.grace_until = 0.0  # reported to another collector since
 
     async def retire(self, agent_id: str, now: float) -> None:
         """Stop watching a revoked agent: its open tickets resolve, its state goes.
@@ -362,7 +414,7 @@ class Pipeline:
             customer=live.customer,
             host=live.hostname,
             site=live.site,
-            last_seen=live.last_seen,
+            last_seen=self._liveness(live),
             offline_after=self.offline_after,
         )
         new, transitions = evaluate_agent(

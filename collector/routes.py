@@ -59,7 +59,18 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 _ALLOWED: dict[str, set[str]] = {
     "webhook": {"url", "secret", "timeout"},
-    "email": {"host", "port", "starttls", "ssl", "username", "password", "from", "to", "timeout"},
+    "email": {
+        "host",
+        "port",
+        "starttls",
+        "ssl",
+        "tls_ca",
+        "username",
+        "password",
+        "from",
+        "to",
+        "timeout",
+    },
     "alertmanager": {"url", "timeout", "resend_interval"},
 }
 

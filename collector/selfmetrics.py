@@ -87,8 +87,27 @@ class CollectorMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=registry,
         )
-        for reason in ("invalid_argument", "unauthenticated", "failed_precondition"):
+        self.limit_hits = Counter(
+            "tripline_collector_limit_hits_total",
+            "Agent messages that hit a configured limit, by limit (reports_per_second, "
+            "streams, series_per_agent).",
+            ["limit"],
+            registry=registry,
+        )
+        self.series_dropped = Counter(
+            "tripline_collector_series_dropped_total",
+            "Samples of new series dropped because their agent has max_series_per_agent.",
+            registry=registry,
+        )
+        for reason in (
+            "invalid_argument",
+            "unauthenticated",
+            "failed_precondition",
+            "resource_exhausted",
+        ):
             self.reports_rejected.labels(reason)
+        for limit in ("reports_per_second", "streams", "series_per_agent"):
+            self.limit_hits.labels(limit)
 
 
 class TicketCountCollector(Collector):

@@ -8,14 +8,17 @@ and an older stream of the same agent closed without two tasks writing at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
-from collector import convert, tls
+from collector import convert, limits, tls
 from collector.config import CollectorConfig
 from collector.pipeline import Pipeline, Session
 from collector.selfmetrics import CollectorMetrics
@@ -39,6 +42,14 @@ class _Abort:
 _END = object()
 
 
+def _undecodable(exc: DecodeError) -> str:
+    # Invalid UTF-8 in a string field is the usual cause: protobuf refuses it at parse.
+    return (
+        f"message is not a valid tripline.v1.AgentMessage ({exc}); nothing from it was "
+        "applied: check the agent's version and that label values are valid UTF-8"
+    )
+
+
 class _Stream:
     def __init__(self) -> None:
         self.outgoing: asyncio.Queue[object] = asyncio.Queue()
@@ -49,12 +60,20 @@ class _Stream:
 
 class CollectorService(pb_grpc.CollectorServicer):
     def __init__(
-        self, pipeline: Pipeline, config: CollectorConfig, metrics: CollectorMetrics
+        self,
+        pipeline: Pipeline,
+        config: CollectorConfig,
+        metrics: CollectorMetrics,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pipeline = pipeline
         self.config = config
         self.metrics = metrics
         self.streams: dict[str, _Stream] = {}
+        self.monotonic = monotonic
+        self.rate = limits.ReportRateLimiter(
+            config.max_reports_per_second_per_agent, config.max_report_burst_per_agent
+        )
 
     def settings(self) -> pb.Settings:
         return pb.Settings(
@@ -117,11 +136,17 @@ class CollectorService(pb_grpc.CollectorServicer):
         # The first message is read before the credential is judged: a refusal sent while
         # an asyncio client is still writing its Hello reaches it as INTERNAL instead of
         # UNAUTHENTICATED (grpc/grpc#36066), and the agent would not know why.
+        undecodable: DecodeError | None = None
         try:
             first = await asyncio.wait_for(anext(request_iterator), self.config.hello_timeout)
         except (TimeoutError, StopAsyncIteration):
             first = None
+        except DecodeError as exc:
+            first, undecodable = None, exc
         agent = await self._authenticate(context)
+        if undecodable is not None:
+            self.metrics.reports_rejected.labels("invalid_argument").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(undecodable))
         if first is None:
             self.metrics.reports_rejected.labels("failed_precondition").inc()
             await context.abort(
@@ -140,6 +165,18 @@ class CollectorService(pb_grpc.CollectorServicer):
         except convert.InvalidMessage as exc:
             self.metrics.reports_rejected.labels("invalid_argument").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if len(self.streams) >= self.config.max_streams and agent.agent_id not in self.streams:
+            # A reconnect replacing the agent's own stream adds none, so it always passes.
+            self.metrics.limit_hits.labels("streams").inc()
+            self.metrics.reports_rejected.labels("resource_exhausted").inc()
+            log.warning("stream refused: collector full", extra={"agent_id": agent.agent_id})
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this collector serves its limit of {self.config.max_streams} agent streams "
+                "(max_streams): the agent retries later; add a collector behind the load "
+                "balancer or raise max_streams",
+                trailing_metadata=(("retry-after", RETRY_AFTER_SECONDS),),
+            )
         try:
             session = await self.pipeline.open_session(agent, hello)
         except StoreUnavailable:
@@ -201,6 +238,7 @@ class CollectorService(pb_grpc.CollectorServicer):
         session: Session,
         stream: _Stream,
     ) -> None:
+        capped_logged = False
         try:
             async for message in requests:
                 kind = message.WhichOneof("kind")
@@ -212,6 +250,27 @@ class CollectorService(pb_grpc.CollectorServicer):
                             "Hello sent twice on one stream"
                             if kind == "hello"
                             else "empty AgentMessage: set hello or report",
+                        )
+                    )
+                    return
+                try:
+                    # Before decoding: a flood must cost the collector as little as possible.
+                    self.rate.take(session.agent.agent_id, self.monotonic())
+                except limits.RateLimited as exc:
+                    self.metrics.limit_hits.labels("reports_per_second").inc()
+                    self.metrics.reports_rejected.labels("resource_exhausted").inc()
+                    log.warning(
+                        "report rate limited",
+                        extra={"agent_id": exc.agent_id, "retry_after": exc.retry_after},
+                    )
+                    stream.send(
+                        _Abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"report seq {message.report.seq} not applied: this agent sends "
+                            "more than max_reports_per_second_per_agent="
+                            f"{self.rate.rate:g} (burst {self.rate.burst}); "
+                            f"resend after {exc.retry_after}s",
+                            (("retry-after", str(exc.retry_after)),),
                         )
                     )
                     return
@@ -230,10 +289,15 @@ class CollectorService(pb_grpc.CollectorServicer):
                     trailers = (("tripline-rejected-seq", str(exc.seq)),) if exc.seq else ()
                     stream.send(_Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailers))
                     return
+                capped = limits.cap_series(
+                    session.live.series, report.samples, self.config.max_series_per_agent
+                )
+                if capped.dropped:
+                    report = dataclasses.replace(report, samples=capped.samples)
                 try:
                     # Revocation is checked in the transaction applying each report, so
                     # a revoked agent is refused on its next message, not only at connect.
-                    await self.pipeline.apply(session, report)
+                    applied = await self.pipeline.apply(session, report)
                 except AgentRevoked:
                     self.metrics.reports_rejected.labels("unauthenticated").inc()
                     log.warning("revoked agent refused", extra={"agent_id": session.agent.agent_id})
@@ -253,11 +317,31 @@ class CollectorService(pb_grpc.CollectorServicer):
                         )
                     )
                     return
+                if applied and capped.dropped:
+                    self.metrics.limit_hits.labels("series_per_agent").inc()
+                    self.metrics.series_dropped.inc(capped.dropped)
+                    if not capped_logged:  # once per stream: the agent sends it every report
+                        capped_logged = True
+                        log.warning(
+                            "new series dropped: agent at max_series_per_agent",
+                            extra={
+                                "agent_id": session.agent.agent_id,
+                                "limit": self.config.max_series_per_agent,
+                                "dropped": capped.dropped,
+                            },
+                        )
                 stream.send(pb.CollectorMessage(ack=pb.Ack(seq=report.seq)))
         except asyncio.CancelledError:
             raise
         except aio.AioRpcError:
             pass  # the client went away mid-read; the handler ends the stream
+        except DecodeError as exc:
+            self.metrics.reports_rejected.labels("invalid_argument").inc()
+            log.warning(
+                "undecodable message", extra={"agent_id": session.agent.agent_id, "error": str(exc)}
+            )
+            stream.send(_Abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(exc)))
+            return
         except Exception:
             # Keep serving everyone else; this stream ends and the agent reconnects.
             log.exception("stream failed", extra={"agent_id": session.agent.agent_id})

@@ -173,6 +173,8 @@ class EmailSink:
         self._ssl = bool(s.get("ssl", False))
         self._username = s.get("username")
         self._password = s.get("password")
+        # A CA file to trust instead of the system's (a helpdesk's own or a test CA).
+        self._tls_ca = None if s.get("tls_ca") is None else str(s["tls_ca"])
         self._from = str(s["from"])
         self._to = tuple(s["to"])
         self._timeout = float(s.get("timeout", 20))
@@ -185,12 +187,14 @@ class EmailSink:
         try:
             smtp: smtplib.SMTP
             if self._ssl:
-                smtp = smtplib.SMTP_SSL(self._host, self._port, timeout=self._timeout)
+                smtp = smtplib.SMTP_SSL(
+                    self._host, self._port, timeout=self._timeout, context=self._tls_context()
+                )
             else:
                 smtp = smtplib.SMTP(self._host, self._port, timeout=self._timeout)
             with smtp:
                 if self._starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+                    smtp.starttls(context=self._tls_context())
                 if self._username:
                     smtp.login(str(self._username), str(self._password or ""))
                 smtp.send_message(message)
@@ -201,6 +205,9 @@ class EmailSink:
             ) from None
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryFailed(f"SMTP server unreachable: {exc!r}", retryable=True) from None
+
+    def _tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self._tls_ca)
 
     async def close(self) -> None:
         pass

@@ -30,6 +30,7 @@ class AgentLive:
     dropped_reports_total: int = 0
     reports_applied: int = 0
     last_point_at: float | None = None  # collector time of the newest report's points
+    grace_until: float = 0.0  # presumed alive until then (a collector restart's grace)
     # series key -> points (collector time, value), oldest first
     # (a list, not a deque: most series hold one point, and an empty deque costs 600 bytes)
     series: dict[SeriesKey, list[tuple[float, float]]] = field(default_factory=dict)

@@ -477,9 +477,15 @@ class Store:
 
     # -- alert state -----------------------------------------------------------------------
 
-    def load_alert_states(self, *, conn: Connection | None = None) -> dict[AlertKey, AlertState]:
+    def load_alert_states(
+        self, *, agent_id: str | None = None, conn: Connection | None = None
+    ) -> dict[AlertKey, AlertState]:
+        """Every stored alert state, or one agent's."""
+        query = select(alert_states)
+        if agent_id is not None:
+            query = query.where(alert_states.c.agent_id == agent_id)
         with self._read(conn) as c:
-            rows = c.execute(select(alert_states)).all()
+            rows = c.execute(query).all()
         return {
             AlertKey(
                 agent_id=row.agent_id,

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from agent.runner import AgentRunner
-from collector import apitokens, tickets
+from collector import apitokens, maintenance, tickets
 from collector.app import CollectorApp
 from collector.cli import main
 from collector.schema import api_tokens
@@ -500,3 +500,209 @@ def test_ticket_filters_and_manual_tier_change(store: Store, agent: AgentRecord)
             tickets.reassign_tier(conn, ids["acme"], tier=2, actor="ops", now=T0 + 8)
         with pytest.raises(tickets.TicketNotFound):
             tickets.reassign_tier(conn, 999, tier=2, actor="ops", now=T0)
+
+
+def _window_actions(f: Fleet) -> list[tuple[str, str, str | None, str]]:
+    return [
+        (e.action, e.actor, e.customer, e.target)
+        for e in f.audit()
+        if e.action.startswith("maintenance_window.")
+    ]
+
+
+def test_maintenance_windows_are_scoped_validated_and_audited(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with fleet(tmp_path) as f, httpx.AsyncClient(base_url=f.base) as http:
+            acme, everyone = f.auth("ops-acme"), f.auth("ops-all")
+            now = f.app.clock()
+            created = await http.post(
+                "/maintenance-windows",
+                headers=acme,
+                json={
+                    "customer": "acme",
+                    "site": "hq",
+                    "weekly": "Sat-Sun 00:00-24:00",
+                    "timezone": "Europe/Berlin",
+                    "comment": "weekend patching",
+                },
+            )
+            assert created.status_code == 201, created.text
+            ours = created.json()
+            assert (ours["kind"], ours["created_by"], ours["site"]) == ("weekly", "ops-acme", "hq")
+            assert ours["status"] in ("active", "scheduled")
+            theirs = (
+                await http.post(
+                    "/maintenance-windows",
+                    headers=everyone,
+                    json={"customer": "globex", "starts_at": now, "ends_at": now + 3600},
+                )
+            ).json()
+            assert (theirs["kind"], theirs["status"]) == ("once", "active")
+            fleetwide = await http.post(
+                "/maintenance-windows",
+                headers=everyone,
+                json={"rule": "UptimeLong", "weekly": "Sun"},
+            )
+            assert fleetwide.status_code == 201, fleetwide.text
+
+            # acme's token sees and changes acme's windows only.
+            listed = (await http.get("/maintenance-windows", headers=acme)).json()["items"]
+            assert [w["id"] for w in listed] == [ours["id"]]
+            everything = (await http.get("/maintenance-windows", headers=everyone)).json()
+            assert len(everything["items"]) == 3
+            for other in (theirs["id"], fleetwide.json()["id"]):
+                path = f"/maintenance-windows/{other}"
+                assert (await http.get(path, headers=acme)).status_code == 404
+                assert (
+                    await http.put(path, headers=acme, json={"comment": "x"})
+                ).status_code == 404
+                assert (await http.delete(path, headers=acme)).status_code == 404
+            for refused in (
+                {"customer": "globex", "weekly": "Sun"},
+                {"rule": "UptimeLong", "weekly": "Sun"},  # no customer: spans customers
+            ):
+                answer = await http.post("/maintenance-windows", headers=acme, json=refused)
+                assert answer.status_code == 403, answer.text
+            mine = f"/maintenance-windows/{ours['id']}"
+            for moved in ({"customer": "globex"}, {"customer": None}):
+                assert (await http.put(mine, headers=acme, json=moved)).status_code == 403
+            for query in ("customer=globex", ""):
+                answer = await http.get(f"/suppressed-alerts?{query}", headers=acme)
+                assert answer.status_code == (403 if query else 200)
+            assert (
+                await http.get("/maintenance-windows?customer=globex", headers=acme)
+            ).status_code == 403
+
+            # Bad input: 400 naming the field; nothing stored.
+            for body, field in (
+                ({"customer": "acme", "weekly": "Funday 10:00-11:00"}, "weekly"),
+                ({"customer": "acme", "starts_at": "soon", "ends_at": now}, "starts_at"),
+                ({"customer": "acme", "starts_at": now, "ends_at": now - 1}, "ends_at"),
+                ({"customer": "acme", "weekly": "Sun", "timezone": "Mars/Base"}, "timezone"),
+                ({"customer": "acme", "cron": "0 2 * * Sun"}, "duration"),
+                ({"customer": "acme", "cron": "0 25 * * *", "duration": 60}, "cron"),
+                ({"customer": "acme"}, "schedule"),
+                ({"customer": "  ", "weekly": "Sun"}, "customer"),
+                ({"customer": "acme", "weekly": "Sun", "when": 1}, "when"),
+            ):
+                answer = await http.post("/maintenance-windows", headers=everyone, json=body)
+                assert answer.status_code == 400, (body, answer.text)
+                assert field in answer.json()["error"], (body, answer.text)
+
+            changed = await http.put(
+                mine, headers=acme, json={"cron": "0 2 * * Sun", "duration": 7200}
+            )
+            assert changed.status_code == 200, changed.text
+            assert (changed.json()["kind"], changed.json()["weekly"]) == ("cron", None)
+            assert changed.json()["comment"] == "weekend patching"
+            assert (await http.get(mine, headers=acme)).json()["cron"] == "0 2 * * Sun"
+            assert (await http.delete(mine, headers=acme)).json()["id"] == ours["id"]
+            assert (await http.get(mine, headers=acme)).status_code == 404
+
+            with f.app.store.read() as conn:
+                kept = maintenance.get_window(conn, theirs["id"])
+            assert (kept.customer, kept.comment) == ("globex", "")
+            assert _window_actions(f) == [
+                (
+                    "maintenance_window.create",
+                    "ops-acme",
+                    "acme",
+                    f"maintenance_window/{ours['id']}",
+                ),
+                (
+                    "maintenance_window.create",
+                    "ops-all",
+                    "globex",
+                    f"maintenance_window/{theirs['id']}",
+                ),
+                (
+                    "maintenance_window.create",
+                    "ops-all",
+                    None,
+                    f"maintenance_window/{fleetwide.json()['id']}",
+                ),
+                (
+                    "maintenance_window.update",
+                    "ops-acme",
+                    "acme",
+                    f"maintenance_window/{ours['id']}",
+                ),
+                (
+                    "maintenance_window.delete",
+                    "ops-acme",
+                    "acme",
+                    f"maintenance_window/{ours['id']}",
+                ),
+            ]
+            update = next(e for e in f.audit() if e.action == "maintenance_window.update")
+            assert update.data == {"cron": "0 2 * * Sun", "duration": 7200.0}
+
+    asyncio.run(scenario())
+
+
+def test_a_window_created_through_the_api_suppresses_until_deleted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with fleet(tmp_path) as f, httpx.AsyncClient(base_url=f.base) as http:
+            acme = f.auth("ops-acme")
+            now = f.app.clock()
+            created = await http.post(
+                "/maintenance-windows",
+                headers=acme,
+                json={
+                    "customer": "acme",
+                    "rule": "MemoryPresent",
+                    "starts_at": now - 60,
+                    "ends_at": now + 3600,
+                },
+            )
+            assert created.status_code == 201, created.text
+            window_id = created.json()["id"]
+            # The API write takes effect at the collector's next tick.
+            await eventually(lambda: any(w.id == window_id for w in f.app.pipeline.windows.windows))
+            # A new acme machine comes up while the window is on: its alert fires, is
+            # held back and opens no ticket.
+            stop = asyncio.Event()
+            run = asyncio.create_task(
+                AgentRunner(
+                    agent_config(tmp_path / "acme-2", f.app.grpc_port, ENROLLMENT["acme"])
+                ).run(stop)
+            )
+            try:
+
+                async def held() -> list[dict[str, Any]]:
+                    answer = await http.get(
+                        f"/suppressed-alerts?window_id={window_id}", headers=acme
+                    )
+                    return answer.json()["items"]
+
+                await eventually(held)
+                [alert] = await held()
+                new_agent = alert["agent_id"]
+                assert new_agent not in f.agents.values()
+                assert (alert["customer"], alert["rule"], alert["released_at"]) == (
+                    "acme",
+                    "MemoryPresent",
+                    None,
+                )
+
+                def tickets_of(agent_id: str) -> list[tickets.Ticket]:
+                    with f.app.store.read() as conn:
+                        return tickets.list_tickets(conn, agent_id=agent_id)
+
+                assert tickets_of(new_agent) == []
+                globex = f.auth("ops-all")
+                assert [a["agent_id"] for a in await held()] == [new_agent]
+                theirs = await http.get("/suppressed-alerts?customer=globex", headers=globex)
+                assert theirs.json()["items"] == []
+
+                # Deleting the window releases the alert at the next tick.
+                deleted = await http.delete(f"/maintenance-windows/{window_id}", headers=acme)
+                assert deleted.status_code == 200
+                await eventually(lambda: len(tickets_of(new_agent)) == 1)
+                [released] = await held()
+                assert released["ticket_id"] == tickets_of(new_agent)[0].id
+            finally:
+                stop.set()
+                await run
+
+    asyncio.run(scenario())

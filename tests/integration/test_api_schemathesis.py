@@ -10,6 +10,7 @@ document (status code, content type, body schema).
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,14 +21,15 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from collector import apitokens, tickets
-from collector.api import openapi_document
 from collector.app import CollectorApp
+from collector.openapi import openapi_document
 from collector.pipeline import ticket_policy
 from tests.integration.test_grpc_roundtrip import collector_config
 
-EXAMPLES_PER_OPERATION = 40  # x 2 modes x 14 operations: about 25 s on 2 cores
+EXAMPLES_PER_OPERATION = 40  # x 2 modes x 20 operations: about 40 s on 2 cores
 
 
 class BackgroundCollector:
@@ -135,6 +137,20 @@ def auth(running_api: tuple[str, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {running_api[1]}"}
 
 
+# A window's fields mean something together (one schedule, ends after it starts, a cron
+# line that parses, a time zone that exists): more than JSON Schema can say. For these
+# operations a schema-valid body may earn a 400, but only one that names the field.
+SEMANTIC_BODIES = {("POST", "/maintenance-windows"), ("PUT", "/maintenance-windows/{window_id}")}
+NAMES_A_FIELD = re.compile(r"^(maintenance window [\w/]+: |field '\w+' )")
+
+
+def bad_input_names_its_field(ctx: Any, response: Any, case: Any) -> bool | None:
+    if response.status_code == 400:
+        error = response.json()["error"]
+        assert NAMES_A_FIELD.match(error), f"a 400 that names no field: {error!r}"
+    return None
+
+
 OPERATIONS = [
     (method.upper(), path)
     for path, methods in openapi_document()["paths"].items()
@@ -157,7 +173,14 @@ def test_api_conforms_to_its_openapi_document(
         suppress_health_check=list(HealthCheck),
     )
     def check(case: Any) -> None:
-        case.call_and_validate(headers=auth)
+        if (method, path) in SEMANTIC_BODIES and mode is GenerationMode.POSITIVE:
+            case.call_and_validate(
+                headers=auth,
+                excluded_checks=[positive_data_acceptance],
+                additional_checks=[bad_input_names_its_field],
+            )
+        else:
+            case.call_and_validate(headers=auth)
 
     try:
         check()

@@ -80,3 +80,18 @@ def test_agent_overhead_runs_and_prints_its_figures() -> None:
     assert "ratio agent/node_exporter: CPU" in out, out
     assert f["node_exporter_units"] >= 3 and f["node_exporter_series"] > 100, out
     assert f["node_exporter_rss_end_mib"] > 1, out
+
+
+def test_soak_runs_and_finds_nothing_lost_or_doubled() -> None:
+    out, f = _run(
+        "bench.soak",
+        "--agents=20",
+        "--minutes=0.25",
+        "--interval=1",
+        "--drop-every=5",
+        timeout=120,
+    )
+    assert f["drops"] > 0, out  # streams really were cut
+    assert f["reports"] == f["applied"] > 0, out
+    assert (f["lost"], f["duplicated"], f["unacked_after_drain"]) == (0, 0, 0), out
+    assert f["rss_end_mib"] > 20, out

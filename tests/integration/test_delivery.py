@@ -9,6 +9,7 @@ import hmac
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from collector.routes import parse_routes
 from collector.selfmetrics import CollectorMetrics
 from collector.sinks import build_sink, sign
 from collector.store import Store
+from tests.certs import CertAuthority
 from tests.conftest import T0, FakeClock, Receiver, free_port
 
 SECRET = "whsec_test_secret"
@@ -322,3 +324,81 @@ def test_alertmanager_receives_firing_then_resolved(
         await d.routes["am"].sink.close()
 
     asyncio.run(scenario())
+
+
+def test_email_over_starttls_logs_in_and_a_wrong_password_fails_for_good(
+    store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    ca = CertAuthority(tmp_path / "pki")
+    server = ca.server("smtp")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(server.cert, server.key)
+    received: list[tuple[bool, Any, email.message.Message]] = []
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            message = email.message_from_bytes(envelope.content)
+            received.append((session.ssl is not None, session.auth_data, message))
+            return "250 OK"
+
+    def authenticator(
+        server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            b"tripline",
+            b"s3cret",
+        )
+        return AuthResult(success=ok, handled=False, auth_data=data.login if ok else None)
+
+    port = free_port()
+    controller = Controller(
+        Handler(),
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=tls,
+        require_starttls=True,
+        auth_required=True,
+        auth_require_tls=True,
+        authenticator=authenticator,
+    )
+    controller.start()
+
+    def route(name: str, password: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "email": {
+                "host": "127.0.0.1",
+                "port": port,
+                "starttls": True,
+                "tls_ca": str(ca.path),
+                "username": "tripline",
+                "password": password,
+                "from": "tripline@msp.example",
+                "to": ["helpdesk@msp.example"],
+            },
+        }
+
+    try:
+        agent = enrolled_agent(store)
+
+        async def scenario() -> None:
+            d = deliverer(store, [route("helpdesk", "s3cret"), route("typo", "wrong")], clock)
+            await drain_all(d)
+            fire(store, agent, "DiskFull", T0 + 1)
+            await drain_all(d)
+
+        asyncio.run(scenario())
+    finally:
+        controller.stop()
+    [(over_tls, login, message)] = received
+    assert (over_tls, login) == (True, b"tripline")
+    assert message["X-Tripline-Event"] == "opened"
+    with store.read() as conn:
+        rows = conn.exec_driver_sql("SELECT route, status, error FROM deliveries").fetchall()
+    by_route = {r[0]: (r[1], r[2]) for r in rows}
+    assert by_route["helpdesk"][0] == "delivered"
+    status, error = by_route["typo"]
+    assert status == "failed" and "SMTP 535" in error

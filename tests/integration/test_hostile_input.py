@@ -1,0 +1,562 @@
+"""Hostile and broken input on the Connect stream, over real gRPC on loopback.
+
+One collector serves the whole module in a background event loop, with a real agent
+reporting to it the whole time: every test checks that the agent's stream was never
+disturbed and its applied seq kept advancing. Hostile bytes go through a generic
+stream-stream call with identity serializers, so anything can be sent, not only what
+the generated code can build. A rejected report carries a sample that a rule turns into
+a ticket at once: were anything from it applied, the store would show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.runner import AgentRunner
+from collector import tickets
+from collector.app import CollectorApp
+from collector.convert import LABEL_NAME, METRIC_NAME
+from protos.tripline.v1 import tripline_pb2 as pb
+from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
+from tests.integration.test_grpc_roundtrip import TOKEN, agent_config, collector_config
+
+CONNECT = "/tripline.v1.Collector/Connect"
+HELLO_TIMEOUT = 0.5
+INSTANCE = "hostile-1"
+# Any sample of this metric opens a ticket at once: the tripwire for "nothing stored".
+TRIPWIRE = "hostile_tripwire"
+RULES = f"""
+rules:
+  - name: Tripwire
+    metric: {TRIPWIRE}
+    op: ">"
+    threshold: 0
+    for: 0s
+    severity: critical
+    tier: 1
+    summary: "{{host}}: a rejected report was applied"
+"""
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: grpc.StatusCode
+    details: str
+    trailers: dict[str, str]
+    replies: list[pb.CollectorMessage]
+
+
+@dataclass
+class Rig:
+    """The module's collector, its well-behaved agent and a hostile agent's credential."""
+
+    app: CollectorApp
+    loop: asyncio.AbstractEventLoop
+    channel: grpc.Channel
+    runner: AgentRunner
+    hostile_id: str
+    metadata: tuple[tuple[str, str], ...]
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def converse(
+        self,
+        messages: list[bytes],
+        *,
+        metadata: tuple[tuple[str, str], ...] | None = None,
+        hold_open: threading.Event | None = None,
+    ) -> Outcome:
+        """Send raw messages on one Connect stream, half-close (or hold the stream open
+        until ``hold_open`` is set) and read every reply up to the status."""
+        raw = self.channel.stream_stream(
+            CONNECT, request_serializer=None, response_deserializer=None
+        )
+
+        def requests() -> Iterator[bytes]:
+            yield from messages
+            if hold_open is not None:
+                hold_open.wait(10)
+
+        call = raw(requests(), metadata=self.metadata if metadata is None else metadata, timeout=20)
+        replies: list[pb.CollectorMessage] = []
+        try:
+            for reply in call:
+                replies.append(pb.CollectorMessage.FromString(reply))
+        except grpc.RpcError:
+            pass
+        return Outcome(
+            call.code(), call.details() or "", dict(call.trailing_metadata() or ()), replies
+        )
+
+    def snapshot(self) -> tuple[object, ...]:
+        """Everything a hostile report could have changed in the store and live state."""
+        with self.app.store.read() as conn:
+            tripped = [
+                (t.id, t.status)
+                for t in tickets.list_tickets(conn, agent_id=self.hostile_id)
+                if t.rule == "Tripwire"
+            ]
+        alerts = {
+            key: state
+            for key, state in self.app.store.load_alert_states().items()
+            if key.agent_id == self.hostile_id and key.rule == "Tripwire"
+        }
+        live = self.app.state.agents.get(self.hostile_id)
+        series = frozenset(live.series) if live is not None else frozenset()
+        return (
+            tripped,
+            alerts,
+            self.app.store.applied_seq(self.hostile_id, INSTANCE),
+            series,
+        )
+
+    def rejected_count(self, reason: str) -> float:
+        value = self.app.registry.get_sample_value(
+            "tripline_collector_reports_rejected_total", {"reason": reason}
+        )
+        return value or 0.0
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    (tmp / "rules.yaml").write_text(RULES)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def run(coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    async def start() -> tuple[CollectorApp, AgentRunner, asyncio.Event]:
+        app = CollectorApp(
+            collector_config(
+                tmp / "c",
+                rules=tmp / "rules.yaml",
+                hello_timeout=HELLO_TIMEOUT,
+                # the hostile agent reports rarely: no offline ticket in the middle of a test
+                offline_after=3600,
+                # the rate limit has its own tests; here it would only slow the fuzzing
+                max_reports_per_second_per_agent=1e6,
+            )
+        )
+        await app.start()
+        return app, AgentRunner(agent_config(tmp / "a", app.grpc_port)), asyncio.Event()
+
+    app, runner, stop = run(start())
+    agent_task = asyncio.run_coroutine_threadsafe(runner.run(stop), loop)
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{app.grpc_port}", options=[("grpc.max_send_message_length", 64 * 2**20)]
+    )
+    enrolled = pb_grpc.CollectorStub(channel).Enroll(
+        pb.EnrollRequest(enrollment_token=TOKEN, host=pb.HostInfo(hostname="hostile")),
+        timeout=10,
+    )
+    rig = Rig(
+        app=app,
+        loop=loop,
+        channel=channel,
+        runner=runner,
+        hostile_id=enrolled.agent_id,
+        metadata=(("authorization", f"Bearer {enrolled.credential}"),),
+    )
+    _wait(lambda: runner.transport.stats.acked_seq >= 1)
+    try:
+        yield rig
+    finally:
+        channel.close()
+        loop.call_soon_threadsafe(stop.set)
+        agent_task.result(10)
+        run(app.stop(grace=0.1))
+        run(_cancel_rest())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+async def _cancel_rest() -> None:
+    rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
+
+
+def _wait(check: Any, deadline: float = 15.0) -> None:
+    end = time.monotonic() + deadline
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {deadline}s")
+        time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def good_agent_unaffected(rig: Rig) -> Iterator[None]:
+    """Around every test: the well-behaved agent's stream stays up and keeps applying."""
+    stats = rig.runner.transport.stats
+    connects, disconnects, acked = stats.connects, stats.disconnects, stats.acked_seq
+    yield
+    _wait(lambda: stats.acked_seq > acked)
+    assert (stats.connects, stats.disconnects) == (connects, disconnects), stats.last_error
+    assert stats.connected
+
+
+def hello(instance: str = INSTANCE) -> bytes:
+    return pb.AgentMessage(
+        hello=pb.Hello(instance_id=instance, sent_at_seconds=time.time())
+    ).SerializeToString()
+
+
+def report_msg(seq: int, samples: list[pb.Sample], **fields: Any) -> pb.AgentMessage:
+    values: dict[str, Any] = {
+        "instance_id": INSTANCE,
+        "seq": seq,
+        "collected_at_seconds": time.time(),
+        **fields,
+    }
+    return pb.AgentMessage(report=pb.Report(samples=samples, **values))
+
+
+def tripwire() -> pb.Sample:
+    return pb.Sample(name=TRIPWIRE, value=1.0)
+
+
+def next_seq(rig: Rig) -> int:
+    return rig.app.store.applied_seq(rig.hostile_id, INSTANCE) + 1
+
+
+def assert_actionable(out: Outcome) -> None:
+    assert out.details, out
+    assert "internal error" not in out.details
+    assert "Unexpected <class" not in out.details  # grpc's text for an escaped exception
+
+
+# -- broken reports, generated ------------------------------------------------------
+
+BAD_METRIC_NAMES = st.text(max_size=250).filter(lambda s: not METRIC_NAME.match(s) or len(s) > 200)
+BAD_LABEL_NAMES = st.one_of(
+    st.text(min_size=1, max_size=60).filter(lambda s: not LABEL_NAME.match(s)),
+    st.from_regex(r"\A__[a-z_]{0,20}\Z"),
+)
+
+
+@st.composite
+def broken_report(draw: st.DrawFn) -> tuple[str, list[pb.Sample], dict[str, Any], str]:
+    """(defect, samples, report fields, fragment the status message must contain)."""
+    defect = draw(
+        st.sampled_from(
+            [
+                "value",
+                "metric_name",
+                "label_name",
+                "too_many_labels",
+                "long_label_value",
+                "duplicate_series",
+                "instance",
+                "collected_at",
+                "too_many_samples",
+            ]
+        )
+    )
+    samples = [tripwire()]
+    fields: dict[str, Any] = {}
+    if defect == "value":
+        value = draw(st.sampled_from([math.nan, math.inf, -math.inf]))
+        samples.append(pb.Sample(name="cpu_usage_ratio", value=value))
+        return defect, samples, fields, "is not finite"
+    if defect == "metric_name":
+        samples.append(pb.Sample(name=draw(BAD_METRIC_NAMES), value=1.0))
+        return defect, samples, fields, "is not a valid Prometheus name"
+    if defect == "label_name":
+        samples.append(pb.Sample(name="m", value=1.0, labels={draw(BAD_LABEL_NAMES): "v"}))
+        return defect, samples, fields, "is not a valid Prometheus label name"
+    if defect == "too_many_labels":
+        n = draw(st.integers(17, 500))
+        samples.append(pb.Sample(name="m", value=1.0, labels={f"l{i}": "v" for i in range(n)}))
+        return defect, samples, fields, f"{n} labels, more than 16"
+    if defect == "long_label_value":
+        size = draw(st.integers(1025, 100_000))
+        samples.append(pb.Sample(name="m", value=1.0, labels={"path": "x" * size}))
+        return defect, samples, fields, "label path is longer than 1024"
+    if defect == "duplicate_series":
+        samples.append(tripwire())
+        return defect, samples, fields, "appears twice"
+    if defect == "instance":
+        fields["instance_id"] = draw(st.text(max_size=70).filter(lambda s: s != INSTANCE))
+        return defect, samples, fields, "differs from the Hello's"
+    if defect == "collected_at":
+        fields["collected_at_seconds"] = draw(
+            st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -1.0])
+        )
+        return defect, samples, fields, "collected_at_seconds must be a positive unix time"
+    n = draw(st.integers(10_001, 12_000))
+    samples.extend(pb.Sample(name="m", value=1.0, labels={"i": str(i)}) for i in range(n))
+    return defect, samples, fields, f"{n + 1} samples, more than the limit of 10000"
+
+
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    derandomize=True,
+)
+
+
+@FUZZ
+@given(case=broken_report())
+def test_broken_reports_are_rejected_whole_with_their_seq(
+    rig: Rig, case: tuple[str, list[pb.Sample], dict[str, Any], str]
+) -> None:
+    defect, samples, fields, fragment = case
+    seq = next_seq(rig)
+    before, rejected = rig.snapshot(), rig.rejected_count("invalid_argument")
+    out = rig.converse([hello(), report_msg(seq, samples, **fields).SerializeToString()])
+    assert out.code == grpc.StatusCode.INVALID_ARGUMENT, (defect, out)
+    assert fragment in out.details, (defect, out.details)
+    assert out.details.startswith(f"report seq {seq}")
+    assert out.trailers.get("tripline-rejected-seq") == str(seq)
+    assert_actionable(out)
+    assert [r.WhichOneof("kind") for r in out.replies] == ["welcome"]
+    assert rig.snapshot() == before
+    assert rig.rejected_count("invalid_argument") == rejected + 1
+
+
+@FUZZ
+@given(data=st.binary(max_size=4096))
+def test_random_bytes_after_hello_get_a_clear_status(rig: Rig, data: bytes) -> None:
+    before = rig.snapshot()
+    counts = {r: rig.rejected_count(r) for r in ("invalid_argument", "failed_precondition")}
+    out = rig.converse([hello(), data])
+    assert out.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), out
+    assert_actionable(out)
+    assert out.details.startswith(
+        (
+            "message is not a valid tripline.v1.AgentMessage",
+            "report seq",
+            "Hello sent twice",
+            "empty AgentMessage",
+        )
+    ), out.details
+    assert rig.snapshot() == before
+    reason = out.code.name.lower()
+    assert rig.rejected_count(reason) == counts[reason] + 1
+    assert sum(rig.rejected_count(r) for r in counts) == sum(counts.values()) + 1
+
+
+@FUZZ
+@given(data=st.binary(max_size=512))
+def test_random_bytes_instead_of_hello(rig: Rig, data: bytes) -> None:
+    before = rig.snapshot()
+    out = rig.converse([data])
+    if out.code == grpc.StatusCode.OK:
+        # the bytes happened to be a valid Hello: Welcome, then the stream ends cleanly
+        assert [r.WhichOneof("kind") for r in out.replies] == ["welcome"]
+    else:
+        assert out.code in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.DEADLINE_EXCEEDED,  # empty input: the stream closed before Hello
+        ), out
+        assert_actionable(out)
+        assert out.replies == []
+    assert rig.snapshot() == before
+
+
+@FUZZ
+@given(st.data())
+def test_truncated_reports_are_refused_and_not_applied(rig: Rig, data: st.DataObject) -> None:
+    samples = [tripwire(), pb.Sample(name="m", value=2.0, labels={"device": "sda"})]
+    whole = report_msg(next_seq(rig), samples).SerializeToString()
+    cut = data.draw(st.integers(1, len(whole) - 1))
+    before = rig.snapshot()
+    out = rig.converse([hello(), whole[:cut]])
+    assert out.code == grpc.StatusCode.INVALID_ARGUMENT, out
+    assert out.details.startswith("message is not a valid tripline.v1.AgentMessage")
+    assert rig.snapshot() == before
+
+
+# -- broken reports, one by one -------------------------------------------------------------
+
+
+def test_invalid_utf8_in_a_label_value_is_invalid_argument(rig: Rig) -> None:
+    def framed(seq: int, value: bytes, *extra: pb.Sample) -> bytes:
+        sample = pb.Sample(name="utf8_metric", value=1.0, labels={"mountpoint": "PLACEHOLDER"})
+        whole = report_msg(seq, [*extra, sample]).SerializeToString()
+        assert whole.count(b"PLACEHOLDER") == 1
+        return whole.replace(b"PLACEHOLDER", value)  # same length: the framing stays valid
+
+    seq = next_seq(rig)
+    before = rig.snapshot()
+    out = rig.converse([hello(), framed(seq, b"\xffPLACEHOLDE", tripwire())])
+    assert out.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert out.details == (
+        "message is not a valid tripline.v1.AgentMessage (Error parsing message with type "
+        "'tripline.v1.AgentMessage': String field had bad UTF-8); nothing from it was "
+        "applied: check the agent's version and that label values are valid UTF-8"
+    )
+    assert rig.snapshot() == before
+    # the same bytes with a valid first byte are a good report
+    out = rig.converse([hello(), framed(seq, b"XPLACEHOLDE")])
+    assert out.code == grpc.StatusCode.OK, out
+    assert (
+        rig.app.state.agents[rig.hostile_id].value("utf8_metric", mountpoint="XPLACEHOLDE") == 1.0
+    )
+
+
+def test_a_100000_sample_report_is_rejected_with_its_seq(rig: Rig) -> None:
+    seq = next_seq(rig)
+    samples = [tripwire()] + [
+        pb.Sample(name="m", value=1.0, labels={"i": str(i)}) for i in range(99_999)
+    ]
+    message = report_msg(seq, samples).SerializeToString()
+    assert len(message) < 4 * 2**20  # within the message size limit: the sample limit refuses it
+    before = rig.snapshot()
+    started = time.monotonic()
+    out = rig.converse([hello(), message])
+    assert out.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert out.details == f"report seq {seq}: 100000 samples, more than the limit of 10000"
+    assert out.trailers["tripline-rejected-seq"] == str(seq)
+    assert time.monotonic() - started < 5
+    assert rig.snapshot() == before
+
+
+def test_seq_zero_is_invalid_argument_without_a_seq_to_drop(rig: Rig) -> None:
+    before = rig.snapshot()
+    out = rig.converse([hello(), report_msg(0, [tripwire()]).SerializeToString()])
+    assert out.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert out.details == "report seq must be >= 1"
+    assert "tripline-rejected-seq" not in out.trailers
+    assert rig.snapshot() == before
+
+
+# -- accepted on purpose ---------------------------------------------------------------
+
+
+def acks(out: Outcome) -> list[int]:
+    return [r.ack.seq for r in out.replies if r.WhichOneof("kind") == "ack"]
+
+
+def test_seq_backwards_is_acked_not_applied_and_a_jump_is_accepted(rig: Rig) -> None:
+    first = next_seq(rig)
+    duplicates = rig.app.metrics.reports_duplicate._value.get()
+    out = rig.converse(
+        [
+            hello(),
+            report_msg(first, [pb.Sample(name="jump_metric", value=1.0)]).SerializeToString(),
+            report_msg(
+                first + 1000, [pb.Sample(name="jump_metric", value=2.0)]
+            ).SerializeToString(),
+            report_msg(first + 500, [pb.Sample(name="jump_metric", value=3.0)]).SerializeToString(),
+            report_msg(first, [pb.Sample(name="jump_metric", value=4.0)]).SerializeToString(),
+        ]
+    )
+    assert out.code == grpc.StatusCode.OK, out
+    # a jump is the agent's spool having dropped reports: accepted as the newest
+    assert acks(out) == [first, first + 1000, first + 500, first]
+    assert rig.app.store.applied_seq(rig.hostile_id, INSTANCE) == first + 1000
+    assert rig.app.metrics.reports_duplicate._value.get() == duplicates + 2
+    assert rig.app.state.agents[rig.hostile_id].value("jump_metric") == 2.0
+
+
+def test_decreasing_and_negative_counters_are_stored_as_sent(rig: Rig) -> None:
+    seq = next_seq(rig)
+    values = [1000.0, 5.0, -3.0]  # a reset, then a nonsense negative: both kept as sent
+    out = rig.converse(
+        [hello()]
+        + [
+            report_msg(
+                seq + i, [pb.Sample(name="x_bytes_total", value=v, labels={"device": "d"})]
+            ).SerializeToString()
+            for i, v in enumerate(values)
+        ]
+    )
+    assert out.code == grpc.StatusCode.OK, out
+    assert acks(out) == [seq, seq + 1, seq + 2]
+    assert rig.app.state.agents[rig.hostile_id].value("x_bytes_total", device="d") == -3.0
+
+
+def test_control_characters_in_label_values_are_accepted_and_escaped(rig: Rig) -> None:
+    nasty = 'a\nb"c\\d\te\x00f\x1b[31mg\u2028h'
+    seq = next_seq(rig)
+    sample = pb.Sample(name="ctl_metric", value=7.0, labels={"mountpoint": nasty})
+    out = rig.converse([hello(), report_msg(seq, [sample]).SerializeToString()])
+    assert out.code == grpc.StatusCode.OK, out
+    assert acks(out) == [seq]
+    body = httpx.get(f"http://127.0.0.1:{rig.app.http_port}/metrics", timeout=10).text
+    found = [
+        s.labels["mountpoint"]
+        for family in text_string_to_metric_families(body)
+        if family.name == "tripline_ctl_metric"
+        for s in family.samples
+        if s.labels.get("agent_id") == rig.hostile_id
+    ]
+    assert found == [nasty]
+
+
+# -- protocol order ------------------------------------------------------------------
+
+
+def test_report_before_hello_is_failed_precondition(rig: Rig) -> None:
+    before = rig.snapshot()
+    out = rig.converse([report_msg(next_seq(rig), [tripwire()]).SerializeToString()])
+    assert out.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert out.details == "the first message on Connect must be Hello, got report"
+    assert rig.snapshot() == before
+
+
+def test_hello_twice_is_failed_precondition(rig: Rig) -> None:
+    before = rig.snapshot()
+    out = rig.converse([hello(), hello()])
+    assert out.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert out.details == "Hello sent twice on one stream"
+    assert rig.snapshot() == before
+
+
+def test_a_client_that_never_sends_hello_is_closed_after_the_timeout(rig: Rig) -> None:
+    release = threading.Event()
+    started = time.monotonic()
+    try:
+        out = rig.converse([], hold_open=release)
+    finally:
+        release.set()
+    took = time.monotonic() - started
+    assert out.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert out.details == f"no Hello within {HELLO_TIMEOUT:g}s of opening the stream"
+    assert HELLO_TIMEOUT <= took < HELLO_TIMEOUT + 2
+
+
+def test_a_second_stream_closes_the_first_with_already_exists(rig: Rig) -> None:
+    release = threading.Event()
+    results: list[Outcome] = []
+    older = threading.Thread(
+        target=lambda: results.append(rig.converse([hello()], hold_open=release))
+    )
+    older.start()
+    _wait(lambda: rig.hostile_id in rig.app.service.streams)
+    first = rig.app.service.streams[rig.hostile_id]
+    newer = rig.converse([hello()])
+    release.set()
+    older.join(10)
+    assert results[0].code == grpc.StatusCode.ALREADY_EXISTS
+    assert results[0].details == "superseded by a newer stream of this agent"
+    assert newer.code == grpc.StatusCode.OK
+    assert rig.app.service.streams.get(rig.hostile_id) is not first
+
+
+def test_garbage_without_a_credential_is_unauthenticated_first(rig: Rig) -> None:
+    out = rig.converse([b"\xff\xff\xff"], metadata=())
+    assert out.code == grpc.StatusCode.UNAUTHENTICATED
+    assert out.details.startswith("missing 'authorization: Bearer <agent credential>' metadata")
