@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import grpc
 from grpc import aio
 
 from agent import identity as identity_file
+from agent.backoff import Backoff
 from agent.identity import Identity
 from agent.spool import Spool
 from protos.tripline.v1 import tripline_pb2 as pb
@@ -68,24 +68,6 @@ def channel_options(
         ("grpc.initial_reconnect_backoff_ms", 500),
         ("grpc.max_reconnect_backoff_ms", 5_000),
     ]
-
-
-@dataclass
-class Backoff:
-    """Capped exponential backoff with jitter (half fixed, half random)."""
-
-    initial: float
-    maximum: float
-    rng: Callable[[], float] = random.random
-    attempt: int = 0
-
-    def next(self) -> float:
-        ceiling = min(self.maximum, self.initial * (2**self.attempt))
-        self.attempt = min(self.attempt + 1, 30)
-        return ceiling / 2 + self.rng() * ceiling / 2
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, exists, func, insert, select
 
+from agent.backoff import Backoff
 from collector.schema import deliveries, delivery_routes, ticket_events, tickets
 from collector.selfmetrics import CollectorMetrics
 from collector.sinks import AlertmanagerSink, Delivery, DeliveryFailed, Sink
@@ -137,6 +138,7 @@ def open_tickets(conn: Connection) -> list[dict[str, Any]]:
 @dataclass
 class _RouteState:
     sink: Sink
+    backoff: Backoff
     first_event_id: int = -1
     attempts: int = 0
     next_attempt: float = 0.0
@@ -161,11 +163,12 @@ class Deliverer:
         self.store = store
         self.metrics = metrics
         self.clock = clock
-        self.rng = rng
-        self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.poll_interval = poll_interval
-        self.routes = {sink.route.name: _RouteState(sink) for sink in sinks}
+        self.routes = {
+            sink.route.name: _RouteState(sink, Backoff(backoff_initial, backoff_max, rng))
+            for sink in sinks
+        }
         self._wake = asyncio.Event()
 
     def notify(self) -> None:
@@ -224,12 +227,14 @@ class Deliverer:
             )
             await self._record(name, delivery, "failed", attempts, str(exc))
             state.attempts = 0
+            state.backoff.reset()
             return True
         await self._record(name, delivery, "delivered", attempts)
         self.metrics.deliveries.labels(name, "delivered").inc()
         if state.attempts:
             log.info("delivery recovered", extra={"route": name, "after_attempts": state.attempts})
         state.attempts = 0
+        state.backoff.reset()
         state.last_error = ""
         return True
 
@@ -250,8 +255,7 @@ class Deliverer:
     def _back_off(
         self, name: str, state: _RouteState, error: str, retry_after: float | None
     ) -> None:
-        ceiling = min(self.backoff_max, self.backoff_initial * 2 ** min(state.attempts, 20))
-        delay = ceiling / 2 + self.rng() * ceiling / 2
+        delay = state.backoff.next()
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.backoff_max))
         state.attempts += 1

@@ -1,4 +1,4 @@
-"""agent.transport.Backoff: capped exponential growth with bounded jitter."""
+"""agent.backoff.Backoff: capped exponential growth with bounded jitter."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
-from agent.transport import Backoff
+from agent.backoff import Backoff
 
 
 def fixed(value: float) -> Callable[[], float]:
