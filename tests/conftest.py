@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -112,3 +116,48 @@ def receiver() -> Iterator[Receiver]:
     yield rec
     server.shutdown()
     server.server_close()
+
+
+POSTGRES_URL_ENV = "TRIPLINE_TEST_POSTGRES_URL"
+
+
+@contextlib.contextmanager
+def postgres_schema(prefix: str) -> Iterator[str]:
+    """A URL to a fresh schema in the PostgreSQL named by TRIPLINE_TEST_POSTGRES_URL,
+    dropped afterwards; the test is skipped without that server."""
+    base = os.environ.get(POSTGRES_URL_ENV)
+    if not base:
+        pytest.skip(
+            f"set {POSTGRES_URL_ENV}=postgresql+psycopg://user@host/db to run on PostgreSQL"
+        )
+    pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg (pip install .[postgres])")
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    schema = prefix + secrets.token_hex(6)
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+async def async_eventually(
+    check: Callable[[], Awaitable[bool] | bool], deadline: float = 15.0
+) -> None:
+    """Poll ``check`` (plain or async) until true or the deadline passes: no fixed sleeps."""
+    end = time.monotonic() + deadline
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {deadline}s: {check}")
+        await asyncio.sleep(0.05)

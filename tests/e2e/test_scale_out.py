@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import secrets
 import selectors
 import socket
 import sqlite3
@@ -18,9 +16,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from collector.migrations import MIGRATIONS
+from tests.conftest import postgres_schema
 from tests.e2e.conftest import Cluster, Collector, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -51,21 +50,8 @@ rules:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh schema in the PostgreSQL named by TRIPLINE_TEST_POSTGRES_URL."""
-    base = os.environ.get(POSTGRES_URL_ENV)
-    if not base:
-        pytest.skip(f"set {POSTGRES_URL_ENV}=postgresql+psycopg://user@host/db to run")
-    pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg (pip install .[postgres])")
-    schema = "tripline_e2e_" + secrets.token_hex(6)
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+    with postgres_schema("tripline_e2e_") as url:
+        yield url
 
 
 class SwitchProxy:

@@ -1,16 +1,11 @@
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
 
 from collector.store import AgentRecord, Store
-
-POSTGRES_URL_ENV = "TRIPLINE_TEST_POSTGRES_URL"
+from tests.conftest import postgres_schema
 
 
 @pytest.fixture(
@@ -27,23 +22,8 @@ def store_url(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('store') / 'tripline.db'}"
         return
-    base = os.environ.get(POSTGRES_URL_ENV)
-    if not base:
-        pytest.skip(
-            f"set {POSTGRES_URL_ENV}=postgresql+psycopg://user@host/db to run on PostgreSQL"
-        )
-    pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg (pip install .[postgres])")
-    schema_name = "tripline_test_" + secrets.token_hex(6)
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema_name}")
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema_name}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema_name} CASCADE")
-        admin.dispose()
+    with postgres_schema("tripline_test_") as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -21,6 +21,7 @@ from collector.app import CollectorApp
 from collector.config import load_agent_config, load_collector_config
 from protos.tripline.v1 import tripline_pb2 as pb
 from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
+from tests.conftest import async_eventually as eventually
 
 TOKEN = "tle_acme_integration_token"
 
@@ -67,20 +68,6 @@ async def running_collector(data_dir: Path, **flags: object) -> AsyncIterator[Co
         yield app
     finally:
         await app.stop(grace=0.1)
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], deadline: float = 15.0) -> None:
-    """Poll ``check`` until true or the deadline passes (no fixed sleeps)."""
-    end = time.monotonic() + deadline
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {deadline}s: {check}")
-        await asyncio.sleep(0.05)
 
 
 def test_agent_enrolls_streams_and_spool_drains(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -26,6 +26,7 @@ from collector.schema import agent_instances
 from protos.tripline.v1 import tripline_pb2 as pb
 from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 from tests.certs import CertAuthority, Issued
+from tests.conftest import async_eventually as eventually
 from tests.conftest import free_port
 
 TOKEN = "tle_acme_tls_integration"
@@ -90,19 +91,6 @@ async def running_agent(config: AgentConfig) -> AsyncIterator[AgentRunner]:
     finally:
         stop.set()
         await task
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], deadline: float = 15.0) -> None:
-    end = time.monotonic() + deadline
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {deadline}s: {check}")
-        await asyncio.sleep(0.05)
 
 
 def enroll_directly(app: CollectorApp, state_dir: Path) -> Identity:
