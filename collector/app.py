@@ -236,9 +236,9 @@ class CollectorApp:
             except asyncio.CancelledError:
                 raise
             except StoreUnavailable as exc:
-                # Expected while the store is locked or full: the health status says so
-                # and the committer counts it; a traceback every second would bury the log.
-                log.warning("evaluation tick skipped: store unavailable", extra={"error": str(exc)})
+                # Expected while the store is locked or full: the health status says so,
+                # the store logs the transition once and the committer counts failures.
+                log.debug("evaluation tick skipped: store unavailable", extra={"error": str(exc)})
             except Exception:
                 # The loop must survive anything; the failure is logged and counted.
                 self.metrics.evaluation_errors.inc()
