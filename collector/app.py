@@ -96,6 +96,7 @@ class CollectorApp:
         self._http: uvicorn.Server | None = None
         self._health = health.aio.HealthServicer()
         self._health_tasks: set[asyncio.Future[None]] = set()
+        self._stopping = False
 
     async def start(self) -> None:
         config = self.config
@@ -213,6 +214,7 @@ class CollectorApp:
         return True
 
     async def stop(self, grace: float = 2.0) -> None:
+        self._stopping = True
         await self._set_health(False)
         if self._server is not None:
             await self._server.stop(grace)
@@ -264,7 +266,7 @@ class CollectorApp:
         follows at once rather than at the next tick."""
         self.metrics.store_healthy.set(1 if healthy else 0)
         self.metrics.store_health_changes.labels("healthy" if healthy else "unhealthy").inc()
-        if self._server is not None:
+        if self._server is not None and not self._stopping:
             # The state now, not `healthy`: several changes may be queued, the last one wins.
             task = asyncio.ensure_future(self._set_health(self.store.health.healthy))
             self._health_tasks.add(task)
