@@ -23,6 +23,7 @@ from collector.config import CollectorConfig, parse_hostport
 from collector.delivery import Deliverer
 from collector.exposition import SeriesExposition
 from collector.http import build_app
+from collector.lockfile import DataDirLock
 from collector.pipeline import Pipeline
 from collector.selfmetrics import CollectorMetrics, TicketCountCollector
 from collector.server import CollectorService
@@ -34,6 +35,10 @@ from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "tripline.v1.Collector"
+
+# While the store refuses writes, a probe row is written this often (seconds), so health
+# comes back even when no report arrives to show the store takes writes again.
+STORE_PROBE_INTERVAL = 2.0
 
 
 def grpc_server_options(config: CollectorConfig) -> list[tuple[str, int]]:
@@ -77,6 +82,8 @@ class CollectorApp:
         self.registry = CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
         self.store = Store(config.effective_database_url)
+        self._owner = DataDirLock(self.store.file.path) if self.store.file is not None else None
+        self._next_probe = 0.0
         self.state = LiveState(
             window=series_window(self.rules),
             staleness=3 * config.interval,
@@ -88,6 +95,8 @@ class CollectorApp:
         self._server: aio.Server | None = None
         self._http: uvicorn.Server | None = None
         self._health = health.aio.HealthServicer()
+        self._health_tasks: set[asyncio.Future[None]] = set()
+        self._stopping = False
 
     async def start(self) -> None:
         config = self.config
@@ -96,12 +105,24 @@ class CollectorApp:
         tls_files = tls.server_files(config, time.time())
         if config.database_url is None:
             config.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._owner is not None:
+            # Before the first connection: a second collector must not even migrate.
+            self._owner.acquire()
+        loop = asyncio.get_running_loop()
+
+        def health_changed(healthy: bool, _reason: str) -> None:
+            loop.call_soon_threadsafe(self._store_health_changed, healthy)
+
+        self.store.health.on_change = health_changed
         await asyncio.to_thread(
             self.store.migrate, lambda line: log.info(line, extra={"phase": "migrate"})
         )
         now = self.clock()
         for customer, token in config.customers.items():
             await asyncio.to_thread(self.store.ensure_enrollment_token, customer, token, now)
+        # Ready only once a write reached the database; if it cannot, the collector serves
+        # NOT_SERVING and the ticker probes until it can.
+        await self._probe_store(now)
         self.committer = Committer(self.store, self.metrics)
         self.pipeline = Pipeline(
             store=self.store,
@@ -157,9 +178,10 @@ class CollectorApp:
             )
             self.pipeline.on_ticket_change = self.deliverer.notify
             self._tasks.append(asyncio.create_task(self.deliverer.run()))
-        await self._set_health(True)
+        serving = self.store.health.healthy
+        await self._set_health(serving)
         log.info(
-            "collector ready",
+            "collector ready" if serving else "collector started, store not writable",
             extra={
                 "grpc": f"{host}:{self.grpc_port}",
                 "tls": _tls_mode(tls_files),
@@ -192,6 +214,7 @@ class CollectorApp:
         return True
 
     async def stop(self, grace: float = 2.0) -> None:
+        self._stopping = True
         await self._set_health(False)
         if self._server is not None:
             await self._server.stop(grace)
@@ -204,6 +227,8 @@ class CollectorApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.store.close()
+        if self._owner is not None:
+            self._owner.release()
 
     async def _ticker(self) -> None:
         while True:
@@ -213,14 +238,39 @@ class CollectorApp:
             except asyncio.CancelledError:
                 raise
             except StoreUnavailable as exc:
-                # Expected while the store is locked or full: the health status says so
-                # and the committer counts it; a traceback every second would bury the log.
-                log.warning("evaluation tick skipped: store unavailable", extra={"error": str(exc)})
+                # Expected while the store is locked or full: the health status says so,
+                # the store logs the transition once and the committer counts failures.
+                log.debug("evaluation tick skipped: store unavailable", extra={"error": str(exc)})
             except Exception:
                 # The loop must survive anything; the failure is logged and counted.
                 self.metrics.evaluation_errors.inc()
                 log.exception("evaluation tick failed")
-            await self._set_health(self.committer.healthy)
+            now = self.clock()
+            if not self.store.health.healthy and now >= self._next_probe:
+                await self._probe_store(now)
+            await self._set_health(self.store.health.healthy)
+
+    async def _probe_store(self, now: float) -> None:
+        """Write the probe row; a success marks the store healthy (Store.health)."""
+        self._next_probe = now + STORE_PROBE_INTERVAL
+        try:
+            await asyncio.to_thread(self.store.probe, now)
+        except StoreUnavailable:
+            self.metrics.store_probes.labels("failed").inc()
+        else:
+            self.metrics.store_probes.labels("ok").inc()
+        self.metrics.store_healthy.set(1 if self.store.health.healthy else 0)
+
+    def _store_health_changed(self, healthy: bool) -> None:
+        """In the loop, right when a transaction changes the store's health: gRPC health
+        follows at once rather than at the next tick."""
+        self.metrics.store_healthy.set(1 if healthy else 0)
+        self.metrics.store_health_changes.labels("healthy" if healthy else "unhealthy").inc()
+        if self._server is not None and not self._stopping:
+            # The state now, not `healthy`: several changes may be queued, the last one wins.
+            task = asyncio.ensure_future(self._set_health(self.store.health.healthy))
+            self._health_tasks.add(task)
+            task.add_done_callback(self._health_tasks.discard)
 
     async def _set_health(self, serving: bool) -> None:
         status = (
@@ -232,9 +282,8 @@ class CollectorApp:
         await self._health.set(SERVICE_NAME, status)
 
     def _ready(self) -> tuple[bool, str]:
-        if not self.committer.healthy:
-            return False, "store unavailable"
-        return True, "ready"
+        health = self.store.health
+        return health.healthy, health.reason
 
     def _ticket_counts(self) -> dict[tuple[str, str, int], int]:
         with self.store.read() as conn:

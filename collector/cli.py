@@ -74,14 +74,33 @@ def _collector_config(args: argparse.Namespace) -> CollectorConfig:
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
+    # Imported here: the agent's install runs this module without the collector's libraries.
     from collector.app import serve
+    from collector.lockfile import DataDirLocked
+    from collector.migrations import MigrationError
+    from collector.store import StoreCorrupt, StoreUnavailable
 
     config = _collector_config(args)
     logs.configure(config.log_format, config.log_level)
     if config.rules is not None:
         load_rules(config.rules)  # fail at start, with the file's errors, not later
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except (DataDirLocked, StoreCorrupt, MigrationError) as exc:
+        # Refused for good until a person acts: another collector owns the database, the
+        # file is damaged, or its schema is newer than this code.
+        # One line naming the file and the next step; a traceback would bury both.
+        print(f"tripline collector: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreUnavailable as exc:
+        # Transient (locked, unreachable): a service manager's restart may well succeed.
+        print(f"tripline collector: cannot start: {_one_line(exc)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -231,7 +250,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         finally:
             await app.stop()
 
-    asyncio.run(main())
+    from collector.lockfile import DataDirLocked
+    from collector.migrations import MigrationError
+    from collector.store import StoreCorrupt
+
+    try:
+        asyncio.run(main())
+    except (DataDirLocked, StoreCorrupt, MigrationError) as exc:
+        print(f"tripline demo: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     print("Tripline demo stopped.")
     return 0
 

@@ -36,7 +36,12 @@ class Committer:
         self._metrics = metrics
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Unit[Any]] = asyncio.Queue()
-        self.healthy = True
+
+    @property
+    def healthy(self) -> bool:
+        """The store's health (`Store.health`): a commit that wrote rows makes it true, a
+        failed one false; empty commits leave it as it was."""
+        return self._store.health.healthy
 
     async def submit(self, work: Callable[[Connection], T]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -55,14 +60,14 @@ class Committer:
             try:
                 results = await asyncio.to_thread(self._commit, batch)
             except StoreUnavailable as exc:
-                self.healthy = False
                 self._metrics.store_errors.inc()
-                log.warning("store unavailable, batch not committed", extra={"error": str(exc)})
+                # The store logs each healthy/unhealthy transition once; a line per failed
+                # batch would repeat it several times a second for the whole outage.
+                log.debug("store unavailable, batch not committed", extra={"error": str(exc)})
                 for unit in batch:
                     if not unit.future.done():
                         unit.future.set_exception(exc)
                 continue
-            self.healthy = True
             self._metrics.commit_seconds.observe(time.perf_counter() - started)
             for unit, (ok, value) in zip(batch, results, strict=True):
                 if unit.future.done():

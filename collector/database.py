@@ -5,7 +5,10 @@ Knows connections, not tables: `collector.store` and `collector.migrations` buil
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc
@@ -13,11 +16,116 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
 READ_ONLY = "tripline_read_only"
+WRITES = "tripline_rows_written"
+"""Key in a DBAPI connection's `info`: statements that changed rows on it, ever (see
+`rows_written`)."""
 """Execution option: on SQLite, begin a deferred (reading) transaction, not an IMMEDIATE one."""
 
 # SQLite primary result codes meaning "the database cannot take this now": busy, locked,
 # out of memory, read-only, I/O error, full, cannot open, lock protocol.
 _SQLITE_OUTAGE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+# "database disk image is malformed" and "file is not a database".
+_SQLITE_CORRUPT_CODES = frozenset({11, 26})
+
+
+class DatabaseFileChanged(Exception):
+    """The SQLite file at the configured path is no longer the one this process opened
+    (deleted, or replaced by another file): nothing more may be written through it."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+class SqliteFile:
+    """The identity (device, inode) of a store's SQLite file, taken at the first connection.
+
+    A file deleted under a running process stays readable and writable through the
+    descriptors already open, so SQLite commits into it without an error: only comparing
+    what the path names now with what was opened tells the data is going nowhere.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._identity: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def _now(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def before_connect(self) -> None:
+        """Refuse to open a path whose file is gone or replaced: SQLite would create an
+        empty database there, and a restart would then find a store without its agents."""
+        with self._lock:
+            if self._identity is None:
+                return
+        self.check()
+
+    def remember(self) -> None:
+        with self._lock:
+            if self._identity is None:
+                self._identity = self._now()
+
+    def check(self) -> None:
+        """Raise DatabaseFileChanged unless the path still names the file first opened."""
+        with self._lock:
+            expected = self._identity
+        if expected is None:
+            return
+        found = self._now()
+        if found is None:
+            raise DatabaseFileChanged(self.path, "the database file was deleted")
+        if found != expected:
+            raise DatabaseFileChanged(self.path, "the database file was replaced by another file")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other backends and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if database in (None, "", ":memory:"):
+        return None
+    if database.startswith("file:"):  # URI form: file:path?mode=ro
+        database = database[len("file:") :].partition("?")[0]
+    return Path(database).absolute()
+
+
+def is_corruption(error: BaseException) -> sqlite3.Error | None:
+    """The SQLite "corrupt" or "not a database" error behind `error`, if any."""
+    seen: BaseException | None = error
+    while seen is not None:
+        orig = seen.orig if isinstance(seen, exc.DBAPIError) else seen
+        if isinstance(orig, sqlite3.Error):
+            code = getattr(orig, "sqlite_errorcode", None)
+            if code is not None and (code & 0xFF) in _SQLITE_CORRUPT_CODES:
+                return orig
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def rows_written(conn: Connection) -> int:
+    """How many statements have changed rows on this connection's DBAPI connection; the
+    difference across a transaction tells whether it carried real work."""
+    return int(conn.connection.info.get(WRITES, 0))
+
+
+def _count_writes(engine: Engine) -> None:
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(
+        conn: Connection, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
+        dml = context is not None and (context.isinsert or context.isupdate or context.isdelete)
+        # rowcount -1 (unknown) counts too: better once too often than never.
+        if dml and cursor.rowcount != 0:
+            info = conn.connection.info
+            info[WRITES] = info.get(WRITES, 0) + 1
 
 
 def is_outage(error: exc.DBAPIError) -> bool:
@@ -51,17 +159,32 @@ def find_outage(error: BaseException) -> exc.DBAPIError | None:
     return None
 
 
-def make_engine(url: str, *, busy_timeout: float = 5.0) -> Engine:
+def make_engine(url: str, *, busy_timeout: float = 5.0, file: SqliteFile | None = None) -> Engine:
     """An engine whose SQLite connections are WAL, foreign-keyed and truly transactional
-    (DDL included), taking the write lock at BEGIN unless the READ_ONLY option is set."""
+    (DDL included), taking the write lock at BEGIN unless the READ_ONLY option is set.
+
+    Every engine counts the statements that changed rows (`rows_written`). Given `file`,
+    a SQLite engine remembers the file's identity at its first connection and refuses to
+    open a new connection once the path names another file or none.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        pg = create_engine(url, pool_pre_ping=True)
+        _count_writes(pg)
+        return pg
     memory = parsed.database in (None, "", ":memory:")
     options: dict[str, Any] = {"poolclass": StaticPool} if memory else {}
     engine = create_engine(
         url, connect_args={"timeout": busy_timeout, "check_same_thread": False}, **options
     )
+    _count_writes(engine)
+
+    if file is not None:
+        guard = file
+
+        @event.listens_for(engine, "do_connect")
+        def _before_open(_dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:
+            guard.before_connect()
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -78,6 +201,8 @@ def make_engine(url: str, *, busy_timeout: float = 5.0) -> Engine:
             cursor.execute("PRAGMA synchronous = FULL")
         finally:
             cursor.close()
+        if file is not None:
+            file.remember()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:

@@ -49,12 +49,24 @@ class InvalidMigrationList(MigrationError):
         self.versions = list(versions)
 
 
+# Tables a later migration creates: migration 1 leaves them out (see the module docstring).
+_LATER_TABLES = frozenset({"store_probe"})
+
+
 def _create_v1(conn: Connection) -> None:
-    schema.metadata.create_all(conn)
+    schema.metadata.create_all(
+        conn, tables=[t for t in schema.metadata.sorted_tables if t.name not in _LATER_TABLES]
+    )
+
+
+def _create_store_probe(conn: Connection) -> None:
+    schema.store_probe.create(conn)
+    conn.execute(schema.store_probe.insert().values(id=1, written_at=0.0, writes=0))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create agents, enrollment, alert state and ticket tables", _create_v1),
+    Migration(2, "create the store_probe table (health checks write it)", _create_store_probe),
 )
 
 

@@ -295,3 +295,13 @@ Index(
 Index(
     "ix_suppressed_alerts_agent_at", suppressed_alerts.c.agent_id, suppressed_alerts.c.suppressed_at
 )
+
+# One row (id 1) the collector rewrites while the store refuses writes, to find out when
+# it takes them again without waiting for an agent's report (migration 2).
+store_probe = Table(
+    "store_probe",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("written_at", Double, nullable=False),
+    Column("writes", Integer, nullable=False),
+)

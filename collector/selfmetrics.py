@@ -87,6 +87,24 @@ class CollectorMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=registry,
         )
+        self.store_healthy = Gauge(
+            "tripline_collector_store_healthy",
+            "1 while the store takes writes (the last write that changed rows succeeded and "
+            "none failed since), else 0; /readyz and gRPC health follow it.",
+            registry=registry,
+        )
+        self.store_health_changes = Counter(
+            "tripline_collector_store_health_changes_total",
+            "Store health transitions, by the state entered (healthy, unhealthy).",
+            ["to"],
+            registry=registry,
+        )
+        self.store_probes = Counter(
+            "tripline_collector_store_probes_total",
+            "Probe writes made while the store was unhealthy, by result (ok, failed).",
+            ["result"],
+            registry=registry,
+        )
         self.limit_hits = Counter(
             "tripline_collector_limit_hits_total",
             "Agent messages that hit a configured limit, by limit (reports_per_second, "

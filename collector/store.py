@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,8 +22,19 @@ from sqlalchemy import Connection, Engine, bindparam, exc, select
 
 from alerts.engine import AlertKey, AlertState
 from collector import migrations
-from collector.database import READ_ONLY, find_outage, make_engine
-from collector.schema import agent_instances, agents, alert_states, enrollment_tokens
+from collector.database import (
+    READ_ONLY,
+    DatabaseFileChanged,
+    SqliteFile,
+    find_outage,
+    is_corruption,
+    make_engine,
+    rows_written,
+    sqlite_file,
+)
+from collector.schema import agent_instances, agents, alert_states, enrollment_tokens, store_probe
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
@@ -30,6 +43,72 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The database is locked, read-only, full or unreachable: answer UNAVAILABLE, retry later."""
+
+
+class StoreFileGone(StoreUnavailable):
+    """The SQLite file was deleted or replaced under the running collector. Nothing more is
+    committed (it would go into a file nobody will ever read) until the original file is
+    back at its path; reports are answered UNAVAILABLE and stay in the agents' spools."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(
+            f"{detail} while the collector had it open: {path}. Nothing more is written or "
+            f"acknowledged; stop the collector, put the database back at that path (from "
+            f"your backup, or move the original file back), then start the collector again"
+        )
+        self.path = path
+
+
+class StoreCorrupt(StoreUnavailable):
+    """The SQLite file is damaged or is not a SQLite database at all."""
+
+    def __init__(self, path: Path | None, detail: str) -> None:
+        where = str(path) if path is not None else "the database"
+        super().__init__(
+            f"database {where} is corrupt or not a Tripline database ({detail}): restore it "
+            f"from a backup, or salvage it with `sqlite3 {where} .recover | sqlite3 "
+            f"{where}.recovered` and start the collector on the recovered file"
+        )
+        self.path = path
+
+
+class StoreHealth:
+    """Whether the store takes writes, as last shown by a transaction that wrote.
+
+    A transaction that changed no rows proves nothing (SQLite commits it without touching
+    the file, even on a full disk), so only failed transactions and transactions that
+    wrote rows move the state. Each transition is logged once, with the reason; a caller
+    may watch them through `on_change(healthy, reason)`, called in the thread that saw it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.healthy = True
+        self.reason = "ready"
+        self.on_change: Callable[[bool, str], None] = lambda healthy, reason: None
+
+    def wrote(self) -> None:
+        with self._lock:
+            if self.healthy:
+                return
+            self.healthy, was, self.reason = True, self.reason, "ready"
+        log.info("store writable again", extra={"was": was})
+        self.on_change(True, "ready")
+
+    def failed(self, error: StoreUnavailable) -> None:
+        reason = f"store unavailable: {error}"
+        with self._lock:
+            if not self.healthy and self.reason == reason:
+                return
+            changed = self.healthy
+            self.healthy, self.reason = False, reason
+        if isinstance(error, StoreFileGone | StoreCorrupt):
+            log.error("store refuses writes", extra={"reason": reason})
+        elif changed:
+            log.warning("store refuses writes", extra={"reason": reason})
+        else:
+            return  # another outage of the same kind with a new message: not a transition
+        self.on_change(False, reason)
 
 
 class EnrollmentRefused(StoreError):
@@ -172,7 +251,10 @@ class Store:
     given `conn=` (a connection from `transaction()`), so a caller can group several."""
 
     def __init__(self, url: str, *, busy_timeout: float = 5.0) -> None:
-        self._engine = make_engine(url, busy_timeout=busy_timeout)
+        path = sqlite_file(url)
+        self.file = SqliteFile(path) if path is not None else None
+        self._engine = make_engine(url, busy_timeout=busy_timeout, file=self.file)
+        self.health = StoreHealth()
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Store:
@@ -191,9 +273,15 @@ class Store:
     def _unavailable_on_outage(self) -> Iterator[None]:
         try:
             yield
+        except DatabaseFileChanged as error:
+            raise StoreFileGone(error.path, error.detail.capitalize()) from error
         except exc.TimeoutError as error:
             raise StoreUnavailable(f"database unavailable: {error}") from error
         except exc.SQLAlchemyError as error:
+            corrupt = is_corruption(error)
+            if corrupt is not None:
+                path = self.file.path if self.file is not None else None
+                raise StoreCorrupt(path, str(corrupt)) from error
             outage = find_outage(error)
             if outage is None:
                 raise
@@ -201,9 +289,38 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """One write transaction, committed when the block ends without an exception."""
-        with self._unavailable_on_outage(), self._engine.connect() as conn, conn.begin():
-            yield conn
+        """One write transaction, committed when the block ends without an exception.
+
+        Raises StoreUnavailable (StoreFileGone, StoreCorrupt...) when it cannot commit; each
+        such failure marks `health` unhealthy, and only a commit that changed rows marks it
+        healthy again.
+        """
+        try:
+            with self._unavailable_on_outage(), self._engine.connect() as conn:
+                before = rows_written(conn)
+                with conn.begin():
+                    yield conn
+                    if self.file is not None:
+                        # Before COMMIT: committing into a deleted file acknowledges into the void.
+                        self.file.check()
+                wrote = rows_written(conn) != before
+        except StoreUnavailable as error:
+            self.health.failed(error)
+            raise
+        if wrote:
+            self.health.wrote()
+
+    def probe(self, now: float) -> None:
+        """Write one row, so that a store that refused writes can show it takes them again
+        while no other work arrives; raises StoreUnavailable when it still cannot."""
+        with self.transaction() as conn:
+            updated = conn.execute(
+                store_probe.update()
+                .where(store_probe.c.id == 1)
+                .values(written_at=now, writes=store_probe.c.writes + 1)
+            )
+            if updated.rowcount == 0:  # migration 2 inserts the row; someone deleted it
+                conn.execute(store_probe.insert().values(id=1, written_at=now, writes=1))
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -5,6 +5,7 @@ lost or doubled, and every part recovers by itself once the fault is gone."""
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import random
 import re
@@ -13,6 +14,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -694,3 +696,209 @@ def test_operator_and_engine_writing_one_ticket_lose_no_update(
     engine = {e["kind"] for e in events if e["actor"] == "tripline"}
     assert {"resolved", "reopened", "escalated"} <= engine, "the engine wrote concurrently"
     assert len(cluster.tickets(data)) == 1, "reopened, never duplicated"
+
+
+# -- store faults under a running collector: health tells the truth ------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs of its own: full for real, without filling the machine's disk."""
+    mountpoint = tmp_path / "tmpfs"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the filesystem is full; returns it (delete it to free the space)."""
+    filler = directory / "filler"
+    # Unbuffered: the write that meets ENOSPC raises here, and closing has nothing to flush.
+    with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 4096)
+    return filler
+
+
+def unready_throughout(collector: Collector, samples: int = 20) -> list[tuple[int, int]]:
+    """(/readyz status, gRPC health) sampled ``samples`` times, 0.2 s apart: one condition
+    seen over seconds, not a fixed wait for something to happen."""
+    seen = []
+    for _ in range(samples):
+        seen.append((collector.http_get("/readyz")[0], grpc_health(collector)))
+        time.sleep(0.2)
+    return seen
+
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def refused_writes(collector: Collector) -> list[dict[str, Any]]:
+    return [line for line in collector.log_lines() if line.get("msg") == "store refuses writes"]
+
+
+def test_full_disk_keeps_not_serving_until_a_real_write_succeeds_then_applies_once(
+    cluster: Cluster, tmp_path: Path, small_fs: Path
+) -> None:
+    collector = start_collector(
+        cluster, "--customer", f"acme={TOKEN}", "--interval", "1", data_dir=small_fs / "data"
+    )
+    db = collector.data_dir / "tripline.db"
+    spool = tmp_path / "agent" / "spool.db"
+    agent = start_agent(cluster, collector)
+    eventually(lambda: applied_seq(db) >= 2, what="reporting")
+
+    filler = fill(small_fs)
+    eventually(lambda: collector.http_get("/readyz")[0] == 503, what="/readyz 503")
+    held = applied_seq(db)
+    # Every sample, not one in ten: the 1 s tick's empty commit must not pass for a write.
+    assert set(unready_throughout(collector)) == {(503, NOT_SERVING)}
+    status, body = collector.http_get("/readyz")
+    assert status == 503 and "full" in body, body
+    assert applied_seq(db) == held, "a report was applied on a full disk"
+    assert spool_state(spool)[1] > held, "the agent kept reporting, into its spool"
+    # One line for the transition, not one per failed batch or tick.
+    assert len(refused_writes(collector)) == 1, refused_writes(collector)
+
+    filler.unlink()
+    eventually(lambda: grpc_health(collector) == SERVING, what="SERVING once space is back")
+    eventually(lambda: collector.http_get("/readyz")[0] == 200, what="/readyz 200")
+    eventually(lambda: applied_seq(db) > spool_state(spool)[1] - 1, what="backlog applied")
+    assert agent.stop() == 0
+    [(_, _, seq, reports_applied)] = instances(db)
+    assert reports_applied == seq, "a report was applied twice or lost"
+    assert log_has(collector, "store writable again") >= 1
+    assert integrity(db) == "ok"
+    assert collector.stop() == 0
+
+
+def test_unwritable_database_keeps_not_serving_until_writable_again(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    collector = start_collector(cluster, "--customer", f"acme={TOKEN}", "--interval", "1")
+    db = collector.data_dir / "tripline.db"
+    agent = start_agent(cluster, collector)
+    eventually(lambda: applied_seq(db) >= 2, what="reporting")
+    files = [str(db), f"{db}-wal"]
+    locked = subprocess.run(["chattr", "+i", *files], capture_output=True, text=True)
+    if locked.returncode != 0:
+        pytest.skip(f"chattr +i not permitted here: {locked.stderr.strip()}")
+    try:
+        eventually(lambda: grpc_health(collector) == NOT_SERVING, what="NOT_SERVING")
+        held = applied_seq(db)
+        assert set(unready_throughout(collector)) == {(503, NOT_SERVING)}
+        assert "store unavailable" in collector.http_get("/readyz")[1]
+        assert applied_seq(db) == held
+    finally:
+        subprocess.run(["chattr", "-i", *files], check=False)
+    eventually(lambda: collector.http_get("/readyz")[0] == 200, what="/readyz 200 again")
+    eventually(lambda: applied_seq(db) > held + 1, what="reports applied again")
+    assert agent.stop() == 0
+    [(_, _, seq, reports_applied)] = instances(db)
+    assert reports_applied == seq
+    assert collector.stop() == 0
+
+
+def test_database_deleted_under_the_collector_stops_ingestion_then_restore_applies_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    flags = ("--customer", f"acme={TOKEN}", "--interval", "1")
+    collector = start_collector(cluster, *flags)
+    db = collector.data_dir / "tripline.db"
+    backup = tmp_path / "tripline.db.backup"
+    spool = tmp_path / "agent" / "spool.db"
+    agent = start_agent(cluster, collector)
+    eventually(lambda: applied_seq(db) >= 2, what="reporting")
+
+    # The operator's backup is a hard link: the same file, so it holds every commit.
+    os.link(db, backup)
+    db.unlink()
+    eventually(lambda: grpc_health(collector) == NOT_SERVING, what="NOT_SERVING", deadline=10)
+    status, body = collector.http_get("/readyz")
+    assert status == 503 and "deleted" in body and str(db) in body, body
+    [error] = [line for line in refused_writes(collector) if line["level"] == "error"]
+    assert str(db) in error["reason"] and "put the database back" in error["reason"]
+    refused = eventually(
+        lambda: [
+            line
+            for line in agent.log_lines()
+            if line.get("msg") == "stream ended" and "not applied" in line.get("error", "")
+        ],
+        what="the agent told UNAVAILABLE, report not applied",
+    )
+    assert refused[-1]["code"] == "UNAVAILABLE"
+    # From here on nothing may be acknowledged: the spool keeps every seq from its oldest.
+    kept = spool_seqs(spool)
+    first_unacked = kept[0] if kept else spool_state(spool)[1] + 1
+    assert set(unready_throughout(collector, samples=10)) == {(503, NOT_SERVING)}
+    _, last_seq, dropped = spool_state(spool)
+    assert dropped == 0 and last_seq > first_unacked
+    assert set(range(first_unacked, last_seq + 1)) <= set(spool_seqs(spool)), (
+        "a report was acknowledged into the deleted file"
+    )
+    assert not db.exists(), "an empty database was created in place of the deleted one"
+
+    assert collector.stop() == 0
+    os.replace(backup, db)
+    restarted = restart(cluster, collector, *flags, name="collector-restored")
+    eventually(lambda: applied_seq(db) >= last_seq, what="the spooled reports applied")
+    assert agent.stop() == 0
+    [(_, _, seq, reports_applied)] = instances(db)
+    assert reports_applied == seq, "a report was applied twice or lost"
+    assert restarted.stop() == 0
+
+
+def start_refused(cluster: Cluster, data_dir: Path, name: str) -> tuple[int, list[str]]:
+    """Start a collector on ``data_dir`` that must exit: (exit code, its output lines)."""
+    proc = cluster.collector(data_dir=data_dir, name=name).start()
+    assert proc.popen is not None
+    code = proc.popen.wait(30)
+    return code, [line for line in proc.log().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_database_at_start_is_one_line_naming_the_file_and_exit_2(
+    cluster: Cluster, tmp_path: Path, damage: str
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "tripline.db"
+    if damage == "garbage":
+        db.write_bytes(random.Random(7).randbytes(64 * 1024))
+    else:
+        collector = start_collector(cluster, "--customer", f"acme={TOKEN}", data_dir=data)
+        assert collector.stop() == 0
+        whole = db.read_bytes()
+        db.write_bytes(whole[: len(whole) // 2])
+    code, lines = start_refused(cluster, data, f"collector-{damage}")
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert str(db) in lines[0] and "backup" in lines[0] and ".recover" in lines[0]
+    assert "Traceback" not in lines[0]
+
+
+def test_second_collector_on_one_data_dir_refused_and_starts_after_the_first_is_killed(
+    cluster: Cluster,
+) -> None:
+    first = start_collector(cluster, "--customer", f"acme={TOKEN}")
+    assert first.popen is not None
+    code, lines = start_refused(cluster, first.data_dir, "second")
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert f"pid {first.popen.pid}" in lines[0] and str(first.data_dir) in lines[0]
+    assert first.http_get("/readyz")[0] == 200, "the first collector must go on serving"
+
+    first.kill()  # SIGKILL: no clean-up runs, the kernel drops the lock
+    third = start_collector(cluster, "--customer", f"acme={TOKEN}", data_dir=first.data_dir)
+    assert grpc_health(third) == SERVING
+    assert third.stop() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from alerts.engine import AlertKey, AlertState
 from collector import migrations, schema, tickets
+from collector.lockfile import DataDirLock, DataDirLocked
 from collector.store import (
     AgentNotFound,
     AgentRecord,
@@ -19,6 +21,8 @@ from collector.store import (
     EnrollmentTokenNotFound,
     SeqAlreadyApplied,
     Store,
+    StoreCorrupt,
+    StoreFileGone,
     StoreUnavailable,
 )
 
@@ -468,3 +472,117 @@ def test_an_in_memory_store_works_for_quick_demos() -> None:
     agent, credential = store.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0)
     assert store.authenticate(credential) == agent
     store.close()
+
+
+# -- health: only a transaction that wrote rows shows the store takes writes ----------------
+
+
+def test_health_turns_on_failed_writes_and_back_only_on_a_write_that_changed_rows(
+    store: Store,
+) -> None:
+    changes: list[tuple[bool, str]] = []
+    store.health.on_change = lambda healthy, reason: changes.append((healthy, reason))
+    store.health.failed(StoreUnavailable("database unavailable: disk I/O error"))
+    assert not store.health.healthy
+    assert store.health.reason == "store unavailable: database unavailable: disk I/O error"
+    # Commits that change nothing prove nothing: the evaluation tick's escalation pass
+    # commits empty transactions every second, on a full disk too.
+    with store.transaction() as conn:
+        conn.execute(select(schema.agents.c.agent_id))
+    with store.transaction() as conn:
+        conn.execute(
+            schema.agents.update().where(schema.agents.c.agent_id == "none").values(site="x")
+        )
+    assert not store.health.healthy
+    store.probe(T0)
+    assert store.health.healthy and store.health.reason == "ready"
+    with store.read() as conn:
+        assert conn.execute(select(schema.store_probe.c.writes)).scalar_one() == 1
+    # Failing again with the same reason is not a new transition.
+    store.health.failed(StoreUnavailable("x"))
+    store.health.failed(StoreUnavailable("x"))
+    assert changes == [
+        (False, "store unavailable: database unavailable: disk I/O error"),
+        (True, "ready"),
+        (False, "store unavailable: x"),
+    ]
+
+
+def test_a_failing_write_marks_the_store_unhealthy(tmp_path: Path) -> None:
+    holder = _sqlite_store(tmp_path)
+    waiter = Store(f"sqlite:///{tmp_path / 'tripline.db'}", busy_timeout=0.05)
+    waiter.probe(T0)
+    assert waiter.health.healthy
+    with holder.transaction(), pytest.raises(StoreUnavailable, match="locked"):
+        waiter.probe(T0)
+    assert not waiter.health.healthy and "locked" in waiter.health.reason
+    waiter.create_enrollment_token("acme", now=T0)  # real work heals
+    assert waiter.health.healthy
+    holder.close()
+    waiter.close()
+
+
+def test_a_deleted_database_file_refuses_commits_and_is_not_recreated(tmp_path: Path) -> None:
+    store = _sqlite_store(tmp_path)
+    db = tmp_path / "tripline.db"
+    _, token = store.create_enrollment_token("acme", now=T0)
+    moved = tmp_path / "moved.db"
+    db.rename(moved)
+    with pytest.raises(StoreFileGone, match="deleted") as caught:
+        store.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0)
+    assert caught.value.path == db and str(db) in str(caught.value)
+    assert not store.health.healthy
+    # A connection the pool opens now must not create an empty database at the path.
+    store.close()
+    with pytest.raises(StoreFileGone):
+        store.create_enrollment_token("beta", now=T0)
+    assert not db.exists()
+    # The same file back at its path (same inode): writes go on.
+    moved.rename(db)
+    store.probe(T0)
+    assert store.health.healthy
+    assert [t.customer for t in store.list_enrollment_tokens()] == ["acme"]
+    store.close()
+
+
+def test_a_replaced_database_file_refuses_commits(tmp_path: Path) -> None:
+    store = _sqlite_store(tmp_path)
+    db = tmp_path / "tripline.db"
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    os.replace(copy, db)
+    with pytest.raises(StoreFileGone, match="replaced"):
+        store.probe(T0)
+    store.close()
+
+
+@pytest.mark.parametrize("content", [b"not a database at all" * 100, b""])
+def test_a_corrupt_database_names_the_file_and_how_to_recover(
+    tmp_path: Path, content: bytes
+) -> None:
+    db = tmp_path / "tripline.db"
+    if content:
+        db.write_bytes(content)
+    else:  # a real database cut in half
+        _sqlite_store(tmp_path).close()
+        whole = db.read_bytes()
+        db.write_bytes(whole[: len(whole) // 2])
+    store = Store(f"sqlite:///{db}")
+    with pytest.raises(StoreCorrupt) as caught:
+        store.migrate()
+    assert caught.value.path == db
+    assert str(db) in str(caught.value) and ".recover" in str(caught.value)
+    store.close()
+
+
+def test_one_lock_holder_per_database_released_with_its_descriptor(tmp_path: Path) -> None:
+    db = tmp_path / "tripline.db"
+    first = DataDirLock(db)
+    first.acquire()
+    second = DataDirLock(db)  # flock is per open file: a second open conflicts, even here
+    with pytest.raises(DataDirLocked, match=rf"pid {os.getpid()}") as caught:
+        second.acquire()
+    assert caught.value.lock_path == tmp_path / "tripline.db.lock"
+    first.release()
+    second.acquire()
+    second.release()
