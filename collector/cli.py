@@ -19,6 +19,7 @@ from typing import Any
 from alerts.rules import RuleFileError, load_rules
 from collector import logs
 from collector.config import (
+    AgentConfig,
     CollectorConfig,
     ConfigError,
     load_agent_config,
@@ -87,8 +88,6 @@ def cmd_collector(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     if args.action is not None:
         return _agent_service(args)
-    if args.once:
-        return _agent_once(args.json)
     from agent.runner import AgentRunner
     from agent.transport import EnrollmentFailed
 
@@ -107,6 +106,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
             "plaintext": args.plaintext,
         },
     )
+    if args.once:
+        # the config's redaction applies: what --once prints is what the agent would send
+        return _agent_once(args.json, config)
     logs.configure(config.log_format, config.log_level)
 
     async def main() -> None:
@@ -141,10 +143,11 @@ def _agent_service(args: argparse.Namespace) -> int:
     return 0
 
 
-def _agent_once(as_json: bool) -> int:
+def _agent_once(as_json: bool, config: AgentConfig) -> int:
     from agent import probes, render
+    from agent.runner import redaction_for
 
-    prober = probes.Prober()
+    prober = probes.Prober(command_lines=config.send_command_lines, redaction=redaction_for(config))
     prober.collect(time.time())  # baseline: CPU ratios need two snapshots
     time.sleep(0.5)
     collection = prober.collect(time.time())

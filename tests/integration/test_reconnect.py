@@ -39,9 +39,7 @@ def test_superseded_and_cancelled_streams_are_not_errors(
             meta = (("authorization", f"Bearer {enrolled.credential}"),)
             old = stub.Connect(metadata=meta)
             await hello(old)
-            seq = 0
-            for _ in range(3):
-                seq += 1
+            for seq in range(1, 4):
                 report = pb.Report(instance_id="i", seq=seq, collected_at_seconds=time.time())
                 report.samples.add(name="process_count", value=float(seq))
                 await old.write(pb.AgentMessage(report=report))
