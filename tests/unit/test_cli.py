@@ -359,9 +359,10 @@ def test_tickets_list_and_agents_list_escape_forged_rows_and_sequences(
 def test_tickets_show_survives_odd_stored_values_and_escapes_them(store_dir: Path) -> None:
     ticket_id = _forge(store_dir)
     # the real command in its own process, as an operator runs it
+    argv = [sys.executable, "-m", "collector.cli", "tickets", "show", str(ticket_id)]
+    argv += ["--data-dir", str(store_dir)]
     result = subprocess.run(
-        [sys.executable, "-m", "collector.cli", "tickets", "show", str(ticket_id)]
-        + ["--data-dir", str(store_dir)],
+        argv,
         capture_output=True,
         text=True,
         timeout=60,
