@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import getpass
 import json
+import os
 import secrets
 import signal
 import sys
@@ -166,10 +167,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     data_dir: Path = args.data_dir or Path("tripline-data")
     token_file = data_dir / "demo-enrollment-token"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    from collector import files
+
+    files.private_dir(data_dir, "data_dir")  # before the token lands in it
     if not token_file.exists():
-        token_file.write_text("tle_demo_" + secrets.token_urlsafe(24))
-        token_file.chmod(0o600)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("tle_demo_" + secrets.token_urlsafe(24))
     token = token_file.read_text().strip()
     rules_file = data_dir / "demo-rules.yaml"
     if not rules_file.exists():
