@@ -13,8 +13,9 @@ is replaced by ``***``:
 - the TOKEN of ``--customer NAME=TOKEN`` (the collector's own flag);
 - the password of a URL (``https://user:pass@host`` -> ``https://user:***@host``), the
   credentials after ``Bearer``/``Basic``, and ``Authorization: ...`` style headers;
-- ``-pSECRET`` of the MySQL/MariaDB clients and ``-p SECRET`` of sshpass (elsewhere
-  ``-p`` is usually a port and is left alone);
+- ``-pSECRET`` of the MySQL/MariaDB clients, ``-p SECRET`` of sshpass, ``-a SECRET`` of
+  redis-cli and the password of curl's ``-u USER:PASSWORD`` (elsewhere these short flags
+  mean other things, ``-p`` usually a port, and are left alone);
 - every match of the operator's extra regular expressions (``redact_patterns``).
 
 Words inside one argument are redacted too (``sh -c "mysql --password x"``, rewritten
@@ -52,7 +53,12 @@ _PAIR_FLAGS = frozenset({"customer"})
 _MYSQL_CLIENTS = frozenset(
     {"mysql", "mysqldump", "mysqladmin", "mysqlimport", "mysqlcheck", "mariadb", "mariadb-dump"}
 )
-_SSHPASS = frozenset({"sshpass"})
+# Short flags that carry a secret for one program only, and how its value is shown.
+_PROGRAM_FLAGS = {
+    "sshpass": {"-p": "secret"},
+    "redis-cli": {"-a": "secret"},
+    "curl": {"-u": "userpass", "--user": "userpass", "-U": "userpass", "--proxy-user": "userpass"},
+}
 
 _LONG_FLAG = re.compile(r"--[A-Za-z][\w.\-]*")
 # A flag alone (two-argument form): -x, --name, /name on its own is a path, so no slash.
@@ -149,8 +155,8 @@ def _redact_words(words: list[str], program: str) -> list[str]:
             name = alone.group(3)
             if secret_name(name) or name in _PAIR_FLAGS:
                 pending = name
-            elif program in _SSHPASS and word == "-p":
-                pending = "p"
+            elif word in _PROGRAM_FLAGS.get(program, {}):
+                pending = _PROGRAM_FLAGS[program][word]
             out.append(word)
             continue
         out.append(_redact_assignment(word))
@@ -158,6 +164,9 @@ def _redact_words(words: list[str], program: str) -> list[str]:
 
 
 def _flag_value(flag: str, value: str) -> str:
+    if flag == "userpass":
+        user, sep, _ = value.partition(":")
+        return f"{user}:{REDACTED}" if sep else value  # without a password curl asks
     if flag in _PAIR_FLAGS:
         name, sep, _ = value.partition("=")
         return f"{name}={REDACTED}" if sep else REDACTED

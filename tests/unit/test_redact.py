@@ -50,6 +50,10 @@ CASES = [
     (["mysqldump.exe", "--password=hunter2"], "mysqldump.exe --password=***"),
     (["sshpass", "-p", "hunter2", "ssh", "host"], "sshpass -p *** ssh host"),
     (["ssh", "-p", "2222", "host"], "ssh -p 2222 host"),  # a port, not a password
+    (["redis-cli", "-h", "r1", "-a", "hunter2"], "redis-cli -h r1 -a ***"),
+    (["curl", "-u", "bob:hunter2", "https://h/"], "curl -u bob:*** https://h/"),
+    (["curl", "-u", "bob", "https://h/"], "curl -u bob https://h/"),  # curl asks for it
+    (["ls", "-a", "-u", "x:y"], "ls -a -u x:y"),  # other programs' -a and -u
     (["docker", "run", "-p", "8080:80", "-e", "API_TOKEN=t1", "img"], None),
     (["chrome.exe", "--type=renderer", "--lang=de"], "chrome.exe --type=renderer --lang=de"),
     (["python", "-c", "import time; time.sleep(60)"], "python -c import time; time.sleep(60)"),
