@@ -49,6 +49,9 @@ def save(path: Path, identity: Identity) -> None:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
+        # The mode given to open() only applies to a new file; a leftover .tmp keeps its own.
+        if hasattr(os, "fchmod"):
+            os.fchmod(f.fileno(), 0o600)
         json.dump(asdict(identity), f)
         f.flush()
         os.fsync(f.fileno())

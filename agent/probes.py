@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import psutil
 
+from agent.redact import Redaction
+
 Labels = tuple[tuple[str, str], ...]  # sorted by key
 
 CMDLINE_MAX_CHARS = 1024
@@ -142,9 +144,16 @@ class Prober:
         process_interval: float = 60.0,
         psutil_module: types.ModuleType = psutil,
         clock: Callable[[], float] = time.perf_counter,
+        command_lines: bool = True,
+        redaction: Redaction | None = None,
     ) -> None:
         self._ps: Any = psutil_module
         self._collect_processes = collect_processes
+        # Command lines leave the PC in ticket context: none at all when the config says
+        # so, else redacted here, before anything reaches the spool. `redaction` may be
+        # replaced later (the agent learns its credential when it enrolls).
+        self._command_lines = command_lines
+        self.redaction = redaction or Redaction()
         # Scanning every process dominates a collection (~50-90 us per process), while
         # the top-5 lists only matter as ticket context: scan at most this often and
         # reuse the lists in between (their CPU ratios then average over the longer span).
@@ -386,11 +395,16 @@ class Prober:
     ) -> tuple[ProcessSample, ...]:
         result = []
         for proc, info in rows:
-            try:
-                # Rewritten process titles (postgres, nginx) come padded with spaces.
-                cmdline = " ".join(proc.cmdline()).strip()[:CMDLINE_MAX_CHARS]
-            except (self._ps.NoSuchProcess, self._ps.AccessDenied, self._ps.ZombieProcess):
-                cmdline = ""  # exited since the scan, or another user's process
+            cmdline = ""
+            if self._command_lines:
+                try:
+                    argv = proc.cmdline()
+                except (self._ps.NoSuchProcess, self._ps.AccessDenied, self._ps.ZombieProcess):
+                    argv = []  # exited since the scan, or another user's process
+                # Redacted whole, then cut: a cut first could split a secret so that no
+                # rule recognises what is left of it. Rewritten process titles (postgres,
+                # nginx) come padded with spaces; the join strips them.
+                cmdline = self.redaction(argv)[:CMDLINE_MAX_CHARS]
             try:
                 username = proc.username()
             except (self._ps.NoSuchProcess, self._ps.AccessDenied, self._ps.ZombieProcess):

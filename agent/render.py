@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from agent.convert import collection_to_dict
 from agent.probes import Collection, Inventory, ProcessSample
+from collector.terminal import escape
 
 _Series = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -73,6 +74,9 @@ def _by(series: _Series, name: str, key: str) -> dict[str, float]:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    # Process names, command lines, mount points and device names are whatever a local
+    # program chose: escaped, so none can move the cursor or write the clipboard.
+    rows = [[escape(c) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
@@ -91,12 +95,12 @@ def _header(c: Collection, inv: Inventory, series: _Series) -> str:
     users = c.context.logged_in_users
     return "\n".join(
         [
-            f"HOST {inv.hostname}",
+            f"HOST {escape(inv.hostname)}",
             f"  {inv.os} {inv.os_release} {inv.architecture}, {inv.cpu_count} CPUs, "
             f"{human_bytes(inv.memory_total_bytes)} RAM, Python {inv.python_version}",
             f"  machine id {inv.machine_id or '-'}, "
             f"up {human_duration(uptime) if uptime is not None else '?'}, collected {at}",
-            *([f"  logged in: {', '.join(users)}"] if users else []),
+            *([f"  logged in: {escape(', '.join(users))}"] if users else []),
         ]
     )
 

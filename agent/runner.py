@@ -16,10 +16,13 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from agent import convert, probes
+from agent import identity as identity_file
+from agent.identity import Identity
 from agent.probes import Collection, Sample
+from agent.redact import Redaction, compile_patterns
 from agent.spool import Spool
 from agent.transport import Backoff, Transport
-from collector import tls
+from collector import files, tls
 from collector.config import AgentConfig
 from protos.tripline.v1 import tripline_pb2 as pb
 
@@ -29,13 +32,34 @@ log = logging.getLogger(__name__)
 MIN_INTERVAL = 1.0
 
 
+def redaction_for(config: AgentConfig) -> Redaction:
+    """What the probe redacts from command lines besides the built-in rules: the
+    config's extra patterns, the enrollment token and the credential (when enrolled)."""
+    credential = None
+    try:
+        ident = identity_file.load(config.state_dir / "identity.json")
+    except identity_file.IdentityError:
+        ident = None  # the transport reports it, with what to do, when it needs one
+    if ident is not None:
+        credential = ident.credential
+    redaction = Redaction(patterns=compile_patterns(config.redact_patterns))
+    return redaction.with_secrets(config.enrollment_token, credential)
+
+
 class AgentRunner:
     def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        # The state holds the credential and reports with host details: owner-only.
+        files.private_dir(config.state_dir, "state_dir")
+        identity_path = config.state_dir / "identity.json"
+        files.private_if_exists(identity_path, "state_dir")
         self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
-        self.prober = probes.Prober(collect_processes=config.collect_processes)
+        self.prober = probes.Prober(
+            collect_processes=config.collect_processes,
+            command_lines=config.send_command_lines,
+            redaction=redaction_for(config),
+        )
         self.interval = config.interval
         self.inventory_interval = config.inventory_interval
         self._inventory = probes.inventory()
@@ -44,11 +68,12 @@ class AgentRunner:
         self.transport = Transport(
             target=config.collector,
             spool=self.spool,
-            identity_path=config.state_dir / "identity.json",
+            identity_path=identity_path,
             enrollment_token=config.enrollment_token,
             site=config.site,
             host_info=self._host_info,
             on_settings=self._apply_settings,
+            on_identity=self._learn_identity,
             # validity is judged by the wall clock, as the TLS handshake does
             credentials=tls.agent_channel_credentials(config, time.time()),
             max_message_bytes=config.max_message_bytes,
@@ -56,6 +81,10 @@ class AgentRunner:
             backoff=Backoff(config.backoff_initial, config.backoff_max),
             clock=clock,
         )
+
+    def _learn_identity(self, ident: Identity) -> None:
+        # Enrolled just now: the new credential is redacted from the next collection on.
+        self.prober.redaction = self.prober.redaction.with_secrets(ident.credential)
 
     def _host_info(self) -> pb.HostInfo:
         return convert.host_info(self._inventory, self.config.tags)

@@ -16,6 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from collector import files
+from collector.config import ConfigError
+
 DEFAULT_MAX_BYTES = 64 * 2**20
 
 _SCHEMA = """
@@ -70,9 +73,14 @@ class Spool:
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only before SQLite opens it: it would create the file 0644 minus the
+            # umask, and it gives the -wal and -shm files the database file's mode.
+            files.private_database(path, "spool")
             # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE), so
             # the write lock is taken before reading the counters they update.
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except ConfigError as e:
+            raise SpoolError(path, e.reason) from e
         except (OSError, sqlite3.Error) as e:
             raise SpoolError(path, str(e)) from e
         try:

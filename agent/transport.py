@@ -93,6 +93,7 @@ class Transport:
         site: str,
         host_info: Callable[[], pb.HostInfo],
         on_settings: Callable[[pb.Settings], None],
+        on_identity: Callable[[Identity], None] | None = None,
         credentials: grpc.ChannelCredentials | None,
         max_message_bytes: int = 4 * 2**20,
         keepalive: tuple[float, float] = (30.0, 10.0),
@@ -107,6 +108,7 @@ class Transport:
         self.site = site
         self.host_info = host_info
         self.on_settings = on_settings
+        self.on_identity = on_identity  # called once the agent has enrolled
         # None means plaintext, which only an explicit `plaintext: true` config asks for
         self.credentials = credentials
         self.max_message_bytes = max_message_bytes
@@ -183,6 +185,8 @@ class Transport:
                 customer=response.customer,
             )
             await asyncio.to_thread(identity_file.save, self.identity_path, ident)
+            if self.on_identity is not None:
+                self.on_identity(ident)
             log.info("enrolled", extra={"agent_id": ident.agent_id, "customer": ident.customer})
             self.backoff.reset()
             return ident

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from alerts.rules import RuleFileError, RuleSet, default_rules, load_rules
-from collector import tickets, tls
+from collector import files, tickets, tls
 from collector.api import ApiContext
 from collector.committer import Committer
 from collector.config import CollectorConfig, parse_hostport
@@ -104,7 +104,11 @@ class CollectorApp:
         # Validity is judged by the wall clock, as the TLS handshake itself does.
         tls_files = tls.server_files(config, time.time())
         if config.database_url is None:
-            config.data_dir.mkdir(parents=True, exist_ok=True)
+            # Tokens (hashed), tickets with host details: owner-only whatever the umask.
+            files.private_dir(config.data_dir, "data_dir")
+            files.private_database(config.data_dir / "tripline.db", "data_dir")
+        elif (database_file := files.sqlite_file(config.database_url)) is not None:
+            files.private_database(database_file, "database_url")
         if self._owner is not None:
             # Before the first connection: a second collector must not even migrate.
             self._owner.acquire()

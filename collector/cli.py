@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import getpass
 import json
+import os
 import secrets
 import signal
 import sys
@@ -19,11 +20,13 @@ from typing import Any
 from alerts.rules import RuleFileError, load_rules
 from collector import logs
 from collector.config import (
+    AgentConfig,
     CollectorConfig,
     ConfigError,
     load_agent_config,
     load_collector_config,
 )
+from collector.terminal import cell, escape
 
 EXIT_USAGE = 2
 
@@ -106,8 +109,6 @@ def _one_line(error: BaseException) -> str:
 def cmd_agent(args: argparse.Namespace) -> int:
     if args.action is not None:
         return _agent_service(args)
-    if args.once:
-        return _agent_once(args.json)
     from agent.runner import AgentRunner
     from agent.transport import EnrollmentFailed
 
@@ -126,6 +127,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
             "plaintext": args.plaintext,
         },
     )
+    if args.once:
+        # the config's redaction applies: what --once prints is what the agent would send
+        return _agent_once(args.json, config)
     logs.configure(config.log_format, config.log_level)
 
     async def main() -> None:
@@ -160,10 +164,11 @@ def _agent_service(args: argparse.Namespace) -> int:
     return 0
 
 
-def _agent_once(as_json: bool) -> int:
+def _agent_once(as_json: bool, config: AgentConfig) -> int:
     from agent import probes, render
+    from agent.runner import redaction_for
 
-    prober = probes.Prober()
+    prober = probes.Prober(command_lines=config.send_command_lines, redaction=redaction_for(config))
     prober.collect(time.time())  # baseline: CPU ratios need two snapshots
     time.sleep(0.5)
     collection = prober.collect(time.time())
@@ -181,10 +186,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     data_dir: Path = args.data_dir or Path("tripline-data")
     token_file = data_dir / "demo-enrollment-token"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    from collector import files
+
+    files.private_dir(data_dir, "data_dir")  # before the token lands in it
     if not token_file.exists():
-        token_file.write_text("tle_demo_" + secrets.token_urlsafe(24))
-        token_file.chmod(0o600)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("tle_demo_" + secrets.token_urlsafe(24))
     token = token_file.read_text().strip()
     rules_file = data_dir / "demo-rules.yaml"
     if not rules_file.exists():
@@ -329,36 +337,77 @@ def _store(args: argparse.Namespace) -> Iterator[Any]:
         raise CliError(str(exc)) from None
 
 
-def _fmt_time(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+def _fmt_time(ts: Any) -> str:
+    """A stored time as local date and time; whatever a broken row holds (None, NaN,
+    1e300, text) is shown as it is rather than crashing the command."""
+    if ts is None:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError, TypeError):
+        return f"<{escape(ts)}>"
+
+
+def _fmt_num(value: Any, spec: str) -> str:
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return f"<{escape(value)}>"
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    """The dict entries of a stored list; anything else in a broken row is skipped."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def _print_ticket(d: dict[str, Any]) -> None:
-    print(f"Ticket #{d['id']}  [{d['status']}]  {d['severity']}  tier {d['tier']}")
-    print(f"  {d['summary']}")
-    print(f"  customer {d['customer']}  host {d['hostname']}  agent {d['agent_id']}")
-    print(f"  rule {d['rule']}  labels {json.dumps(d['labels'])}")
+    # Every value came from an agent, a rule file or the store: escaped before printing.
+    e = escape
     print(
-        f"  value {d['value']:.4g} (threshold {d['threshold']:.4g})"
-        f"  opened {_fmt_time(d['opened_at'])}"
+        f"Ticket #{e(d.get('id'))}  [{e(d.get('status'))}]  {e(d.get('severity'))}"
+        f"  tier {e(d.get('tier'))}"
+    )
+    print(f"  {e(d.get('summary'))}")
+    print(
+        f"  customer {e(d.get('customer'))}  host {e(d.get('hostname'))}"
+        f"  agent {e(d.get('agent_id'))}"
+    )
+    labels = d.get("labels")
+    print(f"  rule {e(d.get('rule'))}  labels {e(json.dumps(labels, ensure_ascii=False))}")
+    print(
+        f"  value {_fmt_num(d.get('value'), '.4g')}"
+        f" (threshold {_fmt_num(d.get('threshold'), '.4g')})"
+        f"  opened {_fmt_time(d.get('opened_at'))}"
     )
     if d.get("flapping"):
-        print(f"  FLAPPING: reopened {d['reopen_count']} times")
+        print(f"  FLAPPING: reopened {e(d.get('reopen_count'))} times")
     if d.get("runbook"):
-        print(f"  runbook: {d['runbook']}")
-    context = d.get("context") or {}
-    if context.get("top_cpu"):
+        print(f"  runbook: {e(d['runbook'])}")
+    context = d.get("context")
+    context = context if isinstance(context, dict) else {}
+    top_cpu = _dicts(context.get("top_cpu"))
+    if top_cpu:
         print("  top processes by CPU:")
-        for p in context["top_cpu"]:
-            print(f"    {p.get('pid', ''):>7}  {p.get('cpu_ratio', 0):6.1%}  {p.get('name', '')}")
-    if context.get("filesystems"):
+        for p in top_cpu:
+            print(
+                f"    {cell(p.get('pid', ''), 7)}  {_fmt_num(p.get('cpu_ratio', 0), '6.1%')}"
+                f"  {e(p.get('name', ''))}"
+            )
+    filesystems = _dicts(context.get("filesystems"))
+    if filesystems:
         print("  filesystems:")
-        for f in context["filesystems"]:
-            print(f"    {f.get('mountpoint', ''):<24} {f.get('used_ratio', 0):6.1%} used")
+        for f in filesystems:
+            print(
+                f"    {cell(f.get('mountpoint', ''), 24)} "
+                f"{_fmt_num(f.get('used_ratio', 0), '6.1%')} used"
+            )
     print("  timeline:")
-    for e in d.get("events", []):
-        msg = f"  {e['message']}" if e.get("message") else ""
-        print(f"    {_fmt_time(e['at'])}  {e['kind']:<12} by {e['actor']}{msg}")
+    for ev in _dicts(d.get("events")):
+        msg = f"  {e(ev['message'])}" if ev.get("message") else ""
+        print(
+            f"    {_fmt_time(ev.get('at'))}  {cell(ev.get('kind'), 12)}"
+            f" by {e(ev.get('actor'))}{msg}"
+        )
 
 
 def _print_ticket_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -372,8 +421,10 @@ def _print_ticket_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
     for t in rows:
         flag = " (flapping)" if t.get("flapping") else ""
         print(
-            f"{t['id']:>5}  {t['status']:<12} {t['severity']:<8} {t['tier']:<4} "
-            f"{t['customer'][:12]:<12} {t['hostname'][:18]:<18} {t['summary']}{flag}"
+            f"{escape(t['id']):>5}  {cell(t['status'], 12)} {cell(t['severity'], 8)} "
+            f"{cell(t['tier'], 4)} {cell(t['customer'], 12, cut=True)} "
+            f"{cell(t['hostname'], 18, cut=True)} "
+            f"{escape(t['summary'])}{flag}"
         )
 
 
@@ -519,7 +570,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         for t in store.list_enrollment_tokens(args.customer):
             state = "revoked" if t.revoked_at else "active"
             print(
-                f"{t.id:>4}  {t.customer:<20} {state:<8} created {_fmt_time(t.created_at)}"
+                f"{t.id:>4}  {cell(t.customer, 20)} {state:<8} created {_fmt_time(t.created_at)}"
                 f"  expires {_fmt_time(t.expires_at)}"
             )
     return 0
@@ -556,7 +607,10 @@ def cmd_api_tokens(args: argparse.Namespace) -> int:
     for t in found:
         state = "revoked" if t.revoked_at else "active"
         scope = ",".join(t.customers) if t.customers else "*"
-        print(f"{t.id:>4}  {t.name:<24} {state:<8} {scope:<24} created {_fmt_time(t.created_at)}")
+        print(
+            f"{t.id:>4}  {cell(t.name, 24)} {state:<8} {cell(scope, 24)}"
+            f" created {_fmt_time(t.created_at)}"
+        )
     return 0
 
 
@@ -573,7 +627,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
         for a in agents:
             state = "revoked" if a.revoked_at else "active"
             print(
-                f"{a.agent_id}  {a.customer:<16} {a.hostname:<24} {state:<8}"
+                f"{escape(a.agent_id)}  {cell(a.customer, 16)} {cell(a.hostname, 24)} {state:<8}"
                 f" last seen {_fmt_time(a.last_seen_at)}"
             )
     return 0
@@ -608,8 +662,8 @@ def _window_line(window: Any, now: float) -> str:
         schedule = f"weekly {window.weekly!r} {window.timezone}"
     else:
         schedule = f"cron {window.cron!r} for {window.duration:g}s {window.timezone}"
-    comment = f"  # {window.comment}" if window.comment else ""
-    return f"{window.id:>4}  {window.status(now):<9} {scope:<36} {schedule}{comment}"
+    comment = f"  # {escape(window.comment)}" if window.comment else ""
+    return f"{window.id:>4}  {window.status(now):<9} {cell(scope, 36)} {escape(schedule)}{comment}"
 
 
 def cmd_maintenance(args: argparse.Namespace) -> int:

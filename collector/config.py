@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,10 @@ class AgentConfig:
     inventory_interval: float = 3600.0
     spool_max_bytes: int = 64 * 2**20
     collect_processes: bool = True
+    # top-process command lines in ticket context: false sends none at all; otherwise
+    # they are redacted on the PC (agent/redact.py), these extra regexes included
+    send_command_lines: bool = True
+    redact_patterns: tuple[str, ...] = ()
     max_message_bytes: int = 4 * 2**20
     backoff_initial: float = 0.5
     backoff_max: float = 60.0
@@ -168,6 +173,8 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
     try:
         if key == "always_on_tags":
             return _parse_tags(value)
+        if key == "redact_patterns":
+            return _parse_patterns(value)
         if key in _DURATION_KEYS:
             seconds = parse_duration(value)
             if seconds <= 0:
@@ -239,6 +246,19 @@ def _parse_tags(value: Any) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"expected KEY=VALUE (e.g. role=server), got {item!r}")
         tags.append((key.strip(), tag_value.strip()))
     return tuple(tags)
+
+
+def _parse_patterns(value: Any) -> tuple[str, ...]:
+    """`redact_patterns`: regular expressions, as a list (an env string is one pattern)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(p, str) and p for p in items):
+        raise ValueError(f"expected a list of regular expressions, got {value!r}")
+    for pattern in items:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+    return tuple(items)
 
 
 _BUSINESS_HOURS_KEYS = {"tz", "days", "hours", "schedule"}

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from collector.terminal import escape, escape_json_text
+
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -32,18 +34,23 @@ class JsonFormatter(logging.Formatter):
         line.update(_extras(record))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return escape_json_text(json.dumps(line, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        fields = " ".join(f"{k}={v}" for k, v in _extras(record).items())
-        text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        # Values and messages carry what agents sent: escaped, so one record stays one
+        # line and a forged "\n12:00:00 INFO ..." cannot pass for a line of its own.
+        fields = " ".join(f"{escape(k)}={escape(v)}" for k, v in _extras(record).items())
+        text = f"{stamp} {record.levelname:<7} {record.name}: {escape(record.getMessage())}"
         if fields:
             text = f"{text}  {fields}"
         if record.exc_info:
-            text = f"{text}\n{self.formatException(record.exc_info)}"
+            # A traceback keeps its lines, each indented and escaped, so none of them can
+            # start like a log line.
+            lines = self.formatException(record.exc_info).splitlines()
+            text += "".join(f"\n    {escape(line)}" for line in lines)
         return text
 
 

@@ -333,8 +333,11 @@ class CollectorService(pb_grpc.CollectorServicer):
                 stream.send(pb.CollectorMessage(ack=pb.Ack(seq=report.seq)))
         except asyncio.CancelledError:
             raise
-        except aio.AioRpcError:
-            pass  # the client went away mid-read; the handler ends the stream
+        except (aio.AioRpcError, aio.AbortError):
+            # The client went away mid-read, or the handler already aborted this stream
+            # (superseded by the agent's reconnect, or refused): a routine end, and the
+            # handler ends the stream.
+            pass
         except DecodeError as exc:
             self.metrics.reports_rejected.labels("invalid_argument").inc()
             log.warning(

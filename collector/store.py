@@ -21,7 +21,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Engine, bindparam, exc, select
 
 from alerts.engine import AlertKey, AlertState
-from collector import migrations
+from collector import files, migrations
 from collector.database import (
     READ_ONLY,
     DatabaseFileChanged,
@@ -258,7 +258,8 @@ class Store:
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Store:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        files.private_dir(data_dir, "data_dir")
+        files.private_database(data_dir / "tripline.db", "data_dir")
         return cls(f"sqlite:///{data_dir / 'tripline.db'}")
 
     @property

@@ -127,8 +127,11 @@ def _duration(seconds: float) -> str:
 
 def _ticket(row: Row[Any], events: tuple[TicketEvent, ...] = ()) -> Ticket:
     values = row._asdict()
-    values["labels"] = tuple(sorted((str(k), str(v)) for k, v in row.labels.items()))
-    values["context"] = dict(row.context)
+    # A row written by an older or broken collector, or by hand, may hold other JSON:
+    # reading a ticket must not fail on it (tickets show, the API, delivery).
+    labels = row.labels if isinstance(row.labels, dict) else {}
+    values["labels"] = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+    values["context"] = dict(row.context) if isinstance(row.context, dict) else {}
     values["flapping"] = bool(row.flapping)
     return Ticket(**values, events=events)
 

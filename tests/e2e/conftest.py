@@ -43,6 +43,7 @@ class Proc:
     env: dict[str, str]
     popen: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
+    umask: int = -1  # -1: inherit the test's
 
     def start(self) -> Proc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
@@ -51,6 +52,7 @@ class Proc:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
+            umask=self.umask,
         )
         log.close()
         return self

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -290,3 +291,92 @@ def test_agent_once_json_prints_a_snapshot() -> None:
     assert ("cpu_usage_ratio", ()) in samples
     assert snapshot["host"]["hostname"]
     assert snapshot["collected_at"] > T0
+
+
+# -- hostile stored values reach the terminal escaped --------------------------------
+
+FORGED_HOST = "pc-01\n| 99 | open | critical | fake row"
+OSC52 = "\x1b]52;c;cm0gLXJmIH4K\x07"  # writes "rm -rf ~" into the operator's clipboard
+C1_CSI = "\x9b31m"
+BIDI = "\u202etxt.exe"
+
+
+def _forge(store_dir: Path) -> int:
+    """A real ticket and agent, then odd values written straight into the SQLite file, as
+    a buggy or older collector, a hand edit or a hostile agent could leave them."""
+    ticket_id = _open_ticket(store_dir)
+    db = sqlite3.connect(store_dir / "tripline.db")
+    with db:
+        db.execute(
+            "UPDATE tickets SET hostname = ?, summary = ?, customer = ?, labels = ?, "
+            "runbook = ?, value = 'nan', threshold = 9e999, opened_at = 1e300, "
+            "context = ? WHERE id = ?",
+            (
+                FORGED_HOST,
+                f"disk full {OSC52}\rOK",
+                BIDI,
+                json.dumps({"mountpoint": f"C:\\{C1_CSI}\x7f"}),
+                "line one\n12:00:00 INFO    forged: log line",
+                json.dumps("not an object"),
+                ticket_id,
+            ),
+        )
+        db.execute(
+            "UPDATE ticket_events SET at = -1e18, actor = ?, message = ? WHERE ticket_id = ?",
+            (f"bob{OSC52}", "note\x1b[2J\x1b[H", ticket_id),
+        )
+        db.execute("UPDATE agents SET hostname = ?, customer = ?", (FORGED_HOST + OSC52, BIDI))
+    db.close()
+    return ticket_id
+
+
+RAW = ("\x1b", "\x07", "\x9b", "\x7f", "\r", "\u202e")
+
+
+def _assert_escaped(out: str, rows: int) -> None:
+    for char in RAW:
+        assert char not in out, repr(char)
+    assert len(out.splitlines()) == rows, out
+
+
+def test_tickets_list_and_agents_list_escape_forged_rows_and_sequences(
+    store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _forge(store_dir)
+    code, out, _ = run(capsys, "tickets", "list", "--data-dir", store_dir)
+    assert code == 0
+    _assert_escaped(out, rows=2)  # the header and one ticket, no forged row
+    assert "pc-01\\n| 99 |" in out
+    assert "disk full \\x1b]52;c;cm0gLXJmIH4K\\x07\\rOK" in out
+    assert "\\u202etxt.ex" in out  # cut to the column
+
+    code, out, _ = run(capsys, "agents", "list", "--data-dir", store_dir)
+    assert code == 0
+    _assert_escaped(out, rows=1)
+    assert "pc-01\\n| 99 | open | critical | fake row\\x1b]52;c;" in out
+
+
+def test_tickets_show_survives_odd_stored_values_and_escapes_them(store_dir: Path) -> None:
+    ticket_id = _forge(store_dir)
+    # the real command in its own process, as an operator runs it
+    argv = [sys.executable, "-m", "collector.cli", "tickets", "show", str(ticket_id)]
+    argv += ["--data-dir", str(store_dir)]
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TRIPLINE_")},
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for char in RAW:
+        assert char not in out, repr(char)
+    assert "host pc-01\\n| 99 | open" in out
+    assert "value <nan> (threshold inf)" in out  # SQLite hands the text back
+    assert "opened <1e+300>" in out
+    assert "runbook: line one\\n12:00:00 INFO" in out
+    assert "\\x9b31m\\x7f" in out
+    assert "<-1e+18>  opened       by bob\\x1b]52;c;" in out
+    assert "note\\x1b[2J\\x1b[H" in out
+    assert not any(line.startswith("12:00:00") for line in out.splitlines())

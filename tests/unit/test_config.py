@@ -373,6 +373,12 @@ def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
             "environment TRIPLINE_AGENT_BACKOFF_MAX: config key 'backoff_max': must be positive",
         ),
         (
+            {"TRIPLINE_AGENT_REDACT_PATTERNS": "licen[cs"},
+            "environment TRIPLINE_AGENT_REDACT_PATTERNS: config key 'redact_patterns': "
+            "'licen[cs' is not a valid regular expression: "
+            "unterminated character set at position 5",
+        ),
+        (
             {"TRIPLINE_AGENT_TAGS": "room=101"},
             "environment TRIPLINE_AGENT_TAGS: config key 'tags': expected a mapping, "
             "got 'room=101'",
@@ -383,6 +389,20 @@ def test_broken_agent_config(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_agent_config(None, environ=environ)
     assert str(err.value) == message
+
+
+def test_command_line_privacy_keys(tmp_path: Path) -> None:
+    defaults = load_agent_config(None, environ={})
+    assert defaults.send_command_lines is True and defaults.redact_patterns == ()
+    path = write(
+        tmp_path,
+        "agent:\n  send_command_lines: false\n  redact_patterns: ['ACME-[0-9]+', '(?i)pin=\\d+']\n",
+    )
+    config = load_agent_config(path, environ={})
+    assert config.send_command_lines is False
+    assert config.redact_patterns == ("ACME-[0-9]+", "(?i)pin=\\d+")
+    with pytest.raises(ConfigError, match=r"redact_patterns.*list of regular expressions"):
+        load_agent_config(write(tmp_path, "agent:\n  redact_patterns: {a: b}\n"), environ={})
 
 
 def test_config_objects_are_frozen() -> None:

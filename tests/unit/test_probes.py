@@ -10,12 +10,13 @@ import types
 from collections import Counter, namedtuple
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psutil
 import pytest
 
 from agent.probes import (
+    CMDLINE_MAX_CHARS,
     Collection,
     Prober,
     cpu_usage_ratio,
@@ -24,6 +25,7 @@ from agent.probes import (
     real_filesystem,
     whole_disk,
 )
+from agent.redact import Redaction
 
 ALLOWED_NAMES = {
     "cpu_usage_ratio",
@@ -527,3 +529,58 @@ def test_a_failed_scan_keeps_the_previous_baseline(busy_child: subprocess.Popen[
     # Measured against the first scan, over the 4 seconds since it.
     spent = _cpu_seconds(busy_child.pid)
     assert 0.2 / 4 - 1e-9 <= busy.cpu_ratio <= spent / 4 + 1e-9  # float sums of ticks
+
+
+@pytest.fixture
+def secret_child() -> Iterator[subprocess.Popen[bytes]]:
+    """A process with secrets in its command line, holding 300 MiB resident."""
+    code = "import time; ballast = b'x' * (300 << 20); print('ready', flush=True); time.sleep(600)"
+    argv = [sys.executable, "-c", code, "tripline-secret-marker", "--password", "hunter2"]
+    argv += ["db_password=swordfish", "https://u:letmein@h.example/", "tle_known_secret_1"]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+    yield child
+    child.kill()
+    child.wait()
+
+
+def test_command_lines_are_redacted_in_the_probe(secret_child: subprocess.Popen[bytes]) -> None:
+    redaction = Redaction().with_secrets("tle_known_secret_1")
+    c = Prober(top_n=50, redaction=redaction).collect(now=1.0)
+    found = {p.pid: p for p in c.context.top_memory}[secret_child.pid]
+    assert "tripline-secret-marker --password *** db_password=***" in found.cmdline
+    assert "https://u:***@h.example/ ***" in found.cmdline
+    for secret in ("hunter2", "swordfish", "letmein", "tle_known_secret_1"):
+        assert secret not in found.cmdline
+
+
+def test_no_command_lines_at_all_when_configured_so(
+    secret_child: subprocess.Popen[bytes],
+) -> None:
+    c = Prober(top_n=50, command_lines=False).collect(now=1.0)
+    found = {p.pid: p for p in c.context.top_memory}[secret_child.pid]
+    assert found.cmdline == "" and found.name.startswith("python")
+    assert all(p.cmdline == "" for p in c.context.top_memory)
+
+
+def test_a_secret_is_redacted_before_the_line_is_cut() -> None:
+    class LongLine:
+        info: ClassVar[dict[str, Any]] = {
+            "pid": 7,
+            "name": "app",
+            "cpu_times": None,
+            "memory_info": None,
+        }
+
+        def cmdline(self) -> list[str]:
+            # the URL's password ends after the cut: cut first, no rule would see it
+            return ["app", "x" * (CMDLINE_MAX_CHARS - 20), "https://user:password123456@host"]
+
+        def username(self) -> str:
+            return "u"
+
+    ps = fake_psutil(process_iter=lambda **kwargs: iter([LongLine()]))
+    c = Prober(psutil_module=ps).collect(now=1.0)
+    (process,) = c.context.top_memory
+    assert "password123" not in process.cmdline and "passw" not in process.cmdline
+    assert len(process.cmdline) <= CMDLINE_MAX_CHARS

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -167,3 +168,23 @@ def test_real_collection_renders() -> None:
     assert any(line.split()[0] == "/" for line in fs[2:])
     doc = json.loads(render_json(c, inv))
     assert len(doc["samples"]) == len(c.samples)
+
+
+def test_hostile_names_and_command_lines_are_escaped() -> None:
+    osc52 = "\x1b]52;c;cm0gLXJmIH4K\x07"
+    hostile = (
+        ProcessSample(13, f"ev\x9bil{osc52}", "mallory", 0.5, 2**20, f"run {osc52}\u202etxt"),
+    )
+    collection = Collection(
+        collected_at=1_700_003_600.0,
+        samples=(Sample("filesystem_size_bytes", (("mountpoint", "/mnt/\x1b[2J"),), 2**30),),
+        context=Context(top_cpu=hostile, top_memory=(), logged_in_users=("eve\x1b[31m",)),
+        probe_errors={},
+    )
+    inv = dataclasses.replace(INVENTORY, hostname="pc\n| forged")
+    text = render_table(collection, inv)
+    for char in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert char not in text
+    assert text.startswith("HOST pc\\n| forged\n")
+    assert "ev\\x9bil\\x1b]52;c;" in text
+    assert "logged in: eve\\x1b[31m" in text
