@@ -53,8 +53,16 @@ def _create_v1(conn: Connection) -> None:
     schema.metadata.create_all(conn)
 
 
+def _create_v2_delivery(conn: Connection) -> None:
+    # Only new tables: migration 1 (create_all) already makes them on a fresh database,
+    # checkfirst skips them there and adds them to a database made before.
+    tables = [schema.delivery_parked, schema.delivery_leases]
+    schema.metadata.create_all(conn, tables=tables, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create agents, enrollment, alert state and ticket tables", _create_v1),
+    Migration(2, "delivery: parked events and per-route leases", _create_v2_delivery),
 )
 
 
