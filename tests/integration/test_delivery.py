@@ -775,3 +775,38 @@ def test_an_unreachable_receiver_parks_nothing_the_route_waits(
     rows, parked, d = answers(store, hook, clock, url=closed)
     assert rows == [] and parked == []
     assert d.metrics.deliveries.labels("psa", "retry")._value.get() >= 4  # > max_attempts
+
+
+def test_alertmanager_sees_one_alert_per_ticket_through_escalation_and_its_resolve(
+    store: Store, alertmanager: str, clock: FakeClock
+) -> None:
+    route = [{"name": "am", "alertmanager": {"url": alertmanager}}]
+    agent = enrolled_agent(store)
+    clock.now = time.time()  # Alertmanager judges startsAt/endsAt against its own clock
+
+    def alerts_of(ticket: int, active: bool) -> list[dict[str, Any]]:
+        params = {"active": str(active).lower(), "silenced": "true", "inhibited": "true"}
+        alerts = httpx.get(f"{alertmanager}/api/v2/alerts", params=params).json()
+        return [a for a in alerts if a["labels"].get("tripline_ticket") == str(ticket)]
+
+    async def scenario() -> None:
+        d = deliverer(store, route, clock)
+        await drain_all(d)
+        ticket = fire(store, agent, "DiskFull", clock.now)
+        await drain_all(d)
+        with store.transaction() as conn:
+            tickets.reassign_tier(conn, ticket, tier=2, actor="alice", now=time.time())
+        await drain_all(d)
+        [alert] = alerts_of(ticket, active=True)  # one alert, not one per tier
+        assert alert["annotations"]["tier"] == "2"
+        assert "tier" not in alert["labels"] and "severity" not in alert["labels"]
+        clear(store, agent, "DiskFull", time.time())
+        await drain_all(d)
+        deadline = time.monotonic() + 10  # resolved once its endsAt is past on AM's clock
+        while alerts_of(ticket, active=True) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert alerts_of(ticket, active=True) == []
+        assert len(alerts_of(ticket, active=False)) <= 1
+        await d.routes["am"].sink.close()
+
+    asyncio.run(scenario())
