@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email
 import email.policy
 import hmac
@@ -808,5 +809,82 @@ def test_alertmanager_sees_one_alert_per_ticket_through_escalation_and_its_resol
         assert alerts_of(ticket, active=True) == []
         assert len(alerts_of(ticket, active=False)) <= 1
         await d.routes["am"].sink.close()
+
+    asyncio.run(scenario())
+
+
+def test_parked_events_are_listed_and_retried_through_the_api_and_cli_within_scope(
+    tmp_path: Path, hook: Hook, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from collector import apitokens
+    from collector.app import CollectorApp
+    from collector.cli import main
+    from tests.integration.test_grpc_roundtrip import collector_config
+
+    data_dir = tmp_path / "collector"
+    config = dataclasses.replace(
+        collector_config(data_dir, delivery_max_attempts=1),
+        routes=parse_routes([{"name": "psa", "webhook": {"url": hook.url}}]),
+    )
+    hook.answer = lambda path, key: (500, {})  # the receiver refuses everything at first
+
+    async def scenario() -> None:
+        app = CollectorApp(config)
+        await app.start()
+        try:
+            store = app.store
+            await async_eventually(lambda: "psa" in registered(store))
+            acme = fire(store, enrolled_agent(store, "acme"), "A", time.time())
+            globex = fire(
+                store, enrolled_agent(store, "globex"), "A", time.time(), customer="globex"
+            )
+            app.deliverer.notify()
+
+            def parked() -> list[str]:
+                with store.read() as conn:
+                    return [p.idempotency_key for p in list_parked(conn)]
+
+            await async_eventually(lambda: parked() == [f"{acme}-1", f"{globex}-1"])
+            with store.transaction() as conn:
+                _, secret = apitokens.create_token(conn, "ops-acme", ["acme"], actor="t", now=T0)
+            base = f"http://127.0.0.1:{app.http_port}"
+            auth = {"Authorization": f"Bearer {secret}"}
+            async with httpx.AsyncClient(base_url=base + "/api/v1", headers=auth) as api:
+                metrics = (await api.get(base + "/metrics")).text
+                assert 'tripline_collector_delivery_parked_total{route="psa"} 2.0' in metrics
+                listed = (await api.get("/deliveries/parked")).json()["items"]
+                assert [p["idempotency_key"] for p in listed] == [f"{acme}-1"]  # scope
+                assert "HTTP 500" in listed[0]["error"] and listed[0]["attempts"] == 1
+                refused = await api.get("/deliveries/parked", params={"customer": "globex"})
+                assert refused.status_code == 403
+                with store.read() as conn:
+                    acme_event, globex_event = (
+                        parked_id(conn, f"{acme}-1"),
+                        parked_id(conn, f"{globex}-1"),
+                    )
+                hidden = await api.post(f"/deliveries/parked/psa/{globex_event}/retry")
+                assert hidden.status_code == 404  # another customer's: as if missing
+                hook.answer = lambda path, key: (204, {})  # the receiver is fixed
+                retried = await api.post(f"/deliveries/parked/psa/{acme_event}/retry")
+                assert retried.status_code == 200 and retried.json()["status"] == "pending"
+                await async_eventually(lambda: hook.sent_keys() == [f"{acme}-1"])
+                again = await api.post(f"/deliveries/parked/psa/{acme_event}/retry")
+                assert again.status_code == 404
+            with store.read() as conn:
+                [entry] = apitokens.audit_entries(conn, action="delivery.retry")
+            assert (entry.actor, entry.customer) == ("ops-acme", "acme")
+            # the CLI on the data dir sees every customer and retries the other one
+            cli = ("--data-dir", str(data_dir))
+            assert await asyncio.to_thread(main, ["deliveries", "parked", *cli]) == 0
+            assert f"{globex}-1" in capsys.readouterr().out
+            code = await asyncio.to_thread(
+                main, ["deliveries", "retry", "psa", str(globex_event), *cli]
+            )
+            assert code == 0
+            await async_eventually(lambda: hook.sent_keys() == [f"{acme}-1", f"{globex}-1"])
+            assert parked() == []
+            assert await asyncio.to_thread(main, ["deliveries", "retry", "psa", "999", *cli]) == 2
+        finally:
+            await app.stop(grace=0.1)
 
     asyncio.run(scenario())
