@@ -601,7 +601,7 @@ def parked_id(conn: Any, key: str) -> int:
     )
 
 
-def test_hostile_ticket_values_render_safely(store: Store) -> None:
+def test_hostile_ticket_values_render_safely() -> None:
     ticket = {
         "id": 7,
         "status": "resolved",
@@ -884,6 +884,29 @@ def test_parked_events_are_listed_and_retried_through_the_api_and_cli_within_sco
             await async_eventually(lambda: hook.sent_keys() == [f"{acme}-1", f"{globex}-1"])
             assert parked() == []
             assert await asyncio.to_thread(main, ["deliveries", "retry", "psa", "999", *cli]) == 2
+            # a route task that dies makes /readyz say so until it runs again
+            with store.transaction() as conn:
+                conn.exec_driver_sql("ALTER TABLE deliveries RENAME TO deliveries_away")
+            fire(store, enrolled_agent(store, "acme"), "B", time.time())
+            app.deliverer.notify()
+
+            async def readyz() -> tuple[int, str]:
+                async with httpx.AsyncClient() as client:
+                    answer = await client.get(f"http://127.0.0.1:{app.http_port}/readyz")
+                return answer.status_code, answer.text
+
+            async def down() -> bool:
+                return (await readyz())[0] == 503
+
+            await async_eventually(down)
+            assert "delivery route 'psa' down: OperationalError" in (await readyz())[1]
+            with store.transaction() as conn:
+                conn.exec_driver_sql("ALTER TABLE deliveries_away RENAME TO deliveries")
+
+            async def up() -> bool:
+                return (await readyz())[0] == 200
+
+            await async_eventually(up)
         finally:
             await app.stop(grace=0.1)
 
