@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from alerts.rules import Rule
-from collector import apitokens, maintenance, tickets
+from collector import apitokens, delivery, maintenance, tickets
 from collector.apitokens import ApiToken
 from collector.openapi import (
     ALERT_PHASES,
@@ -117,6 +117,12 @@ def _plain(text: str, what: str, max_length: int = MAX_FILTER) -> str:
     if len(text) > max_length:
         raise ApiError(400, f"{what} must be at most {max_length} characters")
     return text
+
+
+def _route_name(text: str) -> str:
+    if not text:
+        raise ApiError(400, "route must name a delivery route of the collector config")
+    return _plain(text, "route", 128)
 
 
 def _choice(text: str, what: str, choices: Collection[str]) -> str:
@@ -819,6 +825,52 @@ class _Handlers:
             }
         )
 
+    # -- parked deliveries ------------------------------------------------------------
+
+    async def list_parked(self, request: Request) -> Response:
+        token = await self._caller(request)
+        params = _query(request, ("route", "customer", *PAGING))
+        limit, offset = _paging(params)
+        route = _route_name(params["route"]) if "route" in params else None
+        customer = params.get("customer")
+        if customer is not None:
+            self._scope_filter(token, _plain(customer, "customer"))
+        scope = token.customers if customer is None else (customer,)
+        rows = await self._read(
+            lambda conn: delivery.list_parked(
+                conn, route=route, customers=scope, limit=limit + 1, offset=offset
+            )
+        )
+        return _Json(_page([r.to_dict() for r in rows], limit, offset))
+
+    async def retry_parked(self, request: Request) -> Response:
+        token = await self._caller(request)
+        _query(request, ())
+        await _body(request, ())
+        route = _route_name(request.path_params["route"])
+        event_id = _whole(request.path_params["event_id"], "event id", 1, MAX_ID)
+        now = self.ctx.clock()
+
+        def work(conn: Connection) -> delivery.ParkedEvent:
+            parked = delivery.get_parked(conn, route, event_id)
+            if not token.allows(parked.customer):  # answered as a missing one
+                raise delivery.ParkedEventNotFound(route, event_id)
+            delivery.unpark(conn, route, event_id)
+            apitokens.record(
+                conn,
+                actor=token.name,
+                action="delivery.retry",
+                target=f"delivery/{route}/{event_id}",
+                customer=parked.customer,
+                data={"idempotency_key": parked.idempotency_key},
+                now=now,
+            )
+            return parked
+
+        parked = await self._write(work)
+        self.ctx.pipeline.on_ticket_change()  # the route looks now, not at its next poll
+        return _Json({**parked.to_dict(), "status": "pending"})
+
     async def openapi(self, request: Request) -> Response:
         return _Json(openapi_document())
 
@@ -855,6 +907,8 @@ def build_api(ctx: ApiContext) -> Starlette:
         Route("/maintenance-windows/{window_id}", h.update_window, methods=["PUT"]),
         Route("/maintenance-windows/{window_id}", h.delete_window, methods=["DELETE"]),
         Route("/suppressed-alerts", h.list_suppressed),
+        Route("/deliveries/parked", h.list_parked),
+        Route("/deliveries/parked/{route}/{event_id}/retry", h.retry_parked, methods=["POST"]),
     ]
 
     async def api_error(request: Request, exc: Exception) -> Response:
@@ -891,6 +945,7 @@ def build_api(ctx: ApiContext) -> Starlette:
             AgentNotFound: not_found,
             EnrollmentTokenNotFound: not_found,
             maintenance.WindowNotFound: not_found,
+            delivery.ParkedEventNotFound: not_found,
             maintenance.InvalidWindow: bad_window,
             tickets.InvalidTicketTransition: conflict,
             StoreUnavailable: unavailable,

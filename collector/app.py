@@ -20,7 +20,7 @@ from collector import files, tickets, tls
 from collector.api import ApiContext
 from collector.committer import Committer
 from collector.config import CollectorConfig, parse_hostport
-from collector.delivery import Deliverer
+from collector.delivery import Deliverer, lease_owner
 from collector.exposition import SeriesExposition
 from collector.http import build_app
 from collector.lockfile import DataDirLock
@@ -178,7 +178,13 @@ class CollectorApp:
         self._tasks.append(asyncio.create_task(self._ticker()))
         if config.routes:
             self.deliverer = Deliverer(
-                self.store, [build_sink(route) for route in config.routes], self.metrics
+                self.store,
+                [build_sink(route) for route in config.routes],
+                self.metrics,
+                max_attempts=config.delivery_max_attempts,
+                park_after=config.delivery_park_after,
+                lease=config.delivery_lease,
+                owner=lease_owner(str(config.data_dir.resolve())),
             )
             self.pipeline.on_ticket_change = self.deliverer.notify
             self._tasks.append(asyncio.create_task(self.deliverer.run()))
@@ -287,7 +293,12 @@ class CollectorApp:
 
     def _ready(self) -> tuple[bool, str]:
         health = self.store.health
-        return health.healthy, health.reason
+        if not health.healthy:
+            return False, health.reason
+        deliverer = getattr(self, "deliverer", None)
+        if deliverer is not None and deliverer.problems():
+            return False, "; ".join(deliverer.problems())
+        return True, "ready"
 
     def _ticket_counts(self) -> dict[tuple[str, str, int], int]:
         with self.store.read() as conn:

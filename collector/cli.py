@@ -9,6 +9,7 @@ import dataclasses
 import getpass
 import json
 import os
+import re
 import secrets
 import signal
 import sys
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from alerts.rules import RuleFileError, load_rules
 from collector import logs
@@ -540,6 +542,73 @@ def cmd_tickets(args: argparse.Namespace) -> int:
     return 0
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _printable(text: Any) -> str:
+    """Control characters (ESC, CR, LF...) as \\xNN: a receiver's error text or a ticket
+    value must not drive the operator's terminal."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def _print_parked(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("no parked deliveries")
+        return
+    print(f"{'ROUTE':<16} {'EVENT':>7}  {'KEY':<12} {'KIND':<12} {'CUSTOMER':<12} PARKED / ERROR")
+    for r in rows:
+        print(
+            f"{_printable(r['route'])[:16]:<16} {r['event_id']:>7}  "
+            f"{r['idempotency_key']:<12} {r['kind']:<12} {_printable(r['customer'])[:12]:<12} "
+            f"{_fmt_time(r['parked_at'])} after {r['attempts']} tries: "
+            f"{_printable(r['error'])[:200]}"
+        )
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    from collector import delivery
+
+    api = _api_client(args)
+    if args.deliveries_cmd == "parked":
+        if api is not None:
+            params = {"route": args.route, "customer": args.customer, "limit": args.limit}
+            rows = api.call("GET", "/deliveries/parked", params=params)["items"]
+        else:
+            with _store(args) as store, store.read() as conn:
+                parked = delivery.list_parked(
+                    conn,
+                    route=args.route,
+                    customers=None if args.customer is None else [args.customer],
+                    limit=args.limit,
+                )
+            rows = [p.to_dict() for p in parked]
+        _print_parked(rows, args.json)
+        return 0
+    retried: list[dict[str, Any]] = []
+    for event_id in args.event_ids:
+        if api is not None:
+            path = f"/deliveries/parked/{quote(args.route, safe='')}/{event_id}/retry"
+            retried.append(api.call("POST", path, body={}))
+            continue
+        try:
+            # the collector sees the event pending at its next poll (a second at most)
+            with _store(args) as store, store.transaction() as conn:
+                retried.append(delivery.unpark(conn, args.route, event_id).to_dict())
+        except delivery.ParkedEventNotFound as exc:
+            raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(retried, indent=2))
+    else:
+        for r in retried:
+            print(
+                f"{_printable(r['route'])} event {r['event_id']} ({r['idempotency_key']}): pending"
+            )
+    return 0
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     from alerts.rules import parse_duration
 
@@ -874,6 +943,24 @@ def build_parser() -> argparse.ArgumentParser:
             help="API token for --api-url; prefer env TRIPLINE_API_TOKEN (not shown by ps)",
         )
         tp.set_defaults(func=cmd_tickets)
+
+    dl = sub.add_parser("deliveries", help="ticket deliveries parked after their retries")
+    dsub = dl.add_subparsers(dest="deliveries_cmd", required=True)
+    dp = dsub.add_parser("parked", help="list parked events, oldest first")
+    dp.add_argument("--route")
+    dp.add_argument("--customer")
+    dp.add_argument("--limit", type=int, default=100)
+    dr = dsub.add_parser("retry", help="send parked events again (their route sends them next)")
+    dr.add_argument("route")
+    dr.add_argument("event_ids", type=int, nargs="+", metavar="EVENT_ID")
+    for tp in dsub.choices.values():
+        store_flags(tp)
+        tp.add_argument("--json", action="store_true")
+        tp.add_argument(
+            "--api-url", help="a running collector's HTTP address (env TRIPLINE_API_URL)"
+        )
+        tp.add_argument("--api-token", help="prefer env TRIPLINE_API_TOKEN (not shown by ps)")
+        tp.set_defaults(func=cmd_deliveries)
 
     to = sub.add_parser("tokens", help="customers' enrollment tokens")
     tosub = to.add_subparsers(dest="tokens_cmd", required=True)

@@ -85,6 +85,12 @@ class CollectorConfig:
     tickets: TicketSettings = field(default_factory=TicketSettings)
     # where ticket events are delivered (webhook, e-mail, Alertmanager); file only
     routes: tuple[Route, ...] = ()
+    # an event a receiver answered with failures (or a sink raised on) this many times, or
+    # for this long, is parked and the route goes on; an unreachable receiver parks nothing
+    delivery_max_attempts: int = 10
+    delivery_park_after: float = 3600.0
+    # collectors sharing a database take turns per route; a dead one's turn ends after this
+    delivery_lease: float = 30.0
     # customer -> when its office PCs are expected to report (others: around the clock)
     business_hours: Mapping[str, calendar.Weekly] = field(default_factory=dict)
     # agent tags (key, value) watched around the clock whatever their customer's hours
@@ -154,6 +160,8 @@ _DURATION_KEYS = {
     "escalate_tier2_after",
     "backoff_initial",
     "backoff_max",
+    "delivery_park_after",
+    "delivery_lease",
     "keepalive_time",
     "keepalive_timeout",
 }

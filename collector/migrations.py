@@ -50,7 +50,7 @@ class InvalidMigrationList(MigrationError):
 
 
 # Tables a later migration creates: migration 1 leaves them out (see the module docstring).
-_LATER_TABLES = frozenset({"store_probe"})
+_LATER_TABLES = frozenset({"store_probe", "delivery_parked", "delivery_leases"})
 
 
 def _create_v1(conn: Connection) -> None:
@@ -64,9 +64,15 @@ def _create_store_probe(conn: Connection) -> None:
     conn.execute(schema.store_probe.insert().values(id=1, written_at=0.0, writes=0))
 
 
+def _create_delivery_tables(conn: Connection) -> None:
+    tables = [schema.delivery_parked, schema.delivery_leases]
+    schema.metadata.create_all(conn, tables=tables, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create agents, enrollment, alert state and ticket tables", _create_v1),
     Migration(2, "create the store_probe table (health checks write it)", _create_store_probe),
+    Migration(3, "delivery: parked events and per-route leases", _create_delivery_tables),
 )
 
 

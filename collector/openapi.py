@@ -497,6 +497,7 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     paths.update(_maintenance_paths())
+    paths.update(_delivery_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "Tripline collector API", "version": "1"},
@@ -505,7 +506,7 @@ def openapi_document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **_delivery_schemas()},
         },
     }
 
@@ -604,6 +605,70 @@ def _maintenance_paths() -> dict[str, Any]:
                     _param("before_id", "query", _ID, "the last id of the previous page"),
                 ],
                 errors=("403",),
+            )
+        },
+    }
+
+
+_ROUTE = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": _NO_NUL}
+
+
+def _delivery_schemas() -> dict[str, Any]:
+    parked = _object(
+        (
+            "route",
+            "event_id",
+            "ticket_id",
+            "seq",
+            "kind",
+            "customer",
+            "idempotency_key",
+            "attempts",
+            "parked_at",
+            "error",
+        ),
+        route={"type": "string"},
+        event_id={"type": "integer"},
+        ticket_id={"type": "integer"},
+        seq={"type": "integer"},
+        kind={"type": "string"},
+        customer={"type": "string"},
+        idempotency_key={"type": "string"},
+        attempts={"type": "integer"},
+        parked_at={"type": "number"},
+        error={"type": "string"},
+    )
+    return {
+        "ParkedDelivery": parked,
+        "ParkedDeliveryPage": _page_of("ParkedDelivery"),
+        "ParkedDeliveryRetried": {
+            "allOf": [parked, _object(("status",), status={"const": "pending"})]
+        },
+    }
+
+
+def _delivery_paths() -> dict[str, Any]:
+    return {
+        "/deliveries/parked": {
+            "get": _op(
+                "listParkedDeliveries",
+                "Ticket events a route gave up on after its retries, oldest first",
+                _ref("ParkedDeliveryPage"),
+                params=[_param("route", "query", _ROUTE, ""), _CUSTOMER, *_PAGING],
+                errors=("403",),
+            )
+        },
+        "/deliveries/parked/{route}/{event_id}/retry": {
+            "post": _op(
+                "retryParkedDelivery",
+                "Make a parked event pending again: its route sends it next",
+                _ref("ParkedDeliveryRetried"),
+                params=[
+                    _param("route", "path", _ROUTE, "route name"),
+                    _param("event_id", "path", _ID, "ticket event id"),
+                ],
+                body=_strict(),
+                errors=("404",),
             )
         },
     }

@@ -204,6 +204,30 @@ deliveries = Table(
     CheckConstraint("status IN ('delivered', 'failed', 'skipped')", name="status"),
 )
 
+# Events a route gave up on after its retries (collector.delivery). A parked event has no
+# row in `deliveries`, so an operator's retry (deleting the row here) makes it pending again.
+delivery_parked = Table(
+    "delivery_parked",
+    metadata,
+    Column("route", String(128), nullable=False),
+    Column("event_id", Integer, ForeignKey("ticket_events.id", ondelete="CASCADE"), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("parked_at", Double, nullable=False),
+    Column("error", Text, nullable=False),
+    PrimaryKeyConstraint("route", "event_id"),
+)
+
+# Which collector drains a route, until when: collectors sharing one PostgreSQL take turns
+# per route, so each event is sent by one of them and in order per ticket (a lease, not
+# row locks: a lock held across an HTTP call would pin a connection per route).
+delivery_leases = Table(
+    "delivery_leases",
+    metadata,
+    Column("route", String(128), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("expires_at", Double, nullable=False),
+)
+
 # Operators' HTTP API tokens (collector.apitokens). The secret is stored as its sha256 only;
 # `customers` is a JSON list of the customers the token may see, NULL for all of them.
 api_tokens = Table(

@@ -81,6 +81,27 @@ class CollectorMetrics:
             ["route", "result"],
             registry=registry,
         )
+        self.delivery_parked = Counter(
+            "tripline_collector_delivery_parked_total",
+            "Ticket events a route gave up on after its retries (listed and retried through "
+            "the API and 'tripline deliveries'), by route.",
+            ["route"],
+            registry=registry,
+        )
+        self.delivery_errors = Counter(
+            "tripline_collector_delivery_errors_total",
+            "Unexpected exceptions rendering or sending one event (logged with a traceback; "
+            "the event is retried, then parked), by route.",
+            ["route"],
+            registry=registry,
+        )
+        self.delivery_restarts = Counter(
+            "tripline_collector_delivery_restarts_total",
+            "Delivery route tasks that died and were restarted (logged with a traceback), "
+            "by route.",
+            ["route"],
+            registry=registry,
+        )
         self.commit_seconds = Histogram(
             "tripline_collector_commit_duration_seconds",
             "Time to commit one batch of reports' effects to the store.",

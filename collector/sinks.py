@@ -1,8 +1,10 @@
 """Sinks deliver one ticket event to a receiver: a webhook, an SMTP server, Alertmanager.
 
 A sink raises :class:`DeliveryFailed` with ``retryable`` saying whether trying again can
-help (receiver down, 5xx, 429) or not (a 4xx that will never change); the delivery loop
-does the retrying, the ordering and the bookkeeping.
+help (receiver down, 5xx, 429) or not (a 4xx that will never change), and ``unreachable``
+when no receiver answered at all; the delivery loop does the retrying, the parking, the
+ordering and the bookkeeping. Rendering is defensive: whatever a ticket holds (an agent's
+label with CR/LF, a time no calendar can show), the message is well formed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 import hashlib
 import hmac
 import json
+import math
+import re
 import smtplib
 import ssl
 from collections.abc import Mapping, Sequence
@@ -27,11 +31,51 @@ from collector.routes import Route
 USER_AGENT = "tripline-collector/0.1"
 
 
+# 307/308 keep the method and body; this many hops at most, to the same scheme only.
+MAX_REDIRECTS = 5
+SUBJECT_MAX = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
 class DeliveryFailed(Exception):
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None):
+    """The receiver did not take the event.
+
+    ``unreachable``: nobody answered (connection refused, timeout); the route waits for the
+    receiver and the event is never parked for it, since it says nothing about the event.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        unreachable: bool = False,
+    ):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.unreachable = unreachable
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such numbers are sent as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def one_line(text: str, limit: int) -> str:
+    """Control characters (CR/LF included) become one space; at most ``limit`` characters.
+
+    For mail headers: a CR/LF from an agent's label would otherwise start a new header.
+    """
+    flat = _CONTROL.sub(" ", text).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
 
 
 @dataclass(frozen=True)
@@ -57,6 +101,8 @@ class Delivery:
 
 class Sink(Protocol):
     route: Route
+    # the longest one delivery may take; a route's lease outlasts it
+    timeout: float
 
     async def deliver(self, delivery: Delivery) -> None: ...
 
@@ -68,7 +114,10 @@ def _http_failure(response: httpx.Response, what: str) -> DeliveryFailed:
     header = response.headers.get("retry-after")
     if header and header.isdigit():
         retry_after = float(header)
-    retryable = response.status_code in (408, 425, 429) or response.status_code >= 500
+    # 3xx reaching here (301/302/303, or a 307/308 not followed): a receiver moved, an
+    # operator fixes the URL; retried then parked, so a retry after the fix still sends it.
+    status = response.status_code
+    retryable = status in (408, 425, 429) or status >= 500 or 300 <= status < 400
     return DeliveryFailed(
         f"{what} answered HTTP {response.status_code}: {response.text[:200]}",
         retryable=retryable,
@@ -81,17 +130,50 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+async def post_following_redirects(
+    client: httpx.AsyncClient, url: str, what: str, **kwargs: Any
+) -> httpx.Response:
+    """POST, following 307/308 (which keep method and body) to the same scheme, at most
+    MAX_REDIRECTS hops. Other redirects are answers for the caller to judge; a redirect
+    to another scheme (https to http would send the body in clear) or too deep is a
+    retryable failure, never a final one."""
+    scheme = httpx.URL(url).scheme
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            response = await client.post(url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise DeliveryFailed(
+                f"{what} unreachable: {exc!r}", retryable=True, unreachable=True
+            ) from None
+        if response.status_code not in (307, 308) or "location" not in response.headers:
+            return response
+        try:
+            target = httpx.URL(url).join(response.headers["location"])
+        except (httpx.InvalidURL, ValueError):
+            raise DeliveryFailed(
+                f"{what} redirected to an invalid location", retryable=True
+            ) from None
+        if target.scheme != scheme:
+            raise DeliveryFailed(
+                f"{what} redirected from {scheme} to {target.scheme}; not followed",
+                retryable=True,
+            )
+        url = str(target)
+    raise DeliveryFailed(f"{what} redirected more than {MAX_REDIRECTS} times", retryable=True)
+
+
 class WebhookSink:
     def __init__(self, route: Route) -> None:
         self.route = route
         self._url = str(route.settings["url"])
         self._secret = str(route.settings.get("secret") or "")
-        self._client = httpx.AsyncClient(
-            timeout=float(route.settings.get("timeout", 10)), headers={"user-agent": USER_AGENT}
-        )
+        self.timeout = float(route.settings.get("timeout", 10))
+        self._client = httpx.AsyncClient(timeout=self.timeout, headers={"user-agent": USER_AGENT})
 
     async def deliver(self, delivery: Delivery) -> None:
-        body = json.dumps(delivery.payload(), separators=(",", ":"), default=str).encode()
+        body = json.dumps(
+            _finite(delivery.payload()), separators=(",", ":"), default=str, allow_nan=False
+        ).encode()
         headers = {
             "content-type": "application/json",
             "x-tripline-event": str(delivery.event["kind"]),
@@ -99,10 +181,9 @@ class WebhookSink:
         }
         if self._secret:
             headers["x-tripline-signature"] = sign(self._secret, body)
-        try:
-            response = await self._client.post(self._url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise DeliveryFailed(f"webhook unreachable: {exc!r}", retryable=True) from None
+        response = await post_following_redirects(
+            self._client, self._url, "webhook", content=body, headers=headers
+        )
         if not response.is_success:
             raise _http_failure(response, "webhook")
 
@@ -111,7 +192,20 @@ class WebhookSink:
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+    """ISO 8601, or None for a time no calendar can show (NaN, 1e300, before year 1)."""
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(float(ts), UTC).isoformat()
+    except (OverflowError, ValueError, OSError, TypeError):
+        return None
+
+
+def _mail_date(ts: Any) -> str:
+    try:
+        return formatdate(float(ts), usegmt=True)
+    except (OverflowError, ValueError, OSError, TypeError):
+        return formatdate(usegmt=True)
 
 
 def email_message(delivery: Delivery, *, sender: str, to: Sequence[str]) -> EmailMessage:
@@ -127,8 +221,8 @@ def email_message(delivery: Delivery, *, sender: str, to: Sequence[str]) -> Emai
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = ", ".join(to)
-    msg["Subject"] = f"[Tripline #{ticket['id']}] {ticket['summary']}"
-    msg["Date"] = formatdate(float(event["at"]), usegmt=True)
+    msg["Subject"] = one_line(f"[Tripline #{ticket['id']}] {ticket['summary']}", SUBJECT_MAX)
+    msg["Date"] = _mail_date(event["at"])
     if event["seq"] == 1:
         msg["Message-ID"] = root
     else:
@@ -177,7 +271,7 @@ class EmailSink:
         self._tls_ca = None if s.get("tls_ca") is None else str(s["tls_ca"])
         self._from = str(s["from"])
         self._to = tuple(s["to"])
-        self._timeout = float(s.get("timeout", 20))
+        self.timeout = float(s.get("timeout", 20))
 
     async def deliver(self, delivery: Delivery) -> None:
         message = email_message(delivery, sender=self._from, to=self._to)
@@ -188,23 +282,32 @@ class EmailSink:
             smtp: smtplib.SMTP
             if self._ssl:
                 smtp = smtplib.SMTP_SSL(
-                    self._host, self._port, timeout=self._timeout, context=self._tls_context()
+                    self._host, self._port, timeout=self.timeout, context=self._tls_context()
                 )
             else:
-                smtp = smtplib.SMTP(self._host, self._port, timeout=self._timeout)
+                smtp = smtplib.SMTP(self._host, self._port, timeout=self.timeout)
             with smtp:
                 if self._starttls:
                     smtp.starttls(context=self._tls_context())
                 if self._username:
                     smtp.login(str(self._username), str(self._password or ""))
                 smtp.send_message(message)
+        except smtplib.SMTPServerDisconnected as exc:
+            raise DeliveryFailed(
+                f"SMTP server unreachable: {exc!r}", retryable=True, unreachable=True
+            ) from None
         except smtplib.SMTPResponseException as exc:
             # 4xx is "try again later" in SMTP; 5xx is final.
             raise DeliveryFailed(
                 f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", retryable=exc.smtp_code < 500
             ) from None
-        except (OSError, smtplib.SMTPException) as exc:
-            raise DeliveryFailed(f"SMTP server unreachable: {exc!r}", retryable=True) from None
+        except smtplib.SMTPException as exc:
+            # answered, but not with a code of its own (recipients refused, no STARTTLS...)
+            raise DeliveryFailed(f"SMTP failed: {exc!r}", retryable=True) from None
+        except OSError as exc:  # after SMTPException, which is an OSError too
+            raise DeliveryFailed(
+                f"SMTP server unreachable: {exc!r}", retryable=True, unreachable=True
+            ) from None
 
     def _tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self._tls_ca)
@@ -213,32 +316,42 @@ class EmailSink:
         pass
 
 
+# Alertmanager's identity of an alert is its label set. Only what never changes over a
+# ticket's life is a label; tier, severity, summary, value... change (escalation, a rule
+# reload) and are annotations, or one ticket would become several alerts, the old ones
+# never resolved.
+IDENTITY_LABELS = ("alertname", "customer", "agent_id", "host", "tripline_ticket")
+
+
 def alertmanager_alert(ticket: Mapping[str, Any], generator_url: str = "") -> dict[str, Any]:
-    """A ticket as an Alertmanager v2 alert; labels are stable so AM groups and dedupes."""
+    """A ticket as an Alertmanager v2 alert: one alert per ticket, whatever changes."""
     labels = {
         **{
-            f"label_{k}" if k in ("alertname", "severity") else k: v
+            f"label_{k}" if k in IDENTITY_LABELS else str(k): str(v)
             for k, v in (ticket.get("labels") or {}).items()
         },
-        "alertname": ticket["rule"],
-        "customer": ticket["customer"],
-        "agent_id": ticket["agent_id"],
-        "host": ticket["hostname"],
-        "severity": ticket["severity"],
-        "tier": str(ticket["tier"]),
+        "alertname": str(ticket["rule"]),
+        "customer": str(ticket["customer"]),
+        "agent_id": str(ticket["agent_id"]),
+        "host": str(ticket["hostname"]),
         "tripline_ticket": str(ticket["id"]),
     }
     alert: dict[str, Any] = {
         "labels": labels,
         "annotations": {
-            "summary": ticket["summary"],
-            "runbook": ticket.get("runbook") or "",
+            "summary": str(ticket["summary"]),
+            "severity": str(ticket["severity"]),
+            "tier": str(ticket["tier"]),
+            "runbook": str(ticket.get("runbook") or ""),
             "value": str(ticket["value"]),
         },
-        "startsAt": _iso(ticket["opened_at"]),
     }
-    if ticket["status"] == "resolved" and ticket.get("resolved_at"):
-        alert["endsAt"] = _iso(ticket["resolved_at"])
+    starts = _iso(ticket["opened_at"])
+    if starts is not None:
+        alert["startsAt"] = starts
+    if ticket["status"] == "resolved":
+        # A resolve must end the alert even when its time cannot be shown: "now".
+        alert["endsAt"] = _iso(ticket.get("resolved_at")) or datetime.now(UTC).isoformat()
     if generator_url:
         alert["generatorURL"] = generator_url
     return alert
@@ -255,9 +368,8 @@ class AlertmanagerSink:
         self.route = route
         self._url = str(route.settings["url"]).rstrip("/") + "/api/v2/alerts"
         self.resend_interval = float(route.settings.get("resend_interval", 60))
-        self._client = httpx.AsyncClient(
-            timeout=float(route.settings.get("timeout", 10)), headers={"user-agent": USER_AGENT}
-        )
+        self.timeout = float(route.settings.get("timeout", 10))
+        self._client = httpx.AsyncClient(timeout=self.timeout, headers={"user-agent": USER_AGENT})
 
     async def deliver(self, delivery: Delivery) -> None:
         await self._post([alertmanager_alert(delivery.ticket)])
@@ -267,10 +379,14 @@ class AlertmanagerSink:
             await self._post([alertmanager_alert(t) for t in open_tickets])
 
     async def _post(self, alerts: list[dict[str, Any]]) -> None:
-        try:
-            response = await self._client.post(self._url, json=alerts)
-        except httpx.HTTPError as exc:
-            raise DeliveryFailed(f"Alertmanager unreachable: {exc!r}", retryable=True) from None
+        body = json.dumps(_finite(alerts), default=str, allow_nan=False).encode()
+        response = await post_following_redirects(
+            self._client,
+            self._url,
+            "Alertmanager",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
         if not response.is_success:
             raise _http_failure(response, "Alertmanager")
 
