@@ -871,10 +871,13 @@ def test_corrupt_database_at_start_is_one_line_naming_the_file_and_exit_2(
     cluster: Cluster, tmp_path: Path, damage: str
 ) -> None:
     data = tmp_path / "data"
-    data.mkdir()
+    # Owner-only, as the collector keeps them: a looser mode adds its "tightened
+    # permissions" warning, which is not what this test is about.
+    data.mkdir(mode=0o700)
     db = data / "tripline.db"
     if damage == "garbage":
         db.write_bytes(random.Random(7).randbytes(64 * 1024))
+        db.chmod(0o600)
     else:
         collector = start_collector(cluster, "--customer", f"acme={TOKEN}", data_dir=data)
         assert collector.stop() == 0
