@@ -130,42 +130,43 @@ BAD_REPORTS: list[tuple[str, pb.Report, str, int | None]] = [
         "metric name with a space",
         report(sample("load1"), sample("cpu usage")),
         "report seq 1, sample #1: metric name 'cpu usage' is not a valid Prometheus name "
-        "([a-zA-Z_][a-zA-Z0-9_]*, at most 200 characters)",
+        "([a-zA-Z_:][a-zA-Z0-9_:]*, at most 200 characters)",
         1,
     ),
     (
         "metric name starting with a digit",
         report(sample("1load")),
         "report seq 1, sample #0: metric name '1load' is not a valid Prometheus name "
-        "([a-zA-Z_][a-zA-Z0-9_]*, at most 200 characters)",
+        "([a-zA-Z_:][a-zA-Z0-9_:]*, at most 200 characters)",
         1,
     ),
     (
         "empty metric name",
         report(sample("")),
         "report seq 1, sample #0: metric name '' is not a valid Prometheus name "
-        "([a-zA-Z_][a-zA-Z0-9_]*, at most 200 characters)",
+        "([a-zA-Z_:][a-zA-Z0-9_:]*, at most 200 characters)",
         1,
     ),
     (
         "metric name too long (cut to 80 in the message)",
         report(sample("m" * 201)),
         f"report seq 1, sample #0: metric name '{'m' * 80}' is not a valid Prometheus name "
-        "([a-zA-Z_][a-zA-Z0-9_]*, at most 200 characters)",
+        "([a-zA-Z_:][a-zA-Z0-9_:]*, at most 200 characters)",
         1,
     ),
     (
         "label name with a dash",
         report(sample(**{"cpu-id": "0"})),
         "report seq 1, sample #0 (cpu_usage_ratio): label name 'cpu-id' is not a valid "
-        "Prometheus label name",
+        "Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, at most 200 characters)",
         1,
     ),
     (
         "reserved label name",
         report(sample(__name__="x")),
-        "report seq 1, sample #0 (cpu_usage_ratio): label name '__name__' is not a valid "
-        "Prometheus label name",
+        "report seq 1, sample #0 (cpu_usage_ratio): label name '__name__' is reserved (the "
+        "collector and Prometheus set agent_id, customer, host, instance, job, site, exported_* "
+        "and __* on every series); rename it in the agent",
         1,
     ),
     (
@@ -189,7 +190,8 @@ BAD_REPORTS: list[tuple[str, pb.Report, str, int | None]] = [
     (
         "label value too long",
         report(sample("filesystem_used_ratio", mountpoint=LONG)),
-        "report seq 1, sample #0 (filesystem_used_ratio): label mountpoint is longer than 1024",
+        "report seq 1, sample #0 (filesystem_used_ratio): label mountpoint is longer than 1024 "
+        "characters",
         1,
     ),
     (
@@ -238,16 +240,20 @@ def test_hello_decodes() -> None:
     assert hello.agent_version == "v" * 64
     assert hello.sent_at == T
     # uint64 fields come out of MessageToDict as strings (JSON mapping of protobuf)
-    assert hello.host == {"hostname": 'pc "q"\n', "memory_total_bytes": str(2**34)}
+    # control characters are escaped before anything stores or renders them
+    assert hello.host == {"hostname": 'pc "q"\\x0a', "memory_total_bytes": str(2**34)}
 
 
 @pytest.mark.parametrize(
     ("hello", "message"),
     [
-        (pb.Hello(sent_at_seconds=T), "Hello.instance_id must be 1..64 characters"),
+        (
+            pb.Hello(sent_at_seconds=T),
+            "Hello.instance_id '' must be 1..64 characters of A-Z a-z 0-9 . _ : -",
+        ),
         (
             pb.Hello(instance_id="i" * 65, sent_at_seconds=T),
-            "Hello.instance_id must be 1..64 characters",
+            f"Hello.instance_id {'i' * 65!r} must be 1..64 characters of A-Z a-z 0-9 . _ : -",
         ),
         (
             pb.Hello(instance_id=INSTANCE, sent_at_seconds=math.inf),
