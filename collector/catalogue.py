@@ -164,7 +164,20 @@ FAMILIES: tuple[Family, ...] = (
     _f(
         "agent_probe_errors_total", "counter", "", "Probe failures in the agent, by probe.", "probe"
     ),
+    _f("agent_spool_reports", "gauge", "", "Reports waiting in the agent's spool."),
+    _f("agent_spool_bytes", "gauge", "bytes", "Size of the agent's spool in bytes."),
+    _f("agent_reconnects_total", "counter", "", "Connections the agent opened to a collector."),
+    _f(
+        "agent_reports_rejected_total",
+        "counter",
+        "",
+        "Reports the collector rejected as invalid (dropped from the agent's spool).",
+    ),
 )
+
+# Sent by the agent but exposed by the collector from the report itself
+# (tripline_agent_spool_dropped_reports_total, one series per agent): not exposed twice.
+NOT_EXPOSED = frozenset({"agent_spool_dropped_reports_total"})
 
 BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}
 
@@ -199,7 +212,7 @@ def _check() -> None:
         for problem in problems:
             if problem:
                 raise ValueError(f"metric catalogue: {family.name} {problem}")
-    if set(LEGACY_NAMES) & set(BY_NAME):
+    if set(LEGACY_NAMES) & set(BY_NAME) or NOT_EXPOSED & set(BY_NAME):
         raise ValueError("metric catalogue: a legacy name is also a core name")
 
 

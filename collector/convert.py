@@ -36,8 +36,9 @@ from protos.tripline.v1 import tripline_pb2 as pb
 
 Labels = tuple[tuple[str, str], ...]
 
-# The Prometheus data model, matched whole (re.fullmatch) and ASCII only.
-METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+# The Prometheus data model, matched whole (re.fullmatch) and ASCII only. Colons are
+# left out of metric names: they are reserved for recording rules (promtool refuses them).
+METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # Spool instance ids are uuid4 hex on the agent; anything printable and short is accepted.
 INSTANCE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -388,7 +389,7 @@ def _check_metric_name(name: str, where: str, index: int, seq: int) -> None:
     if len(name) > MAX_NAME or METRIC_NAME.fullmatch(name) is None:
         raise InvalidMessage(
             f"{where}, sample #{index}: metric name {_shown(name)} is not a valid Prometheus "
-            f"name ([a-zA-Z_:][a-zA-Z0-9_:]*, at most {MAX_NAME} characters)",
+            f"name ([a-zA-Z_][a-zA-Z0-9_]*, at most {MAX_NAME} characters)",
             seq,
             "metric_name",
         )

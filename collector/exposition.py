@@ -137,6 +137,8 @@ class SeriesExposition:
         self._agents.pop(agent_id, None)
 
     def _prefix(self, lines: _AgentLines, name: str, labels: Labels) -> tuple[str, str, str] | None:
+        if name in catalogue.NOT_EXPOSED:
+            return None
         exposed, kind, help_text = catalogue.exposed(name)
         if exposed in OWN_FAMILIES or any(label in RESERVED for label, _ in labels):
             return None  # unreachable through the edge; kept so no other path breaks a scrape

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import httpx
 from grpc import aio
 from prometheus_client.parser import text_string_to_metric_families
@@ -50,13 +52,15 @@ EXTRA: list[tuple[str, dict[str, str], float]] = [
     ("agent_reconnects_total", {}, 1.0),
     ("agent_reports_rejected_total", {}, 0.0),
     ("agent_probe_errors_total", {"probe": "sensors"}, 2.0),
-    # an agent label named like a target label is kept as exported_host
-    ("custom_check_up", {"host": HOSTNAME}, 1.0),
+    # an extra metric (not in the catalogue) with a hostile label value
+    ("custom_check_up", {"check": HOSTNAME}, 1.0),
 ]
 
 
 @contextlib.asynccontextmanager
-async def running_collector(data_dir: Path) -> AsyncIterator[CollectorApp]:
+async def running_collector(
+    data_dir: Path, customers: dict[str, str] | None = None
+) -> AsyncIterator[CollectorApp]:
     config = load_collector_config(
         None,
         environ={},
@@ -64,7 +68,7 @@ async def running_collector(data_dir: Path) -> AsyncIterator[CollectorApp]:
             "listen": "127.0.0.1:0",
             "http_listen": "127.0.0.1:0",
             "data_dir": data_dir,
-            "customers": {"acme": TOKEN},
+            "customers": customers or {"acme": TOKEN},
             "interval": 1,
             "plaintext": True,
         },
@@ -75,6 +79,10 @@ async def running_collector(data_dir: Path) -> AsyncIterator[CollectorApp]:
         yield app
     finally:
         await app.stop(grace=0.1)
+
+
+def esc(value: str) -> str:
+    return value.replace("\n", "\\x0a")
 
 
 def probe_samples() -> list[pb.Sample]:
@@ -138,7 +146,8 @@ def test_metrics_pass_promtool_with_hostile_labels(tmp_path: Path, promtool: str
     assert checked.returncode == 0 and problems == "", f"promtool: {problems}\n\n{body}"
 
     families = {f.name: f for f in text_string_to_metric_families(body)}
-    ours = {"agent_id": agent_id, "customer": "acme", "host": HOSTNAME, "site": SITE}
+    # control characters are escaped at the edge (\\x0a), quotes and backslashes by the format
+    ours = {"agent_id": agent_id, "customer": "acme", "host": esc(HOSTNAME), "site": esc(SITE)}
 
     def labels_of(family: str) -> list[dict[str, str]]:
         return [s.labels for s in families[family].samples]
@@ -148,17 +157,186 @@ def test_metrics_pass_promtool_with_hostile_labels(tmp_path: Path, promtool: str
     fs = [
         (s.labels, s.value)
         for s in families["tripline_filesystem_used_ratio"].samples
-        if s.labels["mountpoint"] == MOUNTPOINT
+        if s.labels["mountpoint"] == esc(MOUNTPOINT)
     ]
-    assert fs == [({**ours, "mountpoint": MOUNTPOINT, "fstype": "ext4", "device": DEVICE}, 0.5)]
+    assert fs == [
+        ({**ours, "mountpoint": esc(MOUNTPOINT), "fstype": "ext4", "device": esc(DEVICE)}, 0.5)
+    ]
     reads = [
-        s for s in families["tripline_disk_read_bytes"].samples if s.labels["device"] == DEVICE
+        s for s in families["tripline_disk_read_bytes"].samples if s.labels["device"] == esc(DEVICE)
     ]
     assert [(s.name, s.value) for s in reads] == [("tripline_disk_read_bytes_total", 123456.0)]
     assert families["tripline_disk_read_bytes"].type == "counter"
-    assert labels_of("tripline_custom_check_up") == [{**ours, "exported_host": HOSTNAME}]
+    assert labels_of("tripline_x_custom_check_up") == [{**ours, "check": esc(HOSTNAME)}]
     assert [s.value for s in families["tripline_processes"].samples] == [212.0]
     # the collector's own dropped counter, not a second family from the agent's series
     assert labels_of("tripline_agent_spool_dropped_reports") == [ours]
     assert "tripline_collector_reports_applied" in families
     assert "tripline_memory_total_bytes" in families
+
+
+# -- a hostile agent of one customer, a good agent of another ---------------------------
+
+GOOD_TOKEN = "tle_globex_promtool_token"
+NASTY = 'a\nb\r"c\\d\te\x00f\x1b]52;c;SGk=\x07g\x85h\x7f\u2028'
+# Each entry goes in its own report: the collector rejects some whole, applies others.
+BATTERY: list[list[tuple[str, dict[str, str], float]]] = [
+    [("load1\n", {}, 1.0)],  # a trailing newline passed ^...$ with match
+    [("memory_used_ratio_total", {}, 5.0)],  # a counter shadowing a core gauge
+    [("memory_used_ratio", {}, 0.5), ("memory_used_ratio_count", {}, 1.0)],
+    [("disk_read_bytes", {"device": "sda"}, 1.0)],  # a core counter without _total
+    [("load1_sum", {}, 1.0), ("load1_bucket", {"le": "1"}, 1.0), ("load1_created", {}, 1.0)],
+    [("load1_info", {"quantile": "0.5"}, 1.0)],
+    [("cpu_usage_ratio", {"foo": "bar"}, 0.1)],  # a label the core family does not have
+    [("custom_up", {"customer": "globex"}, 1.0)],
+    [("custom_up", {"exported_customer": "globex"}, 1.0)],
+    [("custom_up", {"job": "x", "instance": "y"}, 1.0)],
+    [("custom_up", {"agent_id": "someone-else", "host": "h", "site": "s"}, 1.0)],
+    [("custom_up", {"__name__": "load1"}, 1.0)],
+    [("custom_up", {"a\n": "v"}, 1.0)],
+    [("custom_nasty", {"path": NASTY}, 1.0)],
+    [("custom_nasty", {"path": "x" * 1024}, 2.0)],
+    [("agent_up", {}, 0.0), ("tripline_agent_up", {}, 0.0), ("collector_up", {}, 0.0)],
+    [("agent_spool_dropped_reports_total", {}, 1e9)],
+    [("process_count", {}, 1.0), ("processes", {}, 2.0)],  # one series after mapping
+    [("process_count", {}, 3.0)],
+    [("_", {}, 2.0), ("x_total", {}, 3.0)],
+    [("big", {}, 1e308), ("tiny", {}, 5e-324), ("negzero", {}, -0.0)],
+    [("nan", {}, math.nan)],
+    [("é", {}, 1.0)],
+    [("a:b", {}, 1.0)],  # colons are for recording rules; promtool refuses them
+]
+GOOD_SERIES: list[tuple[str, dict[str, str], float]] = [
+    ("memory_used_ratio", {}, 0.25),
+    ("load1", {}, 0.5),
+    ("processes", {}, 99.0),
+    ("disk_read_bytes_total", {"device": "sda"}, 1000.0),
+    ("filesystem_used_ratio", {"mountpoint": "/", "fstype": "ext4", "device": "/dev/sda1"}, 0.4),
+    ("cpu_usage_ratio", {}, 0.3),
+    ("cpu_usage_ratio", {"cpu": "0"}, 0.35),
+]
+# The good agent's series as Prometheus exposes them.
+GOOD_EXPOSED = [
+    ("tripline_memory_used_ratio", {}, 0.25),
+    ("tripline_load1", {}, 0.5),
+    ("tripline_processes", {}, 99.0),
+    ("tripline_disk_read_bytes_total", {"device": "sda"}, 1000.0),
+    (
+        "tripline_filesystem_used_ratio",
+        {"mountpoint": "/", "fstype": "ext4", "device": "/dev/sda1"},
+        0.4,
+    ),
+    ("tripline_cpu_usage_ratio", {}, 0.3),
+    ("tripline_cpu_usage_ratio", {"cpu": "0"}, 0.35),
+]
+
+
+async def _send(
+    stub: pb_grpc.CollectorStub,
+    credential: str,
+    host: pb.HostInfo,
+    reports: list[list[tuple[str, dict[str, str], float]]],
+) -> list[str]:
+    """One stream per report; returns the status name each ended with (OK when acked)."""
+    outcomes = []
+    for seq, samples in enumerate(reports, start=1):
+        call = stub.Connect(metadata=(("authorization", f"Bearer {credential}"),))
+        now = time.time()
+        await call.write(
+            pb.AgentMessage(hello=pb.Hello(instance_id="i-1", host=host, sent_at_seconds=now))
+        )
+        try:
+            assert (await call.read()).WhichOneof("kind") == "welcome"
+            report = pb.Report(
+                instance_id="i-1",
+                seq=seq,
+                collected_at_seconds=now,
+                samples=[pb.Sample(name=n, labels=lb, value=v) for n, lb, v in samples],
+            )
+            await call.write(pb.AgentMessage(report=report))
+            reply = await call.read()
+            assert reply.WhichOneof("kind") == "ack", reply
+            outcomes.append("OK")
+            await call.done_writing()
+        except aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
+            outcomes.append(exc.code().name)
+    return outcomes
+
+
+async def _hostile_and_good(app: CollectorApp) -> tuple[str, str, list[str], str]:
+    huge = "h" * 200_000 + NASTY
+    hostile_host = pb.HostInfo(
+        hostname=huge, os=NASTY * 100, os_release=NASTY, tags={"k\n": NASTY * 50}
+    )
+    good_host = pb.HostInfo(hostname="good-pc", os="Windows")
+    async with aio.insecure_channel(
+        f"127.0.0.1:{app.grpc_port}", options=[("grpc.max_send_message_length", 16 * 2**20)]
+    ) as channel:
+        stub = pb_grpc.CollectorStub(channel)
+        hostile = await stub.Enroll(
+            pb.EnrollRequest(enrollment_token=TOKEN, host=hostile_host, site=NASTY * 10)
+        )
+        good = await stub.Enroll(pb.EnrollRequest(enrollment_token=GOOD_TOKEN, host=good_host))
+        outcomes = await _send(stub, hostile.credential, hostile_host, BATTERY)
+        # Each report is a full snapshot: the last one holds everything accepted, at once.
+        accepted = [s for i, o in enumerate(outcomes) if o == "OK" for s in BATTERY[i]]
+        outcomes = await _send(stub, hostile.credential, hostile_host, [*BATTERY, accepted])
+        assert await _send(stub, good.credential, good_host, [GOOD_SERIES]) == ["OK"]
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{app.http_port}/metrics")
+    assert response.status_code == 200
+    return hostile.agent_id, good.agent_id, outcomes, response.text
+
+
+def test_a_hostile_agent_cannot_break_metrics_or_hide_another_customers_series(
+    tmp_path: Path, promtool: str
+) -> None:
+    async def scenario() -> tuple[str, str, list[str], str]:
+        async with running_collector(
+            tmp_path / "collector", customers={"acme": TOKEN, "globex": GOOD_TOKEN}
+        ) as app:
+            return await _hostile_and_good(app)
+
+    hostile_id, good_id, outcomes, body = asyncio.run(scenario())
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
+    )
+    problems = (checked.stdout + checked.stderr).strip()
+    assert checked.returncode == 0 and problems == "", f"promtool: {problems}"
+    # what the edge refuses, it refuses whole with INVALID_ARGUMENT; the rest, together
+    rejected = [i for i, o in enumerate(outcomes) if o != "OK"]
+    assert rejected == [0, 6, 7, 8, 9, 10, 11, 12, 17, 21, 22, 23], outcomes
+
+    families = list(text_string_to_metric_families(body))
+    names = [f.name for f in families]
+    assert len(names) == len(set(names))
+    good = {"agent_id": good_id, "customer": "globex", "host": "good-pc", "site": ""}
+    found = {
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for f in families
+        for s in f.samples
+        if s.labels.get("agent_id") == good_id
+    }
+    for name, labels, value in GOOD_EXPOSED:
+        assert (name, tuple(sorted({**good, **labels}.items())), value) in found, name
+    types = {f.name: f.type for f in families}
+    assert types["tripline_memory_used_ratio"] == "gauge"
+    assert types["tripline_disk_read_bytes"] == "counter"
+    assert types["tripline_processes"] == "gauge"
+    assert types["tripline_x_memory_used_ratio_total"] == "unknown"
+    # the hostile agent's share of the page is bounded, its host label cut to 253
+    hostile_lines = [line for line in body.splitlines() if f'agent_id="{hostile_id}"' in line]
+    assert sum(len(line) + 1 for line in hostile_lines) < 300 * 1024
+    host_values = {
+        s.labels["host"] for f in families for s in f.samples if s.labels.get("agent_id") == hostile_id
+    }
+    assert all(len(h) <= 253 and "\n" not in h and "\x1b" not in h for h in host_values)
+    # processes once, however an old agent names it
+    assert [
+        s.value
+        for f in families
+        if f.name == "tripline_processes"
+        for s in f.samples
+        if s.labels["agent_id"] == hostile_id
+    ] == [3.0]
