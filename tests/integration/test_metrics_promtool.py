@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -59,7 +60,7 @@ EXTRA: list[tuple[str, dict[str, str], float]] = [
 
 @contextlib.asynccontextmanager
 async def running_collector(
-    data_dir: Path, customers: dict[str, str] | None = None
+    data_dir: Path, customers: dict[str, str] | None = None, interval: float = 1
 ) -> AsyncIterator[CollectorApp]:
     config = load_collector_config(
         None,
@@ -69,7 +70,7 @@ async def running_collector(
             "http_listen": "127.0.0.1:0",
             "data_dir": data_dir,
             "customers": customers or {"acme": TOKEN},
-            "interval": 1,
+            "interval": interval,
             "plaintext": True,
         },
     )
@@ -280,7 +281,14 @@ async def _hostile_and_good(app: CollectorApp) -> tuple[str, str, list[str], str
         good = await stub.Enroll(pb.EnrollRequest(enrollment_token=GOOD_TOKEN, host=good_host))
         outcomes = await _send(stub, hostile.credential, hostile_host, BATTERY)
         # Each report is a full snapshot: the last one holds everything accepted, at once.
-        accepted = [s for i, o in enumerate(outcomes) if o == "OK" for s in BATTERY[i]]
+        accepted = list(
+            {
+                (name, tuple(sorted(labels.items()))): (name, labels, value)
+                for i, outcome in enumerate(outcomes)
+                if outcome == "OK"
+                for name, labels, value in reversed(BATTERY[i])
+            }.values()
+        )
         outcomes = await _send(stub, hostile.credential, hostile_host, [*BATTERY, accepted])
         assert await _send(stub, good.credential, good_host, [GOOD_SERIES]) == ["OK"]
     async with httpx.AsyncClient() as client:
@@ -329,7 +337,10 @@ def test_a_hostile_agent_cannot_break_metrics_or_hide_another_customers_series(
     hostile_lines = [line for line in body.splitlines() if f'agent_id="{hostile_id}"' in line]
     assert sum(len(line) + 1 for line in hostile_lines) < 300 * 1024
     host_values = {
-        s.labels["host"] for f in families for s in f.samples if s.labels.get("agent_id") == hostile_id
+        s.labels["host"]
+        for f in families
+        for s in f.samples
+        if s.labels.get("agent_id") == hostile_id
     }
     assert all(len(h) <= 253 and "\n" not in h and "\x1b" not in h for h in host_values)
     # processes once, however an old agent names it
@@ -340,3 +351,42 @@ def test_a_hostile_agent_cannot_break_metrics_or_hide_another_customers_series(
         for s in f.samples
         if s.labels["agent_id"] == hostile_id
     ] == [3.0]
+
+
+def test_a_real_prometheus_scrapes_the_page_a_hostile_agent_reports_to(tmp_path: Path) -> None:
+    """Debian's Prometheus, with the shipped scrape job, scrapes the collector after the
+    hostile battery: the target is up without a scrape error and the good customer's
+    series are queryable."""
+    from tests.e2e.test_prometheus import Prometheus, prometheus_binary
+
+    binary = prometheus_binary()
+
+    wanted = {name for name, _, _ in GOOD_EXPOSED}
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        # agents stay up (and their series exposed) for the minutes Prometheus may take
+        async with running_collector(
+            tmp_path / "collector", customers={"acme": TOKEN, "globex": GOOD_TOKEN}, interval=60
+        ) as app:
+            _, good_id, _, _ = await _hostile_and_good(app)
+            prom = Prometheus(binary, tmp_path, app.http_port)
+            prom.start()
+            try:
+                deadline = time.monotonic() + 60
+                while True:
+                    targets = await asyncio.to_thread(prom.api, "/api/v1/targets")
+                    active = (targets or {}).get("activeTargets", [])
+                    good = await asyncio.to_thread(
+                        prom.query, f'{{customer="globex", agent_id="{good_id}"}}'
+                    )
+                    names = {series["metric"]["__name__"] for series in good or ()}
+                    if active and active[0]["health"] != "unknown" and names >= wanted:
+                        return active, good
+                    assert time.monotonic() < deadline, (targets, prom.log_path.read_text())
+                    await asyncio.sleep(0.5)
+            finally:
+                prom.stop()
+
+    active, good = asyncio.run(scenario())
+    assert [(t["health"], t["lastError"]) for t in active] == [("up", "")]
+    assert wanted <= {series["metric"]["__name__"] for series in good}
