@@ -358,3 +358,51 @@ def test_any_report_decodes_or_raises_invalid_message(msg: pb.Report) -> None:
         assert math.isfinite(value)
         assert list(labels) == sorted(labels)
         assert all(not label.startswith("__") and len(v) <= 1024 for label, v in labels)
+
+
+def test_process_count_from_old_agents_is_processes() -> None:
+    assert decode(report(sample("process_count", 7.0))).samples == (("processes", (), 7.0),)
+    with pytest.raises(InvalidMessage) as err:
+        decode(report(sample("process_count", 7.0), sample("processes", 8.0)))
+    assert err.value.reason == "duplicate_series"
+
+
+@pytest.mark.parametrize(
+    "label", ["agent_id", "host", "customer", "site", "job", "instance", "exported_customer"]
+)
+def test_labels_the_collector_or_prometheus_set_are_refused(label: str) -> None:
+    with pytest.raises(InvalidMessage) as err:
+        decode(report(sample("custom_up", 1.0, **{label: "x"})))
+    assert err.value.reason == "label_reserved"
+    assert f"label name {label!r} is reserved" in str(err.value)
+
+
+def test_core_families_accept_only_their_catalogue_labels() -> None:
+    ok = decode(report(sample("filesystem_used_ratio", 0.5, mountpoint="/", device="sda")))
+    assert len(ok.samples) == 1
+    with pytest.raises(InvalidMessage) as err:
+        decode(report(sample("memory_used_ratio", 0.5, mountpoint="/")))
+    assert err.value.reason == "core_labels"
+    assert "label(s) mountpoint not allowed on the core metric memory_used_ratio" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["load1\n", "load1\r", "\nload1", "lo ad1", "load1\x00"])
+def test_metric_names_are_matched_whole(name: str) -> None:
+    with pytest.raises(InvalidMessage) as err:
+        decode(report(sample(name, 1.0)))
+    assert err.value.reason == "metric_name"
+
+
+def test_oversized_context_is_cut_and_escaped_on_decode() -> None:
+    context = pb.Context(
+        top_cpu=[pb.ProcessInfo(pid=i, name=f"p\x1b{i}", cpu_ratio=0.5) for i in range(500)],
+        top_memory=[pb.ProcessInfo(pid=1, cmdline="x\n" * 5000, username="u" * 500)],
+        logged_in_users=["bob\r"] * 100,
+    )
+    decoded = decode(report(sample(), context=context))
+    assert len(decoded.context["top_cpu"]) == 20
+    assert decoded.context["top_cpu"][1]["name"] == "p\\x1b1"
+    (process,) = decoded.context["top_memory"]
+    assert process["cmdline"] == ("x\\x0a" * 5000)[:1024]
+    assert len(process["username"]) == 128
+    assert decoded.context["logged_in_users"] == ["bob\\x0d"] * 32

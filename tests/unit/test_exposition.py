@@ -251,3 +251,24 @@ def test_exposition_stays_off_the_global_registry() -> None:
 
     Scrape().record(("load1", (), 0.1))
     assert REGISTRY.get_sample_value("tripline_agent_up", TARGET) is None
+
+
+def test_an_agents_text_is_bounded_and_what_is_left_out_is_counted() -> None:
+    state = LiveState(window=900.0)
+    live = state.ensure("a-1", customer="acme", hostname="pc-01", site="hq")
+    left_out: list[int] = []
+    exposition = SeriesExposition(
+        state,
+        lambda live: True,
+        max_bytes_per_agent=20_000,
+        on_truncated=lambda live, n: left_out.append(n),
+    )
+    samples = [("custom_metric", (("path", f"{i:04d}" + "x" * 900),), float(i)) for i in range(100)]
+    state.record(live, T0, samples)
+    assert exposition.update(live, samples) > 0
+    agent_text = exposition.render().decode().split("# HELP tripline_x_custom_metric", 1)[1]
+    assert 15_000 < len(agent_text) <= 20_000
+    kept = agent_text.count("\ntripline_x_custom_metric{")
+    assert left_out == [100 - kept]
+    # the series kept are the first the agent sent
+    assert 'path="0000' in agent_text and f'path="{kept - 1:04d}' in agent_text
