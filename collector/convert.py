@@ -36,10 +36,48 @@ from protos.tripline.v1 import tripline_pb2 as pb
 
 Labels = tuple[tuple[str, str], ...]
 
-# The Prometheus data model, matched whole (re.fullmatch) and ASCII only. Colons are
-# left out of metric names: they are reserved for recording rules (promtool refuses them).
-METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# The Prometheus data model, matched whole (re.fullmatch) and ASCII only, narrowed to
+# what `promtool check metrics` accepts on every page: snake_case (promtool refuses
+# camelCase, and an upper-case word reads as an abbreviated unit), no colons (reserved
+# for recording rules). See also _lint_problem.
+METRIC_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+LABEL_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+# Name words promtool's linter refuses in any family (client_golang promlint): abbreviated
+# units, metric types, and units that are not base units (milliseconds, kilobytes...).
+_ABBREVIATED_UNITS = frozenset(
+    {"s", "ms", "us", "ns", "sec", "b", "kb", "mb", "gb", "tb", "pb", "m", "h", "d"}
+)
+_TYPE_WORDS = frozenset({"counter", "gauge", "summary", "histogram"})
+_BASE_UNITS = frozenset(
+    {"amperes", "bytes", "celsius", "grams", "joules", "kelvin", "meters", "metres", "seconds"}
+    | {"volts"}
+)
+_OTHER_UNITS = frozenset(
+    {"minutes", "hours", "days", "weeks", "kelvins", "fahrenheit", "rankine", "inches"}
+    | {"yards", "miles", "bits", "calories", "pounds", "ounces"}
+)
+_UNIT_PREFIXES = (
+    "pico", "nano", "micro", "milli", "centi", "deci", "deca", "hecto", "kilo", "kibi",
+    "mega", "mibi", "giga", "gibi", "tera", "tebi", "peta", "pebi",
+)  # fmt: skip
+
+
+def _lint_problem(name: str) -> str | None:
+    """Why promtool would refuse ``name`` as (part of) a family name, or None."""
+    for word in name.split("_"):
+        if word in _ABBREVIATED_UNITS:
+            return f"the word {word!r} reads as an abbreviated unit; spell out a base unit"
+        if word in _TYPE_WORDS:
+            return f"the word {word!r} is a metric type"
+        if word in _OTHER_UNITS:
+            return f"{word!r} is not a base unit (seconds, bytes, meters, ...)"
+        if word.startswith(_UNIT_PREFIXES):
+            unit = next(word[len(p) :] for p in _UNIT_PREFIXES if word.startswith(p))
+            if unit in _BASE_UNITS or unit in _OTHER_UNITS:
+                return f"{word!r} is not a base unit (seconds, bytes, meters, ...)"
+    return None
+
+
 # Spool instance ids are uuid4 hex on the agent; anything printable and short is accepted.
 INSTANCE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 MAX_LABELS = 16
@@ -389,7 +427,15 @@ def _check_metric_name(name: str, where: str, index: int, seq: int) -> None:
     if len(name) > MAX_NAME or METRIC_NAME.fullmatch(name) is None:
         raise InvalidMessage(
             f"{where}, sample #{index}: metric name {_shown(name)} is not a valid Prometheus "
-            f"name ([a-zA-Z_][a-zA-Z0-9_]*, at most {MAX_NAME} characters)",
+            f"name ([a-z_][a-z0-9_]*, at most {MAX_NAME} characters)",
+            seq,
+            "metric_name",
+        )
+    problem = None if name in catalogue.BY_NAME else _lint_problem(name)
+    if problem is not None:
+        raise InvalidMessage(
+            f"{where}, sample #{index}: metric name {name!r} would fail promtool check "
+            f"metrics: {problem}",
             seq,
             "metric_name",
         )
@@ -401,7 +447,7 @@ def _check_label_name(label: str, where: str, seq: int) -> None:
     if len(label) > MAX_NAME or LABEL_NAME.fullmatch(label) is None:
         raise InvalidMessage(
             f"{where}: label name {_shown(label)} is not a valid Prometheus label name "
-            f"([a-zA-Z_][a-zA-Z0-9_]*, at most {MAX_NAME} characters)",
+            f"([a-z_][a-z0-9_]*, at most {MAX_NAME} characters)",
             seq,
             "label_name",
         )

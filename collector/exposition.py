@@ -42,6 +42,18 @@ def _labelset(pairs: Iterable[tuple[str, str]]) -> str:
     return ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs)
 
 
+# Hostnames and sites are escaped at the edge; rows stored before that was so (or by
+# another path) are escaped here too, once per agent, so no control character reaches
+# a scraper or a terminal showing the page.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _target(key: tuple[str, str, str, str]) -> str:
+    return _labelset(
+        (name, value.translate(_CONTROLS)) for name, value in zip(TARGET_LABELS, key, strict=True)
+    )
+
+
 class _AgentLines:
     """One agent's rendered text: its series grouped by exposed family.
 
@@ -54,7 +66,7 @@ class _AgentLines:
 
     def __init__(self, target_key: tuple[str, str, str, str]) -> None:
         self.target_key = target_key
-        self.target = _labelset(zip(TARGET_LABELS, target_key, strict=True))
+        self.target = _target(target_key)
         # (name, labels) -> (exposed family, its header, series prefix), None: not exposed
         self.prefixes: dict[tuple[str, Labels], tuple[str, str, str] | None] = {}
         # exposed family -> (header, the agent's lines of it)
@@ -158,7 +170,7 @@ class SeriesExposition:
             target = (
                 lines.target
                 if lines is not None and lines.target_key == key
-                else (_labelset(zip(TARGET_LABELS, key, strict=True)))
+                else _target(key)
             )
             alive = self._is_up(live)
             up.append(f"tripline_agent_up{{{target}}} {1.0 if alive else 0.0}\n")

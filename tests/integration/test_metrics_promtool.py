@@ -19,11 +19,17 @@ from typing import Any
 import grpc
 import httpx
 from grpc import aio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.probes import Prober
+from collector import catalogue
 from collector.app import CollectorApp
 from collector.config import load_collector_config
+from collector.convert import InvalidMessage, decode_report
+from collector.exposition import SeriesExposition
+from collector.state import LiveState
 from protos.tripline.v1 import tripline_pb2 as pb
 from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 
@@ -390,3 +396,64 @@ def test_a_real_prometheus_scrapes_the_page_a_hostile_agent_reports_to(tmp_path:
     active, good = asyncio.run(scenario())
     assert [(t["health"], t["lastError"]) for t in active] == [("up", "")]
     assert wanted <= {series["metric"]["__name__"] for series in good}
+
+
+# -- property: whatever is accepted, the page stays valid -----------------------------------
+
+_NAME_PARTS = st.sampled_from(
+    [*sorted(catalogue.BY_NAME), "process_count", "x", "jobs", "load1", "memory_used_ratio"]
+)
+_SUFFIXES = st.sampled_from(["", "_total", "_count", "_sum", "_bucket", "_created", "_info"])
+_names = st.one_of(
+    st.builds(lambda a, b: a + b, _NAME_PARTS, _SUFFIXES),
+    st.text(max_size=12),
+    st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,20}\n?", fullmatch=True),
+)
+_label_names = st.one_of(
+    st.sampled_from(
+        ["cpu", "device", "mountpoint", "le", "quantile", "job", "customer", "exported_host"]
+    ),
+    st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,10}\n?", fullmatch=True),
+)
+_label_values = st.one_of(st.text(max_size=30), st.sampled_from(["\n", '"', "\\", "\x1b[0m"]))
+_samples = st.lists(
+    st.builds(
+        pb.Sample,
+        name=_names,
+        labels=st.dictionaries(_label_names, _label_values, max_size=3),
+        value=st.floats(allow_nan=False),
+    ),
+    max_size=8,
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(agents=st.lists(_samples, min_size=1, max_size=3))
+def test_any_accepted_reports_render_a_page_promtool_accepts(
+    agents: list[list[pb.Sample]], promtool: str
+) -> None:
+    state = LiveState(window=900.0)
+    exposition = SeriesExposition(state, lambda live: True)
+    for i, samples in enumerate(agents):
+        live = state.ensure(f"a-{i}", customer=f"c{i % 2}", hostname=f"pc-{i}", site="")
+        msg = pb.Report(instance_id="i", seq=1, collected_at_seconds=1.7e9, samples=samples)
+        try:
+            report = decode_report(msg, instance_id="i", max_samples=100)
+        except InvalidMessage:
+            continue
+        state.record(live, 1.7e9, report.samples)
+        live.last_seen = 1.7e9
+        exposition.update(live, report.samples)
+    body = exposition.render().decode()
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
+    )
+    problems = (checked.stdout + checked.stderr).strip()
+    assert checked.returncode == 0 and problems == "", f"promtool: {problems}\n\n{body}"
+    names = [f.name for f in text_string_to_metric_families(body)]
+    assert len(names) == len(set(names))
