@@ -13,7 +13,7 @@ metrics and a real Prometheus are part of the tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from collector import catalogue
 from collector.catalogue import TARGET_LABELS
@@ -102,7 +102,7 @@ class SeriesExposition:
         self.on_truncated = on_truncated
 
     def update(
-        self, live: AgentLive, samples: Iterable[tuple[str, Labels, float]] | None = None
+        self, live: AgentLive, samples: Sequence[tuple[str, Labels, float]] | None = None
     ) -> int:
         """Render the agent's current series; ``samples`` (its latest report) saves a lookup.
 
@@ -115,28 +115,28 @@ class SeriesExposition:
             lines = _AgentLines(key)
         grouped: dict[str, list[str]] = {}
         headers: dict[str, str] = {}
-        budget = self.max_bytes_per_agent
-        left_out = 0
+        prefixes = lines.prefixes
         for name, labels, value in live.latest() if samples is None else samples:
-            cached = lines.prefixes.get((name, labels), _NOT_CACHED)
+            cached = prefixes.get((name, labels), _NOT_CACHED)
             if cached is _NOT_CACHED:
-                cached = lines.prefixes[(name, labels)] = self._prefix(lines, name, labels)
+                cached = prefixes[(name, labels)] = self._prefix(lines, name, labels)
             if cached is None:
                 continue
             family, header, prefix = cached
             line = f"{prefix}{value!r}\n"
-            budget -= len(line)
-            if family not in headers:
-                budget -= len(header)
-            if budget < 0:
-                left_out += 1
-                continue
             parts = grouped.get(family)
             if parts is None:
                 parts = grouped[family] = []
                 headers[family] = header
             parts.append(line)
         chunks = {family: (headers[family], "".join(parts)) for family, parts in grouped.items()}
+        left_out = 0
+        # Measured after joining, so a report within the bound (all normal agents) costs
+        # one len() per family; only an agent over it pays for the cut.
+        if sum(len(h) + len(t) for h, t in chunks.values()) > self.max_bytes_per_agent:
+            chunks, left_out = self._cut(
+                lines, live.latest() if samples is None else samples, headers
+            )
         if len(lines.prefixes) > 4 * max(1, len(live.current)):
             lines.prefixes.clear()  # series come and go (USB disks): keep the cache bounded
         lines.chunks = chunks
@@ -144,6 +144,31 @@ class SeriesExposition:
         if left_out:
             self.on_truncated(live, left_out)
         return left_out
+
+    def _cut(
+        self,
+        lines: _AgentLines,
+        samples: Iterable[tuple[str, Labels, float]],
+        headers: dict[str, str],
+    ) -> tuple[dict[str, tuple[str, str]], int]:
+        """The agent's series up to ``max_bytes_per_agent``, in the order it sent them."""
+        budget = self.max_bytes_per_agent
+        grouped: dict[str, list[str]] = {}
+        left_out = 0
+        for name, labels, value in samples:
+            cached = lines.prefixes.get((name, labels))
+            if cached is None:
+                continue  # not exposed (every exposed series was cached just before)
+            family, _, prefix = cached
+            line = f"{prefix}{value!r}\n"
+            cost = len(line) + (0 if family in grouped else len(headers[family]))
+            if cost > budget:
+                left_out += 1
+                continue
+            budget -= cost
+            grouped.setdefault(family, []).append(line)
+        chunks = {family: (headers[family], "".join(parts)) for family, parts in grouped.items()}
+        return chunks, left_out
 
     def forget(self, agent_id: str) -> None:
         self._agents.pop(agent_id, None)
@@ -167,11 +192,7 @@ class SeriesExposition:
         for live in list(self._state.agents.values()):
             lines = self._agents.get(live.agent_id)
             key = (live.agent_id, live.hostname, live.customer, live.site)
-            target = (
-                lines.target
-                if lines is not None and lines.target_key == key
-                else _target(key)
-            )
+            target = lines.target if lines is not None and lines.target_key == key else _target(key)
             alive = self._is_up(live)
             up.append(f"tripline_agent_up{{{target}}} {1.0 if alive else 0.0}\n")
             if live.last_seen is not None:
