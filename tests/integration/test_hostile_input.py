@@ -295,10 +295,14 @@ def broken_report(draw: st.DrawFn) -> tuple[str, list[pb.Sample], dict[str, Any]
         samples.append(pb.Sample(name=draw(BAD_METRIC_NAMES), value=1.0))
         return "metric_name", samples, fields, "is not a valid Prometheus name"
     if defect == "label_name":
-        samples.append(pb.Sample(name="m", value=1.0, labels={draw(BAD_LABEL_NAMES): "v"}))
+        samples.append(
+            pb.Sample(name="probe_value", value=1.0, labels={draw(BAD_LABEL_NAMES): "v"})
+        )
         return "label_name", samples, fields, "is not a valid Prometheus label name"
     if defect == "label_reserved":
-        samples.append(pb.Sample(name="m", value=1.0, labels={draw(RESERVED_LABEL_NAMES): "v"}))
+        samples.append(
+            pb.Sample(name="probe_value", value=1.0, labels={draw(RESERVED_LABEL_NAMES): "v"})
+        )
         return "label_reserved", samples, fields, "is reserved"
     if defect == "core_labels":
         label = draw(st.from_regex(LABEL_NAME, fullmatch=True).filter(lambda s: s != "cpu"))
@@ -307,11 +311,13 @@ def broken_report(draw: st.DrawFn) -> tuple[str, list[pb.Sample], dict[str, Any]
         return "core_labels", samples, fields, "not allowed on the core metric cpu_usage_ratio"
     if defect == "too_many_labels":
         n = draw(st.integers(17, 500))
-        samples.append(pb.Sample(name="m", value=1.0, labels={f"l{i}": "v" for i in range(n)}))
+        samples.append(
+            pb.Sample(name="probe_value", value=1.0, labels={f"l{i}": "v" for i in range(n)})
+        )
         return "size", samples, fields, f"{n} labels, more than 16"
     if defect == "long_label_value":
         size = draw(st.integers(1025, 100_000))
-        samples.append(pb.Sample(name="m", value=1.0, labels={"path": "x" * size}))
+        samples.append(pb.Sample(name="probe_value", value=1.0, labels={"path": "x" * size}))
         return "label_value", samples, fields, "label path is longer than 1024"
     if defect == "duplicate_series":
         samples.append(tripwire())
@@ -343,7 +349,7 @@ def broken_report(draw: st.DrawFn) -> tuple[str, list[pb.Sample], dict[str, Any]
         fields["context"] = pb.Context(top_cpu=[pb.ProcessInfo(name="x", cpu_ratio=bad)])
         return "context", samples, fields, "cpu_ratio"
     n = draw(st.integers(10_001, 12_000))
-    samples.extend(pb.Sample(name="m", value=1.0, labels={"i": str(i)}) for i in range(n))
+    samples.extend(pb.Sample(name="probe_value", value=1.0, labels={"i": str(i)}) for i in range(n))
     return "size", samples, fields, f"{n + 1} samples, more than the limit of 10000"
 
 
@@ -419,7 +425,7 @@ def test_random_bytes_instead_of_hello(rig: Rig, data: bytes) -> None:
 @FUZZ
 @given(st.data())
 def test_truncated_reports_are_refused_and_not_applied(rig: Rig, data: st.DataObject) -> None:
-    samples = [tripwire(), pb.Sample(name="m", value=2.0, labels={"device": "sda"})]
+    samples = [tripwire(), pb.Sample(name="probe_value", value=2.0, labels={"device": "sda"})]
     whole = report_msg(next_seq(rig), samples).SerializeToString()
     cut = data.draw(st.integers(1, len(whole) - 1))
     before = rig.snapshot()
@@ -460,7 +466,7 @@ def test_invalid_utf8_in_a_label_value_is_invalid_argument(rig: Rig) -> None:
 def test_a_100000_sample_report_is_rejected_with_its_seq(rig: Rig) -> None:
     seq = next_seq(rig)
     samples = [tripwire()] + [
-        pb.Sample(name="m", value=1.0, labels={"i": str(i)}) for i in range(99_999)
+        pb.Sample(name="probe_value", value=1.0, labels={"i": str(i)}) for i in range(99_999)
     ]
     message = report_msg(seq, samples).SerializeToString()
     assert len(message) < 4 * 2**20  # within the message size limit: the sample limit refuses it
