@@ -28,7 +28,7 @@ from collector.pipeline import Pipeline
 from collector.selfmetrics import CollectorMetrics, TicketCountCollector
 from collector.server import CollectorService
 from collector.sinks import build_sink
-from collector.state import LiveState
+from collector.state import AgentLive, LiveState
 from collector.store import Store, StoreUnavailable
 from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 
@@ -138,7 +138,13 @@ class CollectorApp:
             clock=self.clock,
         )
         await asyncio.to_thread(self.pipeline.restore, now)
-        self.exposition = SeriesExposition(self.state, self.pipeline.is_up)
+        self._truncated_logged: set[str] = set()
+        self.exposition = SeriesExposition(
+            self.state,
+            self.pipeline.is_up,
+            max_bytes_per_agent=config.max_metrics_bytes_per_agent,
+            on_truncated=self._exposition_truncated,
+        )
         self.pipeline.on_report = self.exposition.update
         self.registry.register(TicketCountCollector(self._ticket_counts))
         self.service = CollectorService(self.pipeline, config, self.metrics)
@@ -202,6 +208,21 @@ class CollectorApp:
                 "agents": len(self.state.agents),
             },
         )
+
+    def _exposition_truncated(self, live: AgentLive, left_out: int) -> None:
+        self.metrics.limit_hits.labels("metrics_bytes_per_agent").inc()
+        self.metrics.exposition_series_left_out.inc(left_out)
+        if live.agent_id not in self._truncated_logged:  # once per agent and process
+            if len(self._truncated_logged) < 10_000:
+                self._truncated_logged.add(live.agent_id)
+            log.warning(
+                "series left out of /metrics: agent at max_metrics_bytes_per_agent",
+                extra={
+                    "agent_id": live.agent_id,
+                    "limit": self.config.max_metrics_bytes_per_agent,
+                    "left_out": left_out,
+                },
+            )
 
     def _retire(self, agent_id: str) -> None:
         """A revoked agent leaves live state: drop what else is kept per agent."""

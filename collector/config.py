@@ -76,6 +76,9 @@ class CollectorConfig:
     # distinct series an agent may have in live state; samples of new series past it are
     # dropped (the rest of the report is applied) and counted
     max_series_per_agent: int = 2000
+    # bytes of /metrics text one agent's series may take; series past it are left out
+    # of the page (kept for rules) and counted (docs/limits.md)
+    max_metrics_bytes_per_agent: int = 256 * 1024
     # per agent token bucket: burst reports at once, then this many per second; at a 10 s
     # interval that replays a backlog 50x faster than it was collected (README "Limits")
     max_reports_per_second_per_agent: float = 5.0

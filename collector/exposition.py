@@ -1,75 +1,36 @@
 """Prometheus exposition of every agent's series, prepared as each report arrives.
 
-Each agent metric ``<name>`` becomes ``tripline_<name>`` with the target labels
-``agent_id``, ``host``, ``customer`` and ``site`` (see :func:`exposed_name` for the few
-names promtool would reject). An agent label that collides with a target label is kept
-as ``exported_<label>``, as Prometheus does with honor_labels off.
-Label values are escaped as the text format requires, so any hostname or mount point
-is safe (promtool check metrics is part of the tests).
+The collector owns the metric namespace (:mod:`collector.catalogue`): a core metric
+``<name>`` is exposed as ``tripline_<name>`` with its catalogue type and help; any other
+name is an extra, exposed untyped as ``tripline_x_<name>``, so no agent can change a
+family's type or shadow another family. Every series carries the target labels
+``agent_id``, ``host``, ``customer`` and ``site``; the edge (:mod:`collector.convert`)
+refuses agent labels of those names (and ``job``, ``instance``, ``exported_*``), so a
+series never holds two labels of one name. Label values are escaped as the text format
+requires. Each agent's text is bounded (``max_bytes_per_agent``). promtool check
+metrics and a real Prometheus are part of the tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
+from collector import catalogue
+from collector.catalogue import TARGET_LABELS
 from collector.state import AgentLive, Labels, LiveState
 
-TARGET_LABELS = ("agent_id", "host", "customer", "site")
-# promtool rejects `le` and `quantile` on anything but histograms and summaries.
-RESERVED_LABELS = (*TARGET_LABELS, "le", "quantile")
-# ...and the suffixes `_count`, `_sum` and `_bucket` likewise.
-RESERVED_SUFFIXES = ("_count", "_sum", "_bucket")
-RENAMED = {"process_count": "processes"}
-# Written by the collector for every agent (or by selfmetrics): an agent series of the
-# same exposed name would be a second family of that name and break the whole scrape.
+__all__ = ["TARGET_LABELS", "SeriesExposition", "escape_label_value", "exposed_name"]
+
+# Written by the collector for every agent; neither core names nor extras can reach them.
 OWN_FAMILIES = frozenset(
     {
         "tripline_agent_up",
         "tripline_agent_last_report_timestamp_seconds",
-        "tripline_agent_spool_dropped_reports",
+        "tripline_agent_spool_dropped_reports_total",
     }
 )
-OWN_PREFIX = "tripline_collector_"
-
-# HELP text for the names the agent sends; an unknown name still gets a generic help.
-HELP: dict[str, str] = {
-    "cpu_usage_ratio": "CPU busy time ratio (0-1), total or per cpu.",
-    "load1": "1-minute load average.",
-    "load5": "5-minute load average.",
-    "load15": "15-minute load average.",
-    "memory_total_bytes": "Physical memory in bytes.",
-    "memory_available_bytes": "Memory available to new processes in bytes.",
-    "memory_used_bytes": "Memory in use in bytes.",
-    "memory_used_ratio": "Memory in use as a ratio (0-1).",
-    "swap_total_bytes": "Swap space in bytes.",
-    "swap_used_bytes": "Swap in use in bytes.",
-    "swap_used_ratio": "Swap in use as a ratio (0-1).",
-    "filesystem_size_bytes": "Filesystem size in bytes.",
-    "filesystem_free_bytes": "Filesystem free bytes, including root-reserved blocks.",
-    "filesystem_avail_bytes": "Filesystem bytes available to unprivileged users.",
-    "filesystem_used_ratio": "Filesystem used ratio (0-1), as df computes it.",
-    "filesystem_files": "Filesystem inodes.",
-    "filesystem_files_free": "Filesystem free inodes.",
-    "disk_read_bytes_total": "Bytes read from the disk.",
-    "disk_written_bytes_total": "Bytes written to the disk.",
-    "disk_reads_completed_total": "Reads completed by the disk.",
-    "disk_writes_completed_total": "Writes completed by the disk.",
-    "network_receive_bytes_total": "Bytes received on the interface.",
-    "network_transmit_bytes_total": "Bytes sent on the interface.",
-    "network_receive_packets_total": "Packets received on the interface.",
-    "network_transmit_packets_total": "Packets sent on the interface.",
-    "network_receive_errors_total": "Receive errors on the interface.",
-    "network_transmit_errors_total": "Transmit errors on the interface.",
-    "boot_time_seconds": "Boot time as a unix timestamp.",
-    "uptime_seconds": "Seconds since boot.",
-    "process_count": "Number of processes.",
-    "users_logged_in": "Number of logged-in user sessions.",
-    "temperature_celsius": "Hardware sensor temperature in degrees Celsius.",
-    "battery_charge_ratio": "Battery charge as a ratio (0-1).",
-    "battery_power_plugged": "1 when on mains power, 0 on battery.",
-    "agent_collect_duration_seconds": "Time the agent took for its last collection.",
-    "agent_probe_errors_total": "Probe failures in the agent, by probe.",
-}
+# Per agent: a normal PC renders about 15 KiB; a hostile one is cut here.
+DEFAULT_MAX_BYTES_PER_AGENT = 256 * 1024
 
 
 def escape_label_value(value: str) -> str:
@@ -79,6 +40,18 @@ def escape_label_value(value: str) -> str:
 
 def _labelset(pairs: Iterable[tuple[str, str]]) -> str:
     return ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs)
+
+
+# Hostnames and sites are escaped at the edge; rows stored before that was so (or by
+# another path) are escaped here too, once per agent, so no control character reaches
+# a scraper or a terminal showing the page.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _target(key: tuple[str, str, str, str]) -> str:
+    return _labelset(
+        (name, value.translate(_CONTROLS)) for name, value in zip(TARGET_LABELS, key, strict=True)
+    )
 
 
 class _AgentLines:
@@ -93,9 +66,11 @@ class _AgentLines:
 
     def __init__(self, target_key: tuple[str, str, str, str]) -> None:
         self.target_key = target_key
-        self.target = _labelset(zip(TARGET_LABELS, target_key, strict=True))
-        self.prefixes: dict[tuple[str, Labels], tuple[str, str] | None] = {}
-        self.chunks: dict[str, str] = {}
+        self.target = _target(target_key)
+        # (name, labels) -> (exposed family, its header, series prefix), None: not exposed
+        self.prefixes: dict[tuple[str, Labels], tuple[str, str, str] | None] = {}
+        # exposed family -> (header, the agent's lines of it)
+        self.chunks: dict[str, tuple[str, str]] = {}
 
 
 class SeriesExposition:
@@ -106,70 +81,118 @@ class SeriesExposition:
     families, so its cost grows with the bytes served, not with formatting work.
     ``is_up(live)`` is the liveness the alerts engine uses, so a dashboard and a ticket
     never disagree about an agent; an agent that is not up exposes only its liveness.
+
+    Family types and help come from the catalogue, never from which agent spoke first,
+    and nothing is kept per family name ever seen: a family no agent sends any more
+    leaves the page (and memory) with the last agent's next report.
     """
 
-    def __init__(self, state: LiveState, is_up: Callable[[AgentLive], bool]) -> None:
+    def __init__(
+        self,
+        state: LiveState,
+        is_up: Callable[[AgentLive], bool],
+        max_bytes_per_agent: int = DEFAULT_MAX_BYTES_PER_AGENT,
+        on_truncated: Callable[[AgentLive, int], None] = lambda live, left_out: None,
+    ) -> None:
         self._state = state
         self._is_up = is_up
         self._agents: dict[str, _AgentLines] = {}
-        # exposed family -> (type, help): the first agent to send a name fixes its type
-        self._families: dict[str, tuple[str, str]] = {}
+        self.max_bytes_per_agent = max_bytes_per_agent
+        # called with the number of series left out when an agent's text is over its bound
+        self.on_truncated = on_truncated
 
     def update(
-        self, live: AgentLive, samples: Iterable[tuple[str, Labels, float]] | None = None
-    ) -> None:
-        """Render the agent's current series; ``samples`` (its latest report) saves a lookup."""
+        self, live: AgentLive, samples: Sequence[tuple[str, Labels, float]] | None = None
+    ) -> int:
+        """Render the agent's current series; ``samples`` (its latest report) saves a lookup.
+
+        Returns how many series were left out because the agent's text would pass
+        ``max_bytes_per_agent`` (series are taken in the order the agent sent them).
+        """
         key = (live.agent_id, live.hostname, live.customer, live.site)
         lines = self._agents.get(live.agent_id)
         if lines is None or lines.target_key != key:
             lines = _AgentLines(key)
         grouped: dict[str, list[str]] = {}
+        headers: dict[str, str] = {}
+        prefixes = lines.prefixes
         for name, labels, value in live.latest() if samples is None else samples:
-            cached = lines.prefixes.get((name, labels), False)
-            if cached is False:
-                cached = lines.prefixes[(name, labels)] = self._prefix(lines, name, labels)
+            cached = prefixes.get((name, labels), _NOT_CACHED)
+            if cached is _NOT_CACHED:
+                cached = prefixes[(name, labels)] = self._prefix(lines, name, labels)
             if cached is None:
                 continue
-            family, prefix = cached
-            grouped.setdefault(family, []).append(f"{prefix}{value!r}\n")
-        chunks = {family: "".join(parts) for family, parts in grouped.items()}
+            family, header, prefix = cached
+            line = f"{prefix}{value!r}\n"
+            parts = grouped.get(family)
+            if parts is None:
+                parts = grouped[family] = []
+                headers[family] = header
+            parts.append(line)
+        chunks = {family: (headers[family], "".join(parts)) for family, parts in grouped.items()}
+        left_out = 0
+        # Measured after joining, so a report within the bound (all normal agents) costs
+        # one len() per family; only an agent over it pays for the cut.
+        if sum(len(h) + len(t) for h, t in chunks.values()) > self.max_bytes_per_agent:
+            chunks, left_out = self._cut(
+                lines, live.latest() if samples is None else samples, headers
+            )
         if len(lines.prefixes) > 4 * max(1, len(live.current)):
             lines.prefixes.clear()  # series come and go (USB disks): keep the cache bounded
         lines.chunks = chunks
         self._agents[live.agent_id] = lines
+        if left_out:
+            self.on_truncated(live, left_out)
+        return left_out
+
+    def _cut(
+        self,
+        lines: _AgentLines,
+        samples: Iterable[tuple[str, Labels, float]],
+        headers: dict[str, str],
+    ) -> tuple[dict[str, tuple[str, str]], int]:
+        """The agent's series up to ``max_bytes_per_agent``, in the order it sent them."""
+        budget = self.max_bytes_per_agent
+        grouped: dict[str, list[str]] = {}
+        left_out = 0
+        for name, labels, value in samples:
+            cached = lines.prefixes.get((name, labels))
+            if cached is None:
+                continue  # not exposed (every exposed series was cached just before)
+            family, _, prefix = cached
+            line = f"{prefix}{value!r}\n"
+            cost = len(line) + (0 if family in grouped else len(headers[family]))
+            if cost > budget:
+                left_out += 1
+                continue
+            budget -= cost
+            grouped.setdefault(family, []).append(line)
+        chunks = {family: (headers[family], "".join(parts)) for family, parts in grouped.items()}
+        return chunks, left_out
 
     def forget(self, agent_id: str) -> None:
         self._agents.pop(agent_id, None)
 
-    def _prefix(self, lines: _AgentLines, name: str, labels: Labels) -> tuple[str, str] | None:
-        exposed, kind = exposed_name(name)
-        if exposed in OWN_FAMILIES or exposed.startswith(OWN_PREFIX):
+    def _prefix(self, lines: _AgentLines, name: str, labels: Labels) -> tuple[str, str, str] | None:
+        if name in catalogue.NOT_EXPOSED:
             return None
-        known = self._families.get(exposed)
-        if known is None:
-            self._families[exposed] = (kind, HELP.get(name, f"Agent metric {name}."))
-        elif known[0] != kind:
-            return None  # `x` and `x_total` from agents: one family name, two types
-        extra = _labelset(
-            (f"exported_{label}" if label in RESERVED_LABELS else label, value)
-            for label, value in labels
-        )
-        sample = exposed + ("_total" if kind == "counter" else "")
-        return exposed, f"{sample}{{{lines.target}{',' + extra if extra else ''}}} "
+        exposed, kind, help_text = catalogue.exposed(name)
+        if exposed in OWN_FAMILIES or any(label in RESERVED for label, _ in labels):
+            return None  # unreachable through the edge; kept so no other path breaks a scrape
+        extra = _labelset(labels)
+        prefix = f"{exposed}{{{lines.target}{',' + extra if extra else ''}}} "
+        return exposed, _header(exposed, kind, help_text), prefix
 
     def render(self) -> bytes:
         up: list[str] = []
         last: list[str] = []
         dropped: list[str] = []
         per_family: dict[str, list[str]] = {}
+        headers: dict[str, str] = {}
         for live in list(self._state.agents.values()):
             lines = self._agents.get(live.agent_id)
             key = (live.agent_id, live.hostname, live.customer, live.site)
-            target = (
-                lines.target
-                if lines is not None and lines.target_key == key
-                else (_labelset(zip(TARGET_LABELS, key, strict=True)))
-            )
+            target = lines.target if lines is not None and lines.target_key == key else _target(key)
             alive = self._is_up(live)
             up.append(f"tripline_agent_up{{{target}}} {1.0 if alive else 0.0}\n")
             if live.last_seen is not None:
@@ -181,8 +204,12 @@ class SeriesExposition:
                 f"{float(live.dropped_reports_total)!r}\n"
             )
             if alive and lines is not None:
-                for family, text in lines.chunks.items():
-                    per_family.setdefault(family, []).append(text)
+                for family, (header, text) in lines.chunks.items():
+                    texts = per_family.get(family)
+                    if texts is None:
+                        texts = per_family[family] = []
+                        headers[family] = header
+                    texts.append(text)
         out = [
             _header("tripline_agent_up", "gauge", UP_HELP),
             *up,
@@ -192,11 +219,13 @@ class SeriesExposition:
             *dropped,
         ]
         for family in sorted(per_family):
-            kind, help_text = self._families[family]
-            name = family + ("_total" if kind == "counter" else "")
-            out.append(_header(name, kind, help_text))
+            out.append(headers[family])
             out.extend(per_family[family])
         return "".join(out).encode()
+
+
+RESERVED = catalogue.RESERVED_LABELS
+_NOT_CACHED: tuple[str, str, str] = ("", "", "")
 
 
 UP_HELP = "1 when the agent reported within its offline threshold."
@@ -212,14 +241,12 @@ def _header(name: str, kind: str, help_text: str) -> str:
 def exposed_name(name: str) -> tuple[str, str]:
     """The exposed family name of agent metric ``name`` and its type.
 
-    ``<name>_total`` is the counter ``tripline_<name>`` (its samples keep ``_total``);
-    anything else is the gauge ``tripline_<name>``, except that a gauge may not end in a
-    histogram/summary suffix: ``process_count`` is ``tripline_processes`` and any other
-    such name gets ``_value`` appended.
+    A core counter ``<name>_total`` is the family ``tripline_<name>`` (its samples keep
+    ``_total``); a core gauge is ``tripline_<name>``; anything else is the untyped extra
+    ``tripline_x_<name>``. Legacy names (``process_count``) map to their core name.
     """
-    if name.endswith("_total"):
-        return f"tripline_{name[: -len('_total')]}", "counter"
-    name = RENAMED.get(name, name)
-    if name.endswith(RESERVED_SUFFIXES):
-        name = f"{name}_value"
-    return f"tripline_{name}", "gauge"
+    name = catalogue.LEGACY_NAMES.get(name, name)
+    exposed, kind, _ = catalogue.exposed(name)
+    if kind == "counter":
+        return exposed[: -len("_total")], kind
+    return exposed, kind

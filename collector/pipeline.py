@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 
 from alerts.engine import AlertKey, AlertState, Target, Transition, evaluate_agent
 from alerts.rules import RuleSet
-from collector import faults, maintenance, tickets
+from collector import convert, faults, maintenance, tickets
 from collector.committer import Committer
 from collector.config import CollectorConfig
 from collector.convert import Hello, Report
@@ -66,10 +66,12 @@ def ticket_context(live: AgentLive, report_context: Mapping[str, Any]) -> dict[s
                     "size_bytes": live.value("filesystem_size_bytes", **label_map),
                 }
             )
+    # The context was bounded and escaped when decoded (convert.LazyContext); the counts
+    # are cut again here so no other path can put more into a ticket and its events.
     return {
-        "top_cpu": list(report_context.get("top_cpu", [])),
-        "top_memory": list(report_context.get("top_memory", [])),
-        "logged_in_users": list(report_context.get("logged_in_users", [])),
+        "top_cpu": list(report_context.get("top_cpu", []))[: convert.MAX_PROCESSES],
+        "top_memory": list(report_context.get("top_memory", []))[: convert.MAX_PROCESSES],
+        "logged_in_users": list(report_context.get("logged_in_users", []))[: convert.MAX_USERS],
         "filesystems": filesystems,
         "uptime_seconds": live.value("uptime_seconds"),
         "memory_used_ratio": live.value("memory_used_ratio"),
@@ -228,7 +230,7 @@ class Pipeline:
         # liveness; a corrected time in the future is clamped to now.
         at = min(report.collected_at + session.clock_offset, now)
         async with self._lock(agent.agent_id):
-            self.state.record(live, at, report.samples)
+            self.state.record(live, at, report.samples, received=now)
             live.last_seen = now
             live.grace_until = 0.0  # heard from: silence from now on is real
             live.last_collected_at = report.collected_at

@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from collector.convert import REASONS as REJECT_REASONS
+
 
 class CollectorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -138,14 +140,26 @@ class CollectorMetrics:
             "Samples of new series dropped because their agent has max_series_per_agent.",
             registry=registry,
         )
+        self.exposition_series_left_out = Counter(
+            "tripline_collector_exposition_series_left_out_total",
+            "Series left out of /metrics because their agent's text passed "
+            "max_metrics_bytes_per_agent.",
+            registry=registry,
+        )
         for reason in (
             "invalid_argument",
             "unauthenticated",
             "failed_precondition",
             "resource_exhausted",
+            *REJECT_REASONS,
         ):
             self.reports_rejected.labels(reason)
-        for limit in ("reports_per_second", "streams", "series_per_agent"):
+        for limit in (
+            "reports_per_second",
+            "streams",
+            "series_per_agent",
+            "metrics_bytes_per_agent",
+        ):
             self.limit_hits.labels(limit)
 
 

@@ -91,22 +91,22 @@ class CollectorService(pb_grpc.CollectorServicer):
     async def Enroll(
         self, request: pb.EnrollRequest, context: aio.ServicerContext
     ) -> pb.EnrollResponse:
-        if not request.enrollment_token:
+        try:
+            enrollment = convert.decode_enroll(request)
+        except convert.InvalidMessage as exc:
             self.metrics.enrollments.labels("invalid").inc()
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "enrollment_token is empty: pass the "
-                "customer's token (tripline tokens create --customer NAME)",
-            )
-        hostname = request.host.hostname or "unknown"
+            self.metrics.reports_rejected.labels(exc.reason).inc()
+            log.warning("enrollment rejected", extra={"reason": exc.reason, "error": str(exc)})
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        hostname = enrollment.hostname
         try:
             agent, credential = await asyncio.to_thread(
                 self.pipeline.store.enroll_agent,
-                request.enrollment_token,
-                hostname=hostname[:253],
-                site=request.site[:128],
-                inventory=convert.host_dict(request.host),
-                tags=dict(request.host.tags),
+                enrollment.token,
+                hostname=hostname,
+                site=enrollment.site,
+                inventory=enrollment.host,
+                tags=enrollment.tags,
                 now=self.pipeline.clock(),
             )
         except EnrollmentRefused as exc:
@@ -163,7 +163,11 @@ class CollectorService(pb_grpc.CollectorServicer):
         try:
             hello = convert.decode_hello(first.hello)
         except convert.InvalidMessage as exc:
-            self.metrics.reports_rejected.labels("invalid_argument").inc()
+            self.metrics.reports_rejected.labels(exc.reason).inc()
+            log.warning(
+                "hello rejected",
+                extra={"agent_id": agent.agent_id, "reason": exc.reason, "error": str(exc)},
+            )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if len(self.streams) >= self.config.max_streams and agent.agent_id not in self.streams:
             # A reconnect replacing the agent's own stream adds none, so it always passes.
@@ -281,10 +285,14 @@ class CollectorService(pb_grpc.CollectorServicer):
                         max_samples=self.config.max_samples_per_report,
                     )
                 except convert.InvalidMessage as exc:
-                    self.metrics.reports_rejected.labels("invalid_argument").inc()
+                    self.metrics.reports_rejected.labels(exc.reason).inc()
                     log.warning(
                         "report rejected",
-                        extra={"agent_id": session.agent.agent_id, "error": str(exc)},
+                        extra={
+                            "agent_id": session.agent.agent_id,
+                            "reason": exc.reason,
+                            "error": str(exc),
+                        },
                     )
                     trailers = (("tripline-rejected-seq", str(exc.seq)),) if exc.seq else ()
                     stream.send(_Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailers))

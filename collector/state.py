@@ -37,6 +37,10 @@ class AgentLive:
     # keys present in the latest report: what is exposed and evaluated
     current: set[SeriesKey] = field(default_factory=set)
     context: Mapping[str, Any] = field(default_factory=dict)
+    # series gone from the latest report -> collector time they were last received; they
+    # count under the series cap until the window has passed on the collector's clock
+    gone: dict[SeriesKey, float] = field(default_factory=dict)
+    last_received: float | None = None  # collector clock, last report recorded
 
     def latest(self) -> Iterator[tuple[str, Labels, float]]:
         for key in self.current:
@@ -104,13 +108,21 @@ class LiveState:
         live: AgentLive,
         at: float,
         samples: Iterable[tuple[str, Labels, float]],
+        received: float | None = None,
     ) -> None:
         """Add one report's samples at collector time ``at``.
 
         A point at the same time as the series' last one replaces it, so a report
         re-applied after a failed commit does not count twice in a window.
+
+        ``received`` is the collector's clock when the report arrived (default ``at``).
+        A series the agent stops sending is forgotten once it has not been *received*
+        for ``window`` seconds: the agent's own timestamps (``at`` derives from them)
+        neither keep it nor drop it sooner, so stepping them cannot churn series past
+        the cap (:func:`collector.limits.cap_series` counts ``live.series``).
         """
-        horizon = at - self.window
+        if received is None:
+            received = at
         retention = self.retention
         current: set[SeriesKey] = set()
         for name, labels, value in samples:
@@ -139,15 +151,25 @@ class LiveState:
             drop = max(drop, len(points) - self.max_points)
             if drop:
                 del points[:drop]
+        previous = live.current
         live.current = current
         if live.last_point_at is None or at > live.last_point_at:
             live.last_point_at = at
-        # Series gone from the agent (a USB disk unplugged) are forgotten once their
-        # last point leaves the window.
-        for key in [k for k, pts in live.series.items() if k not in current]:
-            points = live.series[key]
-            if not points or points[-1][0] < horizon:
-                del live.series[key]
+        # Series gone from the agent (a USB disk unplugged) are forgotten once they have
+        # not been received for the window, on the collector's clock.
+        last_received = received if live.last_received is None else live.last_received
+        gone = live.gone
+        for key in previous:
+            if key not in current:
+                gone.setdefault(key, last_received)
+        live.last_received = max(received, live.last_received or received)
+        expired = received - self.window
+        for key, since in list(gone.items()):
+            if key in current:
+                del gone[key]
+            elif since < expired or key not in live.series:
+                del gone[key]
+                live.series.pop(key, None)
 
     def series_data(
         self, live: AgentLive, metrics: Collection[str] | None = None

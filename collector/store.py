@@ -195,6 +195,9 @@ def _token(row: Any) -> EnrollmentToken:
     return EnrollmentToken(**{f.name: getattr(row, f.name) for f in fields(EnrollmentToken)})
 
 
+# Spool instances remembered per agent (docs/limits.md); older rows are deleted.
+MAX_INSTANCES_PER_AGENT = 16
+
 # Built once: composing Core statements per report costs more than executing them.
 _ADVANCE_SEQ = (
     agent_instances.update()
@@ -582,8 +585,32 @@ class Store:
             if self.get_agent(agent_id, conn=conn) is None:
                 raise AgentNotFound(agent_id)
             conn.execute(_NEW_INSTANCE, params)
+            self._forget_old_instances(conn, agent_id)
         if conn.execute(_AGENT_SEEN, params).rowcount == 0:
             raise AgentRevoked(agent_id)
+
+    def _forget_old_instances(self, conn: Connection, agent_id: str) -> None:
+        """Keep the newest MAX_INSTANCES_PER_AGENT instance rows of an agent.
+
+        An agent whose state directory is wiped (or one that invents instance ids) adds
+        a row per instance; only recent instances can still have reports to replay. An
+        instance forgotten here that comes back is treated as new (its reports apply
+        again), which only a PC restored from a months-old backup would do.
+        """
+        stale = (
+            select(agent_instances.c.instance_id)
+            .where(agent_instances.c.agent_id == agent_id)
+            .order_by(agent_instances.c.last_seen_at.desc(), agent_instances.c.instance_id)
+            .offset(MAX_INSTANCES_PER_AGENT)
+        )
+        old = [row.instance_id for row in conn.execute(stale)]
+        if old:
+            conn.execute(
+                agent_instances.delete().where(
+                    agent_instances.c.agent_id == agent_id,
+                    agent_instances.c.instance_id.in_(old),
+                )
+            )
 
     def last_seen_all(self, *, conn: Connection | None = None) -> dict[str, float]:
         """agent_id -> last_seen_at of every agent seen at least once and not revoked."""

@@ -255,9 +255,16 @@ def test_an_agent_cannot_report_for_another_agent_or_customer(
                 secret_b = b.credential.split(".", 1)[1]
 
                 # A's credential, claiming B everywhere a message has room for a claim.
+                # Labels naming another agent or customer are refused at the edge.
                 call = await client.open(a.credential, hostname="pc-b")
                 claim = {"agent_id": b.agent_id, "customer": "globex", "host": "pc-b"}
                 await call.write(report(1, pb.Sample(name="spoof_metric", labels=claim, value=1)))
+                with pytest.raises(aio.AioRpcError) as err:
+                    await call.read()
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "label name 'agent_id' is reserved" in (err.value.details() or "")
+                call = await client.open(a.credential, hostname="pc-b")
+                await call.write(report(1, pb.Sample(name="spoof_metric", value=1)))
                 assert (await call.read()).ack.seq == 1
                 call.cancel()
 
@@ -276,18 +283,17 @@ def test_an_agent_cannot_report_for_another_agent_or_customer(
 
             live_a, live_b = app.state.agents[a.agent_id], app.state.agents[b.agent_id]
             assert live_a.customer == "acme"
-            assert live_a.value("spoof_metric", **claim) == 1.0
+            assert live_a.value("spoof_metric") == 1.0
             assert live_b.series == {}
             assert app.store.applied_seq(b.agent_id, "i-1") == 0
 
             async with httpx.AsyncClient() as http:
                 body = (await http.get(f"http://127.0.0.1:{app.http_port}/metrics")).text
-            spoof = [line for line in body.splitlines() if line.startswith("tripline_spoof")]
+            spoof = [line for line in body.splitlines() if line.startswith("tripline_x_spoof")]
             assert len(spoof) == 1
             assert f'agent_id="{a.agent_id}"' in spoof[0]
             assert 'customer="acme"' in spoof[0]
-            assert f'exported_agent_id="{b.agent_id}"' in spoof[0]
-            assert 'exported_customer="globex"' in spoof[0]
+            assert b.agent_id not in spoof[0] and "globex" not in spoof[0]
 
             def spoof_tickets() -> list[tickets.Ticket]:
                 with app.store.read() as conn:

@@ -288,6 +288,28 @@ def test_applied_seq_only_moves_forward(store: Store, agent: AgentRecord) -> Non
     assert store.last_seen_all() == {agent.agent_id: T0 + 4}
 
 
+def test_only_the_newest_instances_of_an_agent_are_kept(store: Store, agent: AgentRecord) -> None:
+    keep = 16  # MAX_INSTANCES_PER_AGENT, the number docs/limits.md states
+
+    _, token = store.create_enrollment_token("globex", now=T0)
+    other_agent, _ = store.enroll_agent(token, hostname="pc-02", site="", inventory={}, now=T0)
+    with store.transaction() as conn:
+        store.record_applied(conn, other_agent.agent_id, "theirs", 1, dropped_total=0, now=T0)
+    for i in range(keep + 40):  # an agent inventing a spool instance per report
+        with store.transaction() as conn:
+            store.record_applied(conn, agent.agent_id, f"i-{i}", 3, dropped_total=0, now=T0 + i)
+    with store.read() as conn:
+        rows = conn.execute(
+            select(schema.agent_instances.c.instance_id).where(
+                schema.agent_instances.c.agent_id == agent.agent_id
+            )
+        ).all()
+    assert sorted(r.instance_id for r in rows) == sorted(f"i-{i}" for i in range(40, keep + 40))
+    assert store.applied_seq(agent.agent_id, f"i-{keep + 39}") == 3
+    assert store.applied_seq(agent.agent_id, "i-0") == 0  # forgotten: would apply afresh
+    assert store.applied_seq(other_agent.agent_id, "theirs") == 1
+
+
 def test_record_applied_rolls_back_with_the_effects_it_guards(
     store: Store, agent: AgentRecord
 ) -> None:

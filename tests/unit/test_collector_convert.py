@@ -130,42 +130,43 @@ BAD_REPORTS: list[tuple[str, pb.Report, str, int | None]] = [
         "metric name with a space",
         report(sample("load1"), sample("cpu usage")),
         "report seq 1, sample #1: metric name 'cpu usage' is not a valid Prometheus name "
-        "([a-zA-Z_][a-zA-Z0-9_]*, at most 200 characters)",
+        "([a-z_][a-z0-9_]*, at most 200 characters)",
         1,
     ),
     (
         "metric name starting with a digit",
         report(sample("1load")),
         "report seq 1, sample #0: metric name '1load' is not a valid Prometheus name "
-        "([a-zA-Z_][a-zA-Z0-9_]*, at most 200 characters)",
+        "([a-z_][a-z0-9_]*, at most 200 characters)",
         1,
     ),
     (
         "empty metric name",
         report(sample("")),
         "report seq 1, sample #0: metric name '' is not a valid Prometheus name "
-        "([a-zA-Z_][a-zA-Z0-9_]*, at most 200 characters)",
+        "([a-z_][a-z0-9_]*, at most 200 characters)",
         1,
     ),
     (
         "metric name too long (cut to 80 in the message)",
         report(sample("m" * 201)),
         f"report seq 1, sample #0: metric name '{'m' * 80}' is not a valid Prometheus name "
-        "([a-zA-Z_][a-zA-Z0-9_]*, at most 200 characters)",
+        "([a-z_][a-z0-9_]*, at most 200 characters)",
         1,
     ),
     (
         "label name with a dash",
         report(sample(**{"cpu-id": "0"})),
         "report seq 1, sample #0 (cpu_usage_ratio): label name 'cpu-id' is not a valid "
-        "Prometheus label name",
+        "Prometheus label name ([a-z_][a-z0-9_]*, at most 200 characters)",
         1,
     ),
     (
         "reserved label name",
         report(sample(__name__="x")),
-        "report seq 1, sample #0 (cpu_usage_ratio): label name '__name__' is not a valid "
-        "Prometheus label name",
+        "report seq 1, sample #0 (cpu_usage_ratio): label name '__name__' is reserved (the "
+        "collector and Prometheus set agent_id, customer, host, instance, job, site, exported_* "
+        "and __* on every series); rename it in the agent",
         1,
     ),
     (
@@ -189,7 +190,8 @@ BAD_REPORTS: list[tuple[str, pb.Report, str, int | None]] = [
     (
         "label value too long",
         report(sample("filesystem_used_ratio", mountpoint=LONG)),
-        "report seq 1, sample #0 (filesystem_used_ratio): label mountpoint is longer than 1024",
+        "report seq 1, sample #0 (filesystem_used_ratio): label mountpoint is longer than 1024 "
+        "characters",
         1,
     ),
     (
@@ -238,16 +240,20 @@ def test_hello_decodes() -> None:
     assert hello.agent_version == "v" * 64
     assert hello.sent_at == T
     # uint64 fields come out of MessageToDict as strings (JSON mapping of protobuf)
-    assert hello.host == {"hostname": 'pc "q"\n', "memory_total_bytes": str(2**34)}
+    # control characters are escaped before anything stores or renders them
+    assert hello.host == {"hostname": 'pc "q"\\x0a', "memory_total_bytes": str(2**34)}
 
 
 @pytest.mark.parametrize(
     ("hello", "message"),
     [
-        (pb.Hello(sent_at_seconds=T), "Hello.instance_id must be 1..64 characters"),
+        (
+            pb.Hello(sent_at_seconds=T),
+            "Hello.instance_id '' must be 1..64 characters of A-Z a-z 0-9 . _ : -",
+        ),
         (
             pb.Hello(instance_id="i" * 65, sent_at_seconds=T),
-            "Hello.instance_id must be 1..64 characters",
+            f"Hello.instance_id {'i' * 65!r} must be 1..64 characters of A-Z a-z 0-9 . _ : -",
         ),
         (
             pb.Hello(instance_id=INSTANCE, sent_at_seconds=math.inf),
@@ -352,3 +358,51 @@ def test_any_report_decodes_or_raises_invalid_message(msg: pb.Report) -> None:
         assert math.isfinite(value)
         assert list(labels) == sorted(labels)
         assert all(not label.startswith("__") and len(v) <= 1024 for label, v in labels)
+
+
+def test_process_count_from_old_agents_is_processes() -> None:
+    assert decode(report(sample("process_count", 7.0))).samples == (("processes", (), 7.0),)
+    with pytest.raises(InvalidMessage) as err:
+        decode(report(sample("process_count", 7.0), sample("processes", 8.0)))
+    assert err.value.reason == "duplicate_series"
+
+
+@pytest.mark.parametrize(
+    "label", ["agent_id", "host", "customer", "site", "job", "instance", "exported_customer"]
+)
+def test_labels_the_collector_or_prometheus_set_are_refused(label: str) -> None:
+    with pytest.raises(InvalidMessage) as err:
+        decode(report(sample("custom_up", 1.0, **{label: "x"})))
+    assert err.value.reason == "label_reserved"
+    assert f"label name {label!r} is reserved" in str(err.value)
+
+
+def test_core_families_accept_only_their_catalogue_labels() -> None:
+    ok = decode(report(sample("filesystem_used_ratio", 0.5, mountpoint="/", device="sda")))
+    assert len(ok.samples) == 1
+    with pytest.raises(InvalidMessage) as err:
+        decode(report(sample("memory_used_ratio", 0.5, mountpoint="/")))
+    assert err.value.reason == "core_labels"
+    assert "label(s) mountpoint not allowed on the core metric memory_used_ratio" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["load1\n", "load1\r", "\nload1", "lo ad1", "load1\x00"])
+def test_metric_names_are_matched_whole(name: str) -> None:
+    with pytest.raises(InvalidMessage) as err:
+        decode(report(sample(name, 1.0)))
+    assert err.value.reason == "metric_name"
+
+
+def test_oversized_context_is_cut_and_escaped_on_decode() -> None:
+    context = pb.Context(
+        top_cpu=[pb.ProcessInfo(pid=i, name=f"p\x1b{i}", cpu_ratio=0.5) for i in range(500)],
+        top_memory=[pb.ProcessInfo(pid=1, cmdline="x\n" * 5000, username="u" * 500)],
+        logged_in_users=["bob\r"] * 100,
+    )
+    decoded = decode(report(sample(), context=context))
+    assert len(decoded.context["top_cpu"]) == 20
+    assert decoded.context["top_cpu"][1]["name"] == "p\\x1b1"
+    (process,) = decoded.context["top_memory"]
+    assert process["cmdline"] == ("x\\x0a" * 5000)[:1024]
+    assert len(process["username"]) == 128
+    assert decoded.context["logged_in_users"] == ["bob\\x0d"] * 32

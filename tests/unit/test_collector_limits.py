@@ -148,3 +148,31 @@ def test_limit_keys_defaults_and_errors() -> None:
         )
     with pytest.raises(ConfigError, match="'max_streams': must be positive"):
         load_collector_config(None, environ={}, flags={"max_streams": 0})
+
+
+def test_stepping_agent_time_cannot_churn_series_past_the_cap() -> None:
+    """An agent alternating its timestamps a long way back and forth, with fresh series
+    in every report: the cap counts what it sent within the window of *collector* time,
+    so at most ``limit`` distinct series get in, and memory holds no more."""
+    from collector.state import LiveState
+
+    window, limit = 600.0, 50
+    state = LiveState(window=window)
+    live = state.ensure("a-1", customer="acme", hostname="pc", site="")
+    admitted: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    now = T0
+    for report in range(40):
+        now += 1.0  # one report a second, well inside the window
+        at = now - 100 * window if report % 2 else now  # the agent's stepped clock
+        samples = [s(f"m{report}_{i}") for i in range(limit)]
+        capped = cap_series(live.series, samples, limit)
+        admitted.update((name, labels) for name, labels, _ in capped.samples)
+        state.record(live, at, capped.samples, received=now)
+        assert len(live.series) <= limit
+    assert len(admitted) <= limit
+
+    # Once the agent's old series have not been received for a window, new ones get in.
+    now += window + 1.0
+    state.record(live, now, [], received=now)
+    capped = cap_series(live.series, [s("fresh")], limit)
+    assert capped.dropped == 0

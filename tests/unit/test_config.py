@@ -22,6 +22,7 @@ COLLECTOR_KEYS = (
     "delivery_lease, delivery_max_attempts, delivery_park_after, evaluation_interval, "
     "hello_timeout, http_listen, "
     "interval, inventory_interval, listen, log_format, log_level, max_message_bytes, "
+    "max_metrics_bytes_per_agent, "
     "max_report_burst_per_agent, max_reports_per_second_per_agent, max_samples_per_report, "
     "max_series_per_agent, max_streams, offline_after, plaintext, routes, rules, tickets, "
     "tls_cert, "

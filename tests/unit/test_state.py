@@ -143,3 +143,27 @@ def test_retention_bounds_history_per_metric_and_keeps_the_newest_point() -> Non
     assert all(b[0] - a[0] >= 60 for a, b in zip(list(fs)[:-2], list(fs)[1:-1], strict=True))
     # a metric no rule aggregates keeps its latest point only
     assert list(live.series[("load1", ())]) == [(T0 + 7190, 719.0)]
+
+
+def test_series_the_agent_stops_sending_leave_after_the_window_of_collector_time(
+    state: LiveState, live: AgentLive
+) -> None:
+    # The agent's clock steps back a long way after the series goes missing: the series
+    # still leaves one window after it was last *received*, and not sooner.
+    state.record(live, T0, [("load1", (), 1.0), ("filesystem_used_ratio", USB, 0.5)])
+    state.record(live, T0 - 10_000, [("load1", (), 1.0)], received=T0 + 10)
+    state.record(live, T0 - 9_000, [("load1", (), 1.0)], received=T0 + 59)
+    assert ("filesystem_used_ratio", USB) in live.series
+    state.record(live, T0 - 8_000, [("load1", (), 1.0)], received=T0 + 61)
+    assert ("filesystem_used_ratio", USB) not in live.series
+    assert not live.gone
+    assert set(live.series) == {("load1", ())}
+
+
+def test_a_series_back_before_the_window_ends_is_kept(state: LiveState, live: AgentLive) -> None:
+    state.record(live, T0, [("filesystem_used_ratio", USB, 0.5)])
+    state.record(live, T0 + 10, [])
+    state.record(live, T0 + 20, [("filesystem_used_ratio", USB, 0.6)])
+    state.record(live, T0 + 100, [("filesystem_used_ratio", USB, 0.7)])
+    assert points(live, "filesystem_used_ratio", USB)[-1] == (T0 + 100, 0.7)
+    assert not live.gone
