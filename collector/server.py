@@ -194,29 +194,32 @@ class CollectorService(pb_grpc.CollectorServicer):
         self.streams[agent.agent_id] = stream
         session.live.connected = True
         self.metrics.streams_open.inc()
-        log.info(
-            "agent connected",
-            extra={
-                "agent_id": agent.agent_id,
-                "customer": agent.customer,
-                "instance_id": hello.instance_id,
-                "applied_seq": session.applied_seq,
-                "peer": context.peer(),
-            },
-        )
-        await context.write(
-            pb.CollectorMessage(
-                welcome=pb.Welcome(
-                    agent_id=agent.agent_id,
-                    customer=agent.customer,
-                    site=agent.site,
-                    settings=self.settings(),
-                    applied_seq=session.applied_seq,
+        reader: asyncio.Task[None] | None = None
+        # From here on the slot is held: every way out (the Welcome write failing, the
+        # client cancelling before it, an abort) must pass the finally that frees it.
+        try:
+            log.info(
+                "agent connected",
+                extra={
+                    "agent_id": agent.agent_id,
+                    "customer": agent.customer,
+                    "instance_id": hello.instance_id,
+                    "applied_seq": session.applied_seq,
+                    "peer": context.peer(),
+                },
+            )
+            await context.write(
+                pb.CollectorMessage(
+                    welcome=pb.Welcome(
+                        agent_id=agent.agent_id,
+                        customer=agent.customer,
+                        site=agent.site,
+                        settings=self.settings(),
+                        applied_seq=session.applied_seq,
+                    )
                 )
             )
-        )
-        reader = asyncio.create_task(self._read(request_iterator, session, stream))
-        try:
+            reader = asyncio.create_task(self._read(request_iterator, session, stream))
             while True:
                 item = await stream.outgoing.get()
                 if item is _END:
@@ -225,7 +228,8 @@ class CollectorService(pb_grpc.CollectorServicer):
                     await context.abort(item.code, item.details, trailing_metadata=item.trailers)
                 await context.write(item)
         finally:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             self.metrics.streams_open.dec()
             if self.streams.get(agent.agent_id) is stream:
                 del self.streams[agent.agent_id]

@@ -328,3 +328,39 @@ def test_concurrent_streams_over_the_cap_get_resource_exhausted(tmp_path: Path) 
             await call_c.done_writing()
 
     asyncio.run(scenario())
+
+
+def test_cancelling_before_the_welcome_releases_the_stream_slot(tmp_path: Path) -> None:
+    """Hello, then cancel at once, many times and at varied moments: every slot comes back,
+    so agents up to max_streams still get in (before, each leaked until everyone was
+    refused with RESOURCE_EXHAUSTED)."""
+
+    async def scenario() -> None:
+        async with (
+            running_collector(tmp_path / "c", max_streams=4) as app,
+            aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch,
+        ):
+            agents = [await Agent.enroll(ch, f"pc-{i}") for i in range(8)]
+            for round_ in range(40):
+                calls = []
+                for agent in agents:
+                    call = agent.stub.Connect(metadata=agent.metadata)
+                    hello = pb.Hello(instance_id="i-1", sent_at_seconds=time.time())
+                    await call.write(pb.AgentMessage(hello=hello))
+                    calls.append(call)
+                # cancel at different points of open_session / the Welcome write
+                await asyncio.sleep((round_ % 8) * 0.001)
+                for call in calls:
+                    call.cancel()
+            await eventually(lambda: not app.service.streams, deadline=10)
+            await eventually(
+                lambda: count(app, "tripline_collector_streams_open") == 0, deadline=10
+            )
+            calls = [await agent.open() for agent in agents[:4]]
+            for call in calls:
+                assert await acked(call, report(1)) == 1
+            assert count(app, "tripline_collector_streams_open") == 4
+            for call in calls:
+                await call.done_writing()
+
+    asyncio.run(scenario())
