@@ -337,7 +337,13 @@ def test_cancelling_before_the_welcome_releases_the_stream_slot(tmp_path: Path) 
 
     async def scenario() -> None:
         async with (
-            running_collector(tmp_path / "c", max_streams=4) as app,
+            running_collector(
+                tmp_path / "c",
+                max_streams=4,
+                # hundreds of streams on purpose: the Hello rate limits have their own test
+                max_hellos_per_second_per_agent=1e6,
+                max_connects_per_second_per_peer=1e6,
+            ) as app,
             aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch,
         ):
             agents = [await Agent.enroll(ch, f"pc-{i}") for i in range(8)]
@@ -364,3 +370,55 @@ def test_cancelling_before_the_welcome_releases_the_stream_slot(tmp_path: Path) 
                 await call.done_writing()
 
     asyncio.run(scenario())
+
+
+def test_new_streams_are_rate_limited_per_agent_and_per_peer_address(tmp_path: Path) -> None:
+    """A token bucket per agent id and one per peer IP (the port ignored): past the burst,
+    RESOURCE_EXHAUSTED with retry-after, counted; other agents and addresses unaffected."""
+
+    async def scenario() -> None:
+        async with (
+            running_collector(
+                tmp_path / "c",
+                max_hellos_per_second_per_agent=0.01,
+                max_hello_burst_per_agent=3,
+                max_connects_per_second_per_peer=0.01,
+                max_connect_burst_per_peer=7,
+            ) as app,
+            aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch,
+        ):
+            a = await Agent.enroll(ch, "pc-a")
+            # b on its own connection: another source port, the same address
+            ch_b = aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+            b = await Agent.enroll(ch_b, "pc-b")
+            for _ in range(3):
+                call = await a.open()
+                await call.done_writing()
+            call = a.stub.Connect(metadata=a.metadata)
+            await call.write(pb.AgentMessage(hello=pb.Hello(instance_id="i-1")))
+            err = await refused(call)
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert err.details() == (
+                "too many new streams from this agent (max_hellos_per_second_per_agent=0.01, "
+                "burst 3); reconnect after 150s"
+            )
+            assert ("retry-after", "150") in tuple(err.trailing_metadata() or ())
+            assert count(app, "tripline_collector_limit_hits_total", limit="hellos_per_agent") == 1
+            # another agent from the same address still gets in, until the address has
+            # spent its 7 (a's refused stream took one too: the address is judged first)
+            for _ in range(3):
+                call = await b.open()
+                await call.done_writing()
+            call = b.stub.Connect(metadata=b.metadata)
+            await call.write(pb.AgentMessage(hello=pb.Hello(instance_id="i-1")))
+            err = await refused(call)
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert err.details().startswith(
+                "too many new streams from this address (max_connects_per_second_per_peer=0.01"
+            ), err.details()
+            assert count(app, "tripline_collector_limit_hits_total", limit="connects_per_peer") == 1
+            assert count(app, "tripline_collector_limit_hits_total", limit="hellos_per_agent") == 1
+            await ch_b.close()
+
+    asyncio.run(scenario())
+
