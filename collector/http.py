@@ -122,6 +122,12 @@ def guarded_protocol(limits: HttpLimits, closed: Callable[[str], None]) -> type[
                 self._cancel()
 
         def on_response_complete(self) -> None:
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                # answered before the body was read (413): reading the rest only to
+                # discard it would let a client stream for ever, so the connection ends
+                self._cancel()
+                self.transport.close()
+                return
             super().on_response_complete()
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
                 self._expect_head()
