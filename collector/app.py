@@ -217,8 +217,6 @@ class CollectorApp:
                 http=guarded_protocol(
                     http_limits, lambda why: self.metrics.http_connections_closed.labels(why).inc()
                 ),
-                # requests in flight, the guard above bounds the connections
-                limit_concurrency=config.http_max_connections,
                 timeout_keep_alive=max(1, math.ceil(config.http_keepalive_timeout)),
             )
         )

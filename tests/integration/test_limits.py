@@ -421,4 +421,3 @@ def test_new_streams_are_rate_limited_per_agent_and_per_peer_address(tmp_path: P
             await ch_b.close()
 
     asyncio.run(scenario())
-
