@@ -421,3 +421,42 @@ def test_new_streams_are_rate_limited_per_agent_and_per_peer_address(tmp_path: P
             await ch_b.close()
 
     asyncio.run(scenario())
+
+
+MALFORMED_BODIES: dict[str, tuple[bytes, str]] = {
+    "lone surrogate": (b'{"text": "\\ud800"}', "lone surrogate"),
+    "invalid UTF-8": (b'{"text": "\xff\xfe"}', "must be UTF-8"),
+    "deep nesting": (b"[" * 100_000 + b"]" * 100_000, "must be a JSON object"),
+    "huge float": (b'{"text": 1e999}', "out of range"),
+    "NaN": (b'{"text": NaN}', "NaN is not JSON"),
+    "Infinity": (b'{"text": -Infinity}', "-Infinity is not JSON"),
+    "duplicate keys": (b'{"text": "a", "text": "b"}', "duplicate keys ['text']"),
+    "5000-digit number": (b'{"text": ' + b"9" * 5000 + b"}", "must be a JSON object"),
+    "top-level list": (b'["text"]', "must be a JSON object"),
+    "top-level string": (b'"text"', "must be a JSON object"),
+    "truncated": (b'{"text": "a', "must be a JSON object"),
+}
+
+
+def test_malformed_json_bodies_answer_400(tmp_path: Path) -> None:
+    """Every kind of broken JSON to an API route that reads a body answers 400 with the
+    reason, never 500; the API keeps answering."""
+    import httpx
+
+    from collector import apitokens
+
+    async def scenario() -> None:
+        async with running_collector(tmp_path / "c") as app:
+            with app.store.transaction() as conn:
+                _, secret = apitokens.create_token(conn, "ops", None, actor="t", now=time.time())
+            url = f"http://127.0.0.1:{app.http_port}/api/v1/tickets/1/comment"
+            auth = {"authorization": f"Bearer {secret}", "content-type": "application/json"}
+            async with httpx.AsyncClient() as http:
+                for name, (body, reason) in MALFORMED_BODIES.items():
+                    reply = await http.post(url, content=body, headers=auth)
+                    assert reply.status_code == 400, (name, reply.status_code, reply.text)
+                    assert reason in reply.json()["error"], (name, reply.json())
+                reply = await http.post(url, json={"text": "fine"}, headers=auth)
+                assert reply.status_code == 404, reply.text  # no ticket 1: the body was fine
+
+    asyncio.run(scenario())
