@@ -72,6 +72,8 @@ _FULL = _plain_response(
     "503 Service Unavailable", "too many open HTTP connections; retry soon\n", "retry-after: 1"
 )
 _TIMEOUT = _plain_response("408 Request Timeout", "request head not received in time\n")
+# how long an answered connection keeps discarding a body it will not read
+LINGER_SECONDS = 2.0
 # the request is read whole (its body too): a timer has nothing left to guard
 _READ_DONE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
 
@@ -92,6 +94,7 @@ def guarded_protocol(limits: HttpLimits, closed: Callable[[str], None]) -> type[
 
     class GuardedH11Protocol(H11Protocol):
         _refused = False
+        _lingering = False
         _timer: asyncio.TimerHandle | None = None
         _waiting_since = 0.0
 
@@ -113,6 +116,8 @@ def guarded_protocol(limits: HttpLimits, closed: Callable[[str], None]) -> type[
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
+            if self._lingering:  # only the close timer is left to run
+                return
             state = self.conn.their_state
             if state is h11.SEND_BODY and self._timer is not None and self._waiting_since:
                 self._waiting_since = 0.0
@@ -123,10 +128,18 @@ def guarded_protocol(limits: HttpLimits, closed: Callable[[str], None]) -> type[
 
         def on_response_complete(self) -> None:
             if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
-                # answered before the body was read (413): reading the rest only to
-                # discard it would let a client stream for ever, so the connection ends
+                # Answered before the body was read (413): reading the rest only to discard
+                # it would let a client stream for ever, so the connection ends. Lingering
+                # close, as nginx does: FIN after the answer, discard what still arrives
+                # for a moment, then close; closing at once with unread bytes sends a
+                # reset that can destroy the answer before the client reads it.
                 self._cancel()
-                self.transport.close()
+                self._lingering = True
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()
+                    self._timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+                else:
+                    self.transport.close()
                 return
             super().on_response_complete()
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:

@@ -713,13 +713,21 @@ HOSTILE_ENV = {
 
 
 def start_limited(cluster: Cluster, nofile: int) -> Collector:
-    """A collector whose hard and soft open-file limits are ``nofile`` (as the old unit
-    left it at 1,024): what it raises at start cannot go past the hard limit."""
+    """A collector started with a soft open-file limit of half ``nofile`` and a hard
+    limit of ``nofile`` (the old unit left it at 1,024): it raises the soft limit to the
+    hard one at start, and no further."""
     collector = cluster.collector("--customer", f"acme={TOKEN}", "--interval", "1")
     collector.env = {**collector.env, **HOSTILE_ENV}
     log = open(collector.log_path, "ab")  # noqa: SIM115 - closed with the process
     collector.popen = subprocess.Popen(
-        ["prlimit", f"--nofile={nofile}", sys.executable, "-m", "collector.cli", *collector.args],
+        [
+            "prlimit",
+            f"--nofile={nofile // 2}:{nofile}",
+            sys.executable,
+            "-m",
+            "collector.cli",
+            *collector.args,
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=collector.env,
@@ -759,7 +767,8 @@ def test_idle_sockets_under_1024_descriptors_never_cut_metrics_or_agents(
     and /readyz keep answering, the idle gRPC sockets are closed within the handshake and
     idle timeouts, a real agent keeps reporting, and failed accepts are logged rate-limited."""
     collector = start_limited(cluster, 1024)
-    assert log_has(collector, "connection capacity", open_files_soft=1024) == 1
+    capacity = dict(open_files_soft=1024, open_files_hard=1024, grpc_connections=704)
+    assert log_has(collector, "connection capacity", **capacity) == 1
     start_agent(cluster, collector)
     db = collector.data_dir / "tripline.db"
     eventually(lambda: applied_seq(db) >= 2, what="the agent reports")
