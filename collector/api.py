@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, select
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -159,19 +159,28 @@ def _page(items: list[Any], limit: int, offset: int) -> dict[str, Any]:
 
 
 async def _body(request: Request, fields: Collection[str], required: Collection[str] = ()) -> Any:
-    """The JSON object sent, with only `fields` and all of `required`; {} when empty."""
-    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-        raise ApiError(413, f"the request body must be at most {MAX_BODY_BYTES} bytes")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, f"the request body must be at most {MAX_BODY_BYTES} bytes")
-    if not raw.strip():
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise ApiError(400, "the request body must be a JSON object") from None
+    """The JSON object sent, with only `fields` and all of `required`; {} when empty.
+
+    The body is counted while it streams in (chunked ones too) and refused with 413 the
+    moment it passes MAX_BODY_BYTES, so a huge body never sits in memory; anything that
+    is not one strict JSON object answers 400 (see `_parse_json`).
+    """
+    too_large = ApiError(413, f"the request body must be at most {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise ApiError(400, "Content-Length must be a whole number of bytes")
+        if int(declared) > MAX_BODY_BYTES:
+            raise too_large
+    raw = bytearray()
+    try:
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                raise too_large
+    except ClientDisconnect:
+        raise ApiError(400, "the request body was not received whole") from None
+    data = _parse_json(bytes(raw)) if raw.strip() else {}
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
     unknown = set(data) - set(fields)
@@ -181,6 +190,65 @@ async def _body(request: Request, fields: Collection[str], required: Collection[
     missing = [name for name in required if name not in data]
     if missing:
         raise ApiError(400, f"missing required fields {missing}")
+    return data
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicated = sorted({key for key in keys if keys.count(key) > 1})
+        raise _BadJson(f"duplicate keys {duplicated[:5]}")
+    return dict(pairs)
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadJson(f"number {text[:40]} is out of range")
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _BadJson(f"{name} is not JSON")
+
+
+class _BadJson(ValueError):
+    pass
+
+
+def _parse_json(raw: bytes) -> Any:
+    """Strict JSON: UTF-8 only, no NaN/Infinity, no numbers beyond a float, no duplicate
+    keys, no lone surrogates (``"\\ud800"`` parses in Python but cannot be stored or
+    encoded again), nesting as deep as the parser allows. Each answers 400."""
+    try:
+        text = raw.decode("utf-8")
+        data = json.loads(
+            text,
+            parse_float=_json_float,
+            parse_constant=_refuse_constant,
+            object_pairs_hook=_no_duplicate_keys,
+        )
+    except UnicodeDecodeError:
+        raise ApiError(400, "the request body must be UTF-8") from None
+    except _BadJson as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError):
+        raise ApiError(400, "the request body must be a JSON object") from None
+    pending = [data]
+    while pending:  # iterative: the document may be nested as deep as the parser allowed
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(
+                    400, "the request body holds a lone surrogate (\\ud800-\\udfff) in a string"
+                ) from None
     return data
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from grpc import aio
@@ -16,13 +18,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from alerts.rules import RuleFileError, RuleSet, default_rules, load_rules
-from collector import files, tickets, tls
+from collector import files, limits, tickets, tls
 from collector.api import ApiContext
 from collector.committer import Committer
 from collector.config import CollectorConfig, parse_hostport
 from collector.delivery import Deliverer, lease_owner
 from collector.exposition import SeriesExposition
-from collector.http import build_app
+from collector.http import HttpLimits, build_app, guarded_protocol
 from collector.lockfile import DataDirLock
 from collector.pipeline import Pipeline
 from collector.selfmetrics import CollectorMetrics, TicketCountCollector
@@ -41,10 +43,17 @@ SERVICE_NAME = "tripline.v1.Collector"
 STORE_PROBE_INTERVAL = 2.0
 
 
-def grpc_server_options(config: CollectorConfig) -> list[tuple[str, int]]:
+# Descriptors kept for everything but client connections: the store (SQLite WAL holds
+# three, a PostgreSQL pool a few), log files, the rule file on reload, gRPC's own pipes.
+RESERVED_FILES = 64
+
+
+def grpc_server_options(
+    config: CollectorConfig, max_connections: int | None = None
+) -> list[tuple[str, int]]:
     # Agents ping every 30 s; allow pings down to 10 s apart without calls so a
     # client's keepalive never earns a GOAWAY "too_many_pings".
-    return [
+    options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.keepalive_time_ms", 60_000),
@@ -52,7 +61,44 @@ def grpc_server_options(config: CollectorConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 5),
+        # A TCP connection that has not finished TLS and the HTTP/2 preface within the
+        # Hello timeout is closed (gRPC's default is 120 s): an idle socket costs little.
+        ("grpc.server_handshake_timeout_ms", int(config.hello_timeout * 1000)),
+        # A connection with no call open (handshaken, but no stream) is sent GOAWAY and
+        # closed; an agent keeps its Connect stream open, so this never touches one.
+        ("grpc.max_connection_idle_ms", int(config.connection_idle_timeout * 1000)),
     ]
+    if max_connections is not None:
+        # Past it gRPC closes new connections at accept, before any handshake, so gRPC
+        # clients can never take the descriptors the HTTP port and the store need.
+        options.append(("grpc.max_allowed_incoming_connections", max_connections))
+    return options
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (one connection is one descriptor,
+    and a fleet is thousands); return (soft, hard) as they are now. Without the
+    ``resource`` module (Windows) or permission, the limit stays and is returned."""
+    try:
+        import resource
+    except ImportError:  # Windows: no per-process descriptor limit of this kind
+        return (-1, -1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit", extra={"error": str(exc)})
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def connection_budget(open_files: int, http_max_connections: int) -> int | None:
+    """gRPC connections the descriptor limit leaves after the HTTP port and the rest;
+    None when the limit is unknown (no limit to protect)."""
+    if open_files < 0:
+        return None
+    return max(16, open_files - http_max_connections - RESERVED_FILES)
 
 
 def load_rule_set(path: Path | None) -> RuleSet:
@@ -97,6 +143,8 @@ class CollectorApp:
         self._health = health.aio.HealthServicer()
         self._health_tasks: set[asyncio.Future[None]] = set()
         self._stopping = False
+        self._accept_log = limits.LogThrottle(every=10.0)
+        self._open_files = -1
 
     async def start(self) -> None:
         config = self.config
@@ -150,7 +198,22 @@ class CollectorApp:
         self.service = CollectorService(self.pipeline, config, self.metrics)
         self.pipeline.on_retire = self._retire
 
-        self._server = aio.server(options=grpc_server_options(config))
+        soft, hard = raise_open_file_limit()
+        grpc_connections = connection_budget(soft, config.http_max_connections)
+        self._open_files = soft
+        self.metrics.open_files_limit.set(soft)
+        log.info(
+            "connection capacity",
+            extra={
+                "open_files_soft": soft,
+                "open_files_hard": hard,
+                "grpc_connections": grpc_connections,
+                "http_connections": config.http_max_connections,
+                "max_streams": config.max_streams,
+            },
+        )
+        asyncio.get_running_loop().set_exception_handler(self._loop_exception)
+        self._server = aio.server(options=grpc_server_options(config, grpc_connections))
         pb_grpc.add_CollectorServicer_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         host, port = parse_hostport(config.listen, "listen")
@@ -170,8 +233,23 @@ class CollectorApp:
             agent_series=self.exposition.render,
             api=ApiContext(store=self.store, pipeline=self.pipeline, clock=self.clock),
         )
+        http_limits = HttpLimits(
+            max_connections=config.http_max_connections,
+            header_timeout=config.http_header_timeout,
+            body_timeout=config.http_body_timeout,
+        )
         self._http = _EmbeddedUvicorn(
-            uvicorn.Config(app, host=http_host, port=http_port, log_level="warning", lifespan="off")
+            uvicorn.Config(
+                app,
+                host=http_host,
+                port=http_port,
+                log_level="warning",
+                lifespan="off",
+                http=guarded_protocol(
+                    http_limits, lambda why: self.metrics.http_connections_closed.labels(why).inc()
+                ),
+                timeout_keep_alive=max(1, math.ceil(config.http_keepalive_timeout)),
+            )
         )
         self._tasks.append(asyncio.create_task(self._http.serve()))
         while not self._http.started:
@@ -224,10 +302,30 @@ class CollectorApp:
                 },
             )
 
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio reports a failed accept (out of descriptors: EMFILE/ENFILE, or memory)
+        here once per listening socket and retry (1 s); count each, log at most one line
+        per 10 s with the number swallowed. Anything else goes to asyncio's handler."""
+        if context.get("message") == "socket.accept() out of system resource":
+            self.metrics.accept_errors.labels("http").inc()
+            swallowed = self._accept_log.allow("http", time.monotonic())
+            if swallowed is not None:
+                log.error(
+                    "cannot accept HTTP connections: out of system resources",
+                    extra={
+                        "error": str(context.get("exception")),
+                        "suppressed": swallowed,
+                        "open_files_limit": self._open_files,
+                    },
+                )
+            return
+        loop.default_exception_handler(context)
+
     def _retire(self, agent_id: str) -> None:
         """A revoked agent leaves live state: drop what else is kept per agent."""
         self.exposition.forget(agent_id)
         self.service.rate.forget(agent_id)
+        self.service.hellos.forget(agent_id)
 
     def reload_rules(self) -> bool:
         """SIGHUP: load the rule file again; on error keep the old rules and say why."""

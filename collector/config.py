@@ -85,6 +85,21 @@ class CollectorConfig:
     max_report_burst_per_agent: int = 50
     # concurrent agent Connect streams per collector; more are told to come back later
     max_streams: int = 50_000
+    # new Connect streams (Hellos) per peer address (IP, port ignored) and per agent: token
+    # buckets; a whole office behind one NAT reconnecting after a restart fits the burst
+    max_connects_per_second_per_peer: float = 20.0
+    max_connect_burst_per_peer: int = 200
+    max_hellos_per_second_per_agent: float = 0.5
+    max_hello_burst_per_agent: int = 10
+    # a gRPC connection with no call open for this long is closed (an agent keeps one)
+    connection_idle_timeout: float = 60.0
+    # the HTTP port (/metrics, /readyz, the API): connections held at once (past it the
+    # longest-idle one is closed, or the newcomer gets 503), and how long a client may take
+    # to send a request's head, its body, and to stay idle between requests
+    http_max_connections: int = 256
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keepalive_timeout: float = 5.0
     tickets: TicketSettings = field(default_factory=TicketSettings)
     # where ticket events are delivered (webhook, e-mail, Alertmanager); file only
     routes: tuple[Route, ...] = ()
@@ -167,6 +182,10 @@ _DURATION_KEYS = {
     "delivery_lease",
     "keepalive_time",
     "keepalive_timeout",
+    "connection_idle_timeout",
+    "http_header_timeout",
+    "http_body_timeout",
+    "http_keepalive_timeout",
 }
 
 

@@ -6,6 +6,7 @@ Pure bookkeeping with time passed in; the servicer decides what the agent is tol
 from __future__ import annotations
 
 import math
+import urllib.parse
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -100,3 +101,65 @@ def cap_series(known: Collection[SeriesKey], samples: Sequence[Sample], limit: i
     if not dropped:
         return Capped(tuple(samples), 0)
     return Capped(tuple(kept), dropped)
+
+
+class KeyedRateLimiter(ReportRateLimiter):
+    """A token bucket per key whose keys an attacker may choose (peer addresses).
+
+    At most ``max_keys`` buckets are kept: past it, buckets that have refilled are
+    dropped first (a full bucket is what a new key gets anyway), then the least recently
+    used half. Memory stays bounded whatever addresses a flood comes from; a key dropped
+    early only gets a fresh bucket.
+    """
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
+        super().__init__(rate, burst)
+        self.max_keys = max_keys
+
+    def take(self, key: str, now: float) -> None:
+        if key not in self._buckets and len(self._buckets) >= self.max_keys:
+            self._prune(now)
+        super().take(key, now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k in self._buckets if self.tokens(k, now) >= self.burst]:
+            del self._buckets[key]
+        if len(self._buckets) >= self.max_keys:
+            by_age = sorted(self._buckets, key=lambda k: self._buckets[k].updated)
+            for key in by_age[: len(by_age) // 2 + 1]:
+                del self._buckets[key]
+
+
+class LogThrottle:
+    """Say a repeated event once per ``every`` seconds per key, with how many were
+    swallowed since: a flood of refusals or accept errors must not flood the log."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, key: str, now: float) -> int | None:
+        """None: stay quiet this time. Otherwise log now; the int counts the events
+        swallowed since the last line of ``key``."""
+        last = self._last.get(key)
+        if last is not None and 0.0 <= now - last < self.every:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._suppressed.pop(key, 0)
+
+
+def peer_host(peer: str) -> str:
+    """The address part of a gRPC peer string without the port: ``ipv4:1.2.3.4:5`` ->
+    ``1.2.3.4``, ``ipv6:[::1]:5`` -> ``::1``; other forms (unix sockets) unchanged."""
+    kind, sep, rest = peer.partition(":")
+    if not sep or kind not in {"ipv4", "ipv6"}:
+        return peer
+    rest = urllib.parse.unquote(rest)  # newer gRPC writes ipv6:%5B::1%5D:5
+    if rest.startswith("["):
+        return rest[1:].partition("]")[0]
+    return rest.rpartition(":")[0] or rest

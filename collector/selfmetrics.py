@@ -131,7 +131,7 @@ class CollectorMetrics:
         self.limit_hits = Counter(
             "tripline_collector_limit_hits_total",
             "Agent messages that hit a configured limit, by limit (reports_per_second, "
-            "streams, series_per_agent).",
+            "streams, series_per_agent, connects_per_peer, hellos_per_agent).",
             ["limit"],
             registry=registry,
         )
@@ -146,6 +146,29 @@ class CollectorMetrics:
             "max_metrics_bytes_per_agent.",
             registry=registry,
         )
+        self.accept_errors = Counter(
+            "tripline_collector_accept_errors_total",
+            "Connections the kernel could not hand over (out of file descriptors or "
+            "memory), by port (grpc, http); logged at most once per 10 s.",
+            ["port"],
+            registry=registry,
+        )
+        self.http_connections_closed = Counter(
+            "tripline_collector_http_connections_closed_total",
+            "HTTP connections the collector closed to protect the port, by reason "
+            "(full: 503 at http_max_connections, evicted_idle, header_timeout, body_timeout).",
+            ["reason"],
+            registry=registry,
+        )
+        self.open_files_limit = Gauge(
+            "tripline_collector_open_files_limit",
+            "The process's open-file limit after start (raised to the hard limit).",
+            registry=registry,
+        )
+        for port in ("grpc", "http"):
+            self.accept_errors.labels(port)
+        for why in ("full", "evicted_idle", "header_timeout", "body_timeout"):
+            self.http_connections_closed.labels(why)
         for reason in (
             "invalid_argument",
             "unauthenticated",
@@ -159,6 +182,8 @@ class CollectorMetrics:
             "streams",
             "series_per_agent",
             "metrics_bytes_per_agent",
+            "connects_per_peer",
+            "hellos_per_agent",
         ):
             self.limit_hits.labels(limit)
 

@@ -74,6 +74,13 @@ class CollectorService(pb_grpc.CollectorServicer):
         self.rate = limits.ReportRateLimiter(
             config.max_reports_per_second_per_agent, config.max_report_burst_per_agent
         )
+        self.connects = limits.KeyedRateLimiter(
+            config.max_connects_per_second_per_peer, config.max_connect_burst_per_peer
+        )
+        self.hellos = limits.KeyedRateLimiter(
+            config.max_hellos_per_second_per_agent, config.max_hello_burst_per_agent
+        )
+        self._refusal_log = limits.LogThrottle(every=10.0)
 
     def settings(self) -> pb.Settings:
         return pb.Settings(
@@ -143,7 +150,26 @@ class CollectorService(pb_grpc.CollectorServicer):
             first = None
         except DecodeError as exc:
             first, undecodable = None, exc
+        # Per peer address before the credential is looked up: a flood of new streams
+        # costs a dict lookup, not a store read.
+        peer = limits.peer_host(context.peer() or "")
+        await self._throttle(
+            context,
+            self.connects,
+            peer,
+            "connects_per_peer",
+            "peer",
+            "max_connects_per_second_per_peer",
+        )
         agent = await self._authenticate(context)
+        await self._throttle(
+            context,
+            self.hellos,
+            agent.agent_id,
+            "hellos_per_agent",
+            "agent_id",
+            "max_hellos_per_second_per_agent",
+        )
         if undecodable is not None:
             self.metrics.reports_rejected.labels("invalid_argument").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(undecodable))
@@ -198,29 +224,32 @@ class CollectorService(pb_grpc.CollectorServicer):
         self.streams[agent.agent_id] = stream
         session.live.connected = True
         self.metrics.streams_open.inc()
-        log.info(
-            "agent connected",
-            extra={
-                "agent_id": agent.agent_id,
-                "customer": agent.customer,
-                "instance_id": hello.instance_id,
-                "applied_seq": session.applied_seq,
-                "peer": context.peer(),
-            },
-        )
-        await context.write(
-            pb.CollectorMessage(
-                welcome=pb.Welcome(
-                    agent_id=agent.agent_id,
-                    customer=agent.customer,
-                    site=agent.site,
-                    settings=self.settings(),
-                    applied_seq=session.applied_seq,
+        reader: asyncio.Task[None] | None = None
+        # From here on the slot is held: every way out (the Welcome write failing, the
+        # client cancelling before it, an abort) must pass the finally that frees it.
+        try:
+            log.info(
+                "agent connected",
+                extra={
+                    "agent_id": agent.agent_id,
+                    "customer": agent.customer,
+                    "instance_id": hello.instance_id,
+                    "applied_seq": session.applied_seq,
+                    "peer": context.peer(),
+                },
+            )
+            await context.write(
+                pb.CollectorMessage(
+                    welcome=pb.Welcome(
+                        agent_id=agent.agent_id,
+                        customer=agent.customer,
+                        site=agent.site,
+                        settings=self.settings(),
+                        applied_seq=session.applied_seq,
+                    )
                 )
             )
-        )
-        reader = asyncio.create_task(self._read(request_iterator, session, stream))
-        try:
+            reader = asyncio.create_task(self._read(request_iterator, session, stream))
             while True:
                 item = await stream.outgoing.get()
                 if item is _END:
@@ -229,7 +258,8 @@ class CollectorService(pb_grpc.CollectorServicer):
                     await context.abort(item.code, item.details, trailing_metadata=item.trailers)
                 await context.write(item)
         finally:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             self.metrics.streams_open.dec()
             if self.streams.get(agent.agent_id) is stream:
                 del self.streams[agent.agent_id]
@@ -360,6 +390,41 @@ class CollectorService(pb_grpc.CollectorServicer):
             stream.send(_Abort(grpc.StatusCode.INTERNAL, "internal error; see collector log"))
             return
         stream.send(_END)
+
+    async def _throttle(
+        self,
+        context: aio.ServicerContext,
+        bucket: limits.KeyedRateLimiter,
+        key: str,
+        limit: str,
+        field: str,
+        setting: str,
+    ) -> None:
+        """Take a token of ``key``'s bucket or end the stream with RESOURCE_EXHAUSTED."""
+        try:
+            bucket.take(key, self.monotonic())
+        except limits.RateLimited as exc:
+            self.metrics.limit_hits.labels(limit).inc()
+            self.metrics.reports_rejected.labels("resource_exhausted").inc()
+            # keyed by limit only: keys come from clients and must not grow the throttle
+            swallowed = self._refusal_log.allow(limit, self.monotonic())
+            if swallowed is not None:
+                log.warning(
+                    "new stream rate limited",
+                    extra={
+                        "limit": limit,
+                        field: key,
+                        "retry_after": exc.retry_after,
+                        "suppressed": swallowed,
+                    },
+                )
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many new streams from this {'address' if field == 'peer' else 'agent'} "
+                f"({setting}={bucket.rate:g}, burst {bucket.burst}); "
+                f"reconnect after {exc.retry_after}s",
+                trailing_metadata=(("retry-after", str(exc.retry_after)),),
+            )
 
     async def _authenticate(self, context: aio.ServicerContext) -> AgentRecord:
         credential = ""

@@ -9,8 +9,11 @@ import os
 import queue
 import random
 import re
+import shutil
+import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -905,3 +908,221 @@ def test_second_collector_on_one_data_dir_refused_and_starts_after_the_first_is_
     third = start_collector(cluster, "--customer", f"acme={TOKEN}", data_dir=first.data_dir)
     assert grpc_health(third) == SERVING
     assert third.stop() == 0
+
+# -- hostile connections: idle sockets, slowloris, huge chunked bodies ---------------------
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+HOSTILE_ENV = {
+    "TRIPLINE_COLLECTOR_HELLO_TIMEOUT": "2s",
+    "TRIPLINE_COLLECTOR_CONNECTION_IDLE_TIMEOUT": "3s",
+    "TRIPLINE_COLLECTOR_HTTP_HEADER_TIMEOUT": "2s",
+    "TRIPLINE_COLLECTOR_HTTP_BODY_TIMEOUT": "5s",
+}
+
+
+def start_limited(cluster: Cluster, nofile: int) -> Collector:
+    """A collector started with a soft open-file limit of half ``nofile`` and a hard
+    limit of ``nofile`` (the old unit left it at 1,024): it raises the soft limit to the
+    hard one at start, and no further."""
+    collector = cluster.collector("--customer", f"acme={TOKEN}", "--interval", "1")
+    collector.env = {**collector.env, **HOSTILE_ENV}
+    log = open(collector.log_path, "ab")  # noqa: SIM115 - closed with the process
+    collector.popen = subprocess.Popen(
+        [
+            "prlimit",
+            f"--nofile={nofile // 2}:{nofile}",
+            sys.executable,
+            "-m",
+            "collector.cli",
+            *collector.args,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=collector.env,
+    )
+    log.close()
+    collector.wait_ready()
+    return collector
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """True once the other end closed ``sock`` (EOF or reset); never blocks."""
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def scraped(collector: Collector, name: str, **labels: str) -> float:
+    status, body = collector.http_get("/metrics")
+    assert status == 200, status
+    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    found = re.search(rf"^{name}(?:\{{{selector}\}})? (\S+)$", body, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_idle_sockets_under_1024_descriptors_never_cut_metrics_or_agents(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """1,100 idle sockets on each port and 50 gRPC connections that finish the HTTP/2
+    handshake but open no stream, against a collector held to 1,024 descriptors: /metrics
+    and /readyz keep answering, the idle gRPC sockets are closed within the handshake and
+    idle timeouts, a real agent keeps reporting, and failed accepts are logged rate-limited."""
+    collector = start_limited(cluster, 1024)
+    capacity = dict(open_files_soft=1024, open_files_hard=1024, grpc_connections=704)
+    assert log_has(collector, "connection capacity", **capacity) == 1
+    start_agent(cluster, collector)
+    db = collector.data_dir / "tripline.db"
+    eventually(lambda: applied_seq(db) >= 2, what="the agent reports")
+
+    opened = time.monotonic()
+    http_idle = [socket.create_connection(("127.0.0.1", collector.http_port)) for _ in range(1100)]
+    grpc_idle = [socket.create_connection(("127.0.0.1", collector.grpc_port)) for _ in range(1100)]
+    h2_idle = []
+    for _ in range(50):
+        sock = socket.create_connection(("127.0.0.1", collector.grpc_port))
+        sock.sendall(H2_PREFACE + H2_EMPTY_SETTINGS)
+        h2_idle.append(sock)
+    for sock in [*http_idle, *grpc_idle, *h2_idle]:
+        sock.setblocking(False)
+    try:
+        before = applied_seq(db)
+        # answered while every idle socket is still held (the HTTP ones live 2 s at most)
+        eventually(lambda: collector.http_get("/readyz")[0] == 200, 10, "/readyz answers")
+        eventually(lambda: collector.http_get("/metrics")[0] == 200, 10, "/metrics answers")
+        # hello_timeout 2 s bounds the handshake, connection_idle_timeout 3 s a connection
+        # without calls; 20 s from opening leaves room for a loaded machine
+        left = max(1.0, opened + 20 - time.monotonic())
+        eventually(lambda: all(closed_by_peer(s) for s in grpc_idle), left, "idle gRPC closed")
+        left = max(1.0, opened + 20 - time.monotonic())
+        eventually(lambda: all(closed_by_peer(s) for s in h2_idle), left, "stream-less h2 closed")
+        for _ in range(3):  # and after, not once by luck
+            eventually(lambda: collector.http_get("/readyz")[0] == 200, 10, "/readyz answers")
+            eventually(lambda: collector.http_get("/metrics")[0] == 200, 10, "/metrics answers")
+        eventually(lambda: all(closed_by_peer(s) for s in http_idle), 20, "idle HTTP closed")
+        eventually(lambda: applied_seq(db) >= before + 3, 20, "the agent kept reporting")
+        assert collector.alive()
+    finally:
+        for sock in [*http_idle, *grpc_idle, *h2_idle]:
+            sock.close()
+    evicted = scraped(
+        collector, "tripline_collector_http_connections_closed_total", reason="evicted_idle"
+    )
+    timed_out = scraped(
+        collector, "tripline_collector_http_connections_closed_total", reason="header_timeout"
+    )
+    assert evicted + timed_out >= 1100 - 256, (evicted, timed_out)
+    refused = scraped(collector, "tripline_collector_accept_errors_total", port="http")
+    lines = log_has(collector, "cannot accept HTTP connections: out of system resources")
+    # each failed accept counted; at most one line per 10 s of the test
+    assert lines <= 1 + (time.monotonic() - opened) / 10, (lines, refused)
+    assert lines == 0 or refused >= lines
+
+
+def test_slowloris_and_a_huge_chunked_body_are_cut(cluster: Cluster, tmp_path: Path) -> None:
+    """Headers sent a byte at a time are cut after http_header_timeout with 408; a
+    chunked body past the API's limit gets 413 without the collector's memory growing by
+    the body's size; a body that stalls is cut after http_body_timeout."""
+    collector = cluster.collector("--customer", f"acme={TOKEN}")
+    collector.env = {**collector.env, **HOSTILE_ENV}
+    collector.start()
+    collector.wait_ready()
+    created = cluster.cli(
+        "api-tokens", "create", "--name", "ops", "--data-dir", str(collector.data_dir)
+    )
+    assert created.returncode == 0, created.stderr
+    api_token = created.stdout.strip().splitlines()[-1]
+
+    # slowloris: one header byte every 0.3 s
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+    sock = socket.create_connection(("127.0.0.1", collector.http_port))
+    start = time.monotonic()
+    answer = b""
+    try:
+        for byte in request:
+            sock.sendall(bytes([byte]))
+            sock.settimeout(0.3)
+            with contextlib.suppress(TimeoutError):
+                chunk = sock.recv(4096)
+                answer += chunk
+                if not chunk:
+                    break
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    took = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+    assert 1.5 <= took <= 8, took
+    assert (
+        scraped(
+            collector, "tripline_collector_http_connections_closed_total", reason="header_timeout"
+        )
+        == 1
+    )
+
+    # a chunked body of up to 200 MiB to an API route that reads a JSON body
+    assert collector.popen is not None
+    pid = collector.popen.pid
+    rss_before = rss_kib(pid)
+    sock = socket.create_connection(("127.0.0.1", collector.http_port))
+    sock.sendall(
+        b"POST /api/v1/tickets/1/comment HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + api_token.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"[" * 65536
+    frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    sock.setblocking(False)
+    answer, sent = b"", 0
+    while sent < 200 * 2**20 and not answer:
+        try:
+            sock.sendall(frame)
+            sent += len(chunk)
+        except BlockingIOError:
+            time.sleep(0.001)
+        except OSError:
+            break
+        with contextlib.suppress(BlockingIOError, OSError):
+            answer += sock.recv(65536)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), (answer[:200], sent)
+    assert sent < 20 * 2**20, f"the collector read {sent} bytes before answering"
+    assert rss_kib(pid) - rss_before < 30 * 1024, "RSS grew by tens of MiB"
+
+    # a body that stalls halfway
+    sock = socket.create_connection(("127.0.0.1", collector.http_port))
+    sock.sendall(
+        b"POST /api/v1/tickets/1/comment HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + api_token.encode() + b"\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"te'
+    )
+    sock.settimeout(15)
+    start = time.monotonic()
+    with contextlib.suppress(OSError):
+        while sock.recv(4096):
+            pass
+    sock.close()
+    assert 4 <= time.monotonic() - start <= 12
+    assert (
+        scraped(
+            collector, "tripline_collector_http_connections_closed_total", reason="body_timeout"
+        )
+        == 1
+    )
+    assert collector.http_get("/readyz")[0] == 200
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")

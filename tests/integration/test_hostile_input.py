@@ -153,6 +153,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                 offline_after=3600,
                 # the rate limit has its own tests; here it would only slow the fuzzing
                 max_reports_per_second_per_agent=1e6,
+                max_hellos_per_second_per_agent=1e6,
+                max_connects_per_second_per_peer=1e6,
             )
         )
         await app.start()

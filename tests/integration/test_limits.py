@@ -361,3 +361,135 @@ def test_concurrent_streams_over_the_cap_get_resource_exhausted(tmp_path: Path) 
             await call_c.done_writing()
 
     asyncio.run(scenario())
+
+
+def test_cancelling_before_the_welcome_releases_the_stream_slot(tmp_path: Path) -> None:
+    """Hello, then cancel at once, many times and at varied moments: every slot comes back,
+    so agents up to max_streams still get in (before, each leaked until everyone was
+    refused with RESOURCE_EXHAUSTED)."""
+
+    async def scenario() -> None:
+        async with (
+            running_collector(
+                tmp_path / "c",
+                max_streams=4,
+                # hundreds of streams on purpose: the Hello rate limits have their own test
+                max_hellos_per_second_per_agent=1e6,
+                max_connects_per_second_per_peer=1e6,
+            ) as app,
+            aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch,
+        ):
+            agents = [await Agent.enroll(ch, f"pc-{i}") for i in range(8)]
+            for round_ in range(40):
+                calls = []
+                for agent in agents:
+                    call = agent.stub.Connect(metadata=agent.metadata)
+                    hello = pb.Hello(instance_id="i-1", sent_at_seconds=time.time())
+                    await call.write(pb.AgentMessage(hello=hello))
+                    calls.append(call)
+                # cancel at different points of open_session / the Welcome write
+                await asyncio.sleep((round_ % 8) * 0.001)
+                for call in calls:
+                    call.cancel()
+            await eventually(lambda: not app.service.streams, deadline=10)
+            await eventually(
+                lambda: count(app, "tripline_collector_streams_open") == 0, deadline=10
+            )
+            calls = [await agent.open() for agent in agents[:4]]
+            for call in calls:
+                assert await acked(call, report(1)) == 1
+            assert count(app, "tripline_collector_streams_open") == 4
+            for call in calls:
+                await call.done_writing()
+
+    asyncio.run(scenario())
+
+
+def test_new_streams_are_rate_limited_per_agent_and_per_peer_address(tmp_path: Path) -> None:
+    """A token bucket per agent id and one per peer IP (the port ignored): past the burst,
+    RESOURCE_EXHAUSTED with retry-after, counted; other agents and addresses unaffected."""
+
+    async def scenario() -> None:
+        async with (
+            running_collector(
+                tmp_path / "c",
+                max_hellos_per_second_per_agent=0.01,
+                max_hello_burst_per_agent=3,
+                max_connects_per_second_per_peer=0.01,
+                max_connect_burst_per_peer=7,
+            ) as app,
+            aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch,
+        ):
+            a = await Agent.enroll(ch, "pc-a")
+            # b on its own connection: another source port, the same address
+            ch_b = aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+            b = await Agent.enroll(ch_b, "pc-b")
+            for _ in range(3):
+                call = await a.open()
+                await call.done_writing()
+            call = a.stub.Connect(metadata=a.metadata)
+            await call.write(pb.AgentMessage(hello=pb.Hello(instance_id="i-1")))
+            err = await refused(call)
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert err.details() == (
+                "too many new streams from this agent (max_hellos_per_second_per_agent=0.01, "
+                "burst 3); reconnect after 150s"
+            )
+            assert ("retry-after", "150") in tuple(err.trailing_metadata() or ())
+            assert count(app, "tripline_collector_limit_hits_total", limit="hellos_per_agent") == 1
+            # another agent from the same address still gets in, until the address has
+            # spent its 7 (a's refused stream took one too: the address is judged first)
+            for _ in range(3):
+                call = await b.open()
+                await call.done_writing()
+            call = b.stub.Connect(metadata=b.metadata)
+            await call.write(pb.AgentMessage(hello=pb.Hello(instance_id="i-1")))
+            err = await refused(call)
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert err.details().startswith(
+                "too many new streams from this address (max_connects_per_second_per_peer=0.01"
+            ), err.details()
+            assert count(app, "tripline_collector_limit_hits_total", limit="connects_per_peer") == 1
+            assert count(app, "tripline_collector_limit_hits_total", limit="hellos_per_agent") == 1
+            await ch_b.close()
+
+    asyncio.run(scenario())
+
+
+MALFORMED_BODIES: dict[str, tuple[bytes, str]] = {
+    "lone surrogate": (b'{"text": "\\ud800"}', "lone surrogate"),
+    "invalid UTF-8": (b'{"text": "\xff\xfe"}', "must be UTF-8"),
+    "deep nesting": (b"[" * 100_000 + b"]" * 100_000, "must be a JSON object"),
+    "huge float": (b'{"text": 1e999}', "out of range"),
+    "NaN": (b'{"text": NaN}', "NaN is not JSON"),
+    "Infinity": (b'{"text": -Infinity}', "-Infinity is not JSON"),
+    "duplicate keys": (b'{"text": "a", "text": "b"}', "duplicate keys ['text']"),
+    "5000-digit number": (b'{"text": ' + b"9" * 5000 + b"}", "must be a JSON object"),
+    "top-level list": (b'["text"]', "must be a JSON object"),
+    "top-level string": (b'"text"', "must be a JSON object"),
+    "truncated": (b'{"text": "a', "must be a JSON object"),
+}
+
+
+def test_malformed_json_bodies_answer_400(tmp_path: Path) -> None:
+    """Every kind of broken JSON to an API route that reads a body answers 400 with the
+    reason, never 500; the API keeps answering."""
+    import httpx
+
+    from collector import apitokens
+
+    async def scenario() -> None:
+        async with running_collector(tmp_path / "c") as app:
+            with app.store.transaction() as conn:
+                _, secret = apitokens.create_token(conn, "ops", None, actor="t", now=time.time())
+            url = f"http://127.0.0.1:{app.http_port}/api/v1/tickets/1/comment"
+            auth = {"authorization": f"Bearer {secret}", "content-type": "application/json"}
+            async with httpx.AsyncClient() as http:
+                for name, (body, reason) in MALFORMED_BODIES.items():
+                    reply = await http.post(url, content=body, headers=auth)
+                    assert reply.status_code == 400, (name, reply.status_code, reply.text)
+                    assert reason in reply.json()["error"], (name, reply.json())
+                reply = await http.post(url, json={"text": "fine"}, headers=auth)
+                assert reply.status_code == 404, reply.text  # no ticket 1: the body was fine
+
+    asyncio.run(scenario())

@@ -176,3 +176,41 @@ def test_stepping_agent_time_cannot_churn_series_past_the_cap() -> None:
     state.record(live, now, [], received=now)
     capped = cap_series(live.series, [s("fresh")], limit)
     assert capped.dropped == 0
+
+def test_keyed_limiter_keeps_its_keys_bounded_and_a_key_apart() -> None:
+    from collector.limits import KeyedRateLimiter
+
+    bucket = KeyedRateLimiter(rate=1.0, burst=2, max_keys=100)
+    bucket.take("10.0.0.1", 0.0)
+    bucket.take("10.0.0.1", 0.0)
+    with pytest.raises(RateLimited):
+        bucket.take("10.0.0.1", 0.0)
+    bucket.take("10.0.0.2", 0.0)  # another address has its own bucket
+    for i in range(10_000):  # a flood from ever new addresses
+        bucket.take(f"2001:db8::{i:x}", i * 0.001)
+    assert len(bucket) <= 100
+
+
+def test_log_throttle_says_once_per_period_with_the_count_swallowed() -> None:
+    from collector.limits import LogThrottle
+
+    throttle = LogThrottle(every=10.0)
+    assert throttle.allow("http", 0.0) == 0
+    assert [throttle.allow("http", t) for t in (1.0, 2.0, 9.9)] == [None, None, None]
+    assert throttle.allow("http", 10.0) == 3
+    assert throttle.allow("grpc", 10.5) == 0
+
+
+@pytest.mark.parametrize(
+    ("peer", "host"),
+    [
+        ("ipv4:127.0.0.1:5555", "127.0.0.1"),
+        ("ipv6:[::1]:5555", "::1"),
+        ("ipv6:%5B2001:db8::1%5D:443", "2001:db8::1"),
+        ("unix:/run/x.sock", "unix:/run/x.sock"),
+    ],
+)
+def test_peer_host_drops_the_port(peer: str, host: str) -> None:
+    from collector.limits import peer_host
+
+    assert peer_host(peer) == host

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from collector.config import (
     AgentConfig,
@@ -18,10 +20,13 @@ from collector.config import (
 )
 
 COLLECTOR_KEYS = (
-    "always_on_tags, business_hours, customers, data_dir, database_url, "
-    "delivery_lease, delivery_max_attempts, delivery_park_after, evaluation_interval, "
-    "hello_timeout, http_listen, "
-    "interval, inventory_interval, listen, log_format, log_level, max_message_bytes, "
+    "always_on_tags, business_hours, connection_idle_timeout, customers, data_dir, "
+    "database_url, delivery_lease, delivery_max_attempts, delivery_park_after, "
+    "evaluation_interval, hello_timeout, http_body_timeout, http_header_timeout, "
+    "http_keepalive_timeout, http_listen, http_max_connections, interval, "
+    "inventory_interval, listen, log_format, log_level, max_connect_burst_per_peer, "
+    "max_connects_per_second_per_peer, max_hello_burst_per_agent, "
+    "max_hellos_per_second_per_agent, max_message_bytes, "
     "max_metrics_bytes_per_agent, "
     "max_report_burst_per_agent, max_reports_per_second_per_agent, max_samples_per_report, "
     "max_series_per_agent, max_streams, offline_after, plaintext, routes, rules, tickets, "
@@ -411,3 +416,81 @@ def test_config_objects_are_frozen() -> None:
     config = load_collector_config(None, environ={})
     with pytest.raises(AttributeError):
         config.interval = 1.0  # type: ignore[misc]
+
+
+# -- docs/configuration.md says what the code does ------------------------------------------
+
+CONFIGURATION_MD = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+# defaults the table gives in words, not as a value a config file could hold
+WORDED_DEFAULTS = {"—": None, "built-in pack": None, "3 \u00d7 interval": None}
+
+
+def documented_defaults() -> list[tuple[str, str, str]]:
+    """(section, key, default text) for every key of the two tables in configuration.md."""
+    rows: list[tuple[str, str, str]] = []
+    section = ""
+    for line in CONFIGURATION_MD.read_text(encoding="utf-8").splitlines():
+        if line.startswith("Collector ("):
+            section = "collector"
+        elif line.startswith("Agent ("):
+            section = "agent"
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not section or len(cells) != 4 or not cells[0].startswith("`"):
+            continue
+        keys = re.findall(r"`([a-z_.0-9]+)`", cells[0])
+        sep = " / " if " / " in cells[2] else ", "
+        defaults = cells[2].split(sep) if len(keys) > 1 else [cells[2]]
+        if len(defaults) == 1:
+            defaults *= len(keys)
+        assert len(defaults) == len(keys), f"{keys}: cannot pair with {cells[2]!r}"
+        rows += [(section, k, d.strip()) for k, d in zip(keys, defaults, strict=True)]
+    return rows
+
+
+def doc_value(text: str) -> Any:
+    """A documented default as a config file would hold it."""
+    if text in WORDED_DEFAULTS:
+        return WORDED_DEFAULTS[text]
+    size = re.fullmatch(r"(\d+) MiB", text)
+    if size:
+        return int(size.group(1)) * 2**20
+    return text.strip("`")
+
+
+def test_documented_defaults_parse_and_match_the_code(tmp_path: Path) -> None:
+    """Every default in the tables, written into a config file, loads and equals what the
+    code uses when the key is unset (the README once gave backoff_initial as `0.5s`,
+    which the config refuses: Prometheus-style durations take whole numbers per unit)."""
+    rows = documented_defaults()
+    assert len(rows) >= 40, rows  # both tables were found
+    defaults = {
+        "collector": load_collector_config(environ={}),
+        "agent": load_agent_config(environ={}),
+    }
+    for section, key, text in rows:
+        value = doc_value(text)
+        head, _, leaf = key.rpartition(".")
+        expected = (
+            getattr(defaults[section], key)
+            if not head
+            else getattr(getattr(defaults[section], head), leaf)
+        )
+        if value is None:
+            assert expected in (None, {}, (), ""), f"{key}: documented none, code {expected!r}"
+            continue
+        body = {head: {leaf: value}} if head else {key: value}
+        path = tmp_path / f"{section}-{key}.yaml"
+        path.write_text(yaml.safe_dump({section: body}))
+        load = load_collector_config if section == "collector" else load_agent_config
+        loaded = load(path, environ={})
+        got = getattr(getattr(loaded, head), leaf) if head else getattr(loaded, key)
+        assert got == expected, (
+            f"{section}.{key}: documented {text!r} loads as {got!r}, code {expected!r}"
+        )
+
+
+def test_the_docs_defaults_check_catches_a_wrong_default(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="backoff_initial"):
+        path = tmp_path / "a.yaml"
+        path.write_text("agent:\n  backoff_initial: 0.5s\n")
+        load_agent_config(path, environ={})
