@@ -909,6 +909,7 @@ def test_second_collector_on_one_data_dir_refused_and_starts_after_the_first_is_
     assert grpc_health(third) == SERVING
     assert third.stop() == 0
 
+
 # -- hostile connections: idle sockets, slowloris, huge chunked bodies ---------------------
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

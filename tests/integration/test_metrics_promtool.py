@@ -78,6 +78,12 @@ async def running_collector(
             "customers": customers or {"acme": TOKEN},
             "interval": interval,
             "plaintext": True,
+            # The hostile agent opens a stream per case on purpose: Hello rate limits have
+            # their own tests (test_limits.py) and would only refuse the cases here.
+            "max_hellos_per_second_per_agent": 1e6,
+            "max_hello_burst_per_agent": 1_000_000,
+            "max_connects_per_second_per_peer": 1e6,
+            "max_connect_burst_per_peer": 1_000_000,
         },
     )
     app = CollectorApp(config)
