@@ -70,6 +70,9 @@ class CollectorConfig:
     offline_after: float | None = None
     evaluation_interval: float = 1.0
     hello_timeout: float = 10.0
+    # how far ahead of the collector's clock a report may be (after the offset measured
+    # at Hello); later ones are refused
+    max_clock_skew: float = 300.0
     max_message_bytes: int = 4 * 2**20
     max_samples_per_report: int = 10_000
     # distinct series an agent may have in live state; samples of new series past it are
@@ -143,6 +146,7 @@ _DURATION_KEYS = {
     "offline_after",
     "evaluation_interval",
     "hello_timeout",
+    "max_clock_skew",
     "reopen_window",
     "flap_window",
     "escalate_tier1_after",

@@ -104,6 +104,8 @@ class CollectorMetrics:
             "unauthenticated",
             "failed_precondition",
             "resource_exhausted",
+            "report_time_future",
+            "report_time_backwards",
         ):
             self.reports_rejected.labels(reason)
         for limit in ("reports_per_second", "streams", "series_per_agent"):

@@ -20,7 +20,7 @@ from grpc import aio
 
 from collector import convert, limits, tls
 from collector.config import CollectorConfig
-from collector.pipeline import Pipeline, Session
+from collector.pipeline import Pipeline, ReportTimeRefused, Session
 from collector.selfmetrics import CollectorMetrics
 from collector.store import AgentRecord, AgentRevoked, EnrollmentRefused, StoreUnavailable
 from protos.tripline.v1 import tripline_pb2 as pb
@@ -305,6 +305,22 @@ class CollectorService(pb_grpc.CollectorServicer):
                         _Abort(
                             grpc.StatusCode.UNAUTHENTICATED,
                             "agent credential revoked: re-enroll the agent",
+                        )
+                    )
+                    return
+                except ReportTimeRefused as exc:
+                    self.metrics.reports_rejected.labels(exc.reason).inc()
+                    log.warning(
+                        "report rejected",
+                        extra={"agent_id": session.agent.agent_id, "error": str(exc)},
+                    )
+                    # The trailer makes the agent drop this report and go on with the next,
+                    # after a reconnect that measures its clock offset again.
+                    stream.send(
+                        _Abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            str(exc),
+                            (("tripline-rejected-seq", str(exc.seq)),),
                         )
                     )
                     return

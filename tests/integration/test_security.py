@@ -497,3 +497,49 @@ def test_agent_process_opens_no_listening_port_and_runs_no_command(
                 log.close()
 
     asyncio.run(scenario())
+
+
+def test_report_times_ahead_of_the_collector_or_going_back_are_refused_with_their_seq(
+    tmp_path: Path, pki: tuple[CertAuthority, Issued]
+) -> None:
+    ca, server = pki
+
+    async def scenario() -> None:
+        async with running(tls_config(tmp_path, server)) as app:
+            target = f"127.0.0.1:{app.grpc_port}"
+            async with aio.secure_channel(target, client_credentials(ca)) as channel:
+                client = Client(channel)
+                enrolled = await client.enroll(TOKEN)
+                sample = pb.Sample(name="process_count", value=1)
+
+                async def refused(seq: int, collected_at: float) -> aio.AioRpcError:
+                    call = await client.open(enrolled.credential)
+                    message = pb.Report(
+                        instance_id="i-1", seq=seq, collected_at_seconds=collected_at
+                    )
+                    message.samples.append(sample)
+                    await call.write(pb.AgentMessage(report=message))
+                    with pytest.raises(aio.AioRpcError) as err:
+                        await call.read()
+                    return err.value
+
+                future = await refused(1, time.time() + 3600)
+                assert future.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "collected_at_seconds is 3600s ahead" in (future.details() or "")
+                # the trailer makes the agent drop it rather than resend it for ever
+                assert ("tripline-rejected-seq", "1") in tuple(future.trailing_metadata() or ())
+
+                call = await client.open(enrolled.credential)
+                await call.write(report(2, sample))
+                assert (await call.read()).ack.seq == 2
+                call.cancel()
+                back = await refused(3, time.time() - 60)
+                assert back.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "collected_at_seconds goes back" in (back.details() or "")
+                assert ("tripline-rejected-seq", "3") in tuple(back.trailing_metadata() or ())
+                assert app.store.applied_seq(enrolled.agent_id, "i-1") == 2
+            rejected = app.metrics.reports_rejected
+            assert rejected.labels("report_time_future")._value.get() == 1
+            assert rejected.labels("report_time_backwards")._value.get() == 1
+
+    asyncio.run(scenario())

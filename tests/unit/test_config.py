@@ -20,7 +20,8 @@ from collector.config import (
 COLLECTOR_KEYS = (
     "always_on_tags, business_hours, customers, data_dir, database_url, evaluation_interval, "
     "hello_timeout, http_listen, "
-    "interval, inventory_interval, listen, log_format, log_level, max_message_bytes, "
+    "interval, inventory_interval, listen, log_format, log_level, max_clock_skew, "
+    "max_message_bytes, "
     "max_report_burst_per_agent, max_reports_per_second_per_agent, max_samples_per_report, "
     "max_series_per_agent, max_streams, offline_after, plaintext, routes, rules, tickets, "
     "tls_cert, "
