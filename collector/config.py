@@ -18,6 +18,7 @@ import yaml
 
 from alerts import calendar
 from alerts.rules import parse_duration
+from collector import entropy
 from collector.routes import Route, RouteError, parse_routes
 
 
@@ -360,7 +361,17 @@ def load_collector_config(
     parse_hostport(config.listen, "listen")
     parse_hostport(config.http_listen, "http_listen")
     _check_logging(config.log_format, config.log_level)
+    for customer, token in config.customers.items():
+        _check_token(f"customers.{customer}", token)
     return config
+
+
+def _check_token(key: str, token: str) -> None:
+    """A token an operator chose must be hard to guess (see `collector.entropy`)."""
+    try:
+        entropy.check(token)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
 
 
 def load_agent_config(
@@ -401,6 +412,8 @@ def load_api_client_config(
     )
     if config.url is not None and not config.url.startswith(("http://", "https://")):
         raise ConfigError("url", f"expected an http:// or https:// URL, got {config.url!r}")
+    if config.token is not None:
+        _check_token("token", config.token)
     return config
 
 

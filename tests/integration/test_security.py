@@ -38,7 +38,7 @@ from tests.integration.test_tls import (
     running_agent,
 )
 
-GLOBEX_TOKEN = "tle_globex_security_integration"
+GLOBEX_TOKEN = "tle_globex_security_Udq8BVVJGeVsfYvp4_szZf6GakVR"
 ROOT = Path(__file__).resolve().parents[2]
 CLI = (sys.executable, "-m", "collector.cli")
 
