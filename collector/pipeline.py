@@ -150,6 +150,9 @@ class Pipeline:
         self.watch = maintenance.BusinessHoursWatch(config.business_hours, config.always_on_tags)
         self.suppressed: dict[AlertKey, maintenance.Suppressed] = {}  # held back, pending
         self._always_on: set[str] = set()  # agent ids with an always-on tag
+        # Enrolled, never reported: their silence opens no offline ticket (a token could
+        # otherwise mint hundreds of agents, each a critical ticket once silent).
+        self.unreported: set[str] = set()
 
     # -- start-up ---------------------------------------------------------------
 
@@ -165,9 +168,12 @@ class Pipeline:
         for key, alert in self.store.load_alert_states().items():
             self.alert_states.setdefault(key.agent_id, {})[key] = alert
         last_seen = self.store.last_seen_all()
+        reported = self.store.reported_agent_ids()
         for agent in self.store.list_agents():
             if agent.revoked_at is not None:
                 continue
+            if agent.agent_id not in reported:
+                self.unreported.add(agent.agent_id)
             live = self.track(agent)
             live.last_seen = last_seen.get(agent.agent_id) or now
             live.grace_until = grace_until
@@ -205,6 +211,11 @@ class Pipeline:
         position = await asyncio.to_thread(
             self.store.instance_position, agent.agent_id, hello.instance_id
         )
+        if position.applied_seq == 0 and position.report_at is None:
+            # A new instance; perhaps a new agent, perhaps enrolled by another collector.
+            reported = await asyncio.to_thread(self.store.reported_agent_ids, {agent.agent_id})
+            if not reported:
+                self.unreported.add(agent.agent_id)
         live = self.track(agent)
         if live.last_seen is None:
             live.last_seen = now  # new to this process: not offline before its first report
@@ -330,6 +341,7 @@ class Pipeline:
             self.alert_states[agent.agent_id] = new_states
             self._hold(held)
         session.applied_seq = report.seq
+        self.unreported.discard(agent.agent_id)
         session.position = InstancePosition(report.seq, report.collected_at, at, now)
         live.dropped_reports_total = report.dropped_total
         live.reports_applied += 1
@@ -366,6 +378,8 @@ class Pipeline:
             )
             if went_silent and not self._expected(live, now):
                 continue  # an office PC after hours: its alerts stay as they are, as offline
+            if went_silent and live.agent_id in self.unreported:
+                continue  # enrolled, never reported: nothing it did can have stopped
             timers = any(s.phase == "pending" or s.clear_since is not None for s in states.values())
             if not (went_silent or timers):
                 continue
@@ -413,12 +427,20 @@ class Pipeline:
             seen = await asyncio.to_thread(self.store.last_seen_all)
             unknown = [a for a in seen if a not in self.state.agents]
             records = [await asyncio.to_thread(self.store.get_agent, a) for a in unknown]
+            # Agents that may have reported to another collector since.
+            unsure = self.unreported | set(unknown)
+            reported = (
+                await asyncio.to_thread(self.store.reported_agent_ids, unsure) if unsure else set()
+            )
         except StoreUnavailable as exc:
             log.warning("last-seen times not synced", extra={"error": str(exc)})
             return
         for record in records:
             if record is not None and record.revoked_at is None:
                 self.track(record)
+                if record.agent_id not in reported:
+                    self.unreported.add(record.agent_id)
+        self.unreported -= reported
         for agent_id, at in seen.items():
             live = self.state.agents.get(agent_id)
             if live is not None and (live.last_seen is None or at > live.last_seen):
@@ -456,6 +478,7 @@ class Pipeline:
             await self.committer.submit(work)
             self.alert_states.pop(agent_id, None)
             self.state.forget(agent_id)
+            self.unreported.discard(agent_id)
             self.on_retire(agent_id)
         log.info("revoked agent retired", extra={"agent_id": agent_id, "resolved": len(firing)})
         if firing:

@@ -120,6 +120,7 @@ class CollectorService(pb_grpc.CollectorServicer):
         self.metrics.enrollments.labels("ok").inc()
         live = self.pipeline.track(agent)
         live.last_seen = self.pipeline.clock()
+        self.pipeline.unreported.add(agent.agent_id)
         log.info(
             "agent enrolled",
             extra={"agent_id": agent.agent_id, "customer": agent.customer, "host": hostname},

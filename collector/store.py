@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -576,6 +576,16 @@ class Store:
             conn.execute(_NEW_INSTANCE, params)
         if conn.execute(_AGENT_SEEN, params).rowcount == 0:
             raise AgentRevoked(agent_id)
+
+    def reported_agent_ids(
+        self, among: Collection[str] | None = None, *, conn: Connection | None = None
+    ) -> set[str]:
+        """Agents (of `among`, or all) that had at least one report applied."""
+        query = select(agent_instances.c.agent_id).distinct()
+        if among is not None:
+            query = query.where(agent_instances.c.agent_id.in_(list(among)))
+        with self._read(conn) as c:
+            return set(c.scalars(query))
 
     def last_seen_all(self, *, conn: Connection | None = None) -> dict[str, float]:
         """agent_id -> last_seen_at of every agent seen at least once and not revoked."""

@@ -543,3 +543,47 @@ def test_report_times_ahead_of_the_collector_or_going_back_are_refused_with_thei
             assert rejected.labels("report_time_backwards")._value.get() == 1
 
     asyncio.run(scenario())
+
+
+def test_a_token_enrolls_at_most_its_agents_and_unreported_agents_open_no_offline_ticket(
+    tmp_path: Path, pki: tuple[CertAuthority, Issued]
+) -> None:
+    ca, server = pki
+
+    async def scenario() -> None:
+        async with running(tls_config(tmp_path, server)) as app:
+            record, token = app.store.create_enrollment_token("acme", time.time(), max_agents=3)
+            target = f"127.0.0.1:{app.grpc_port}"
+            async with aio.secure_channel(target, client_credentials(ca)) as channel:
+                client = Client(channel)
+                minted = [await client.enroll(token, f"pc-{n}") for n in range(3)]
+                code, details = await client.enroll_refused(token)
+                assert code == grpc.StatusCode.UNAUTHENTICATED
+                assert details.startswith(
+                    f"enrollment refused: enrollment token {record.id} has enrolled its "
+                    "maximum of 3 agents"
+                )
+                # A revoked agent frees its place.
+                app.store.revoke_agent(minted[0].agent_id, time.time())
+                minted.append(await client.enroll(token, "pc-3"))
+                assert app.store.agents_per_token() == {record.id: 3}
+
+                # One agent reports once, then falls silent like the rest.
+                reporter = await client.enroll(TOKEN, "pc-reporter")
+                call = await client.open(reporter.credential, "pc-reporter")
+                await call.write(report(1, pb.Sample(name="process_count", value=1)))
+                assert (await call.read()).ack.seq == 1
+                call.cancel()
+
+            def offline() -> list[str]:
+                with app.store.read() as conn:
+                    found = tickets.list_tickets(conn)
+                return [t.agent_id for t in found if t.rule == "AgentOffline"]
+
+            await eventually(lambda: offline() == [reporter.agent_id])
+            # Those never heard from went silent before it did: still no ticket for them.
+            assert app.pipeline.unreported >= {m.agent_id for m in minted[1:]}
+            await app.pipeline.tick()
+            assert offline() == [reporter.agent_id]
+
+    asyncio.run(scenario())
