@@ -52,6 +52,13 @@ class CollectorMetrics:
             ["result"],
             registry=registry,
         )
+        self.enrollments_throttled = Counter(
+            "tripline_collector_enrollments_throttled_total",
+            "Enroll attempts refused unexamined while their peer address or token waits "
+            "after repeated failures, by scope (address, token).",
+            ["scope"],
+            registry=registry,
+        )
         self.store_errors = Counter(
             "tripline_collector_store_errors_total",
             "Store transactions that failed (reports stay unacknowledged and are resent).",
@@ -108,6 +115,8 @@ class CollectorMetrics:
             "report_time_backwards",
         ):
             self.reports_rejected.labels(reason)
+        for scope in ("address", "token"):
+            self.enrollments_throttled.labels(scope)
         for limit in ("reports_per_second", "streams", "series_per_agent"):
             self.limit_hits.labels(limit)
 

@@ -587,3 +587,58 @@ def test_a_token_enrolls_at_most_its_agents_and_unreported_agents_open_no_offlin
             assert offline() == [reporter.agent_id]
 
     asyncio.run(scenario())
+
+
+def test_guessing_enrollment_tokens_is_slowed_per_address_and_per_refused_token(
+    tmp_path: Path, pki: tuple[CertAuthority, Issued]
+) -> None:
+    ca, server = pki
+
+    async def scenario() -> None:
+        async with running(tls_config(tmp_path, server)) as app:
+            clock = [1000.0]
+            app.service.monotonic = lambda: clock[0]
+            _, expired = app.store.create_enrollment_token("acme", time.time() - 9, time.time())
+            target = f"127.0.0.1:{app.grpc_port}"
+            async with aio.secure_channel(target, client_credentials(ca)) as channel:
+                client = Client(channel)
+
+                async def throttled(token: str) -> str:
+                    try:
+                        await client.enroll(token)
+                    except aio.AioRpcError as exc:
+                        assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.details()
+                        trailers = dict(exc.trailing_metadata() or ())
+                        return str(trailers["retry-after"])
+                    raise AssertionError("enrollment was accepted")
+
+                # Five wrong guesses are free; the sixth costs a second, then 2 s, 4 s...
+                for n in range(6):
+                    code, _ = await client.enroll_refused(f"tle_guess_{n}_" + "x7Qz" * 8)
+                    assert code == grpc.StatusCode.UNAUTHENTICATED
+                assert await throttled("tle_guess_6") == "1"
+                # Refused unexamined: even the right token waits, until the wait is over.
+                assert await throttled(TOKEN) == "1"
+                clock[0] += 1
+                code, _ = await client.enroll_refused("tle_guess_7_" + "x7Qz" * 8)
+                assert code == grpc.StatusCode.UNAUTHENTICATED
+                assert await throttled(TOKEN) == "2"
+                clock[0] += 2
+                assert (await client.enroll(TOKEN)).customer == "acme"
+
+                # A known token refused (expired) is throttled as a token too: retried from
+                # another address (here: this one forgotten), that token still waits.
+                clock[0] += 1000
+                for _ in range(6):
+                    code, details = await client.enroll_refused(expired)
+                    assert details.endswith("has expired")
+                assert app.service.enroll_throttle.wait(("address", "ipv4:127.0.0.1"), clock[0])
+                app.service.enroll_throttle.forget(("address", "ipv4:127.0.0.1"))
+                assert await throttled(expired) == "1"
+                assert (await client.enroll(TOKEN)).customer == "acme"
+            throttled_total = app.metrics.enrollments_throttled
+            assert throttled_total.labels("address")._value.get() == 3
+            assert throttled_total.labels("token")._value.get() == 1
+            assert app.metrics.enrollments.labels("throttled")._value.get() == 4
+
+    asyncio.run(scenario())
