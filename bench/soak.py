@@ -43,7 +43,7 @@ from bench.simagent import CONNECT_METHOD, RPC_TIMEOUT, channel_options
 from protos.tripline.v1 import tripline_pb2 as pb
 from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 
-TOKEN = "tle_soak_0123456789abcdef0123456789"
+TOKEN = "tle_soak_WWBUjJXFCaKNGkk8mKUE_tK7NA1IThonitw5bzzf2Z0"
 MAX_AGENTS = 5_000
 MAX_MINUTES = 120.0
 DRAIN_SECONDS = 60.0  # after the run, how long agents get to empty their spools

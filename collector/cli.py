@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from alerts.rules import RuleFileError, load_rules
-from collector import logs
+from collector import entropy, logs
 from collector.config import (
     AgentConfig,
     CollectorConfig,
@@ -194,7 +194,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not token_file.exists():
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write("tle_demo_" + secrets.token_urlsafe(24))
+            f.write(entropy.generate())
     token = token_file.read_text().strip()
     rules_file = data_dir / "demo-rules.yaml"
     if not rules_file.exists():
@@ -612,6 +612,10 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 def cmd_tokens(args: argparse.Namespace) -> int:
     from alerts.rules import parse_duration
 
+    if args.tokens_cmd == "generate":
+        # Nothing stored: for --customer NAME=TOKEN and `customers:` in the config file.
+        print(entropy.generate())
+        return 0
     now = time.time()
     with _store(args) as store:
         if args.tokens_cmd == "create":
@@ -626,9 +630,19 @@ def cmd_tokens(args: argparse.Namespace) -> int:
                     expires = now + parse_duration(args.expires_in)
                 except ValueError as exc:
                     raise CliError(f"--expires-in: {exc}") from None
-            record, token = store.create_enrollment_token(args.customer, now, expires)
+            if args.max_agents is not None and args.max_agents < 1:
+                raise CliError(f"--max-agents must be at least 1, got {args.max_agents}")
+            record, token = store.create_enrollment_token(
+                args.customer, now, expires, max_agents=args.max_agents
+            )
+            limits = []
+            if record.max_agents is not None:
+                limits.append(f"at most {record.max_agents} agents")
+            if record.expires_at is not None:
+                limits.append(f"expires {_fmt_time(record.expires_at)}")
             print(
-                f"enrollment token for customer {record.customer!r} (id {record.id}), shown once:"
+                f"enrollment token for customer {record.customer!r} (id {record.id}"
+                f"{''.join(', ' + limit for limit in limits)}), shown once:"
             )
             print(token)
             return 0
@@ -636,11 +650,16 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             store.revoke_enrollment_token(args.id, now)
             print(f"token {args.id} revoked")
             return 0
+        enrolled = store.agents_per_token()
         for t in store.list_enrollment_tokens(args.customer):
             state = "revoked" if t.revoked_at else "active"
+            if t.revoked_at is None and t.expires_at is not None and t.expires_at <= now:
+                state = "expired"
+            count = enrolled.get(t.id, 0)
+            agents = f"{count}/{t.max_agents}" if t.max_agents is not None else f"{count}/-"
             print(
-                f"{t.id:>4}  {cell(t.customer, 20)} {state:<8} created {_fmt_time(t.created_at)}"
-                f"  expires {_fmt_time(t.expires_at)}"
+                f"{t.id:>4}  {cell(t.customer, 20)} {state:<8} agents {agents:<9}"
+                f" created {_fmt_time(t.created_at)}  expires {_fmt_time(t.expires_at)}"
             )
     return 0
 
@@ -966,7 +985,10 @@ def build_parser() -> argparse.ArgumentParser:
     tosub = to.add_subparsers(dest="tokens_cmd", required=True)
     tc = tosub.add_parser("create")
     tc.add_argument("--customer", required=True)
-    tc.add_argument("--expires-in", help="e.g. 7d")
+    tc.add_argument("--expires-in", "--expires", dest="expires_in", help="e.g. 30d")
+    tc.add_argument(
+        "--max-agents", type=int, help="agents (not revoked) it may enroll (default: no limit)"
+    )
     tls = tosub.add_parser("list")
     tls.add_argument("--customer")
     tr = tosub.add_parser("revoke")
@@ -974,6 +996,10 @@ def build_parser() -> argparse.ArgumentParser:
     for tp in tosub.choices.values():
         store_flags(tp)
         tp.set_defaults(func=cmd_tokens)
+    tg = tosub.add_parser(
+        "generate", help="print a strong token (256 random bits) for --customer NAME=TOKEN"
+    )
+    tg.set_defaults(func=cmd_tokens)
 
     agp = sub.add_parser("agents", help="enrolled agents")
     asub = agp.add_subparsers(dest="agents_cmd", required=True)

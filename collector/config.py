@@ -19,6 +19,7 @@ import yaml
 
 from alerts import calendar
 from alerts.rules import parse_duration
+from collector import entropy
 from collector.routes import Route, RouteError, parse_routes
 
 
@@ -71,6 +72,9 @@ class CollectorConfig:
     offline_after: float | None = None
     evaluation_interval: float = 1.0
     hello_timeout: float = 10.0
+    # how far ahead of the collector's clock a report may be (after the offset measured
+    # at Hello); later ones are refused
+    max_clock_skew: float = 300.0
     max_message_bytes: int = 4 * 2**20
     max_samples_per_report: int = 10_000
     # distinct series an agent may have in live state; samples of new series past it are
@@ -172,6 +176,7 @@ _DURATION_KEYS = {
     "offline_after",
     "evaluation_interval",
     "hello_timeout",
+    "max_clock_skew",
     "reopen_window",
     "flap_window",
     "escalate_tier1_after",
@@ -406,7 +411,17 @@ def load_collector_config(
     parse_hostport(config.listen, "listen")
     parse_hostport(config.http_listen, "http_listen")
     _check_logging(config.log_format, config.log_level)
+    for customer, token in config.customers.items():
+        _check_token(f"customers.{customer}", token)
     return config
+
+
+def _check_token(key: str, token: str) -> None:
+    """A token an operator chose must be hard to guess (see `collector.entropy`)."""
+    try:
+        entropy.check(token)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
 
 
 def load_agent_config(
@@ -447,6 +462,8 @@ def load_api_client_config(
     )
     if config.url is not None and not config.url.startswith(("http://", "https://")):
         raise ConfigError("url", f"expected an http:// or https:// URL, got {config.url!r}")
+    if config.token is not None:
+        _check_token("token", config.token)
     return config
 
 

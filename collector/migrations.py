@@ -12,7 +12,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, func, inspect, select, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Double,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    func,
+    inspect,
+    select,
+    text,
+)
 
 from collector import schema
 
@@ -49,14 +66,39 @@ class InvalidMigrationList(MigrationError):
         self.versions = list(versions)
 
 
-# Tables a later migration creates: migration 1 leaves them out (see the module docstring).
+# Version-1 shapes of the tables later migrations alter (see the module docstring).
+_V1 = MetaData(naming_convention=schema.metadata.naming_convention)
+Table(
+    "enrollment_tokens",
+    _V1,
+    Column("id", Integer, primary_key=True),
+    Column("customer", Text, nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=True),
+    Column("revoked_at", Double, nullable=True),
+)
+Table(
+    "agent_instances",
+    _V1,
+    Column("agent_id", String(64), ForeignKey("agents.agent_id"), nullable=False),
+    Column("instance_id", Text, nullable=False),
+    Column("applied_seq", BigInteger, nullable=False),
+    Column("reports_applied", BigInteger, nullable=False, default=0),
+    Column("dropped_reports_total", BigInteger, nullable=False, default=0),
+    Column("first_seen_at", Double, nullable=False),
+    Column("last_seen_at", Double, nullable=False),
+    PrimaryKeyConstraint("agent_id", "instance_id"),
+)
+# Tables a later migration creates: migration 1 leaves them out.
 _LATER_TABLES = frozenset({"store_probe", "delivery_parked", "delivery_leases"})
+for _table in schema.metadata.sorted_tables:
+    if _table.name not in _V1.tables and _table.name not in _LATER_TABLES:
+        _table.to_metadata(_V1)
 
 
 def _create_v1(conn: Connection) -> None:
-    schema.metadata.create_all(
-        conn, tables=[t for t in schema.metadata.sorted_tables if t.name not in _LATER_TABLES]
-    )
+    _V1.create_all(conn)
 
 
 def _create_store_probe(conn: Connection) -> None:
@@ -69,10 +111,28 @@ def _create_delivery_tables(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=tables, checkfirst=True)
 
 
+def _add_columns(conn: Connection, table: str, *names: str) -> None:
+    """ALTER TABLE ADD COLUMN for nullable columns as `collector.schema` defines them."""
+    for name in names:
+        column = schema.metadata.tables[table].c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+
+
+def _token_limits_and_report_times(conn: Connection) -> None:
+    _add_columns(conn, "enrollment_tokens", "max_agents")
+    _add_columns(conn, "agent_instances", "last_collected_at", "last_report_at")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create agents, enrollment, alert state and ticket tables", _create_v1),
     Migration(2, "create the store_probe table (health checks write it)", _create_store_probe),
     Migration(3, "delivery: parked events and per-route leases", _create_delivery_tables),
+    Migration(
+        4,
+        "enrollment token agent limit; last report times per agent instance",
+        _token_limits_and_report_times,
+    ),
 )
 
 

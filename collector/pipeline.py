@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
@@ -26,9 +26,25 @@ from collector.config import CollectorConfig
 from collector.convert import Hello, Report
 from collector.selfmetrics import CollectorMetrics
 from collector.state import AgentLive, Labels, LiveState
-from collector.store import AgentRecord, SeqAlreadyApplied, Store, StoreUnavailable
+from collector.store import (
+    AgentRecord,
+    InstancePosition,
+    SeqAlreadyApplied,
+    Store,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
+
+
+class ReportTimeRefused(Exception):
+    """A report's time cannot be taken: in the future or before the instance's previous
+    report. `reason` labels tripline_collector_reports_rejected_total."""
+
+    def __init__(self, seq: int, reason: str, message: str) -> None:
+        super().__init__(f"report seq {seq}: {message}")
+        self.seq = seq
+        self.reason = reason
 
 
 @dataclass
@@ -40,6 +56,9 @@ class Session:
     applied_seq: int
     clock_offset: float  # collector clock minus agent clock, measured at Hello
     live: AgentLive
+    # the last applied report (see InstancePosition): its collection time on this
+    # instance's clock, the agent's latest report time and when it was received
+    position: InstancePosition = field(default_factory=InstancePosition)
 
 
 def ticket_policy(config: CollectorConfig) -> tickets.TicketPolicy:
@@ -133,6 +152,9 @@ class Pipeline:
         self.watch = maintenance.BusinessHoursWatch(config.business_hours, config.always_on_tags)
         self.suppressed: dict[AlertKey, maintenance.Suppressed] = {}  # held back, pending
         self._always_on: set[str] = set()  # agent ids with an always-on tag
+        # Enrolled, never reported: their silence opens no offline ticket (a token could
+        # otherwise mint hundreds of agents, each a critical ticket once silent).
+        self.unreported: set[str] = set()
 
     # -- start-up ---------------------------------------------------------------
 
@@ -148,9 +170,12 @@ class Pipeline:
         for key, alert in self.store.load_alert_states().items():
             self.alert_states.setdefault(key.agent_id, {})[key] = alert
         last_seen = self.store.last_seen_all()
+        reported = self.store.reported_agent_ids()
         for agent in self.store.list_agents():
             if agent.revoked_at is not None:
                 continue
+            if agent.agent_id not in reported:
+                self.unreported.add(agent.agent_id)
             live = self.track(agent)
             live.last_seen = last_seen.get(agent.agent_id) or now
             live.grace_until = grace_until
@@ -185,7 +210,14 @@ class Pipeline:
 
     async def open_session(self, agent: AgentRecord, hello: Hello) -> Session:
         now = self.clock()
-        applied = await asyncio.to_thread(self.store.applied_seq, agent.agent_id, hello.instance_id)
+        position = await asyncio.to_thread(
+            self.store.instance_position, agent.agent_id, hello.instance_id
+        )
+        if position.applied_seq == 0 and position.report_at is None:
+            # A new instance; perhaps a new agent, perhaps enrolled by another collector.
+            reported = await asyncio.to_thread(self.store.reported_agent_ids, {agent.agent_id})
+            if not reported:
+                self.unreported.add(agent.agent_id)
         live = self.track(agent)
         if live.last_seen is None:
             live.last_seen = now  # new to this process: not offline before its first report
@@ -208,10 +240,52 @@ class Pipeline:
         return Session(
             agent=agent,
             instance_id=hello.instance_id,
-            applied_seq=applied,
+            applied_seq=position.applied_seq,
             clock_offset=now - hello.sent_at,
             live=live,
+            position=position,
         )
+
+    def report_time(self, session: Session, report: Report, now: float) -> float:
+        """The collector time a report is evaluated at; raises ReportTimeRefused.
+
+        The agent's clock (corrected by the offset measured at Hello) is trusted only for
+        the spacing of its own reports, so a backlog replayed after an outage is evaluated
+        at the times it was collected. It never decides ticket times beyond that:
+
+        - later than now plus `max_clock_skew`: refused; within it, taken as now;
+        - before the previous report of the instance on its own clock: refused;
+        - never before the agent's enrollment, nor before its latest report plus the time
+          the collector saw pass since it received that report (up to one interval, the
+          spacing of a backlog): history can be claimed only for time the collector did
+          not hear from the agent, so stepping timestamps cannot make a `for` elapse
+          faster than the collector's clock.
+        """
+        at = report.collected_at + session.clock_offset
+        skew = self.config.max_clock_skew
+        if not at <= now + skew:
+            raise ReportTimeRefused(
+                report.seq,
+                "report_time_future",
+                f"collected_at_seconds is {at - now:.0f}s ahead of the collector's clock "
+                f"(after the offset measured at Hello), more than max_clock_skew={skew:g}s: "
+                "check the agent's clock; the agent drops this report and reconnects",
+            )
+        previous = session.position
+        if previous.collected_at is not None and report.collected_at < previous.collected_at:
+            back = previous.collected_at - report.collected_at
+            raise ReportTimeRefused(
+                report.seq,
+                "report_time_backwards",
+                f"collected_at_seconds goes back {back:.3f}s "
+                "before this instance's previous report: the agent's clock stepped back "
+                "(or the report is forged); the agent drops it",
+            )
+        floor = session.agent.created_at
+        if previous.report_at is not None and previous.received_at is not None:
+            heard = max(0.0, now - previous.received_at)
+            floor = max(floor, previous.report_at + min(heard, self.config.interval))
+        return min(max(at, floor), now)
 
     async def apply(self, session: Session, report: Report) -> bool:
         """Apply one report exactly once; return False for a duplicate seq.
@@ -226,9 +300,7 @@ class Pipeline:
         agent = session.agent
         live = session.live
         now = self.clock()
-        # The agent's clock is trusted for spacing between its own samples, never for
-        # liveness; a corrected time in the future is clamped to now.
-        at = min(report.collected_at + session.clock_offset, now)
+        at = self.report_time(session, report, now)
         async with self._lock(agent.agent_id):
             self.state.record(live, at, report.samples, received=now)
             live.last_seen = now
@@ -248,6 +320,8 @@ class Pipeline:
                     report.seq,
                     dropped_total=report.dropped_total,
                     now=now,
+                    collected_at=report.collected_at,
+                    report_at=at,
                 )
                 if report.host is not None:
                     hostname = str(report.host.get("hostname") or live.hostname)
@@ -269,6 +343,8 @@ class Pipeline:
             self.alert_states[agent.agent_id] = new_states
             self._hold(held)
         session.applied_seq = report.seq
+        self.unreported.discard(agent.agent_id)
+        session.position = InstancePosition(report.seq, report.collected_at, at, now)
         live.dropped_reports_total = report.dropped_total
         live.reports_applied += 1
         self.on_report(live, report.samples)
@@ -304,6 +380,8 @@ class Pipeline:
             )
             if went_silent and not self._expected(live, now):
                 continue  # an office PC after hours: its alerts stay as they are, as offline
+            if went_silent and live.agent_id in self.unreported:
+                continue  # enrolled, never reported: nothing it did can have stopped
             timers = any(s.phase == "pending" or s.clear_since is not None for s in states.values())
             if not (went_silent or timers):
                 continue
@@ -351,12 +429,20 @@ class Pipeline:
             seen = await asyncio.to_thread(self.store.last_seen_all)
             unknown = [a for a in seen if a not in self.state.agents]
             records = [await asyncio.to_thread(self.store.get_agent, a) for a in unknown]
+            # Agents that may have reported to another collector since.
+            unsure = self.unreported | set(unknown)
+            reported = (
+                await asyncio.to_thread(self.store.reported_agent_ids, unsure) if unsure else set()
+            )
         except StoreUnavailable as exc:
             log.warning("last-seen times not synced", extra={"error": str(exc)})
             return
         for record in records:
             if record is not None and record.revoked_at is None:
                 self.track(record)
+                if record.agent_id not in reported:
+                    self.unreported.add(record.agent_id)
+        self.unreported -= reported
         for agent_id, at in seen.items():
             live = self.state.agents.get(agent_id)
             if live is not None and (live.last_seen is None or at > live.last_seen):
@@ -394,6 +480,7 @@ class Pipeline:
             await self.committer.submit(work)
             self.alert_states.pop(agent_id, None)
             self.state.forget(agent_id)
+            self.unreported.discard(agent_id)
             self.on_retire(agent_id)
         log.info("revoked agent retired", extra={"agent_id": agent_id, "resolved": len(firing)})
         if firing:
@@ -472,6 +559,7 @@ class Pipeline:
                     context=context,
                     now=tr.at,
                     policy=self.policy,
+                    seen_at=self.clock(),
                 )
             else:
                 # Held back and now clear: it leaves no ticket.

@@ -64,6 +64,8 @@ enrollment_tokens = Table(
     Column("created_at", Double, nullable=False),
     Column("expires_at", Double, nullable=True),
     Column("revoked_at", Double, nullable=True),
+    # agents (not revoked) it may enroll; None: no limit (migration 2)
+    Column("max_agents", Integer, nullable=True),
 )
 
 agents = Table(
@@ -94,6 +96,10 @@ agent_instances = Table(
     Column("dropped_reports_total", BigInteger, nullable=False, default=0),
     Column("first_seen_at", Double, nullable=False),
     Column("last_seen_at", Double, nullable=False),
+    # The last applied report's time on the agent's clock, and the collector time it was
+    # taken as: the next report of the instance may not go back before them (migration 2).
+    Column("last_collected_at", Double, nullable=True),
+    Column("last_report_at", Double, nullable=True),
     PrimaryKeyConstraint("agent_id", "instance_id"),
 )
 

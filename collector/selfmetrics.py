@@ -54,6 +54,13 @@ class CollectorMetrics:
             ["result"],
             registry=registry,
         )
+        self.enrollments_throttled = Counter(
+            "tripline_collector_enrollments_throttled_total",
+            "Enroll attempts refused unexamined while their peer address or token waits "
+            "after repeated failures, by scope (address, token).",
+            ["scope"],
+            registry=registry,
+        )
         self.store_errors = Counter(
             "tripline_collector_store_errors_total",
             "Store transactions that failed (reports stay unacknowledged and are resent).",
@@ -175,8 +182,12 @@ class CollectorMetrics:
             "failed_precondition",
             "resource_exhausted",
             *REJECT_REASONS,
+            "report_time_future",
+            "report_time_backwards",
         ):
             self.reports_rejected.labels(reason)
+        for scope in ("address", "token"):
+            self.enrollments_throttled.labels(scope)
         for limit in (
             "reports_per_second",
             "streams",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,9 +20,9 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from collector import convert, limits, tls
+from collector import convert, limits, throttle, tls
 from collector.config import CollectorConfig
-from collector.pipeline import Pipeline, Session
+from collector.pipeline import Pipeline, ReportTimeRefused, Session
 from collector.selfmetrics import CollectorMetrics
 from collector.store import AgentRecord, AgentRevoked, EnrollmentRefused, StoreUnavailable
 from protos.tripline.v1 import tripline_pb2 as pb
@@ -40,6 +42,14 @@ class _Abort:
 
 
 _END = object()
+
+
+def _peer_address(peer: str) -> str:
+    """The address of a gRPC peer without its port ("ipv4:10.0.0.5:51234" -> "ipv4:10.0.0.5")."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return f"{kind}:{rest.rpartition(':')[0]}"
+    return peer
 
 
 def _undecodable(exc: DecodeError) -> str:
@@ -81,6 +91,7 @@ class CollectorService(pb_grpc.CollectorServicer):
             config.max_hellos_per_second_per_agent, config.max_hello_burst_per_agent
         )
         self._refusal_log = limits.LogThrottle(every=10.0)
+        self.enroll_throttle = throttle.FailureThrottle()
 
     def settings(self) -> pb.Settings:
         return pb.Settings(
@@ -95,12 +106,41 @@ class CollectorService(pb_grpc.CollectorServicer):
         for stream in self.streams.values():
             stream.send(message)
 
+    async def _throttled(self, scope: str, key: str, context: aio.ServicerContext) -> None:
+        """Refuse the attempt with RESOURCE_EXHAUSTED while `key` must wait after failures."""
+        wait = self.enroll_throttle.wait((scope, key), self.monotonic())
+        if wait <= 0:
+            return
+        self.metrics.enrollments.labels("throttled").inc()
+        self.metrics.enrollments_throttled.labels(scope).inc()
+        retry_after = str(math.ceil(wait))
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"too many failed enrollments from this {scope}: try again in {retry_after}s",
+            trailing_metadata=(("retry-after", retry_after),),
+        )
+
+    def _enroll_failed(self, peer: str, token_key: str | None, **extra: object) -> None:
+        now = self.monotonic()
+        delay = self.enroll_throttle.failed(("address", peer), now)
+        if token_key is not None:
+            delay = max(delay, self.enroll_throttle.failed(("token", token_key), now))
+        # One line per failure until the throttle bites, then one per wait imposed.
+        log.warning("enrollment refused", extra={"peer": peer, "throttled_for": delay, **extra})
+
     async def Enroll(
         self, request: pb.EnrollRequest, context: aio.ServicerContext
     ) -> pb.EnrollResponse:
+        # Guessing is slowed per peer address (and per token for a known one refused):
+        # refused attempts cost a growing wait, answered without looking the token up.
+        peer = _peer_address(context.peer() or "")
+        await self._throttled("address", peer, context)
+        token_key = hashlib.sha256(request.enrollment_token.encode()).hexdigest()[:16]
+        await self._throttled("token", token_key, context)
         try:
             enrollment = convert.decode_enroll(request)
         except convert.InvalidMessage as exc:
+            self._enroll_failed(peer, None, reason=exc.reason)
             self.metrics.enrollments.labels("invalid").inc()
             self.metrics.reports_rejected.labels(exc.reason).inc()
             log.warning("enrollment rejected", extra={"reason": exc.reason, "error": str(exc)})
@@ -118,7 +158,13 @@ class CollectorService(pb_grpc.CollectorServicer):
             )
         except EnrollmentRefused as exc:
             self.metrics.enrollments.labels("refused").inc()
-            log.warning("enrollment refused", extra={"host": hostname, "reason": str(exc)})
+            self._enroll_failed(
+                peer,
+                None if exc.token_id is None else token_key,
+                host=hostname[:253],
+                customer=exc.customer,
+                reason=exc.reason,
+            )
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"enrollment refused: {exc.reason}"
             )
@@ -127,6 +173,7 @@ class CollectorService(pb_grpc.CollectorServicer):
         self.metrics.enrollments.labels("ok").inc()
         live = self.pipeline.track(agent)
         live.last_seen = self.pipeline.clock()
+        self.pipeline.unreported.add(agent.agent_id)
         log.info(
             "agent enrolled",
             extra={"agent_id": agent.agent_id, "customer": agent.customer, "host": hostname},
@@ -343,6 +390,22 @@ class CollectorService(pb_grpc.CollectorServicer):
                         _Abort(
                             grpc.StatusCode.UNAUTHENTICATED,
                             "agent credential revoked: re-enroll the agent",
+                        )
+                    )
+                    return
+                except ReportTimeRefused as exc:
+                    self.metrics.reports_rejected.labels(exc.reason).inc()
+                    log.warning(
+                        "report rejected",
+                        extra={"agent_id": session.agent.agent_id, "error": str(exc)},
+                    )
+                    # The trailer makes the agent drop this report and go on with the next,
+                    # after a reconnect that measures its clock offset again.
+                    stream.send(
+                        _Abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            str(exc),
+                            (("tripline-rejected-seq", str(exc.seq)),),
                         )
                     )
                     return

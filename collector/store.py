@@ -6,22 +6,23 @@ whose functions run on a connection from `Store.transaction()`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, bindparam, exc, select
+from sqlalchemy import Connection, Engine, bindparam, exc, func, select
 
 from alerts.engine import AlertKey, AlertState
-from collector import files, migrations
+from collector import entropy, files, migrations
 from collector.database import (
     READ_ONLY,
     DatabaseFileChanged,
@@ -112,10 +113,16 @@ class StoreHealth:
 
 
 class EnrollmentRefused(StoreError):
-    def __init__(self, reason: str, token_id: int | None = None) -> None:
+    """`token_id` and `customer` are set when the token is known but may not enroll now
+    (revoked, expired, at its agent limit)."""
+
+    def __init__(
+        self, reason: str, token_id: int | None = None, customer: str | None = None
+    ) -> None:
         super().__init__(f"enrollment refused: {reason}")
         self.reason = reason
         self.token_id = token_id
+        self.customer = customer
 
 
 class EnrollmentTokenConflict(StoreError):
@@ -180,6 +187,21 @@ class EnrollmentToken:
     created_at: float
     expires_at: float | None
     revoked_at: float | None
+    # agents (not revoked) it may enroll; None: no limit
+    max_agents: int | None = None
+
+
+@dataclass(frozen=True)
+class InstancePosition:
+    """Where an agent instance's reports stand: its applied seq and its last report's time
+    on the agent's clock (`collected_at`); and the agent's latest report over all its
+    instances, at the time the collector took it as (`report_at`) and when that report was
+    received (`received_at`), both on the collector's clock. Zero and None: nothing yet."""
+
+    applied_seq: int = 0
+    collected_at: float | None = None
+    report_at: float | None = None
+    received_at: float | None = None
 
 
 def _sha256(secret: str) -> str:
@@ -211,6 +233,8 @@ _ADVANCE_SEQ = (
         reports_applied=agent_instances.c.reports_applied + 1,
         dropped_reports_total=bindparam("dropped"),
         last_seen_at=bindparam("now"),
+        last_collected_at=bindparam("collected"),
+        last_report_at=bindparam("report_at"),
     )
 )
 _APPLIED_SEQ = select(agent_instances.c.applied_seq).where(
@@ -225,6 +249,8 @@ _NEW_INSTANCE = agent_instances.insert().values(
     dropped_reports_total=bindparam("dropped"),
     first_seen_at=bindparam("now"),
     last_seen_at=bindparam("now"),
+    last_collected_at=bindparam("collected"),
+    last_report_at=bindparam("report_at"),
 )
 _AGENT_SEEN = (
     agents.update()
@@ -363,11 +389,17 @@ class Store:
         now: float,
         expires_at: float | None = None,
         *,
+        max_agents: int | None = None,
         conn: Connection | None = None,
     ) -> tuple[EnrollmentToken, str]:
-        """A new token for `customer`; the secret is returned once and stored only hashed."""
-        token = "tle_" + secrets.token_urlsafe(32)
-        return self.ensure_enrollment_token(customer, token, now, expires_at, conn=conn), token
+        """A new token for `customer`; the secret is returned once and stored only hashed.
+
+        `max_agents` caps the agents (not revoked) it may enroll; `expires_at` ends it."""
+        token = entropy.generate()
+        record = self.ensure_enrollment_token(
+            customer, token, now, expires_at, max_agents=max_agents, conn=conn
+        )
+        return record, token
 
     def ensure_enrollment_token(
         self,
@@ -376,19 +408,26 @@ class Store:
         now: float,
         expires_at: float | None = None,
         *,
+        max_agents: int | None = None,
         conn: Connection | None = None,
     ) -> EnrollmentToken:
         """Register a token chosen by the operator; idempotent for the same customer (a
-        revoked token stays revoked)."""
+        revoked token stays revoked, limits stay those it was first registered with)."""
         if not customer or not token or token != token.strip():
             raise ValueError("customer and token must be non-empty, without surrounding spaces")
+        if max_agents is not None and max_agents < 1:
+            raise ValueError(f"max_agents must be at least 1, got {max_agents}")
         digest = _sha256(token)
         query = select(enrollment_tokens).where(enrollment_tokens.c.token_hash == digest)
         with self._write(conn) as c:
             row = c.execute(query).one_or_none()
             if row is None:
                 insert = enrollment_tokens.insert().values(
-                    customer=customer, token_hash=digest, created_at=now, expires_at=expires_at
+                    customer=customer,
+                    token_hash=digest,
+                    created_at=now,
+                    expires_at=expires_at,
+                    max_agents=max_agents,
                 )
                 try:
                     # Collectors sharing PostgreSQL start with the same flags: one inserts.
@@ -409,6 +448,16 @@ class Store:
             query = query.where(enrollment_tokens.c.customer == customer)
         with self._read(conn) as c:
             return [_token(row) for row in c.execute(query)]
+
+    def agents_per_token(self, *, conn: Connection | None = None) -> dict[int, int]:
+        """token id -> agents it enrolled that are not revoked (what `max_agents` counts)."""
+        query = (
+            select(agents.c.enrollment_token_id, func.count())
+            .where(agents.c.enrollment_token_id.is_not(None), agents.c.revoked_at.is_(None))
+            .group_by(agents.c.enrollment_token_id)
+        )
+        with self._read(conn) as c:
+            return {int(token_id): int(count) for token_id, count in c.execute(query)}
 
     def revoke_enrollment_token(
         self, token_id: int, now: float, *, conn: Connection | None = None
@@ -441,15 +490,37 @@ class Store:
         """Register a new agent for the token's customer; returns it and its credential
         "<agent_id>.<secret>" (shown once, stored hashed)."""
         with self._write(conn) as c:
+            # FOR UPDATE serializes enrollments of one token on PostgreSQL, so two at once
+            # cannot both take its last free place (SQLite takes the write lock at BEGIN).
             row = c.execute(
-                select(enrollment_tokens).where(enrollment_tokens.c.token_hash == _sha256(token))
+                select(enrollment_tokens)
+                .where(enrollment_tokens.c.token_hash == _sha256(token))
+                .with_for_update()
             ).one_or_none()
             if row is None:
                 raise EnrollmentRefused("unknown enrollment token")
             if row.revoked_at is not None:
-                raise EnrollmentRefused(f"enrollment token {row.id} was revoked", row.id)
+                raise EnrollmentRefused(
+                    f"enrollment token {row.id} was revoked", row.id, row.customer
+                )
             if row.expires_at is not None and row.expires_at <= now:
-                raise EnrollmentRefused(f"enrollment token {row.id} has expired", row.id)
+                raise EnrollmentRefused(
+                    f"enrollment token {row.id} has expired", row.id, row.customer
+                )
+            if row.max_agents is not None:
+                enrolled = c.scalar(
+                    select(func.count()).where(
+                        agents.c.enrollment_token_id == row.id, agents.c.revoked_at.is_(None)
+                    )
+                )
+                if int(enrolled or 0) >= row.max_agents:
+                    raise EnrollmentRefused(
+                        f"enrollment token {row.id} has enrolled its maximum of "
+                        f"{row.max_agents} agents: revoke agents no longer used or create "
+                        "another token",
+                        row.id,
+                        row.customer,
+                    )
             agent_id = "agt_" + secrets.token_hex(8)
             secret = secrets.token_urlsafe(32)
             record = AgentRecord(
@@ -558,6 +629,35 @@ class Store:
             )
         return 0 if seq is None else int(seq)
 
+    def instance_position(
+        self, agent_id: str, instance_id: str, *, conn: Connection | None = None
+    ) -> InstancePosition:
+        """The instance's applied seq and last collection time (its own clock), and the
+        agent's latest report time and when it was received (collector clock) over all its
+        instances: a new instance may not go back before the agent's last report either."""
+        query = select(
+            agent_instances.c.instance_id,
+            agent_instances.c.applied_seq,
+            agent_instances.c.last_collected_at,
+            agent_instances.c.last_report_at,
+            agent_instances.c.last_seen_at,
+        ).where(agent_instances.c.agent_id == agent_id)
+        with self._read(conn) as c:
+            rows = c.execute(query).all()
+        position = InstancePosition()
+        timed = [row for row in rows if row.last_report_at is not None]
+        if timed:
+            latest = max(timed, key=lambda row: row.last_report_at)
+            position = InstancePosition(
+                report_at=latest.last_report_at, received_at=latest.last_seen_at
+            )
+        for row in rows:
+            if row.instance_id == instance_id:
+                return dataclasses.replace(
+                    position, applied_seq=int(row.applied_seq), collected_at=row.last_collected_at
+                )
+        return position
+
     def record_applied(
         self,
         conn: Connection,
@@ -567,6 +667,8 @@ class Store:
         *,
         dropped_total: int,
         now: float,
+        collected_at: float | None = None,
+        report_at: float | None = None,
     ) -> None:
         """Mark report `seq` applied, in the transaction that applied its effects.
 
@@ -575,7 +677,15 @@ class Store:
         AgentRevoked when the agent was revoked: checked in this transaction, so no report
         of a revoked agent commits, whichever process revoked it and when.
         """
-        params = {"a": agent_id, "i": instance_id, "seq": seq, "dropped": dropped_total, "now": now}
+        params = {
+            "a": agent_id,
+            "i": instance_id,
+            "seq": seq,
+            "dropped": dropped_total,
+            "now": now,
+            "collected": collected_at,
+            "report_at": report_at,
+        }
         # The common case, one statement: advance the seq if it moves forward. Rowcount 0
         # means a stale seq or an instance never seen; the SELECT tells which.
         if conn.execute(_ADVANCE_SEQ, params).rowcount == 0:
@@ -611,6 +721,16 @@ class Store:
                     agent_instances.c.instance_id.in_(old),
                 )
             )
+
+    def reported_agent_ids(
+        self, among: Collection[str] | None = None, *, conn: Connection | None = None
+    ) -> set[str]:
+        """Agents (of `among`, or all) that had at least one report applied."""
+        query = select(agent_instances.c.agent_id).distinct()
+        if among is not None:
+            query = query.where(agent_instances.c.agent_id.in_(list(among)))
+        with self._read(conn) as c:
+            return set(c.scalars(query))
 
     def last_seen_all(self, *, conn: Connection | None = None) -> dict[str, float]:
         """agent_id -> last_seen_at of every agent seen at least once and not revoked."""

@@ -188,9 +188,14 @@ def on_alert_firing(
     context: dict[str, Any],
     now: float,
     policy: TicketPolicy,
+    seen_at: float | None = None,
 ) -> TicketChange:
     """Open a ticket for a problem that started firing, reopen its recent one, or leave an
-    active one alone ("unchanged"). Safe against another collector doing the same at once."""
+    active one alone ("unchanged"). Safe against another collector doing the same at once.
+
+    `now` is when the problem started (a report replayed after an outage may be older);
+    `seen_at` is the collector's clock when it learnt of it (default `now`): escalation
+    counts from there, since nobody could acknowledge the ticket before it existed."""
     if tier not in (1, 2, 3):
         raise ValueError(f"ticket tier must be 1, 2 or 3, not {tier!r}")
     key = problem_key(customer, agent_id, rule, labels)
@@ -214,7 +219,8 @@ def on_alert_firing(
     try:
         # The savepoint lets the caller's transaction go on if a racing collector wins.
         with conn.begin_nested():
-            return _fire(conn, problem, occurrence, now, policy)
+            tier_since = now if seen_at is None else max(now, seen_at)
+            return _fire(conn, problem, occurrence, now, policy, tier_since)
     except exc.IntegrityError:
         active = _active(conn, key)
         if active is None:
@@ -228,6 +234,7 @@ def _fire(
     occurrence: dict[str, Any],
     now: float,
     policy: TicketPolicy,
+    tier_since: float,
 ) -> TicketChange:
     key = problem["problem_key"]
     active = _active(conn, key)
@@ -242,8 +249,8 @@ def _fire(
         .with_for_update()
     ).first()
     if last is not None and now - last.resolved_at < policy.reopen_window:
-        return _reopen(conn, last, occurrence, data, now, policy)
-    fresh = {"status": "open", "opened_at": now, "tier_since": now, "reopen_count": 0}
+        return _reopen(conn, last, occurrence, data, now, policy, tier_since)
+    fresh = {"status": "open", "opened_at": now, "tier_since": tier_since, "reopen_count": 0}
     inserted = conn.execute(
         tickets.insert()
         .values(**problem, **occurrence, **fresh, flapping=False, updated_at=now, event_seq=0)
@@ -260,6 +267,7 @@ def _reopen(
     data: dict[str, Any],
     now: float,
     policy: TicketPolicy,
+    tier_since: float,
 ) -> TicketChange:
     count = last.reopen_count + 1
     cleared = dict.fromkeys(
@@ -270,7 +278,7 @@ def _reopen(
         **cleared,
         "resolve_reason": None,
         "status": "open",
-        "tier_since": now,
+        "tier_since": tier_since,
         "reopen_count": count,
     }
     after = _duration(now - last.resolved_at)

@@ -32,7 +32,7 @@ from tests.e2e.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "tle_e2e_faults_token_0123456789"
+TOKEN = "tle_e2e_faults_J6OEo1nRRczPVK2v5Zeh28ZUcZGY"
 
 RULES = """
 rules:

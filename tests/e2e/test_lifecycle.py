@@ -14,7 +14,7 @@ from tests.e2e.conftest import Cluster, eventually
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "tle_e2e_acme_token_0123456789"
+TOKEN = "tle_e2e_acme_l___XobGYjIO9VZgA_pb86uTiLHUN-cykd"
 
 # Trips on any machine: every PC has memory. Clears when the threshold is out of reach.
 TRIPPING = """

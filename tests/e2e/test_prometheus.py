@@ -23,7 +23,7 @@ from tests.unit.test_deploy import DEPLOY, RULES, dashboard, panel_queries, subs
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "tle_e2e_prometheus_token_0123456789"
+TOKEN = "tle_e2e_prometheus_q7Iqlrx1dUu6ZwVr7kR7m0JluV7x"
 RULE_FILE = """
 rules:
   - name: MemoryPresent

@@ -25,7 +25,7 @@ from tests.e2e.conftest import Cluster, Collector, eventually
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 POSTGRES_URL_ENV = "TRIPLINE_TEST_POSTGRES_URL"
-TOKEN = "tle_e2e_scale_out_token_0123456789"
+TOKEN = "tle_e2e_scale_out_gDEE-QkC54MAZcp-bshuwEU82Rxd"
 OFFLINE_AFTER = 4.0
 
 # MemoryPresent trips on any machine (every PC has memory) and stays tripped.

@@ -28,7 +28,10 @@ from collector.store import AgentRecord, Store
 from tests.integration.test_grpc_roundtrip import agent_config, eventually, running_collector
 
 T0 = 1_700_000_000.0
-ENROLLMENT = {"acme": "tle_acme_api_test", "globex": "tle_globex_api_test"}
+ENROLLMENT = {
+    "acme": "tle_acme_api_PNQPeY0ZJyUFPexTNJgRh8O-ZkY3Rvg3J4d7",
+    "globex": "tle_globex_api_gDEE-QkC54MAZcp-bshuwEU82RxdvQ61KHag",
+}
 
 RULES = """\
 rules:
@@ -390,7 +393,7 @@ def test_tickets_cli_works_against_the_running_api(
             assert code == 2
             assert f"404: no ticket {theirs}" in capsys.readouterr().err
 
-            monkeypatch.setenv("TRIPLINE_API_TOKEN", "tla_wrong")
+            monkeypatch.setenv("TRIPLINE_API_TOKEN", "tla_unknownJ6OEo1nRRczPVK2v5Zeh28ZUcZGYC6Bas")
             code = await asyncio.to_thread(_cli, "tickets", "list", "--api-url", base)
             assert code == 2
             assert "401: the API token is unknown or revoked" in capsys.readouterr().err

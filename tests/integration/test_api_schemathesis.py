@@ -37,7 +37,11 @@ class BackgroundCollector:
     requests)."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.app = CollectorApp(collector_config(data_dir, customers={"acme": "tle_acme_x"}))
+        self.app = CollectorApp(
+            collector_config(
+                data_dir, customers={"acme": "tle_acme_edZKBZWMX5oEJl4onCvZGkz3AqMXtE4QQ-wIQ0wVDIc"}
+            )
+        )
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -23,7 +23,7 @@ from protos.tripline.v1 import tripline_pb2 as pb
 from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 from tests.conftest import async_eventually as eventually
 
-TOKEN = "tle_acme_integration_token"
+TOKEN = "tle_acme_integration_PNQPeY0ZJyUFPexTNJgRh8O-ZkY3"
 
 
 def collector_config(data_dir: Path, **flags: object):

@@ -33,7 +33,7 @@ from collector.state import LiveState
 from protos.tripline.v1 import tripline_pb2 as pb
 from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 
-TOKEN = "tle_acme_promtool_token"
+TOKEN = "tle_acme_promtool_q7Iqlrx1dUu6ZwVr7kR7m0JluV7xGmas"
 HOSTNAME = 'pc "quoted" \\ back\nslash'
 MOUNTPOINT = '/mnt/we"ird\\path\nx'
 DEVICE = 'C:\\Dev "1"\nice'

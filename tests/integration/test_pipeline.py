@@ -19,7 +19,13 @@ from collector import tickets
 from collector.committer import Committer
 from collector.config import load_collector_config
 from collector.convert import decode_hello, decode_report
-from collector.pipeline import RECONNECT_GRACE, REVOCATION_CHECK_INTERVAL, Pipeline, Session
+from collector.pipeline import (
+    RECONNECT_GRACE,
+    REVOCATION_CHECK_INTERVAL,
+    Pipeline,
+    ReportTimeRefused,
+    Session,
+)
 from collector.selfmetrics import CollectorMetrics
 from collector.state import LiveState
 from collector.store import AgentRecord, AgentRevoked, Store
@@ -90,18 +96,18 @@ class Parts:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    def enroll(self, hostname: str = "pc-01") -> AgentRecord:
-        _, token = self.store.create_enrollment_token("acme", now=T0)
+    def enroll(self, hostname: str = "pc-01", now: float = T0) -> AgentRecord:
+        _, token = self.store.create_enrollment_token("acme", now=now)
         record, _ = self.store.enroll_agent(
-            token, hostname=hostname, site="hq", inventory={}, now=T0
+            token, hostname=hostname, site="hq", inventory={}, now=now
         )
         return record
 
-    async def connect(self, agent: AgentRecord) -> Session:
+    async def connect(self, agent: AgentRecord, sent_at: float | None = None) -> Session:
         hello = pb.Hello(
             agent_version="test",
             instance_id=INSTANCE,
-            sent_at_seconds=self.clock(),
+            sent_at_seconds=self.clock() if sent_at is None else sent_at,
             host=pb.HostInfo(hostname=agent.hostname),
         )
         return await self.pipeline.open_session(agent, decode_hello(hello))
@@ -114,9 +120,11 @@ class Parts:
         root: float | None = None,
         load1: float | None = None,
         data: float | None = None,
+        collected_at: float | None = None,
     ) -> bool:
-        """One report collected now (agent clock == collector clock)."""
-        msg = pb.Report(instance_id=INSTANCE, seq=seq, collected_at_seconds=self.clock())
+        """One report collected now (agent clock == collector clock) unless told when."""
+        when = self.clock() if collected_at is None else collected_at
+        msg = pb.Report(instance_id=INSTANCE, seq=seq, collected_at_seconds=when)
         msg.context.top_cpu.add(pid=4242, name="backup.exe", cpu_ratio=0.71)
         msg.context.top_memory.add(pid=77, name="chrome.exe", memory_rss_bytes=3 * 2**30)
         msg.context.logged_in_users.append("alice")
@@ -416,5 +424,131 @@ def test_an_agent_revoked_elsewhere_is_retired_and_refused(tmp_path: Path, clock
         # silent for good, yet no offline ticket: nobody is to act on a revoked PC
         await c.pipeline.tick(t.at(100 + 10 * c.config.effective_offline_after))
         assert c.rules_with_tickets() == [("DiskAlmostFull", "resolved")]
+
+    asyncio.run(c.run(scenario))
+
+
+# -- agent clocks (issue 8, item 5) ---------------------------------------------------------
+
+
+def test_agent_clock_cannot_date_tickets_before_enrollment_nor_hurry_a_for(
+    tmp_path: Path, clock: Any
+) -> None:
+    c = Parts(tmp_path / "tripline.db", clock)
+    t = Timeline(clock)
+    assert c.config.max_clock_skew == 300.0
+
+    async def scenario() -> None:
+        enrolled_at = t.at(1000)
+        agent = c.enroll(now=enrolled_at)
+        session = await c.connect(agent)
+        # A report "collected" in 1970: the ticket it opens dates from the enrollment.
+        await c.send(session, 1, collected_at=1.0, load1=8.0, root=0.9)
+        [load] = c.tickets()
+        assert (load.rule, load.opened_at) == ("LoadHigh", enrolled_at)
+        assert load.tier_since == enrolled_at
+        # Stepping ahead within the skew moves nothing past the collector's clock: the
+        # disk's 1m `for` started at the enrollment, not in 1970, and has not elapsed.
+        t.at(1001)
+        await c.send(session, 2, collected_at=T0 + 1001 + 240, root=0.9, load1=8.0)
+        assert c.rules_with_tickets() == [("LoadHigh", "open")]
+        # Past the skew: refused, naming the field.
+        t.at(1002)
+        with pytest.raises(ReportTimeRefused) as future:
+            await c.send(session, 3, collected_at=T0 + 1002 + 3600, root=0.9)
+        assert future.value.reason == "report_time_future"
+        assert future.value.seq == 3
+        assert "collected_at_seconds is 3600s ahead" in str(future.value)
+        assert "max_clock_skew=300s" in str(future.value)
+        # Before the previous report of the instance (its own clock): refused.
+        with pytest.raises(ReportTimeRefused) as backwards:
+            await c.send(session, 3, collected_at=T0 + 1001 + 239, root=0.9)
+        assert backwards.value.reason == "report_time_backwards"
+        assert "collected_at_seconds goes back 1.000s" in str(backwards.value)
+        assert c.store.applied_seq(agent.agent_id, INSTANCE) == 2
+        for seq, second in enumerate(range(1010, 1060, 10), start=3):
+            t.at(second)
+            await c.send(session, seq, collected_at=T0 + second + 241, root=0.9, load1=8.0)
+        # The `for` fires a minute of collector time after the crossing was first seen.
+        await c.pipeline.tick(t.at(1059.9))
+        assert c.rules_with_tickets() == [("LoadHigh", "open")]
+        await c.pipeline.tick(t.at(1060))
+        disk = next(tk for tk in c.tickets() if tk.rule == "DiskAlmostFull")
+        assert disk.opened_at == T0 + 1060
+        # Every ticket time lies between the enrollment and now.
+        for ticket in c.tickets():
+            assert enrolled_at <= ticket.opened_at <= c.clock()
+            assert all(enrolled_at <= e.at <= c.clock() for e in ticket.events)
+
+    asyncio.run(c.run(scenario))
+
+
+def test_stepping_timestamps_while_heard_cannot_make_a_for_elapse_sooner(
+    tmp_path: Path, clock: Any
+) -> None:
+    """An agent heard every interval keeps claiming its reports are from T0, then claims a
+    crossing at T0 and one a second later "at now": 5 minutes of history it never had."""
+    c = Parts(tmp_path / "tripline.db", clock)
+    t = Timeline(clock)
+
+    async def scenario() -> None:
+        agent = c.enroll()
+        session = await c.connect(agent)
+        t.at(0)
+        await c.send(session, 1, root=0.2)
+        for k in range(1, 31):
+            t.at(10 * k)
+            await c.send(session, k + 1, collected_at=T0 + 0.5, root=0.2)
+        t.at(310)
+        await c.send(session, 32, collected_at=T0 + 0.5, root=0.9)
+        t.at(311)
+        await c.send(session, 33, collected_at=T0 + 311, root=0.9)
+        assert c.tickets() == []  # pending since 310 by the collector's clock
+        for seq, second in enumerate(range(320, 370, 10), start=34):
+            t.at(second)
+            await c.send(session, seq, root=0.9)
+        await c.pipeline.tick(t.at(369.9))
+        assert c.tickets() == []
+        await c.pipeline.tick(t.at(370))
+        [disk] = c.tickets()
+        assert (disk.rule, disk.opened_at) == ("DiskAlmostFull", T0 + 370)
+
+    asyncio.run(c.run(scenario))
+
+
+def test_backlog_of_a_ten_minute_outage_replays_at_its_times_and_escalates_from_now(
+    tmp_path: Path, clock: Any
+) -> None:
+    c = Parts(tmp_path / "tripline.db", clock)
+    t = Timeline(clock)
+
+    async def scenario() -> None:
+        agent = c.enroll()
+        session = await c.connect(agent)
+        for k in range(6):  # live until T0+50
+            t.at(10 * k)
+            await c.send(session, k + 1, root=0.2, load1=0.5)
+        for second in range(60, 660, 10):  # the network is down; the collector ticks on
+            await c.pipeline.tick(t.at(second))
+        assert c.rules_with_tickets() == [("AgentOffline", "open")]
+        # Back at T0+660: the spool replays what was collected from T0+60 to T0+650 at once.
+        t.at(660)
+        replay = await c.connect(agent)
+        for seq, collected in enumerate(range(60, 660, 10), start=7):
+            root = 0.9 if collected >= 100 else 0.2
+            load1 = 8.0 if 100 <= collected <= 300 else 0.5
+            assert await c.send(replay, seq, collected_at=T0 + collected, root=root, load1=load1)
+        by_rule = {tk.rule: tk for tk in c.tickets()}
+        assert by_rule["AgentOffline"].status == "resolved"
+        load = by_rule["LoadHigh"]
+        assert (load.status, load.opened_at, load.resolved_at) == ("resolved", T0 + 100, T0 + 370)
+        disk = by_rule["DiskAlmostFull"]
+        assert (disk.status, disk.opened_at) == ("open", T0 + 160)
+        # Nobody could acknowledge it before T0+660: tier 1's 30 minutes count from there.
+        assert disk.tier_since == T0 + 660
+        await c.pipeline.tick(t.at(160 + 1800 + 5))
+        assert next(tk for tk in c.tickets() if tk.rule == "DiskAlmostFull").tier == 1
+        await c.pipeline.tick(t.at(660 + 1800))
+        assert next(tk for tk in c.tickets() if tk.rule == "DiskAlmostFull").tier == 2
 
     asyncio.run(c.run(scenario))

@@ -38,7 +38,7 @@ from tests.integration.test_tls import (
     running_agent,
 )
 
-GLOBEX_TOKEN = "tle_globex_security_integration"
+GLOBEX_TOKEN = "tle_globex_security_Udq8BVVJGeVsfYvp4_szZf6GakVR"
 ROOT = Path(__file__).resolve().parents[2]
 CLI = (sys.executable, "-m", "collector.cli")
 
@@ -505,5 +505,150 @@ def test_agent_process_opens_no_listening_port_and_runs_no_command(
                 proc.terminate()
                 proc.wait(15)
                 log.close()
+
+    asyncio.run(scenario())
+
+
+def test_report_times_ahead_of_the_collector_or_going_back_are_refused_with_their_seq(
+    tmp_path: Path, pki: tuple[CertAuthority, Issued]
+) -> None:
+    ca, server = pki
+
+    async def scenario() -> None:
+        async with running(tls_config(tmp_path, server)) as app:
+            target = f"127.0.0.1:{app.grpc_port}"
+            async with aio.secure_channel(target, client_credentials(ca)) as channel:
+                client = Client(channel)
+                enrolled = await client.enroll(TOKEN)
+                sample = pb.Sample(name="process_count", value=1)
+
+                async def refused(seq: int, collected_at: float) -> aio.AioRpcError:
+                    call = await client.open(enrolled.credential)
+                    message = pb.Report(
+                        instance_id="i-1", seq=seq, collected_at_seconds=collected_at
+                    )
+                    message.samples.append(sample)
+                    await call.write(pb.AgentMessage(report=message))
+                    with pytest.raises(aio.AioRpcError) as err:
+                        await call.read()
+                    return err.value
+
+                future = await refused(1, time.time() + 3600)
+                assert future.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "collected_at_seconds is 3600s ahead" in (future.details() or "")
+                # the trailer makes the agent drop it rather than resend it for ever
+                assert ("tripline-rejected-seq", "1") in tuple(future.trailing_metadata() or ())
+
+                call = await client.open(enrolled.credential)
+                await call.write(report(2, sample))
+                assert (await call.read()).ack.seq == 2
+                call.cancel()
+                back = await refused(3, time.time() - 60)
+                assert back.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "collected_at_seconds goes back" in (back.details() or "")
+                assert ("tripline-rejected-seq", "3") in tuple(back.trailing_metadata() or ())
+                assert app.store.applied_seq(enrolled.agent_id, "i-1") == 2
+            rejected = app.metrics.reports_rejected
+            assert rejected.labels("report_time_future")._value.get() == 1
+            assert rejected.labels("report_time_backwards")._value.get() == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_token_enrolls_at_most_its_agents_and_unreported_agents_open_no_offline_ticket(
+    tmp_path: Path, pki: tuple[CertAuthority, Issued]
+) -> None:
+    ca, server = pki
+
+    async def scenario() -> None:
+        async with running(tls_config(tmp_path, server)) as app:
+            record, token = app.store.create_enrollment_token("acme", time.time(), max_agents=3)
+            target = f"127.0.0.1:{app.grpc_port}"
+            async with aio.secure_channel(target, client_credentials(ca)) as channel:
+                client = Client(channel)
+                minted = [await client.enroll(token, f"pc-{n}") for n in range(3)]
+                code, details = await client.enroll_refused(token)
+                assert code == grpc.StatusCode.UNAUTHENTICATED
+                assert details.startswith(
+                    f"enrollment refused: enrollment token {record.id} has enrolled its "
+                    "maximum of 3 agents"
+                )
+                # A revoked agent frees its place.
+                app.store.revoke_agent(minted[0].agent_id, time.time())
+                minted.append(await client.enroll(token, "pc-3"))
+                assert app.store.agents_per_token() == {record.id: 3}
+
+                # One agent reports once, then falls silent like the rest.
+                reporter = await client.enroll(TOKEN, "pc-reporter")
+                call = await client.open(reporter.credential, "pc-reporter")
+                await call.write(report(1, pb.Sample(name="process_count", value=1)))
+                assert (await call.read()).ack.seq == 1
+                call.cancel()
+
+            def offline() -> list[str]:
+                with app.store.read() as conn:
+                    found = tickets.list_tickets(conn)
+                return [t.agent_id for t in found if t.rule == "AgentOffline"]
+
+            await eventually(lambda: offline() == [reporter.agent_id])
+            # Those never heard from went silent before it did: still no ticket for them.
+            assert app.pipeline.unreported >= {m.agent_id for m in minted[1:]}
+            await app.pipeline.tick()
+            assert offline() == [reporter.agent_id]
+
+    asyncio.run(scenario())
+
+
+def test_guessing_enrollment_tokens_is_slowed_per_address_and_per_refused_token(
+    tmp_path: Path, pki: tuple[CertAuthority, Issued]
+) -> None:
+    ca, server = pki
+
+    async def scenario() -> None:
+        async with running(tls_config(tmp_path, server)) as app:
+            clock = [1000.0]
+            app.service.monotonic = lambda: clock[0]
+            _, expired = app.store.create_enrollment_token("acme", time.time() - 9, time.time())
+            target = f"127.0.0.1:{app.grpc_port}"
+            async with aio.secure_channel(target, client_credentials(ca)) as channel:
+                client = Client(channel)
+
+                async def throttled(token: str) -> str:
+                    try:
+                        await client.enroll(token)
+                    except aio.AioRpcError as exc:
+                        assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.details()
+                        trailers = dict(exc.trailing_metadata() or ())
+                        return str(trailers["retry-after"])
+                    raise AssertionError("enrollment was accepted")
+
+                # Five wrong guesses are free; the sixth costs a second, then 2 s, 4 s...
+                for n in range(6):
+                    code, _ = await client.enroll_refused(f"tle_guess_{n}_" + "x7Qz" * 8)
+                    assert code == grpc.StatusCode.UNAUTHENTICATED
+                assert await throttled("tle_guess_6") == "1"
+                # Refused unexamined: even the right token waits, until the wait is over.
+                assert await throttled(TOKEN) == "1"
+                clock[0] += 1
+                code, _ = await client.enroll_refused("tle_guess_7_" + "x7Qz" * 8)
+                assert code == grpc.StatusCode.UNAUTHENTICATED
+                assert await throttled(TOKEN) == "2"
+                clock[0] += 2
+                assert (await client.enroll(TOKEN)).customer == "acme"
+
+                # A known token refused (expired) is throttled as a token too: retried from
+                # another address (here: this one forgotten), that token still waits.
+                clock[0] += 1000
+                for _ in range(6):
+                    code, details = await client.enroll_refused(expired)
+                    assert details.endswith("has expired")
+                assert app.service.enroll_throttle.wait(("address", "ipv4:127.0.0.1"), clock[0])
+                app.service.enroll_throttle.forget(("address", "ipv4:127.0.0.1"))
+                assert await throttled(expired) == "1"
+                assert (await client.enroll(TOKEN)).customer == "acme"
+            throttled_total = app.metrics.enrollments_throttled
+            assert throttled_total.labels("address")._value.get() == 3
+            assert throttled_total.labels("token")._value.get() == 1
+            assert app.metrics.enrollments.labels("throttled")._value.get() == 4
 
     asyncio.run(scenario())

@@ -29,7 +29,7 @@ from tests.certs import CertAuthority, Issued
 from tests.conftest import async_eventually as eventually
 from tests.conftest import free_port
 
-TOKEN = "tle_acme_tls_integration"
+TOKEN = "tle_acme_tls_WWBUjJXFCaKNGkk8mKUE_tK7NA1IThon"
 
 
 @pytest.fixture

@@ -7,11 +7,12 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from collector import tickets
+from collector import entropy, tickets
 from collector.cli import main
 from collector.store import Store
 from collector.tickets import TicketPolicy
@@ -157,6 +158,72 @@ def test_tokens_create_with_a_bad_customer(
         "tripline: --customer expects a customer name without surrounding spaces, "
         f"got {customer!r}\n"
     )
+
+
+def test_tokens_create_with_an_agent_limit_and_expiry_shows_them_in_the_list(
+    store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys,
+        "tokens",
+        "create",
+        "--customer",
+        "acme",
+        "--max-agents",
+        "2",
+        "--expires",
+        "30d",
+        "--data-dir",
+        store_dir,
+    )
+    assert (code, err) == (0, "")
+    heading, token = out.splitlines()
+    assert heading.startswith("enrollment token for customer 'acme' (id 1, at most 2 agents, ")
+    store = Store(f"sqlite:///{store_dir / 'tripline.db'}")
+    (record,) = store.list_enrollment_tokens()
+    assert record.max_agents == 2
+    assert record.expires_at is not None and record.expires_at - time.time() > 29.9 * 86400
+    store.enroll_agent(token, hostname="pc-01", site="", inventory={}, now=time.time())
+    store.close()
+    code, out, _ = run(capsys, "tokens", "list", "--data-dir", store_dir)
+    assert code == 0
+    assert out.split()[:5] == ["1", "acme", "active", "agents", "1/2"]
+
+
+def test_tokens_generate_prints_a_strong_token_each_time(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tokens = set()
+    for _ in range(3):
+        code, out, err = run(capsys, "tokens", "generate")
+        assert (code, err) == (0, "")
+        token = out.strip()
+        assert token.startswith("tle_") and entropy.estimate_bits(token) >= 128
+        tokens.add(token)
+    assert len(tokens) == 3
+
+
+@pytest.mark.parametrize(
+    "token", ["1234", "tle_1234", "a" * 64, "abc" * 30, "tle_acme_tls_integration"]
+)
+def test_collector_refuses_a_weak_enrollment_token_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], token: str
+) -> None:
+    code, out, err = run(
+        capsys,
+        "collector",
+        "--data-dir",
+        tmp_path,
+        "--listen",
+        "127.0.0.1:0",
+        "--customer",
+        f"acme={token}",
+    )
+    assert (code, out) == (2, "")
+    assert "config key 'customers.acme': the token has about " in err
+    assert "at least 128 are needed: make one with `tripline tokens generate`" in err
+    assert token not in err  # the secret itself is never echoed
+    assert list(tmp_path.iterdir()) == []  # refused before anything started
 
 
 @pytest.mark.parametrize("value", ["acme", "=tle_x", "acme=", "acme= tle_x"])

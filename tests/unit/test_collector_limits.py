@@ -177,6 +177,7 @@ def test_stepping_agent_time_cannot_churn_series_past_the_cap() -> None:
     capped = cap_series(live.series, [s("fresh")], limit)
     assert capped.dropped == 0
 
+
 def test_keyed_limiter_keeps_its_keys_bounded_and_a_key_apart() -> None:
     from collector.limits import KeyedRateLimiter
 

@@ -9,12 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
+from collector import entropy
 from collector.config import (
     AgentConfig,
     CollectorConfig,
     ConfigError,
     TicketSettings,
     load_agent_config,
+    load_api_client_config,
     load_collector_config,
     parse_hostport,
 )
@@ -24,9 +26,9 @@ COLLECTOR_KEYS = (
     "database_url, delivery_lease, delivery_max_attempts, delivery_park_after, "
     "evaluation_interval, hello_timeout, http_body_timeout, http_header_timeout, "
     "http_keepalive_timeout, http_listen, http_max_connections, interval, "
-    "inventory_interval, listen, log_format, log_level, max_connect_burst_per_peer, "
-    "max_connects_per_second_per_peer, max_hello_burst_per_agent, "
-    "max_hellos_per_second_per_agent, max_message_bytes, "
+    "inventory_interval, listen, log_format, log_level, max_clock_skew, "
+    "max_connect_burst_per_peer, max_connects_per_second_per_peer, "
+    "max_hello_burst_per_agent, max_hellos_per_second_per_agent, max_message_bytes, "
     "max_metrics_bytes_per_agent, "
     "max_report_burst_per_agent, max_reports_per_second_per_agent, max_samples_per_report, "
     "max_series_per_agent, max_streams, offline_after, plaintext, routes, rules, tickets, "
@@ -89,7 +91,7 @@ def test_one_file_with_a_section_per_component(tmp_path: Path) -> None:
         tmp_path,
         "collector:\n"
         "  interval: 15s\n"
-        "  customers: {acme: tle_acme}\n"
+        "  customers: {acme: tle_acme_Udq8BVVJGeVsfYvp4_szZf6GakVRmn9xk8k}\n"
         "  tickets: {reopen_window: 10m, flap_count: 5}\n"
         "agent:\n"
         "  collector: collector.example:7700\n"
@@ -100,7 +102,7 @@ def test_one_file_with_a_section_per_component(tmp_path: Path) -> None:
     )
     collector = load_collector_config(path, environ={})
     assert collector.interval == 15.0
-    assert collector.customers == {"acme": "tle_acme"}
+    assert collector.customers == {"acme": "tle_acme_Udq8BVVJGeVsfYvp4_szZf6GakVRmn9xk8k"}
     assert collector.tickets == TicketSettings(reopen_window=600.0, flap_count=5)
     agent = load_agent_config(path, environ={"TRIPLINE_AGENT_SITE": "branch-3"})
     assert agent.collector == "collector.example:7700"
@@ -494,3 +496,40 @@ def test_the_docs_defaults_check_catches_a_wrong_default(tmp_path: Path) -> None
         path = tmp_path / "a.yaml"
         path.write_text("agent:\n  backoff_initial: 0.5s\n")
         load_agent_config(path, environ={})
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "1234",
+        "tle_1234567890",
+        "x" * 80,
+        "tle_" + "abcd" * 20,
+        "tle_acme_token",  # a name, not a secret
+        "tle_e2e_acme_token_0123456789",
+    ],
+)
+def test_weak_enrollment_tokens_are_refused_wherever_they_are_given(
+    tmp_path: Path, token: str
+) -> None:
+    path = tmp_path / "collector.yaml"
+    path.write_text(f"customers: {{acme: {token}}}\n")
+    from_file: dict[str, Any] = {"path": path}
+    from_flags: dict[str, Any] = {"flags": {"customers": {"acme": token}}}
+    for source in (from_file, from_flags):
+        with pytest.raises(ConfigError) as caught:
+            load_collector_config(environ={}, **source)
+        assert caught.value.key == "customers.acme"
+        assert "at least 128 are needed" in caught.value.reason
+        assert token not in str(caught.value)
+
+
+def test_strong_tokens_pass_and_weak_operator_tokens_are_refused() -> None:
+    strong = entropy.generate()
+    assert entropy.estimate_bits(strong) >= 250
+    config = load_collector_config(None, environ={}, flags={"customers": {"acme": strong}})
+    assert config.customers == {"acme": strong}
+    assert load_api_client_config(environ={"TRIPLINE_API_TOKEN": "tla_" + strong[4:]}).token
+    with pytest.raises(ConfigError) as caught:
+        load_api_client_config(environ={"TRIPLINE_API_TOKEN": "tla_admin"})
+    assert caught.value.key == "token"
