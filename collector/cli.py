@@ -10,7 +10,6 @@ import getpass
 import json
 import os
 import re
-import secrets
 import signal
 import sys
 import time
