@@ -190,7 +190,7 @@ def test_metrics_pass_promtool_with_hostile_labels(tmp_path: Path, promtool: str
 
 # -- a hostile agent of one customer, a good agent of another ---------------------------
 
-GOOD_TOKEN = "tle_globex_promtool_token"
+GOOD_TOKEN = "tle_r8KhQqYuns8co-Ee9edMABPR27ejq_jANPsLE8X2FrA"
 NASTY = 'a\nb\r"c\\d\te\x00f\x1b]52;c;SGk=\x07g\x85h\x7f\u2028'
 # Each entry goes in its own report: the collector rejects some whole, applies others.
 BATTERY: list[list[tuple[str, dict[str, str], float]]] = [

@@ -442,13 +442,14 @@ def test_agent_clock_cannot_date_tickets_before_enrollment_nor_hurry_a_for(
         enrolled_at = t.at(1000)
         agent = c.enroll(now=enrolled_at)
         session = await c.connect(agent)
-        # A report "collected" in 1970: the ticket it opens dates from the enrollment.
-        await c.send(session, 1, collected_at=1.0, load1=8.0, root=0.9)
+        # A report "collected" in 2001, long before the enrollment (1970 is refused at the
+        # edge, test_hostile_input.py): the ticket it opens dates from the enrollment.
+        await c.send(session, 1, collected_at=978_307_200.0, load1=8.0, root=0.9)
         [load] = c.tickets()
         assert (load.rule, load.opened_at) == ("LoadHigh", enrolled_at)
         assert load.tier_since == enrolled_at
         # Stepping ahead within the skew moves nothing past the collector's clock: the
-        # disk's 1m `for` started at the enrollment, not in 1970, and has not elapsed.
+        # disk's 1m `for` started at the enrollment, not in 2001, and has not elapsed.
         t.at(1001)
         await c.send(session, 2, collected_at=T0 + 1001 + 240, root=0.9, load1=8.0)
         assert c.rules_with_tickets() == [("LoadHigh", "open")]
