@@ -134,7 +134,10 @@ class CollectorProcess:
             *self.extra,
         ]
         env = child_env()
-        if "max_connects_per_second_per_peer" in (ROOT / "collector" / "config.py").read_text():
+        if any(
+            "max_connects_per_second_per_peer" in path.read_text()
+            for path in ROOT.glob("collector/**/config.py")
+        ):
             # every simulated agent comes from 127.0.0.1: one office's budget would make
             # thousands of them queue to connect (older checkouts have no such key)
             env["TRIPLINE_COLLECTOR_MAX_CONNECTS_PER_SECOND_PER_PEER"] = "1000000"
