@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 [
                     sys.executable,
                     "-m",
-                    "collector.cli",
+                    "tripline.collector.cli",
                     "agent",
                     "--collector",
                     collector.target,

@@ -42,7 +42,7 @@ def plaintext_flags(command: str) -> tuple[str, ...]:
     The benchmarks run on loopback without certificates; older checkouts have no flag.
     """
     result = subprocess.run(
-        [sys.executable, "-m", "collector.cli", command, "--help"],
+        [sys.executable, "-m", "tripline.collector.cli", command, "--help"],
         capture_output=True,
         text=True,
         env=child_env(),
@@ -115,7 +115,7 @@ class CollectorProcess:
         args = [
             sys.executable,
             "-m",
-            "collector.cli",
+            "tripline.collector.cli",
             "collector",
             "--listen",
             self.target,

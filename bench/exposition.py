@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from collector.exposition import TARGET_LABELS, SeriesExposition, exposed_name
-from collector.state import LiveState
+from tripline.collector.exposition import TARGET_LABELS, SeriesExposition, exposed_name
+from tripline.collector.state import LiveState
 
 Labels = tuple[tuple[str, str], ...]
 

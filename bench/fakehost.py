@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from protos.tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2 as pb
 
 GIB = 2**30
 # Only filesystem_used_ratio moves when a PC "fills up": its avail bytes stay put, so

@@ -42,11 +42,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from alerts.rules import load_rules
 from bench import procstat
 from bench.collectorproc import ROOT, CollectorProcess, scrape
 from bench.latency import Histogram
 from bench.simagent import Plan, WorkerSpec, worker_entry
+from tripline.alerts.rules import load_rules
 
 MAX_AGENTS = 50_000
 MAX_DURATION = 3_600.0
@@ -119,7 +119,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def bench_rules(path: Path, alert_for: float) -> Path:
     """The built-in rule pack with the probe rule's `for` shortened."""
-    pack = yaml.safe_load((ROOT / "alerts" / "default_rules.yaml").read_text())
+    pack = yaml.safe_load((ROOT / "alerts/src/tripline/alerts/default_rules.yaml").read_text())
     for rule in pack["rules"]:
         if rule.get("name") == PROBE_RULE:
             rule["for"] = f"{alert_for:g}s"

@@ -24,8 +24,8 @@ from grpc import aio
 
 from bench.fakehost import FakeHost
 from bench.latency import Histogram
-from protos.tripline.v1 import tripline_pb2 as pb
-from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 CONNECT_METHOD = "/tripline.v1.Collector/Connect"
 RPC_TIMEOUT = 120.0

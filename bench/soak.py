@@ -40,8 +40,8 @@ from bench.collectorproc import CollectorProcess, scrape
 from bench.fakehost import FakeHost
 from bench.procstat import MIB, Sampler, snapshot
 from bench.simagent import CONNECT_METHOD, RPC_TIMEOUT, channel_options
-from protos.tripline.v1 import tripline_pb2 as pb
-from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 TOKEN = "tle_soak_WWBUjJXFCaKNGkk8mKUE_tK7NA1IThonitw5bzzf2Z0"
 MAX_AGENTS = 5_000

@@ -48,7 +48,7 @@ class Proc:
     def start(self) -> Proc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", *self.args],
+            [sys.executable, "-m", "tripline.collector.cli", *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -186,7 +186,7 @@ class Cluster:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "collector.cli", *args],
+            [sys.executable, "-m", "tripline.collector.cli", *args],
             capture_output=True,
             text=True,
             env=self.env,

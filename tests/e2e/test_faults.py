@@ -25,10 +25,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos.tripline.v1 import tripline_pb2 as pb
-from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 from tests.e2e.conftest import Cluster, Collector, Proc, eventually
 from tests.e2e.tcpproxy import TcpProxy
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 
@@ -936,7 +936,7 @@ def start_limited(cluster: Cluster, nofile: int) -> Collector:
             f"--nofile={nofile // 2}:{nofile}",
             sys.executable,
             "-m",
-            "collector.cli",
+            "tripline.collector.cli",
             *collector.args,
         ],
         stdout=log,

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from collector.migrations import MIGRATIONS
 from tests.conftest import postgres_schema
 from tests.e2e.conftest import Cluster, Collector, eventually
+from tripline.collector.migrations import MIGRATIONS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

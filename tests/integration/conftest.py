@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from collector.store import AgentRecord, Store
 from tests.conftest import postgres_schema
+from tripline.collector.store import AgentRecord, Store
 
 
 @pytest.fixture(

@@ -6,9 +6,9 @@ import asyncio
 import json
 from pathlib import Path
 
-from agent.runner import AgentRunner
 from tests.conftest import async_eventually as eventually
 from tests.integration.test_grpc_roundtrip import TOKEN, agent_config, running_collector
+from tripline.agent.runner import AgentRunner
 
 
 def test_enrolling_adds_the_credential_to_the_redaction(tmp_path: Path) -> None:

@@ -19,13 +19,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from agent.runner import AgentRunner
-from collector import apitokens, maintenance, tickets
-from collector.app import CollectorApp
-from collector.cli import main
-from collector.schema import api_tokens
-from collector.store import AgentRecord, Store
 from tests.integration.test_grpc_roundtrip import agent_config, eventually, running_collector
+from tripline.agent.runner import AgentRunner
+from tripline.collector import apitokens, maintenance, tickets
+from tripline.collector.app import CollectorApp
+from tripline.collector.cli import main
+from tripline.collector.schema import api_tokens
+from tripline.collector.store import AgentRecord, Store
 
 T0 = 1_700_000_000.0
 ENROLLMENT = {

@@ -23,11 +23,11 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from collector import apitokens, tickets
-from collector.app import CollectorApp
-from collector.openapi import openapi_document
-from collector.pipeline import ticket_policy
 from tests.integration.test_grpc_roundtrip import collector_config
+from tripline.collector import apitokens, tickets
+from tripline.collector.app import CollectorApp
+from tripline.collector.openapi import openapi_document
+from tripline.collector.pipeline import ticket_policy
 
 EXAMPLES_PER_OPERATION = 40  # x 2 modes x 20 operations: about 40 s on 2 cores
 

@@ -27,11 +27,13 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from collector import tickets
-from collector.delivery import Deliverer, get_parked, list_parked, unpark
-from collector.routes import Route, parse_routes
-from collector.selfmetrics import CollectorMetrics
-from collector.sinks import (
+from tests.certs import CertAuthority
+from tests.conftest import T0, FakeClock, Receiver, async_eventually, free_port
+from tripline.collector import tickets
+from tripline.collector.delivery import Deliverer, get_parked, list_parked, unpark
+from tripline.collector.routes import Route, parse_routes
+from tripline.collector.selfmetrics import CollectorMetrics
+from tripline.collector.sinks import (
     Delivery,
     Sink,
     WebhookSink,
@@ -40,9 +42,7 @@ from collector.sinks import (
     email_message,
     sign,
 )
-from collector.store import Store
-from tests.certs import CertAuthority
-from tests.conftest import T0, FakeClock, Receiver, async_eventually, free_port
+from tripline.collector.store import Store
 
 SECRET = "whsec_test_secret"
 
@@ -816,10 +816,10 @@ def test_alertmanager_sees_one_alert_per_ticket_through_escalation_and_its_resol
 def test_parked_events_are_listed_and_retried_through_the_api_and_cli_within_scope(
     tmp_path: Path, hook: Hook, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from collector import apitokens
-    from collector.app import CollectorApp
-    from collector.cli import main
     from tests.integration.test_grpc_roundtrip import collector_config
+    from tripline.collector import apitokens
+    from tripline.collector.app import CollectorApp
+    from tripline.collector.cli import main
 
     data_dir = tmp_path / "collector"
     config = dataclasses.replace(

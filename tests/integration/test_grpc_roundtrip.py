@@ -14,14 +14,15 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent.runner import AgentRunner
-from agent.spool import Spool
-from agent.transport import EnrollmentFailed
-from collector.app import CollectorApp
-from collector.config import load_agent_config, load_collector_config
-from protos.tripline.v1 import tripline_pb2 as pb
-from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 from tests.conftest import async_eventually as eventually
+from tripline.agent.config import load_agent_config
+from tripline.agent.runner import AgentRunner
+from tripline.agent.spool import Spool
+from tripline.agent.transport import EnrollmentFailed
+from tripline.collector.app import CollectorApp
+from tripline.collector.config import load_collector_config
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 TOKEN = "tle_acme_integration_PNQPeY0ZJyUFPexTNJgRh8O-ZkY3"
 

@@ -25,13 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.runner import AgentRunner
-from collector import tickets
-from collector.app import CollectorApp
-from collector.convert import LABEL_NAME, METRIC_NAME
-from protos.tripline.v1 import tripline_pb2 as pb
-from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 from tests.integration.test_grpc_roundtrip import TOKEN, agent_config, collector_config
+from tripline.agent.runner import AgentRunner
+from tripline.collector import tickets
+from tripline.collector.app import CollectorApp
+from tripline.collector.convert import LABEL_NAME, METRIC_NAME
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 CONNECT = "/tripline.v1.Collector/Connect"
 HELLO_TIMEOUT = 0.5

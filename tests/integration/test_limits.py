@@ -12,16 +12,16 @@ import grpc
 import pytest
 from grpc import aio
 
-from agent.runner import AgentRunner
-from collector.app import CollectorApp
-from protos.tripline.v1 import tripline_pb2 as pb
-from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 from tests.integration.test_grpc_roundtrip import (
     TOKEN,
     agent_config,
     eventually,
     running_collector,
 )
+from tripline.agent.runner import AgentRunner
+from tripline.collector.app import CollectorApp
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 # The test client may send more than the collector accepts, to be refused by it.
 CLIENT_OPTIONS = [("grpc.max_send_message_length", 64 * 2**20)]
@@ -268,7 +268,7 @@ class _Times(logging.Handler):
 
 def test_agent_honours_retry_after_and_loses_no_report(tmp_path: Path) -> None:
     times = _Times()
-    server_log = logging.getLogger("collector.server")
+    server_log = logging.getLogger("tripline.collector.server")
     server_log.addHandler(times)
     previous = server_log.level
     server_log.setLevel(logging.INFO)
@@ -476,7 +476,7 @@ def test_malformed_json_bodies_answer_400(tmp_path: Path) -> None:
     reason, never 500; the API keeps answering."""
     import httpx
 
-    from collector import apitokens
+    from tripline.collector import apitokens
 
     async def scenario() -> None:
         async with running_collector(tmp_path / "c") as app:

@@ -19,19 +19,19 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
-from alerts.rules import parse_rules
-from collector import cli, maintenance, tickets
-from collector.committer import Committer
-from collector.config import load_collector_config
-from collector.convert import decode_hello, decode_report
-from collector.pipeline import Pipeline, Session
-from collector.schema import suppressed_alerts
-from collector.selfmetrics import CollectorMetrics
-from collector.state import LiveState
-from collector.store import AgentRecord, Store
-from collector.tickets import Ticket
-from protos.tripline.v1 import tripline_pb2 as pb
 from tests.conftest import FakeClock
+from tripline.alerts.rules import parse_rules
+from tripline.collector import cli, maintenance, tickets
+from tripline.collector.committer import Committer
+from tripline.collector.config import load_collector_config
+from tripline.collector.convert import decode_hello, decode_report
+from tripline.collector.pipeline import Pipeline, Session
+from tripline.collector.schema import suppressed_alerts
+from tripline.collector.selfmetrics import CollectorMetrics
+from tripline.collector.state import LiveState
+from tripline.collector.store import AgentRecord, Store
+from tripline.collector.tickets import Ticket
+from tripline.v1 import tripline_pb2 as pb
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ROOT = {"mountpoint": "/", "fstype": "ext4", "device": "/dev/sda1"}

@@ -23,15 +23,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.probes import Prober
-from collector import catalogue
-from collector.app import CollectorApp
-from collector.config import load_collector_config
-from collector.convert import InvalidMessage, decode_report
-from collector.exposition import SeriesExposition
-from collector.state import LiveState
-from protos.tripline.v1 import tripline_pb2 as pb
-from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
+from tripline.agent.probes import Prober
+from tripline.collector.app import CollectorApp
+from tripline.collector.config import load_collector_config
+from tripline.collector.convert import InvalidMessage, decode_report
+from tripline.collector.exposition import SeriesExposition
+from tripline.collector.state import LiveState
+from tripline.common import catalogue
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 TOKEN = "tle_acme_promtool_q7Iqlrx1dUu6ZwVr7kR7m0JluV7xGmas"
 HOSTNAME = 'pc "quoted" \\ back\nslash'

@@ -14,23 +14,23 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from alerts.rules import parse_rules
-from collector import tickets
-from collector.committer import Committer
-from collector.config import load_collector_config
-from collector.convert import decode_hello, decode_report
-from collector.pipeline import (
+from tripline.alerts.rules import parse_rules
+from tripline.collector import tickets
+from tripline.collector.committer import Committer
+from tripline.collector.config import load_collector_config
+from tripline.collector.convert import decode_hello, decode_report
+from tripline.collector.pipeline import (
     RECONNECT_GRACE,
     REVOCATION_CHECK_INTERVAL,
     Pipeline,
     ReportTimeRefused,
     Session,
 )
-from collector.selfmetrics import CollectorMetrics
-from collector.state import LiveState
-from collector.store import AgentRecord, AgentRevoked, Store
-from collector.tickets import Ticket
-from protos.tripline.v1 import tripline_pb2 as pb
+from tripline.collector.selfmetrics import CollectorMetrics
+from tripline.collector.state import LiveState
+from tripline.collector.store import AgentRecord, AgentRevoked, Store
+from tripline.collector.tickets import Ticket
+from tripline.v1 import tripline_pb2 as pb
 
 T0 = 1_700_000_000.0
 INSTANCE = "i-1"

@@ -11,9 +11,9 @@ import grpc
 import pytest
 from grpc import aio
 
-from protos.tripline.v1 import tripline_pb2 as pb
-from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 from tests.integration.test_grpc_roundtrip import TOKEN, running_collector
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 
 def test_superseded_and_cancelled_streams_are_not_errors(
@@ -58,7 +58,7 @@ def test_superseded_and_cancelled_streams_are_not_errors(
             assert not app.service.streams
             assert app.metrics.evaluation_errors._value.get() == 0
 
-    with caplog.at_level(logging.INFO, logger="collector"):
+    with caplog.at_level(logging.INFO, logger="tripline.collector"):
         asyncio.run(scenario())
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]

@@ -20,12 +20,6 @@ from google.protobuf.descriptor import Descriptor
 from grpc import aio
 from sqlalchemy import MetaData, select
 
-from collector import tickets
-from collector.app import CollectorApp
-from collector.logs import JsonFormatter
-from collector.store import Store
-from protos.tripline.v1 import tripline_pb2 as pb
-from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 from tests.certs import CertAuthority, Issued
 from tests.integration.test_tls import (
     TOKEN,
@@ -37,10 +31,16 @@ from tests.integration.test_tls import (
     running,
     running_agent,
 )
+from tripline.collector import tickets
+from tripline.collector.app import CollectorApp
+from tripline.collector.store import Store
+from tripline.common.logs import JsonFormatter
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 GLOBEX_TOKEN = "tle_globex_security_Udq8BVVJGeVsfYvp4_szZf6GakVR"
 ROOT = Path(__file__).resolve().parents[2]
-CLI = (sys.executable, "-m", "collector.cli")
+CLI = (sys.executable, "-m", "tripline.collector.cli")
 
 SPOOF_RULES = """
 rules:

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from alerts.engine import AlertKey, AlertState
-from collector import migrations, schema, tickets
-from collector.lockfile import DataDirLock, DataDirLocked
-from collector.store import (
+from tripline.alerts.engine import AlertKey, AlertState
+from tripline.collector import migrations, schema, tickets
+from tripline.collector.lockfile import DataDirLock, DataDirLocked
+from tripline.collector.store import (
     AgentNotFound,
     AgentRecord,
     EnrollmentRefused,

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from collector import tickets
-from collector.schema import ticket_events
-from collector.schema import tickets as tickets_table
-from collector.store import AgentRecord, Store
-from collector.tickets import (
+from tripline.collector import tickets
+from tripline.collector.schema import ticket_events
+from tripline.collector.schema import tickets as tickets_table
+from tripline.collector.store import AgentRecord, Store
+from tripline.collector.tickets import (
     InvalidTicketTransition,
     Ticket,
     TicketChange,

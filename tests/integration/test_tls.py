@@ -16,18 +16,20 @@ import pytest
 from grpc import aio
 from sqlalchemy import select
 
-from agent import identity as identity_file
-from agent.identity import Identity
-from agent.runner import AgentRunner
-from collector import tls
-from collector.app import CollectorApp
-from collector.config import AgentConfig, CollectorConfig, load_agent_config, load_collector_config
-from collector.schema import agent_instances
-from protos.tripline.v1 import tripline_pb2 as pb
-from protos.tripline.v1 import tripline_pb2_grpc as pb_grpc
 from tests.certs import CertAuthority, Issued
 from tests.conftest import async_eventually as eventually
 from tests.conftest import free_port
+from tripline.agent import identity as identity_file
+from tripline.agent.config import AgentConfig, load_agent_config
+from tripline.agent.identity import Identity
+from tripline.agent.runner import AgentRunner
+from tripline.collector import tls
+from tripline.collector.app import CollectorApp
+from tripline.collector.config import CollectorConfig, load_collector_config
+from tripline.collector.schema import agent_instances
+from tripline.common.tls import PLAINTEXT_WARNING
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 TOKEN = "tle_acme_tls_WWBUjJXFCaKNGkk8mKUE_tK7NA1IThon"
 
@@ -221,7 +223,7 @@ def test_collector_refuses_to_start_without_certificate(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "collector.cli",
+            "tripline.collector.cli",
             "collector",
             "--data-dir",
             str(tmp_path / "cli"),
@@ -252,9 +254,9 @@ def test_plaintext_is_explicit_and_logs_a_warning(
             collector_warnings = [
                 r
                 for r in caplog.records
-                if r.levelno == logging.WARNING and r.getMessage() == tls.PLAINTEXT_WARNING
+                if r.levelno == logging.WARNING and r.getMessage() == PLAINTEXT_WARNING
             ]
-            assert [r.name for r in collector_warnings] == ["collector.app"]
+            assert [r.name for r in collector_warnings] == ["tripline.collector.app"]
             ready = [r for r in caplog.records if r.getMessage() == "collector ready"]
             assert ready[0].tls == "off (plaintext)"  # type: ignore[attr-defined]
             caplog.clear()
@@ -264,9 +266,9 @@ def test_plaintext_is_explicit_and_logs_a_warning(
             agent_warnings = [
                 r
                 for r in caplog.records
-                if r.levelno == logging.WARNING and r.getMessage() == tls.PLAINTEXT_WARNING
+                if r.levelno == logging.WARNING and r.getMessage() == PLAINTEXT_WARNING
             ]
-            assert [r.name for r in agent_warnings] == ["collector.tls"]
+            assert [r.name for r in agent_warnings] == ["tripline.agent.tls"]
 
     asyncio.run(scenario())
 

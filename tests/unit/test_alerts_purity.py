@@ -9,13 +9,21 @@ import sys
 PROBE = """
 import json, sys
 before = set(sys.modules)
-import alerts.rules, alerts.engine
-alerts.rules.default_rules()  # loading the pack must not import anything more either
+import tripline.alerts.rules, tripline.alerts.engine
+tripline.alerts.rules.default_rules()  # loading the pack must not import anything more either
 print(json.dumps(sorted(set(sys.modules) - before)))
 """
 
-FORBIDDEN = ("grpc", "psutil", "sqlalchemy", "logging.config", "google.protobuf", "collector")
-ALLOWED_THIRD_PARTY = {"alerts", "yaml", "_yaml", "cython_runtime"}
+FORBIDDEN = (
+    "grpc",
+    "psutil",
+    "sqlalchemy",
+    "logging.config",
+    "google.protobuf",
+    "tripline.collector",
+    "tripline.agent",
+)
+ALLOWED_THIRD_PARTY = {"tripline", "yaml", "_yaml", "cython_runtime"}
 
 
 def _is_yaml_c_extension_runtime(name: str) -> bool:
@@ -28,7 +36,7 @@ def test_importing_alerts_loads_only_stdlib_and_yaml() -> None:
         [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=60
     )
     imported: list[str] = json.loads(result.stdout)
-    assert "alerts.engine" in imported  # the probe really imported something
+    assert "tripline.alerts.engine" in imported  # the probe really imported something
     for name in FORBIDDEN:
         assert not [m for m in imported if m == name or m.startswith(name + ".")], name
     top_level = {name.split(".")[0] for name in imported}

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
-from agent.backoff import Backoff
+from tripline.common.backoff import Backoff
 
 
 def fixed(value: float) -> Callable[[], float]:

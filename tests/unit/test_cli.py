@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from collector import entropy, tickets
-from collector.cli import main
-from collector.store import Store
-from collector.tickets import TicketPolicy
+from tripline.collector import entropy, tickets
+from tripline.collector.cli import main
+from tripline.collector.store import Store
+from tripline.collector.tickets import TicketPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
@@ -340,7 +340,7 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_agent_once_json_prints_a_snapshot() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPLINE_")}
     result = subprocess.run(
-        [sys.executable, "-m", "collector.cli", "agent", "--once", "--json"],
+        [sys.executable, "-m", "tripline.collector.cli", "agent", "--once", "--json"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -426,7 +426,7 @@ def test_tickets_list_and_agents_list_escape_forged_rows_and_sequences(
 def test_tickets_show_survives_odd_stored_values_and_escapes_them(store_dir: Path) -> None:
     ticket_id = _forge(store_dir)
     # the real command in its own process, as an operator runs it
-    argv = [sys.executable, "-m", "collector.cli", "tickets", "show", str(ticket_id)]
+    argv = [sys.executable, "-m", "tripline.collector.cli", "tickets", "show", str(ticket_id)]
     argv += ["--data-dir", str(store_dir)]
     result = subprocess.run(
         argv,

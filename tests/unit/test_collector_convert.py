@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.convert import (
+from tripline.collector.convert import (
     MAX_INT64,
     METRIC_NAME,
     InvalidMessage,
@@ -16,7 +16,7 @@ from collector.convert import (
     decode_hello,
     decode_report,
 )
-from protos.tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2 as pb
 
 INSTANCE = "i-1"
 T = 1_700_000_000.5

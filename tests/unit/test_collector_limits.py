@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from collector.config import ConfigError, load_collector_config
-from collector.limits import RateLimited, ReportRateLimiter, cap_series
+from tripline.collector.config import ConfigError, load_collector_config
+from tripline.collector.limits import RateLimited, ReportRateLimiter, cap_series
 
 T0 = 1000.0
 
@@ -154,7 +154,7 @@ def test_stepping_agent_time_cannot_churn_series_past_the_cap() -> None:
     """An agent alternating its timestamps a long way back and forth, with fresh series
     in every report: the cap counts what it sent within the window of *collector* time,
     so at most ``limit`` distinct series get in, and memory holds no more."""
-    from collector.state import LiveState
+    from tripline.collector.state import LiveState
 
     window, limit = 600.0, 50
     state = LiveState(window=window)
@@ -179,7 +179,7 @@ def test_stepping_agent_time_cannot_churn_series_past_the_cap() -> None:
 
 
 def test_keyed_limiter_keeps_its_keys_bounded_and_a_key_apart() -> None:
-    from collector.limits import KeyedRateLimiter
+    from tripline.collector.limits import KeyedRateLimiter
 
     bucket = KeyedRateLimiter(rate=1.0, burst=2, max_keys=100)
     bucket.take("10.0.0.1", 0.0)
@@ -193,7 +193,7 @@ def test_keyed_limiter_keeps_its_keys_bounded_and_a_key_apart() -> None:
 
 
 def test_log_throttle_says_once_per_period_with_the_count_swallowed() -> None:
-    from collector.limits import LogThrottle
+    from tripline.collector.limits import LogThrottle
 
     throttle = LogThrottle(every=10.0)
     assert throttle.allow("http", 0.0) == 0
@@ -212,6 +212,6 @@ def test_log_throttle_says_once_per_period_with_the_count_swallowed() -> None:
     ],
 )
 def test_peer_host_drops_the_port(peer: str, host: str) -> None:
-    from collector.limits import peer_host
+    from tripline.collector.limits import peer_host
 
     assert peer_host(peer) == host

@@ -9,13 +9,12 @@ from typing import Any
 import pytest
 import yaml
 
-from collector import entropy
-from collector.config import (
-    AgentConfig,
+from tripline.agent.config import AgentConfig, load_agent_config
+from tripline.collector import entropy
+from tripline.collector.config import (
     CollectorConfig,
     ConfigError,
     TicketSettings,
-    load_agent_config,
     load_api_client_config,
     load_collector_config,
     parse_hostport,

@@ -3,15 +3,23 @@ from __future__ import annotations
 import json
 import time
 
-from agent.convert import (
+from tripline.agent.convert import (
     collection_from_report,
     collection_to_dict,
     context_from_pb,
     host_info,
     report_bytes,
 )
-from agent.probes import Collection, Context, Inventory, Prober, ProcessSample, Sample, inventory
-from protos.tripline.v1 import tripline_pb2 as pb
+from tripline.agent.probes import (
+    Collection,
+    Context,
+    Inventory,
+    Prober,
+    ProcessSample,
+    Sample,
+    inventory,
+)
+from tripline.v1 import tripline_pb2 as pb
 
 INVENTORY = Inventory(
     hostname="pc-reception",

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import service
-from agent.service import ServiceSpec
+from tripline.agent import service
+from tripline.agent.service import ServiceSpec
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana-dashboard.json"
@@ -149,13 +149,13 @@ def test_a_broken_query_fails_the_parse_check(promtool: str, tmp_path: Path) -> 
 
 
 def test_shipped_systemd_unit_is_what_install_service_writes() -> None:
-    spec = ServiceSpec(Path("/opt/tripline/bin/tripline"), Path("/etc/tripline/agent.yaml"))
+    spec = ServiceSpec(Path("/opt/tripline/bin/tripline-agent"), Path("/etc/tripline/agent.yaml"))
     assert (DEPLOY / "tripline-agent.service").read_text() == service.unit_text(spec)
 
 
 def test_shipped_launchd_plist_is_what_install_service_writes() -> None:
     spec = ServiceSpec(
-        Path("/opt/tripline/bin/tripline"),
+        Path("/opt/tripline/bin/tripline-agent"),
         Path("/Library/Application Support/Tripline/agent.yaml"),
         state_dir=service.MACOS_STATE_DIR,
     )
@@ -165,7 +165,7 @@ def test_shipped_launchd_plist_is_what_install_service_writes() -> None:
 
 
 def test_collector_example_config_loads_with_the_docs_security_advice() -> None:
-    from collector.config import load_collector_config
+    from tripline.collector.config import load_collector_config
 
     config = load_collector_config(DEPLOY / "collector.example.yaml", environ={})
     # docs/api.md: the HTTP port is plain HTTP carrying API tokens, keep it on loopback
@@ -186,7 +186,7 @@ def test_collector_example_config_loads_with_the_docs_security_advice() -> None:
 
 
 def test_agent_example_config_loads_with_concrete_values() -> None:
-    from collector.config import load_agent_config
+    from tripline.agent.config import load_agent_config
 
     config = load_agent_config(DEPLOY / "agent.example.yaml", environ={})
     assert config.collector == "collector.msp.example:7700"
@@ -213,8 +213,8 @@ def unit_settings(path: Path) -> dict[str, str]:
 def test_collector_unit_holds_a_fleets_connections() -> None:
     """One descriptor per agent: the documented fleet (max_streams), the HTTP port's cap
     and the reserve must fit under LimitNOFILE."""
-    from collector.app import RESERVED_FILES
-    from collector.config import CollectorConfig
+    from tripline.collector.app import RESERVED_FILES
+    from tripline.collector.config import CollectorConfig
 
     defaults = CollectorConfig()
     limit = int(unit_settings(DEPLOY / "tripline-collector.service")["LimitNOFILE"])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from alerts.engine import (
+from tripline.alerts.engine import (
     AlertKey,
     AlertState,
     SeriesData,
@@ -19,7 +19,7 @@ from alerts.engine import (
     evaluate_agent,
     window_value,
 )
-from alerts.rules import Labels, RuleSet, Window, default_rules, parse_rules
+from tripline.alerts.rules import Labels, RuleSet, Window, default_rules, parse_rules
 
 OFFLINE_AFTER = 300.0
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.exposition import SeriesExposition, exposed_name
-from collector.state import AgentLive, LiveState
+from tripline.collector.exposition import SeriesExposition, exposed_name
+from tripline.collector.state import AgentLive, LiveState
 
 T0 = 1_700_000_000.0
 TARGET = {"agent_id": "a-1", "host": "pc-01", "customer": "acme", "site": "hq"}

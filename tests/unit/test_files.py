@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import ConfigError
-from collector.files import private_database, private_dir, private_if_exists, sqlite_file
+from tripline.common.config import ConfigError
+from tripline.common.files import private_database, private_dir, private_if_exists, sqlite_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def test_loose_directory_and_database_are_tightened_with_a_log_line(
     for path in (db, data / "tripline.db-wal", data / "tripline.db-shm"):
         path.write_bytes(b"")
         path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="collector.files"):
+    with caplog.at_level(logging.WARNING, logger="tripline.common.files"):
         private_dir(data, "data_dir")
         private_database(db, "data_dir")
     assert mode(data) == 0o700
@@ -45,7 +45,7 @@ def test_loose_directory_and_database_are_tightened_with_a_log_line(
         (str(db) + "-shm", "0644"),
     ]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="collector.files"):
+    with caplog.at_level(logging.WARNING, logger="tripline.common.files"):
         private_dir(data, "data_dir")  # already private: nothing to say
     assert caplog.records == []
 
@@ -81,9 +81,9 @@ AGENT_FILES = """
 import json, os, sys
 from pathlib import Path
 os.umask(0)
-from agent import identity
-from agent.spool import Spool
-from collector.files import private_dir
+from tripline.agent import identity
+from tripline.agent.spool import Spool
+from tripline.common.files import private_dir
 state = Path(sys.argv[1])
 private_dir(state, "state_dir")
 spool = Spool(state / "spool.db")

@@ -23,7 +23,7 @@ def test_ruff_finds_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_strict_on_alerts() -> None:
+def test_mypy_strict_on_alerts_and_common() -> None:
     pytest.importorskip("mypy", reason="mypy comes with the dev extras")
     result = run("mypy")  # files and strictness come from pyproject.toml
     assert result.returncode == 0, result.stdout + result.stderr

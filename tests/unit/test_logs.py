@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from collector import logs
-from collector.terminal import cell, escape
+from tripline.common import logs
+from tripline.common.terminal import cell, escape
 
 FORGED = "pc-01\n12:00:00 ERROR   collector.server: forged line"
 OSC52 = "\x1b]52;c;cm0gLXJmIH4K\x07"

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import psutil
 import pytest
 
-from agent.probes import (
+from tripline.agent.probes import (
     CMDLINE_MAX_CHARS,
     Collection,
     Prober,
@@ -25,7 +25,7 @@ from agent.probes import (
     real_filesystem,
     whole_disk,
 )
-from agent.redact import Redaction
+from tripline.agent.redact import Redaction
 
 ALLOWED_NAMES = {
     "cpu_usage_ratio",

@@ -43,14 +43,15 @@ def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    out = tmp_path / "protos" / "tripline" / "v1"
+    out = tmp_path / "protos" / "src" / "tripline" / "v1"
     assert sorted(p.name for p in out.iterdir()) == sorted(GENERATED)
     stale = [
         name
         for name in GENERATED
-        if (out / name).read_bytes() != (ROOT / "protos" / "tripline" / "v1" / name).read_bytes()
+        if (out / name).read_bytes()
+        != (ROOT / "protos" / "src" / "tripline" / "v1" / name).read_bytes()
     ]
     assert not stale, (
-        f"committed generated code differs from protos/tripline/v1/tripline.proto: {stale}; "
+        f"committed generated code differs from protos/src/tripline/v1/tripline.proto: {stale}; "
         "run protos/generate.sh and commit the result"
     )

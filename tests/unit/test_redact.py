@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agent.redact import Redaction, compile_patterns, redact_argv, secret_name
+from tripline.agent.redact import Redaction, compile_patterns, redact_argv, secret_name
 
 TOKEN = "tle_acme_Vq3xPz8LmN2rT5wY7bD4"
 CREDENTIAL = "agt_1234.Zk9Qw3Er5Ty7Ui9Op1As3Df5Gh7"

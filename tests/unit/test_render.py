@@ -6,8 +6,16 @@ import time
 
 import pytest
 
-from agent.probes import Collection, Context, Inventory, Prober, ProcessSample, Sample, inventory
-from agent.render import human_bytes, human_duration, render_json, render_table
+from tripline.agent.probes import (
+    Collection,
+    Context,
+    Inventory,
+    Prober,
+    ProcessSample,
+    Sample,
+    inventory,
+)
+from tripline.agent.render import human_bytes, human_duration, render_json, render_table
 
 INVENTORY = Inventory(
     hostname="pc-reception",

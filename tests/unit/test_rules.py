@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.rules import (
+from tripline.alerts.rules import (
     Matcher,
     Override,
     RuleFileError,

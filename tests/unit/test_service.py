@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import service
-from agent.service import ServiceError, ServiceSpec, install_service, uninstall_service
-from collector import cli
+from tripline.agent import cli, service
+from tripline.agent.service import ServiceError, ServiceSpec, install_service, uninstall_service
 
 CONFIG = Path("/etc/tripline/agent.yaml")
 
@@ -55,11 +54,10 @@ def root(tmp_path: Path) -> Path:
 
 
 def test_unit_runs_the_agent_as_a_dedicated_user_with_hardening() -> None:
-    spec = ServiceSpec(Path("/opt/tripline/bin/tripline"), CONFIG)
+    spec = ServiceSpec(Path("/opt/tripline/bin/tripline-agent"), CONFIG)
     values = unit_values(service.unit_text(spec))
     assert shlex.split(values["ExecStart"]) == [
-        "/opt/tripline/bin/tripline",
-        "agent",
+        "/opt/tripline/bin/tripline-agent",
         "--config",
         str(CONFIG),
         "--state-dir",
@@ -187,7 +185,7 @@ def test_launchd_plist_against_a_temporary_root(root: Path) -> None:
     assert result.written == (plist_path,)
     plist = plistlib.loads(plist_path.read_bytes())
     assert plist["Label"] == "com.tripline.agent"
-    assert plist["ProgramArguments"][:4] == [str(exe), "agent", "--config", str(config)]
+    assert plist["ProgramArguments"][:4] == [str(exe), "--config", str(config), "--state-dir"]
     assert plist["KeepAlive"] is True and plist["RunAtLoad"] is True
     assert ("launchctl", "bootstrap", "system", "/" + str(service.PLIST_PATH)) in result.pending
     assert uninstall_service(root=root, platform="darwin", run=forbid).removed == (plist_path,)
@@ -206,26 +204,26 @@ def test_install_refuses_a_missing_or_relative_config(root: Path) -> None:
 
 
 def test_cli_install_and_uninstall_service(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["agent", "install-service", "--config", str(CONFIG), "--root", str(root)]) == 0
+    assert cli.main(["install-service", "--config", str(CONFIG), "--root", str(root)]) == 0
     unit = root / "etc/systemd/system/tripline-agent.service"
     assert f"--config {CONFIG}" in unit.read_text()
     assert f"wrote {unit}" in capsys.readouterr().out
-    assert cli.main(["agent", "uninstall-service", "--root", str(root)]) == 0
+    assert cli.main(["uninstall-service", "--root", str(root)]) == 0
     assert not unit.exists()
 
 
 def test_cli_install_service_needs_a_valid_config(
     root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["agent", "install-service", "--root", str(root)]) == cli.EXIT_USAGE
+    assert cli.main(["install-service", "--root", str(root)]) == cli.EXIT_USAGE
     assert "--config" in capsys.readouterr().err
     (root / "etc/tripline/agent.yaml").write_text("agent:\n  collector: no-port\n")
-    args = ["agent", "install-service", "--config", str(CONFIG), "--root", str(root)]
+    args = ["install-service", "--config", str(CONFIG), "--root", str(root)]
     assert cli.main(args) == cli.EXIT_USAGE
     assert "collector" in capsys.readouterr().err
     assert not (root / "etc/systemd").exists()
 
 
 def test_cli_agent_run_flags_still_parse() -> None:
-    args = cli.build_parser().parse_args(["agent", "--collector", "h:1", "--once", "--json"])
+    args = cli.build_parser().parse_args(["--collector", "h:1", "--once", "--json"])
     assert args.action is None and args.once and args.collector == "h:1"

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.spool import Spool, SpoolError, SpoolStats
+from tripline.agent.spool import Spool, SpoolError, SpoolStats
 
 
 def fixed(data: bytes) -> Callable[[int, int], bytes]:
@@ -232,7 +232,7 @@ def test_matches_a_simple_model(
 WRITER = """
 import sys
 from pathlib import Path
-from agent.spool import Spool
+from tripline.agent.spool import Spool
 spool = Spool(Path(sys.argv[1]), max_bytes=int(sys.argv[2]))
 n = 0
 while True:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from alerts.engine import SeriesData
-from collector.state import AgentLive, LiveState
+from tripline.alerts.engine import SeriesData
+from tripline.collector.state import AgentLive, LiveState
 
 T0 = 1_700_000_000.0
 ROOT = (("device", "/dev/sda1"), ("fstype", "ext4"), ("mountpoint", "/"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from collector.throttle import FailureThrottle
+from tripline.collector.throttle import FailureThrottle
 
 
 def test_free_failures_then_a_doubling_wait_up_to_the_maximum() -> None:

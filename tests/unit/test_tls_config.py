@@ -13,16 +13,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from collector import tls
-from collector.cli import build_parser
-from collector.config import (
-    AgentConfig,
-    CollectorConfig,
-    ConfigError,
-    load_agent_config,
-    load_collector_config,
-)
 from tests.certs import CertAuthority
+from tripline.agent import cli as agent_cli
+from tripline.agent import tls as agent_tls
+from tripline.agent.config import AgentConfig, load_agent_config
+from tripline.collector import tls
+from tripline.collector.cli import build_parser
+from tripline.collector.config import CollectorConfig, ConfigError, load_collector_config
 
 NOW = time.time()
 
@@ -38,7 +35,7 @@ def collector(**values: object) -> CollectorConfig:
 
 def test_plaintext_needs_no_files() -> None:
     assert tls.server_files(collector(plaintext=True), NOW) is None
-    assert tls.client_files(AgentConfig(plaintext=True), NOW) is None
+    assert agent_tls.client_files(AgentConfig(plaintext=True), NOW) is None
 
 
 def test_collector_without_certificate_refuses_and_says_how_to_fix() -> None:
@@ -141,23 +138,23 @@ def test_expired_and_not_yet_valid_certificates(ca: CertAuthority) -> None:
 
 def test_agent_files(ca: CertAuthority) -> None:
     client = ca.issue("agt_0123456789abcdef")
-    files = tls.client_files(
+    files = agent_tls.client_files(
         AgentConfig(tls_ca=ca.path, tls_cert=client.cert, tls_key=client.key), NOW
     )
-    assert files == tls.ClientFiles(
+    assert files == agent_tls.ClientFiles(
         ca.path.read_bytes(), client.cert.read_bytes(), client.key.read_bytes()
     )
     # No CA configured: the operating system's trust store decides.
-    assert tls.client_files(AgentConfig(), NOW) == tls.ClientFiles(None, None, None)
+    assert agent_tls.client_files(AgentConfig(), NOW) == agent_tls.ClientFiles(None, None, None)
 
 
 def test_agent_client_certificate_needs_its_key(ca: CertAuthority) -> None:
     client = ca.issue("agt_half")
     with pytest.raises(tls.TlsConfigError) as caught:
-        tls.client_files(AgentConfig(tls_ca=ca.path, tls_cert=client.cert), NOW)
+        agent_tls.client_files(AgentConfig(tls_ca=ca.path, tls_cert=client.cert), NOW)
     assert caught.value.key == "tls_key"
     with pytest.raises(tls.TlsConfigError) as caught:
-        tls.client_files(AgentConfig(tls_ca=ca.path, tls_key=client.key), NOW)
+        agent_tls.client_files(AgentConfig(tls_ca=ca.path, tls_key=client.key), NOW)
     assert caught.value.key == "tls_cert"
 
 
@@ -220,7 +217,7 @@ def test_cli_flags() -> None:
     )
     # Unset, --plaintext must stay None so a config file's `plaintext: true` survives.
     assert args.plaintext is None
-    agent = build_parser().parse_args(["agent", "--tls-ca", "ca.crt", "--plaintext"])
+    agent = agent_cli.build_parser().parse_args(["--tls-ca", "ca.crt", "--plaintext"])
     assert (agent.tls_ca, agent.plaintext) == (Path("ca.crt"), True)
 
 
@@ -228,15 +225,17 @@ def test_agent_checks_its_files_without_cryptography(ca: CertAuthority, tmp_path
     """The agent validates with the ssl module: a mismatched or non-PEM file is named."""
     client, other = ca.issue("agt_a"), ca.issue("agt_b")
     with pytest.raises(tls.TlsConfigError) as caught:
-        tls.client_files(AgentConfig(tls_ca=ca.path, tls_cert=client.cert, tls_key=other.key), NOW)
+        agent_tls.client_files(
+            AgentConfig(tls_ca=ca.path, tls_cert=client.cert, tls_key=other.key), NOW
+        )
     assert caught.value.reason == f"{other.key} is not the private key of the tls_cert certificate"
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     with pytest.raises(tls.TlsConfigError) as caught:
-        tls.client_files(AgentConfig(tls_ca=junk), NOW)
+        agent_tls.client_files(AgentConfig(tls_ca=junk), NOW)
     assert caught.value.key == "tls_ca" and str(junk) in caught.value.reason
     code = (
-        "import sys, collector.cli, agent.runner; "
+        "import sys, tripline.collector.cli, tripline.agent.runner; "
         "sys.exit('cryptography' in sys.modules or 'sqlalchemy' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

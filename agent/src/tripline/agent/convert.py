@@ -1,0 +1,147 @@
+"""Pure conversions between the agent's plain data and the wire (protobuf) or JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tripline.agent.probes import Collection, Context, Inventory, ProcessSample, Sample
+from tripline.v1 import tripline_pb2 as pb
+
+
+def report_bytes(
+    collection: Collection,
+    *,
+    instance_id: str,
+    seq: int,
+    dropped_total: int,
+    inventory: Inventory | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> bytes:
+    """A serialized `pb.Report`; `inventory` (with `tags`) is sent as the report's host."""
+    report = pb.Report(
+        instance_id=instance_id,
+        seq=seq,
+        collected_at_seconds=collection.collected_at,
+        samples=[_sample_pb(s) for s in collection.samples],
+        context=context_pb(collection.context),
+        spool_dropped_reports_total=dropped_total,
+    )
+    if inventory is not None:
+        report.host.CopyFrom(host_info(inventory, tags or {}))
+    return report.SerializeToString()
+
+
+def host_info(inv: Inventory, tags: Mapping[str, str]) -> pb.HostInfo:
+    return pb.HostInfo(
+        hostname=inv.hostname,
+        os=inv.os,
+        os_release=inv.os_release,
+        architecture=inv.architecture,
+        machine_id=inv.machine_id,
+        cpu_count=inv.cpu_count,
+        memory_total_bytes=inv.memory_total_bytes,
+        boot_time_seconds=inv.boot_time_seconds,
+        python_version=inv.python_version,
+        tags=dict(tags),
+    )
+
+
+def context_pb(context: Context) -> pb.Context:
+    return pb.Context(
+        top_cpu=[_process_pb(p) for p in context.top_cpu],
+        top_memory=[_process_pb(p) for p in context.top_memory],
+        logged_in_users=list(context.logged_in_users),
+    )
+
+
+def collection_to_dict(c: Collection) -> dict[str, Any]:
+    """JSON-ready form of a collection (what `tripline agent --once --json` prints)."""
+    return {
+        "collected_at": c.collected_at,
+        "samples": [
+            {"name": s.name, "labels": dict(s.labels), "value": s.value} for s in c.samples
+        ],
+        "context": context_to_dict(c.context),
+        "probe_errors": dict(c.probe_errors),
+    }
+
+
+def context_to_dict(context: Context) -> dict[str, Any]:
+    return {
+        "top_cpu": [_process_dict(p) for p in context.top_cpu],
+        "top_memory": [_process_dict(p) for p in context.top_memory],
+        "logged_in_users": list(context.logged_in_users),
+    }
+
+
+def context_from_pb(context: pb.Context) -> dict[str, Any]:
+    """JSON-ready form of a report's context, same shape as `context_to_dict`."""
+    return context_to_dict(_context_from_pb(context))
+
+
+def collection_from_report(report: pb.Report) -> Collection:
+    """The inverse of `report_bytes` for the collection part (seq, instance, host aside).
+
+    Probe error counts travel only as agent_probe_errors_total samples and are read back
+    from them.
+    """
+    samples = tuple(
+        Sample(s.name, tuple(sorted(s.labels.items())), s.value) for s in report.samples
+    )
+    errors = {
+        dict(s.labels).get("probe", ""): int(s.value)
+        for s in samples
+        if s.name == "agent_probe_errors_total"
+    }
+    return Collection(
+        collected_at=report.collected_at_seconds,
+        samples=samples,
+        context=_context_from_pb(report.context),
+        probe_errors=errors,
+    )
+
+
+def _sample_pb(s: Sample) -> pb.Sample:
+    return pb.Sample(name=s.name, labels=dict(s.labels), value=s.value)
+
+
+def _process_pb(p: ProcessSample) -> pb.ProcessInfo:
+    return pb.ProcessInfo(
+        pid=p.pid,
+        name=p.name,
+        username=p.username,
+        cpu_ratio=p.cpu_ratio,
+        memory_rss_bytes=p.memory_rss_bytes,
+        cmdline=p.cmdline,
+    )
+
+
+def _context_from_pb(context: pb.Context) -> Context:
+    return Context(
+        top_cpu=tuple(_process_from_pb(p) for p in context.top_cpu),
+        top_memory=tuple(_process_from_pb(p) for p in context.top_memory),
+        logged_in_users=tuple(context.logged_in_users),
+    )
+
+
+def _process_from_pb(p: pb.ProcessInfo) -> ProcessSample:
+    return ProcessSample(
+        pid=p.pid,
+        name=p.name,
+        username=p.username,
+        cpu_ratio=p.cpu_ratio,
+        memory_rss_bytes=p.memory_rss_bytes,
+        cmdline=p.cmdline,
+    )
+
+
+def _process_dict(p: ProcessSample) -> dict[str, Any]:
+    return {
+        "pid": p.pid,
+        "name": p.name,
+        "username": p.username,
+        "cpu_ratio": p.cpu_ratio,
+        "memory_rss_bytes": p.memory_rss_bytes,
+        "cmdline": p.cmdline,
+    }

@@ -1,0 +1,165 @@
+"""The agent process: collect on a schedule, spool every report, stream the spool.
+
+Collection and sending are decoupled by the spool: a collection always lands on disk
+first, whether or not the collector is reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from tripline.agent import convert, probes, tls
+from tripline.agent import identity as identity_file
+from tripline.agent.config import AgentConfig
+from tripline.agent.identity import Identity
+from tripline.agent.probes import Collection, Sample
+from tripline.agent.redact import Redaction, compile_patterns
+from tripline.agent.spool import Spool
+from tripline.agent.transport import Backoff, Transport
+from tripline.common import files
+from tripline.v1 import tripline_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# A collector cannot ask for collections more often than this.
+MIN_INTERVAL = 1.0
+
+
+def redaction_for(config: AgentConfig) -> Redaction:
+    """What the probe redacts from command lines besides the built-in rules: the
+    config's extra patterns, the enrollment token and the credential (when enrolled)."""
+    credential = None
+    try:
+        ident = identity_file.load(config.state_dir / "identity.json")
+    except identity_file.IdentityError:
+        ident = None  # the transport reports it, with what to do, when it needs one
+    if ident is not None:
+        credential = ident.credential
+    redaction = Redaction(patterns=compile_patterns(config.redact_patterns))
+    return redaction.with_secrets(config.enrollment_token, credential)
+
+
+class AgentRunner:
+    def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        # The state holds the credential and reports with host details: owner-only.
+        files.private_dir(config.state_dir, "state_dir")
+        identity_path = config.state_dir / "identity.json"
+        files.private_if_exists(identity_path, "state_dir")
+        self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
+        self.prober = probes.Prober(
+            collect_processes=config.collect_processes,
+            command_lines=config.send_command_lines,
+            redaction=redaction_for(config),
+        )
+        self.interval = config.interval
+        self.inventory_interval = config.inventory_interval
+        self._inventory = probes.inventory()
+        self._inventory_sent_at = 0.0
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.transport = Transport(
+            target=config.collector,
+            spool=self.spool,
+            identity_path=identity_path,
+            enrollment_token=config.enrollment_token,
+            site=config.site,
+            host_info=self._host_info,
+            on_settings=self._apply_settings,
+            on_identity=self._learn_identity,
+            # validity is judged by the wall clock, as the TLS handshake does
+            credentials=tls.agent_channel_credentials(config, time.time()),
+            max_message_bytes=config.max_message_bytes,
+            keepalive=(config.keepalive_time, config.keepalive_timeout),
+            backoff=Backoff(config.backoff_initial, config.backoff_max),
+            clock=clock,
+        )
+
+    def _learn_identity(self, ident: Identity) -> None:
+        # Enrolled just now: the new credential is redacted from the next collection on.
+        self.prober.redaction = self.prober.redaction.with_secrets(ident.credential)
+
+    def _host_info(self) -> pb.HostInfo:
+        return convert.host_info(self._inventory, self.config.tags)
+
+    def _apply_settings(self, settings: pb.Settings) -> None:
+        interval = max(MIN_INTERVAL, settings.interval_seconds or self.interval)
+        if interval != self.interval:
+            log.info("collection interval changed", extra={"interval_seconds": interval})
+            self.interval = interval
+            if self.scheduler.get_job("collect") is not None:
+                self.scheduler.reschedule_job("collect", trigger="interval", seconds=interval)
+        if settings.inventory_interval_seconds > 0:
+            self.inventory_interval = settings.inventory_interval_seconds
+
+    def _self_samples(self) -> tuple[Sample, ...]:
+        stats = self.spool.stats()
+        t = self.transport.stats
+        return (
+            Sample("agent_spool_reports", (), float(stats.reports)),
+            Sample("agent_spool_bytes", (), float(stats.bytes)),
+            Sample("agent_spool_dropped_reports_total", (), float(stats.dropped_total)),
+            Sample("agent_reconnects_total", (), float(t.connects)),
+            Sample("agent_reports_rejected_total", (), float(t.reports_rejected)),
+        )
+
+    def collect_once(self) -> int:
+        """Collect, write one report to the spool, return its seq (runs in a thread)."""
+        now = self.clock()
+        collection: Collection = self.prober.collect(now)
+        collection = replace(collection, samples=collection.samples + self._self_samples())
+        inventory = None
+        if now - self._inventory_sent_at >= self.inventory_interval:
+            self._inventory = probes.inventory()
+            inventory = self._inventory
+            self._inventory_sent_at = now
+        return self.spool.append(
+            lambda seq, dropped: convert.report_bytes(
+                collection,
+                instance_id=self.spool.instance_id,
+                seq=seq,
+                dropped_total=dropped,
+                inventory=inventory,
+            )
+        )
+
+    async def _collect_job(self) -> None:
+        seq = await asyncio.to_thread(self.collect_once)
+        log.debug("collected", extra={"seq": seq})
+        self.transport.notify()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.scheduler.add_job(
+            self._collect_job,
+            "interval",
+            seconds=self.interval,
+            id="collect",
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        self.scheduler.start()
+        stats = self.spool.stats()
+        log.info(
+            "agent started",
+            extra={
+                "collector": self.config.collector,
+                "state_dir": str(self.config.state_dir),
+                "instance_id": self.spool.instance_id,
+                "spooled_reports": stats.reports,
+                "interval_seconds": self.interval,
+            },
+        )
+        try:
+            await self.transport.run(stop)
+        finally:
+            self.scheduler.shutdown(wait=False)
+            self.spool.close()

@@ -1,0 +1,363 @@
+"""gRPC transport: enroll once, then keep one Connect stream and drain the spool into it.
+
+Delivery is at-least-once: reports leave the spool only when the collector acknowledges
+them, and after any break the agent resends everything after the collector's
+``applied_seq``. The collector drops seqs it has already applied, so in effect each
+report counts once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+from tripline.agent import identity as identity_file
+from tripline.agent.identity import Identity
+from tripline.agent.spool import Spool
+from tripline.common.backoff import Backoff
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+# Failures worth retrying; anything else is a bug or a refusal and is logged loudly
+# (and still retried, slowly: an office PC agent must never give up for good).
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+}
+MAX_IN_FLIGHT = 32
+
+
+class EnrollmentFailed(Exception):
+    """The collector refused the enrollment token: a configuration error to fix by hand."""
+
+
+def channel_options(
+    max_message_bytes: int, keepalive_time: float = 30.0, keepalive_timeout: float = 10.0
+) -> list[tuple[str, int]]:
+    # By default ping every 30 s and give up on a silent peer after 10 s, so a blackholed
+    # connection is noticed within ~40 s; the collector permits pings every 10 s while it
+    # sends nothing (on a live stream its acks are data, so shorter settings work too).
+    return [
+        ("grpc.keepalive_time_ms", round(keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", round(keepalive_timeout * 1000)),
+        # gRPC core (1.6x on) times every ping out by this instead, default 60 s: without
+        # it a blackholed stream is noticed only after a minute (tests/e2e/test_faults.py).
+        ("grpc.http2.ping_timeout_ms", round(keepalive_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # our own backoff decides reconnect timing; keep gRPC's short
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+    ]
+
+
+@dataclass
+class TransportStats:
+    connects: int = 0
+    disconnects: int = 0
+    reports_sent: int = 0
+    reports_acked: int = 0
+    reports_rejected: int = 0
+    last_error: str = ""
+    connected: bool = False
+    acked_seq: int = 0
+
+
+class Transport:
+    def __init__(
+        self,
+        *,
+        target: str,
+        spool: Spool,
+        identity_path: Path,
+        enrollment_token: str | None,
+        site: str,
+        host_info: Callable[[], pb.HostInfo],
+        on_settings: Callable[[pb.Settings], None],
+        on_identity: Callable[[Identity], None] | None = None,
+        credentials: grpc.ChannelCredentials | None,
+        max_message_bytes: int = 4 * 2**20,
+        keepalive: tuple[float, float] = (30.0, 10.0),
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.target = target
+        self.spool = spool
+        self.identity_path = identity_path
+        self.enrollment_token = enrollment_token
+        self.site = site
+        self.host_info = host_info
+        self.on_settings = on_settings
+        self.on_identity = on_identity  # called once the agent has enrolled
+        # None means plaintext, which only an explicit `plaintext: true` config asks for
+        self.credentials = credentials
+        self.max_message_bytes = max_message_bytes
+        self.keepalive = keepalive  # (ping after idle seconds, answer timeout seconds)
+        self.backoff = backoff or Backoff(0.5, 60.0)
+        self.sleep = sleep
+        self.clock = clock
+        self.stats = TransportStats()
+        self._replay: _Replay | None = None
+        self._new_data = asyncio.Event()
+        self._acked = asyncio.Event()
+
+    def notify(self) -> None:
+        """A new report is in the spool."""
+        self._new_data.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, stream, reconnect; return when ``stop`` is set."""
+        options = channel_options(self.max_message_bytes, *self.keepalive)
+        if self.credentials is None:
+            channel = aio.insecure_channel(self.target, options=options)
+        else:
+            channel = aio.secure_channel(self.target, self.credentials, options=options)
+        async with channel:
+            stub = pb_grpc.CollectorStub(channel)
+            ident = await self._identity(stub, stop)
+            if ident is None:
+                return
+            while not stop.is_set():
+                delay = await self._stream_once(stub, ident, stop)
+                if stop.is_set():
+                    return
+                log.info("reconnecting", extra={"in_seconds": round(delay, 2)})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
+    async def _identity(self, stub: pb_grpc.CollectorStub, stop: asyncio.Event) -> Identity | None:
+        ident = await asyncio.to_thread(identity_file.load, self.identity_path)
+        if ident is not None:
+            return ident
+        if not self.enrollment_token:
+            raise EnrollmentFailed(
+                f"not enrolled yet ({self.identity_path} missing) and no enrollment token "
+                "given: pass --enrollment-token or set enrollment_token in the config"
+            )
+        while not stop.is_set():
+            try:
+                response = await stub.Enroll(
+                    pb.EnrollRequest(
+                        enrollment_token=self.enrollment_token,
+                        host=self.host_info(),
+                        site=self.site,
+                    ),
+                    timeout=30,
+                )
+            except aio.AioRpcError as exc:
+                if exc.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                ):
+                    raise EnrollmentFailed(exc.details() or str(exc.code())) from None
+                delay = self.backoff.next()
+                log.warning(
+                    "enrollment failed, retrying",
+                    extra={"code": exc.code().name, "error": exc.details(), "in_seconds": delay},
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                continue
+            ident = Identity(
+                agent_id=response.agent_id,
+                credential=response.credential,
+                customer=response.customer,
+            )
+            await asyncio.to_thread(identity_file.save, self.identity_path, ident)
+            if self.on_identity is not None:
+                self.on_identity(ident)
+            log.info("enrolled", extra={"agent_id": ident.agent_id, "customer": ident.customer})
+            self.backoff.reset()
+            return ident
+        return None
+
+    async def _stream_once(
+        self, stub: pb_grpc.CollectorStub, ident: Identity, stop: asyncio.Event
+    ) -> float:
+        """One Connect stream from Hello to its end; returns the delay before the next."""
+        call = stub.Connect(metadata=(("authorization", f"Bearer {ident.credential}"),))
+        sender: asyncio.Task[None] | None = None
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await call.write(
+                pb.AgentMessage(
+                    hello=pb.Hello(
+                        agent_version=AGENT_VERSION,
+                        instance_id=self.spool.instance_id,
+                        host=self.host_info(),
+                        sent_at_seconds=self.clock(),
+                    )
+                )
+            )
+            first = await call.read()
+            if first is aio.EOF or first.WhichOneof("kind") != "welcome":
+                raise _ProtocolError("the collector did not answer Hello with Welcome")
+            welcome = first.welcome
+            acked = welcome.applied_seq
+            await asyncio.to_thread(self.spool.ack, acked)
+            self.stats.acked_seq = acked
+            self.on_settings(welcome.settings)
+            self.stats.connects += 1
+            self.stats.connected = True
+            self.backoff.reset()
+            log.info(
+                "connected",
+                extra={"collector": self.target, "agent_id": ident.agent_id, "applied_seq": acked},
+            )
+            stats = await asyncio.to_thread(self.spool.stats)
+            self._replay = _Replay.start(acked, stats.newest_seq or acked)
+            sender = asyncio.create_task(self._send(call, acked))
+            reader = asyncio.create_task(self._read(call))
+            done, _ = await asyncio.wait(
+                {sender, reader, stopper}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if stopper in done:
+                return 0.0
+            for task in done:
+                task.result()  # surface an RPC error raised inside a task
+            # The collector ended the stream cleanly (e.g. shutting down): reconnect.
+            self.stats.disconnects += 1
+            return self.backoff.next()
+        except aio.AioRpcError as exc:
+            return await self._handle_error(exc)
+        except _ProtocolError as exc:
+            self.stats.last_error = str(exc)
+            log.error("protocol error", extra={"error": str(exc)})
+            return self.backoff.next()
+        finally:
+            self.stats.connected = False
+            stopper.cancel()
+            if sender is not None:
+                sender.cancel()
+            call.cancel()
+
+    async def _handle_error(self, exc: aio.AioRpcError) -> float:
+        code = exc.code()
+        details = exc.details() or ""
+        self.stats.disconnects += 1
+        self.stats.last_error = f"{code.name}: {details}"
+        delay = self.backoff.next()
+        trailers = dict(exc.trailing_metadata() or ())
+        if "retry-after" in trailers:
+            with contextlib.suppress(ValueError):
+                delay = max(delay, float(trailers["retry-after"]))
+        if code == grpc.StatusCode.INVALID_ARGUMENT and "tripline-rejected-seq" in trailers:
+            # A report the collector can never accept must not block the ones behind it.
+            seq = int(trailers["tripline-rejected-seq"])
+            await asyncio.to_thread(self.spool.ack, seq)
+            self.stats.reports_rejected += 1
+            log.error(
+                "report rejected by the collector, dropped", extra={"seq": seq, "error": details}
+            )
+            return 0.0
+        level = logging.WARNING if code in RETRYABLE else logging.ERROR
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            delay = self.backoff.maximum
+            details += f" (delete {self.identity_path} to enroll again)"
+        log.log(level, "stream ended", extra={"code": code.name, "error": details})
+        return delay
+
+    async def _send(self, call: aio.StreamStreamCall, after: int) -> None:
+        last_sent = after
+        while True:
+            in_flight = last_sent - self.stats.acked_seq
+            room = MAX_IN_FLIGHT - in_flight
+            batch = await asyncio.to_thread(self.spool.pending, last_sent, room) if room > 0 else []
+            if not batch:
+                self._new_data.clear()
+                self._acked.clear()
+                # re-check after clearing so a notify between the read and clear is not lost
+                if room > 0 and await asyncio.to_thread(self.spool.pending, last_sent, 1):
+                    continue
+                waiters = {asyncio.ensure_future(self._acked.wait())}
+                if room > 0:
+                    waiters.add(asyncio.ensure_future(self._new_data.wait()))
+                _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in pending:
+                    waiter.cancel()
+                continue
+            for seq, payload in batch:
+                report = pb.Report.FromString(payload)
+                await call.write(pb.AgentMessage(report=report))
+                last_sent = seq
+                self.stats.reports_sent += 1
+
+    async def _read(self, call: aio.StreamStreamCall) -> None:
+        while True:
+            message = await call.read()
+            if message is aio.EOF:
+                return
+            kind = message.WhichOneof("kind")
+            if kind == "ack":
+                seq = message.ack.seq
+                deleted = await asyncio.to_thread(self.spool.ack, seq)
+                self.stats.reports_acked += deleted
+                self.stats.acked_seq = max(self.stats.acked_seq, seq)
+                self._acked.set()
+                if self._replay is not None:
+                    self._replay = self._replay.progress(seq)
+            elif kind == "settings":
+                self.on_settings(message.settings)
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+# A backlog this large after a reconnect is worth progress lines in the log.
+REPLAY_REPORT_THRESHOLD = 100
+
+
+@dataclass(frozen=True)
+class _Replay:
+    """Progress of resending a backlog after an outage, logged every tenth of the way."""
+
+    first: int
+    last: int
+    next_report: int
+
+    @classmethod
+    def start(cls, acked: int, newest: int) -> _Replay | None:
+        backlog = newest - acked
+        if backlog < REPLAY_REPORT_THRESHOLD:
+            return None
+        log.info("replaying backlog", extra={"reports": backlog, "from_seq": acked + 1})
+        return cls(first=acked, last=newest, next_report=acked + max(1, backlog // 10))
+
+    def progress(self, acked: int) -> _Replay | None:
+        total = self.last - self.first
+        if acked >= self.last:
+            log.info("backlog replayed", extra={"reports": total})
+            return None
+        if acked < self.next_report:
+            return self
+        log.info(
+            "replaying backlog",
+            extra={
+                "done": acked - self.first,
+                "reports": total,
+                "percent": round(100 * (acked - self.first) / total),
+            },
+        )
+        return _Replay(self.first, self.last, acked + max(1, total // 10))

@@ -1,0 +1,529 @@
+"""The gRPC servicer: authenticate, decode, call the pipeline, encode. Nothing else.
+
+Each Connect stream has one writer (this handler) draining an outgoing queue, and one
+reader task that applies reports in order and queues acks, so settings can be pushed
+and an older stream of the same agent closed without two tasks writing at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc import aio
+
+from tripline.collector import convert, limits, throttle, tls
+from tripline.collector.config import CollectorConfig
+from tripline.collector.pipeline import Pipeline, ReportTimeRefused, Session
+from tripline.collector.selfmetrics import CollectorMetrics
+from tripline.collector.store import AgentRecord, AgentRevoked, EnrollmentRefused, StoreUnavailable
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+# Agents wait at least this long before resending after UNAVAILABLE from a busy store.
+RETRY_AFTER_SECONDS = "5"
+
+
+@dataclass(frozen=True)
+class _Abort:
+    code: grpc.StatusCode
+    details: str
+    trailers: tuple[tuple[str, str], ...] = ()
+
+
+_END = object()
+
+
+def _peer_address(peer: str) -> str:
+    """The address of a gRPC peer without its port ("ipv4:10.0.0.5:51234" -> "ipv4:10.0.0.5")."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return f"{kind}:{rest.rpartition(':')[0]}"
+    return peer
+
+
+def _undecodable(exc: DecodeError) -> str:
+    # Invalid UTF-8 in a string field is the usual cause: protobuf refuses it at parse.
+    return (
+        f"message is not a valid tripline.v1.AgentMessage ({exc}); nothing from it was "
+        "applied: check the agent's version and that label values are valid UTF-8"
+    )
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.outgoing: asyncio.Queue[object] = asyncio.Queue()
+
+    def send(self, item: object) -> None:
+        self.outgoing.put_nowait(item)
+
+
+class CollectorService(pb_grpc.CollectorServicer):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        config: CollectorConfig,
+        metrics: CollectorMetrics,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.metrics = metrics
+        self.streams: dict[str, _Stream] = {}
+        self.monotonic = monotonic
+        self.rate = limits.ReportRateLimiter(
+            config.max_reports_per_second_per_agent, config.max_report_burst_per_agent
+        )
+        self.connects = limits.KeyedRateLimiter(
+            config.max_connects_per_second_per_peer, config.max_connect_burst_per_peer
+        )
+        self.hellos = limits.KeyedRateLimiter(
+            config.max_hellos_per_second_per_agent, config.max_hello_burst_per_agent
+        )
+        self._refusal_log = limits.LogThrottle(every=10.0)
+        self.enroll_throttle = throttle.FailureThrottle()
+
+    def settings(self) -> pb.Settings:
+        return pb.Settings(
+            interval_seconds=self.config.interval,
+            inventory_interval_seconds=self.config.inventory_interval,
+            collect_processes=True,
+        )
+
+    def push_settings(self) -> None:
+        """Send the current settings to every connected agent."""
+        message = pb.CollectorMessage(settings=self.settings())
+        for stream in self.streams.values():
+            stream.send(message)
+
+    async def _throttled(self, scope: str, key: str, context: aio.ServicerContext) -> None:
+        """Refuse the attempt with RESOURCE_EXHAUSTED while `key` must wait after failures."""
+        wait = self.enroll_throttle.wait((scope, key), self.monotonic())
+        if wait <= 0:
+            return
+        self.metrics.enrollments.labels("throttled").inc()
+        self.metrics.enrollments_throttled.labels(scope).inc()
+        retry_after = str(math.ceil(wait))
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"too many failed enrollments from this {scope}: try again in {retry_after}s",
+            trailing_metadata=(("retry-after", retry_after),),
+        )
+
+    def _enroll_failed(self, peer: str, token_key: str | None, **extra: object) -> None:
+        now = self.monotonic()
+        delay = self.enroll_throttle.failed(("address", peer), now)
+        if token_key is not None:
+            delay = max(delay, self.enroll_throttle.failed(("token", token_key), now))
+        # One line per failure until the throttle bites, then one per wait imposed.
+        log.warning("enrollment refused", extra={"peer": peer, "throttled_for": delay, **extra})
+
+    async def Enroll(
+        self, request: pb.EnrollRequest, context: aio.ServicerContext
+    ) -> pb.EnrollResponse:
+        # Guessing is slowed per peer address (and per token for a known one refused):
+        # refused attempts cost a growing wait, answered without looking the token up.
+        peer = _peer_address(context.peer() or "")
+        await self._throttled("address", peer, context)
+        token_key = hashlib.sha256(request.enrollment_token.encode()).hexdigest()[:16]
+        await self._throttled("token", token_key, context)
+        try:
+            enrollment = convert.decode_enroll(request)
+        except convert.InvalidMessage as exc:
+            self._enroll_failed(peer, None, reason=exc.reason)
+            self.metrics.enrollments.labels("invalid").inc()
+            self.metrics.reports_rejected.labels(exc.reason).inc()
+            log.warning("enrollment rejected", extra={"reason": exc.reason, "error": str(exc)})
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        hostname = enrollment.hostname
+        try:
+            agent, credential = await asyncio.to_thread(
+                self.pipeline.store.enroll_agent,
+                enrollment.token,
+                hostname=hostname,
+                site=enrollment.site,
+                inventory=enrollment.host,
+                tags=enrollment.tags,
+                now=self.pipeline.clock(),
+            )
+        except EnrollmentRefused as exc:
+            self.metrics.enrollments.labels("refused").inc()
+            self._enroll_failed(
+                peer,
+                None if exc.token_id is None else token_key,
+                host=hostname[:253],
+                customer=exc.customer,
+                reason=exc.reason,
+            )
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, f"enrollment refused: {exc.reason}"
+            )
+        except StoreUnavailable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "store unavailable, retry later")
+        self.metrics.enrollments.labels("ok").inc()
+        live = self.pipeline.track(agent)
+        live.last_seen = self.pipeline.clock()
+        self.pipeline.unreported.add(agent.agent_id)
+        log.info(
+            "agent enrolled",
+            extra={"agent_id": agent.agent_id, "customer": agent.customer, "host": hostname},
+        )
+        return pb.EnrollResponse(
+            agent_id=agent.agent_id, credential=credential, customer=agent.customer
+        )
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[pb.AgentMessage],
+        context: aio.ServicerContext,
+    ) -> None:
+        # The first message is read before the credential is judged: a refusal sent while
+        # an asyncio client is still writing its Hello reaches it as INTERNAL instead of
+        # UNAUTHENTICATED (grpc/grpc#36066), and the agent would not know why.
+        undecodable: DecodeError | None = None
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), self.config.hello_timeout)
+        except (TimeoutError, StopAsyncIteration):
+            first = None
+        except DecodeError as exc:
+            first, undecodable = None, exc
+        # Per peer address before the credential is looked up: a flood of new streams
+        # costs a dict lookup, not a store read.
+        peer = limits.peer_host(context.peer() or "")
+        await self._throttle(
+            context,
+            self.connects,
+            peer,
+            "connects_per_peer",
+            "peer",
+            "max_connects_per_second_per_peer",
+        )
+        agent = await self._authenticate(context)
+        await self._throttle(
+            context,
+            self.hellos,
+            agent.agent_id,
+            "hellos_per_agent",
+            "agent_id",
+            "max_hellos_per_second_per_agent",
+        )
+        if undecodable is not None:
+            self.metrics.reports_rejected.labels("invalid_argument").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(undecodable))
+        if first is None:
+            self.metrics.reports_rejected.labels("failed_precondition").inc()
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no Hello within {self.config.hello_timeout:g}s of opening the stream",
+            )
+        if first.WhichOneof("kind") != "hello":
+            self.metrics.reports_rejected.labels("failed_precondition").inc()
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the first message on Connect must be Hello, got "
+                f"{first.WhichOneof('kind') or 'an empty message'}",
+            )
+        try:
+            hello = convert.decode_hello(first.hello)
+        except convert.InvalidMessage as exc:
+            self.metrics.reports_rejected.labels(exc.reason).inc()
+            log.warning(
+                "hello rejected",
+                extra={"agent_id": agent.agent_id, "reason": exc.reason, "error": str(exc)},
+            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if len(self.streams) >= self.config.max_streams and agent.agent_id not in self.streams:
+            # A reconnect replacing the agent's own stream adds none, so it always passes.
+            self.metrics.limit_hits.labels("streams").inc()
+            self.metrics.reports_rejected.labels("resource_exhausted").inc()
+            log.warning("stream refused: collector full", extra={"agent_id": agent.agent_id})
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this collector serves its limit of {self.config.max_streams} agent streams "
+                "(max_streams): the agent retries later; add a collector behind the load "
+                "balancer or raise max_streams",
+                trailing_metadata=(("retry-after", RETRY_AFTER_SECONDS),),
+            )
+        try:
+            session = await self.pipeline.open_session(agent, hello)
+        except StoreUnavailable:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "store unavailable, retry later",
+                trailing_metadata=(("retry-after", RETRY_AFTER_SECONDS),),
+            )
+        stream = _Stream()
+        older = self.streams.get(agent.agent_id)
+        if older is not None:
+            older.send(
+                _Abort(grpc.StatusCode.ALREADY_EXISTS, "superseded by a newer stream of this agent")
+            )
+        self.streams[agent.agent_id] = stream
+        session.live.connected = True
+        self.metrics.streams_open.inc()
+        reader: asyncio.Task[None] | None = None
+        # From here on the slot is held: every way out (the Welcome write failing, the
+        # client cancelling before it, an abort) must pass the finally that frees it.
+        try:
+            log.info(
+                "agent connected",
+                extra={
+                    "agent_id": agent.agent_id,
+                    "customer": agent.customer,
+                    "instance_id": hello.instance_id,
+                    "applied_seq": session.applied_seq,
+                    "peer": context.peer(),
+                },
+            )
+            await context.write(
+                pb.CollectorMessage(
+                    welcome=pb.Welcome(
+                        agent_id=agent.agent_id,
+                        customer=agent.customer,
+                        site=agent.site,
+                        settings=self.settings(),
+                        applied_seq=session.applied_seq,
+                    )
+                )
+            )
+            reader = asyncio.create_task(self._read(request_iterator, session, stream))
+            while True:
+                item = await stream.outgoing.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Abort):
+                    await context.abort(item.code, item.details, trailing_metadata=item.trailers)
+                await context.write(item)
+        finally:
+            if reader is not None:
+                reader.cancel()
+            self.metrics.streams_open.dec()
+            if self.streams.get(agent.agent_id) is stream:
+                del self.streams[agent.agent_id]
+                session.live.connected = False
+            log.info("agent disconnected", extra={"agent_id": agent.agent_id})
+
+    async def _read(
+        self,
+        requests: AsyncIterator[pb.AgentMessage],
+        session: Session,
+        stream: _Stream,
+    ) -> None:
+        capped_logged = False
+        try:
+            async for message in requests:
+                kind = message.WhichOneof("kind")
+                if kind != "report":
+                    self.metrics.reports_rejected.labels("failed_precondition").inc()
+                    stream.send(
+                        _Abort(
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            "Hello sent twice on one stream"
+                            if kind == "hello"
+                            else "empty AgentMessage: set hello or report",
+                        )
+                    )
+                    return
+                try:
+                    # Before decoding: a flood must cost the collector as little as possible.
+                    self.rate.take(session.agent.agent_id, self.monotonic())
+                except limits.RateLimited as exc:
+                    self.metrics.limit_hits.labels("reports_per_second").inc()
+                    self.metrics.reports_rejected.labels("resource_exhausted").inc()
+                    log.warning(
+                        "report rate limited",
+                        extra={"agent_id": exc.agent_id, "retry_after": exc.retry_after},
+                    )
+                    stream.send(
+                        _Abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"report seq {message.report.seq} not applied: this agent sends "
+                            "more than max_reports_per_second_per_agent="
+                            f"{self.rate.rate:g} (burst {self.rate.burst}); "
+                            f"resend after {exc.retry_after}s",
+                            (("retry-after", str(exc.retry_after)),),
+                        )
+                    )
+                    return
+                try:
+                    report = convert.decode_report(
+                        message.report,
+                        instance_id=session.instance_id,
+                        max_samples=self.config.max_samples_per_report,
+                    )
+                except convert.InvalidMessage as exc:
+                    self.metrics.reports_rejected.labels(exc.reason).inc()
+                    log.warning(
+                        "report rejected",
+                        extra={
+                            "agent_id": session.agent.agent_id,
+                            "reason": exc.reason,
+                            "error": str(exc),
+                        },
+                    )
+                    trailers = (("tripline-rejected-seq", str(exc.seq)),) if exc.seq else ()
+                    stream.send(_Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailers))
+                    return
+                capped = limits.cap_series(
+                    session.live.series, report.samples, self.config.max_series_per_agent
+                )
+                if capped.dropped:
+                    report = dataclasses.replace(report, samples=capped.samples)
+                try:
+                    # Revocation is checked in the transaction applying each report, so
+                    # a revoked agent is refused on its next message, not only at connect.
+                    applied = await self.pipeline.apply(session, report)
+                except AgentRevoked:
+                    self.metrics.reports_rejected.labels("unauthenticated").inc()
+                    log.warning("revoked agent refused", extra={"agent_id": session.agent.agent_id})
+                    stream.send(
+                        _Abort(
+                            grpc.StatusCode.UNAUTHENTICATED,
+                            "agent credential revoked: re-enroll the agent",
+                        )
+                    )
+                    return
+                except ReportTimeRefused as exc:
+                    self.metrics.reports_rejected.labels(exc.reason).inc()
+                    log.warning(
+                        "report rejected",
+                        extra={"agent_id": session.agent.agent_id, "error": str(exc)},
+                    )
+                    # The trailer makes the agent drop this report and go on with the next,
+                    # after a reconnect that measures its clock offset again.
+                    stream.send(
+                        _Abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            str(exc),
+                            (("tripline-rejected-seq", str(exc.seq)),),
+                        )
+                    )
+                    return
+                except StoreUnavailable:
+                    stream.send(
+                        _Abort(
+                            grpc.StatusCode.UNAVAILABLE,
+                            "store unavailable: report not applied, resend later",
+                            (("retry-after", RETRY_AFTER_SECONDS),),
+                        )
+                    )
+                    return
+                if applied and capped.dropped:
+                    self.metrics.limit_hits.labels("series_per_agent").inc()
+                    self.metrics.series_dropped.inc(capped.dropped)
+                    if not capped_logged:  # once per stream: the agent sends it every report
+                        capped_logged = True
+                        log.warning(
+                            "new series dropped: agent at max_series_per_agent",
+                            extra={
+                                "agent_id": session.agent.agent_id,
+                                "limit": self.config.max_series_per_agent,
+                                "dropped": capped.dropped,
+                            },
+                        )
+                stream.send(pb.CollectorMessage(ack=pb.Ack(seq=report.seq)))
+        except asyncio.CancelledError:
+            raise
+        except (aio.AioRpcError, aio.AbortError):
+            # The client went away mid-read, or the handler already aborted this stream
+            # (superseded by the agent's reconnect, or refused): a routine end, and the
+            # handler ends the stream.
+            pass
+        except DecodeError as exc:
+            self.metrics.reports_rejected.labels("invalid_argument").inc()
+            log.warning(
+                "undecodable message", extra={"agent_id": session.agent.agent_id, "error": str(exc)}
+            )
+            stream.send(_Abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(exc)))
+            return
+        except Exception:
+            # Keep serving everyone else; this stream ends and the agent reconnects.
+            log.exception("stream failed", extra={"agent_id": session.agent.agent_id})
+            self.metrics.evaluation_errors.inc()
+            stream.send(_Abort(grpc.StatusCode.INTERNAL, "internal error; see collector log"))
+            return
+        stream.send(_END)
+
+    async def _throttle(
+        self,
+        context: aio.ServicerContext,
+        bucket: limits.KeyedRateLimiter,
+        key: str,
+        limit: str,
+        field: str,
+        setting: str,
+    ) -> None:
+        """Take a token of ``key``'s bucket or end the stream with RESOURCE_EXHAUSTED."""
+        try:
+            bucket.take(key, self.monotonic())
+        except limits.RateLimited as exc:
+            self.metrics.limit_hits.labels(limit).inc()
+            self.metrics.reports_rejected.labels("resource_exhausted").inc()
+            # keyed by limit only: keys come from clients and must not grow the throttle
+            swallowed = self._refusal_log.allow(limit, self.monotonic())
+            if swallowed is not None:
+                log.warning(
+                    "new stream rate limited",
+                    extra={
+                        "limit": limit,
+                        field: key,
+                        "retry_after": exc.retry_after,
+                        "suppressed": swallowed,
+                    },
+                )
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many new streams from this {'address' if field == 'peer' else 'agent'} "
+                f"({setting}={bucket.rate:g}, burst {bucket.burst}); "
+                f"reconnect after {exc.retry_after}s",
+                trailing_metadata=(("retry-after", str(exc.retry_after)),),
+            )
+
+    async def _authenticate(self, context: aio.ServicerContext) -> AgentRecord:
+        credential = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                credential = value[len("Bearer ") :]
+        if not credential:
+            self.metrics.reports_rejected.labels("unauthenticated").inc()
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing 'authorization: Bearer <agent credential>' metadata; enroll first",
+            )
+        try:
+            agent = await asyncio.to_thread(self.pipeline.store.authenticate, credential)
+        except StoreUnavailable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "store unavailable, retry later")
+        if agent is None:
+            self.metrics.reports_rejected.labels("unauthenticated").inc()
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "agent credential unknown or revoked: re-enroll the agent",
+            )
+        if self.config.tls_client_ca is not None:
+            # Mutual TLS: the certificate must be issued to this very agent, so a copied
+            # credential is useless without the private key of that agent's certificate.
+            names = tls.peer_identities(context.auth_context())
+            if agent.agent_id not in names:
+                self.metrics.reports_rejected.labels("unauthenticated").inc()
+                log.warning(
+                    "client certificate does not match the agent",
+                    extra={"agent_id": agent.agent_id, "certificate_names": sorted(names)},
+                )
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"the client certificate (CN/SAN: {', '.join(sorted(names)) or 'none'}) is "
+                    f"not issued to agent {agent.agent_id}: give this agent a certificate "
+                    "whose CN or a SAN is its agent id",
+                )
+        return agent

@@ -1,0 +1,484 @@
+"""Ticket lifecycle: open, reopen, flap, escalate, acknowledge, comment, resolve.
+
+Every function runs on a connection inside the caller's transaction (`Store.transaction()`)
+and takes `now`; none commits. Each change bumps the ticket's `event_seq` and appends an
+event to its timeline, with the actor: "tripline" for the engine, else the operator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Row, exc, func, select
+
+from tripline.collector.schema import TICKET_STATUSES, ticket_events, tickets
+
+ENGINE_ACTOR = "tripline"
+
+TicketStatus = Literal["open", "acknowledged", "resolved"]
+Labels = tuple[tuple[str, str], ...]
+
+
+def _default_escalation() -> dict[int, float]:
+    return {1: 1800.0, 2: 3600.0}
+
+
+@dataclass(frozen=True)
+class TicketPolicy:
+    reopen_window: float = 3600.0
+    """A problem back within this many seconds of its resolution reopens its ticket."""
+    flap_count: int = 3
+    """This many reopens within `flap_window` mark the ticket flapping."""
+    flap_window: float = 6 * 3600.0
+    escalate_after: Mapping[int, float] = field(default_factory=_default_escalation)
+    """tier -> seconds an open, unacknowledged ticket waits before moving up a tier."""
+
+
+@dataclass(frozen=True)
+class TicketEvent:
+    seq: int
+    at: float
+    kind: str
+    actor: str
+    message: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Ticket:
+    id: int
+    problem_key: str
+    customer: str
+    agent_id: str
+    hostname: str
+    rule: str
+    labels: Labels
+    status: TicketStatus
+    severity: str
+    tier: int
+    summary: str
+    runbook: str | None
+    value: float
+    threshold: float | None
+    context: dict[str, Any]
+    opened_at: float
+    tier_since: float
+    acknowledged_at: float | None
+    acknowledged_by: str | None
+    resolved_at: float | None
+    resolved_by: str | None
+    resolved_value: float | None
+    resolve_reason: str | None
+    reopen_count: int
+    flapping: bool
+    updated_at: float
+    event_seq: int
+    events: tuple[TicketEvent, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: labels as an object, events as a list of objects."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["labels"] = dict(self.labels)
+        out["events"] = [{f.name: getattr(e, f.name) for f in fields(e)} for e in self.events]
+        return out
+
+
+@dataclass(frozen=True)
+class TicketChange:
+    ticket_id: int
+    kind: str  # "opened" | "reopened" | "resolved" | "escalated" | "unchanged"
+
+
+class TicketError(Exception):
+    """Base of the ticket lifecycle's named errors."""
+
+
+class TicketNotFound(TicketError):
+    def __init__(self, ticket_id: int) -> None:
+        super().__init__(f"no ticket {ticket_id}")
+        self.ticket_id = ticket_id
+
+
+class InvalidTicketTransition(TicketError):
+    def __init__(self, ticket_id: int, action: str, why: str) -> None:
+        super().__init__(f"cannot {action} ticket {ticket_id}: {why}")
+        self.ticket_id = ticket_id
+        self.action = action
+        self.why = why
+
+
+def problem_key(customer: str, agent_id: str, rule: str, labels: Labels) -> str:
+    """Stable id of a problem: the same customer, agent, rule and series labels (in any
+    order) give the same key."""
+    canonical = json.dumps([customer, agent_id, rule, sorted(labels)], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
+    return "".join(parts) or "0s"
+
+
+def _ticket(row: Row[Any], events: tuple[TicketEvent, ...] = ()) -> Ticket:
+    values = row._asdict()
+    # A row written by an older or broken collector, or by hand, may hold other JSON:
+    # reading a ticket must not fail on it (tickets show, the API, delivery).
+    labels = row.labels if isinstance(row.labels, dict) else {}
+    values["labels"] = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+    values["context"] = dict(row.context) if isinstance(row.context, dict) else {}
+    values["flapping"] = bool(row.flapping)
+    return Ticket(**values, events=events)
+
+
+def _locked(conn: Connection, ticket_id: int) -> Row[Any]:
+    row = conn.execute(
+        select(tickets).where(tickets.c.id == ticket_id).with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise TicketNotFound(ticket_id)
+    return row
+
+
+def _active(conn: Connection, key: str) -> Row[Any] | None:
+    return conn.execute(
+        select(tickets)
+        .where(tickets.c.problem_key == key, tickets.c.status != "resolved")
+        .with_for_update()
+    ).one_or_none()
+
+
+_Event = tuple[str, str, str, dict[str, Any]]  # kind, actor, message, data
+
+
+def _change(
+    conn: Connection, ticket: Row[Any], now: float, values: dict[str, Any], *events: _Event
+) -> None:
+    seq = ticket.event_seq
+    for kind, actor, message, data in events:
+        seq += 1
+        event = {"kind": kind, "actor": actor, "message": message, "data": data}
+        conn.execute(ticket_events.insert().values(ticket_id=ticket.id, seq=seq, at=now, **event))
+    conn.execute(
+        tickets.update()
+        .where(tickets.c.id == ticket.id)
+        .values(**values, event_seq=seq, updated_at=now)
+    )
+
+
+def on_alert_firing(
+    conn: Connection,
+    *,
+    customer: str,
+    agent_id: str,
+    hostname: str,
+    rule: str,
+    labels: Labels,
+    severity: str,
+    tier: int,
+    summary: str,
+    runbook: str | None,
+    value: float,
+    threshold: float | None,
+    context: dict[str, Any],
+    now: float,
+    policy: TicketPolicy,
+    seen_at: float | None = None,
+) -> TicketChange:
+    """Open a ticket for a problem that started firing, reopen its recent one, or leave an
+    active one alone ("unchanged"). Safe against another collector doing the same at once.
+
+    `now` is when the problem started (a report replayed after an outage may be older);
+    `seen_at` is the collector's clock when it learnt of it (default `now`): escalation
+    counts from there, since nobody could acknowledge the ticket before it existed."""
+    if tier not in (1, 2, 3):
+        raise ValueError(f"ticket tier must be 1, 2 or 3, not {tier!r}")
+    key = problem_key(customer, agent_id, rule, labels)
+    occurrence = {
+        "hostname": hostname,
+        "severity": severity,
+        "tier": tier,
+        "summary": summary,
+        "runbook": runbook,
+        "value": value,
+        "threshold": threshold,
+        "context": context,
+    }
+    problem = {
+        "problem_key": key,
+        "customer": customer,
+        "agent_id": agent_id,
+        "rule": rule,
+        "labels": dict(sorted(labels)),
+    }
+    try:
+        # The savepoint lets the caller's transaction go on if a racing collector wins.
+        with conn.begin_nested():
+            tier_since = now if seen_at is None else max(now, seen_at)
+            return _fire(conn, problem, occurrence, now, policy, tier_since)
+    except exc.IntegrityError:
+        active = _active(conn, key)
+        if active is None:
+            raise
+        return TicketChange(active.id, "unchanged")
+
+
+def _fire(
+    conn: Connection,
+    problem: dict[str, Any],
+    occurrence: dict[str, Any],
+    now: float,
+    policy: TicketPolicy,
+    tier_since: float,
+) -> TicketChange:
+    key = problem["problem_key"]
+    active = _active(conn, key)
+    if active is not None:
+        return TicketChange(active.id, "unchanged")
+    data = {k: occurrence[k] for k in ("value", "threshold", "context")}
+    last = conn.execute(
+        select(tickets)
+        .where(tickets.c.problem_key == key, tickets.c.status == "resolved")
+        .order_by(tickets.c.resolved_at.desc(), tickets.c.id.desc())
+        .limit(1)
+        .with_for_update()
+    ).first()
+    if last is not None and now - last.resolved_at < policy.reopen_window:
+        return _reopen(conn, last, occurrence, data, now, policy, tier_since)
+    fresh = {"status": "open", "opened_at": now, "tier_since": tier_since, "reopen_count": 0}
+    inserted = conn.execute(
+        tickets.insert()
+        .values(**problem, **occurrence, **fresh, flapping=False, updated_at=now, event_seq=0)
+        .returning(tickets.c.id, tickets.c.event_seq)
+    ).one()
+    _change(conn, inserted, now, {}, ("opened", ENGINE_ACTOR, occurrence["summary"], data))
+    return TicketChange(inserted.id, "opened")
+
+
+def _reopen(
+    conn: Connection,
+    last: Row[Any],
+    occurrence: dict[str, Any],
+    data: dict[str, Any],
+    now: float,
+    policy: TicketPolicy,
+    tier_since: float,
+) -> TicketChange:
+    count = last.reopen_count + 1
+    cleared = dict.fromkeys(
+        ("acknowledged_at", "acknowledged_by", "resolved_at", "resolved_by", "resolved_value")
+    )
+    values = {
+        **occurrence,
+        **cleared,
+        "resolve_reason": None,
+        "status": "open",
+        "tier_since": tier_since,
+        "reopen_count": count,
+    }
+    after = _duration(now - last.resolved_at)
+    reopened = {**data, "reopen_count": count, "resolved_at": last.resolved_at}
+    message = f"reopened {after} after it resolved: {occurrence['summary']}"
+    events: list[_Event] = [("reopened", ENGINE_ACTOR, message, reopened)]
+    earlier = conn.scalar(
+        select(func.count())
+        .select_from(ticket_events)
+        .where(
+            ticket_events.c.ticket_id == last.id,
+            ticket_events.c.kind == "reopened",
+            ticket_events.c.at >= now - policy.flap_window,
+        )
+    )
+    recent = int(earlier or 0) + 1
+    if not last.flapping and recent >= policy.flap_count:
+        values["flapping"] = True
+        message = f"flapping: reopened {recent} times within {_duration(policy.flap_window)}"
+        flap = {"reopens": recent, "window": policy.flap_window}
+        events.append(("flapping", ENGINE_ACTOR, message, flap))
+    _change(conn, last, now, values, *events)
+    return TicketChange(last.id, "reopened")
+
+
+def on_alert_resolved(
+    conn: Connection,
+    *,
+    customer: str,
+    agent_id: str,
+    rule: str,
+    labels: Labels,
+    value: float,
+    reason: str,
+    now: float,
+) -> TicketChange | None:
+    """Resolve the problem's active ticket as the engine; None when it has none."""
+    row = _active(conn, problem_key(customer, agent_id, rule, labels))
+    if row is None:
+        return None
+    message = f"resolved: {reason} (value {value:g})"
+    _close(conn, row, now, ENGINE_ACTOR, value, reason, message, {"value": value, "reason": reason})
+    return TicketChange(row.id, "resolved")
+
+
+def _close(
+    conn: Connection,
+    row: Row[Any],
+    now: float,
+    actor: str,
+    value: float | None,
+    reason: str,
+    message: str,
+    data: dict[str, Any],
+) -> None:
+    values = {"status": "resolved", "resolved_at": now, "resolved_by": actor}
+    values.update(resolved_value=value, resolve_reason=reason)
+    _change(conn, row, now, values, ("resolved", actor, message, data))
+
+
+def acknowledge(conn: Connection, ticket_id: int, *, actor: str, now: float) -> Ticket:
+    """An operator takes the ticket: it stops escalating."""
+    row = _locked(conn, ticket_id)
+    if row.status == "acknowledged":
+        why = f"already acknowledged by {row.acknowledged_by}"
+        raise InvalidTicketTransition(ticket_id, "acknowledge", why)
+    if row.status == "resolved":
+        raise InvalidTicketTransition(ticket_id, "acknowledge", "it is resolved")
+    values = {"status": "acknowledged", "acknowledged_at": now, "acknowledged_by": actor}
+    _change(conn, row, now, values, ("acknowledged", actor, f"acknowledged by {actor}", {}))
+    return get_ticket(conn, ticket_id)
+
+
+def comment(conn: Connection, ticket_id: int, *, actor: str, text: str, now: float) -> Ticket:
+    """Add a note to the timeline, whatever the ticket's status."""
+    if not text.strip():
+        raise ValueError("a comment needs some text")
+    row = _locked(conn, ticket_id)
+    _change(conn, row, now, {}, ("commented", actor, text, {}))
+    return get_ticket(conn, ticket_id)
+
+
+def resolve(
+    conn: Connection, ticket_id: int, *, actor: str, now: float, note: str | None = None
+) -> Ticket:
+    """An operator closes the ticket (open or acknowledged)."""
+    row = _locked(conn, ticket_id)
+    if row.status == "resolved":
+        why = f"already resolved by {row.resolved_by}"
+        raise InvalidTicketTransition(ticket_id, "resolve", why)
+    reason = note or f"resolved by {actor}"
+    _close(conn, row, now, actor, None, reason, reason, {"note": note})
+    return get_ticket(conn, ticket_id)
+
+
+def escalate_due(conn: Connection, *, now: float, policy: TicketPolicy) -> list[TicketChange]:
+    """Move each open, unacknowledged ticket that waited its tier's time up one tier."""
+    changes: list[TicketChange] = []
+    # Highest tier first, so a ticket moved up now is not looked at again in this call.
+    for tier, wait in sorted(policy.escalate_after.items(), reverse=True):
+        if tier >= 3:
+            continue
+        due = conn.execute(
+            select(tickets)
+            .where(
+                tickets.c.status == "open",
+                tickets.c.tier == tier,
+                tickets.c.tier_since + wait <= now,
+            )
+            .order_by(tickets.c.id)
+            .with_for_update()
+        ).all()
+        for row in due:
+            message = (
+                f"escalated to tier {tier + 1}: unacknowledged for "
+                f"{_duration(now - row.tier_since)}"
+            )
+            data = {"from_tier": tier, "to_tier": tier + 1}
+            _change(
+                conn, row, now, {"tier": tier + 1, "tier_since": now},
+                ("escalated", ENGINE_ACTOR, message, data),
+            )  # fmt: skip
+            changes.append(TicketChange(row.id, "escalated"))
+    return sorted(changes, key=lambda c: c.ticket_id)
+
+
+def reassign_tier(conn: Connection, ticket_id: int, *, tier: int, actor: str, now: float) -> Ticket:
+    """An operator moves an unresolved ticket to another tier, up or down; its escalation
+    clock restarts. Recorded as an "escalated" event with ``"manual": true``."""
+    if tier not in (1, 2, 3):
+        raise ValueError(f"ticket tier must be 1, 2 or 3, not {tier!r}")
+    row = _locked(conn, ticket_id)
+    if row.status == "resolved":
+        raise InvalidTicketTransition(ticket_id, "change the tier of", "it is resolved")
+    if row.tier == tier:
+        raise InvalidTicketTransition(ticket_id, "change the tier of", f"it is at tier {tier}")
+    message = f"tier {row.tier} -> {tier} by {actor}"
+    data = {"from_tier": row.tier, "to_tier": tier, "manual": True}
+    _change(conn, row, now, {"tier": tier, "tier_since": now}, ("escalated", actor, message, data))
+    return get_ticket(conn, ticket_id)
+
+
+def get_ticket(conn: Connection, ticket_id: int) -> Ticket:
+    """The ticket with its timeline, oldest event first."""
+    row = conn.execute(select(tickets).where(tickets.c.id == ticket_id)).one_or_none()
+    if row is None:
+        raise TicketNotFound(ticket_id)
+    events = tuple(
+        TicketEvent(e.seq, e.at, e.kind, e.actor, e.message, dict(e.data))
+        for e in conn.execute(
+            select(ticket_events)
+            .where(ticket_events.c.ticket_id == ticket_id)
+            .order_by(ticket_events.c.seq)
+        )
+    )
+    return _ticket(row, events)
+
+
+def list_tickets(
+    conn: Connection,
+    *,
+    status: TicketStatus | tuple[TicketStatus, ...] | None = None,
+    customer: str | None = None,
+    agent_id: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    customers: Collection[str] | None = None,
+    severity: str | None = None,
+    tier: int | None = None,
+) -> list[Ticket]:
+    """Newest first, without their events (get_ticket has those). `customers` limits the
+    list to those customers (an API token's scope), on top of `customer`."""
+    statuses = (status,) if isinstance(status, str) else status
+    query = select(tickets)
+    if statuses is not None:
+        unknown = set(statuses) - set(TICKET_STATUSES)
+        if unknown:
+            raise ValueError(f"unknown ticket status {sorted(unknown)}; use {TICKET_STATUSES}")
+        query = query.where(tickets.c.status.in_(statuses))
+    if customer is not None:
+        query = query.where(tickets.c.customer == customer)
+    if agent_id is not None:
+        query = query.where(tickets.c.agent_id == agent_id)
+    if customers is not None:
+        query = query.where(tickets.c.customer.in_(sorted(customers)))
+    if severity is not None:
+        query = query.where(tickets.c.severity == severity)
+    if tier is not None:
+        query = query.where(tickets.c.tier == tier)
+    query = (
+        query.order_by(tickets.c.opened_at.desc(), tickets.c.id.desc()).limit(limit).offset(offset)
+    )
+    return [_ticket(row) for row in conn.execute(query)]
+
+
+def count_by_state(conn: Connection) -> dict[tuple[str, str, int], int]:
+    """(status, severity, tier) -> number of tickets."""
+    query = select(tickets.c.status, tickets.c.severity, tickets.c.tier, func.count()).group_by(
+        tickets.c.status, tickets.c.severity, tickets.c.tier
+    )
+    return {
+        (status, severity, int(tier)): int(n) for status, severity, tier, n in conn.execute(query)
+    }
