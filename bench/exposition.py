@@ -30,7 +30,7 @@ Labels = tuple[tuple[str, str], ...]
 def agent_samples(rng: random.Random) -> list[tuple[str, Labels, float]]:
     """About 60 series shaped like a real office PC's report."""
     out: list[tuple[str, Labels, float]] = [("cpu_usage_ratio", (), rng.random() * 0.5)]
-    out += [("cpu_usage_ratio", (("cpu", str(i)),), rng.random() * 0.6) for i in range(4)]
+    out += [("cpu_core_usage_ratio", (("cpu", str(i)),), rng.random() * 0.6) for i in range(4)]
     out += [(n, (), rng.random() * 4) for n in ("load1", "load5", "load15")]
     for name in ("memory_total_bytes", "memory_available_bytes", "memory_used_bytes"):
         out.append((name, (), float(rng.randrange(2**30, 2**35))))
@@ -66,7 +66,7 @@ def agent_samples(rng: random.Random) -> list[tuple[str, Labels, float]]:
     out += [
         ("boot_time_seconds", (), 1.7e9),
         ("uptime_seconds", (), rng.random() * 1e6),
-        ("process_count", (), float(rng.randrange(100, 400))),
+        ("processes", (), float(rng.randrange(100, 400))),
         ("users_logged_in", (), 1.0),
         ("agent_collect_duration_seconds", (), rng.random() / 100),
     ]

@@ -88,7 +88,7 @@ class FakeHost:
 
         gauge("cpu_usage_ratio", 0.02, 0.6)
         for cpu in range(min(cores, 4)):
-            gauge("cpu_usage_ratio", 0.0, 0.8, cpu=str(cpu))
+            gauge("cpu_core_usage_ratio", 0.0, 0.8, cpu=str(cpu))
         if not windows:
             for name in ("load1", "load5", "load15"):
                 gauge(name, 0.0, cores * 0.5)
@@ -136,7 +136,7 @@ class FakeHost:
             counter("network_transmit_errors_total", 0, 0, device=nic)
         add("boot_time_seconds", self._boot_time)
         self._uptime_index = add("uptime_seconds", 0.0)
-        gauge("process_count", 150, 260)
+        gauge("processes", 150, 260)
         add("users_logged_in", 1)
         gauge("agent_collect_duration_seconds", 0.004, 0.02)
         for probe in ("temperatures", "battery"):

@@ -50,9 +50,9 @@ EXTRA: list[tuple[str, dict[str, str], float]] = [
     ),
     ("disk_read_bytes_total", {"device": DEVICE}, 123456.0),
     ("disk_written_bytes_total", {"device": DEVICE}, 654321.0),
-    ("temperature_celsius", {"sensor": "coretemp", "label": 'Core "0"'}, 48.0),
+    ("temperature_celsius", {"chip": "coretemp", "sensor": 'Core "0"'}, 48.0),
     ("battery_charge_ratio", {}, 0.8),
-    ("process_count", {}, 212.0),
+    ("processes", {}, 212.0),
     ("agent_spool_reports", {}, 0.0),
     ("agent_spool_bytes", {}, 0.0),
     ("agent_spool_dropped_reports_total", {}, 0.0),
@@ -226,7 +226,7 @@ GOOD_SERIES: list[tuple[str, dict[str, str], float]] = [
     ("disk_read_bytes_total", {"device": "sda"}, 1000.0),
     ("filesystem_used_ratio", {"mountpoint": "/", "fstype": "ext4", "device": "/dev/sda1"}, 0.4),
     ("cpu_usage_ratio", {}, 0.3),
-    ("cpu_usage_ratio", {"cpu": "0"}, 0.35),
+    ("cpu_core_usage_ratio", {"cpu": "0"}, 0.35),
 ]
 # The good agent's series as Prometheus exposes them.
 GOOD_EXPOSED = [
@@ -240,7 +240,7 @@ GOOD_EXPOSED = [
         0.4,
     ),
     ("tripline_cpu_usage_ratio", {}, 0.3),
-    ("tripline_cpu_usage_ratio", {"cpu": "0"}, 0.35),
+    ("tripline_cpu_core_usage_ratio", {"cpu": "0"}, 0.35),
 ]
 
 

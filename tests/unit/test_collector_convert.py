@@ -197,7 +197,7 @@ BAD_REPORTS: list[tuple[str, pb.Report, str, int | None]] = [
     (
         "duplicate series",
         report(sample(cpu="0"), sample(value=0.7), sample(value=0.9, cpu="0")),
-        "report seq 1, sample #2: series cpu_usage_ratio{'cpu': '0'} appears twice",
+        "report seq 1, sample #2: series cpu_core_usage_ratio{'cpu': '0'} appears twice",
         1,
     ),
 ]
@@ -406,3 +406,26 @@ def test_oversized_context_is_cut_and_escaped_on_decode() -> None:
     assert process["cmdline"] == ("x\\x0a" * 5000)[:1024]
     assert len(process["username"]) == 128
     assert decoded.context["logged_in_users"] == ["bob\\x0d"] * 32
+
+
+def test_older_agents_shapes_arrive_in_todays_names() -> None:
+    """For one release the edge maps what agents in the field still send: per-CPU figures
+    under `cpu_usage_ratio{cpu}`, temperatures labelled `{sensor, label}`, `process_count`."""
+    decoded = decode(
+        report(
+            sample(value=0.5),
+            sample(value=0.25, cpu="1"),
+            pb.Sample(
+                name="temperature_celsius",
+                value=48.0,
+                labels={"sensor": "coretemp", "label": "Core 0"},
+            ),
+            pb.Sample(name="process_count", value=212.0),
+        )
+    )
+    assert [(name, labels) for name, labels, _ in decoded.samples] == [
+        ("cpu_usage_ratio", ()),
+        ("cpu_core_usage_ratio", (("cpu", "1"),)),
+        ("temperature_celsius", (("chip", "coretemp"), ("sensor", "Core 0"))),
+        ("processes", ()),
+    ]

@@ -355,7 +355,7 @@ def test_matchers_select_series_and_each_series_has_its_own_alert() -> None:
     busy = [(float(t), 1.0) for t in range(0, 1001, 60)]
     full = [(float(t), 0.97) for t in range(0, 1001, 60)]
     series = [
-        SeriesData("cpu_usage_ratio", (("cpu", "0"),), busy),  # a core, not the machine
+        SeriesData("cpu_core_usage_ratio", (("cpu", "0"),), busy),  # a core has its own name
         SeriesData("cpu_usage_ratio", (), busy),
         SeriesData("filesystem_used_ratio", (("fstype", "NTFS"), ("mountpoint", "C:")), full),
         SeriesData("filesystem_used_ratio", (("fstype", "NTFS"), ("mountpoint", "D:")), full),

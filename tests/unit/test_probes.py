@@ -26,45 +26,10 @@ from tripline.agent.probes import (
     whole_disk,
 )
 from tripline.agent.redact import Redaction
+from tripline.common import catalogue
 
-ALLOWED_NAMES = {
-    "cpu_usage_ratio",
-    "load1",
-    "load5",
-    "load15",
-    "memory_total_bytes",
-    "memory_available_bytes",
-    "memory_used_bytes",
-    "memory_used_ratio",
-    "swap_total_bytes",
-    "swap_used_bytes",
-    "swap_used_ratio",
-    "filesystem_size_bytes",
-    "filesystem_free_bytes",
-    "filesystem_avail_bytes",
-    "filesystem_used_ratio",
-    "filesystem_files",
-    "filesystem_files_free",
-    "disk_read_bytes_total",
-    "disk_written_bytes_total",
-    "disk_reads_completed_total",
-    "disk_writes_completed_total",
-    "network_receive_bytes_total",
-    "network_transmit_bytes_total",
-    "network_receive_packets_total",
-    "network_transmit_packets_total",
-    "network_receive_errors_total",
-    "network_transmit_errors_total",
-    "boot_time_seconds",
-    "uptime_seconds",
-    "process_count",
-    "users_logged_in",
-    "temperature_celsius",
-    "battery_charge_ratio",
-    "battery_power_plugged",
-    "agent_collect_duration_seconds",
-    "agent_probe_errors_total",
-}
+# The probes emit through the catalogue: every name they send is a core family there.
+ALLOWED_NAMES = set(catalogue.BY_NAME)
 PROBES = {
     "cpu",
     "load",
@@ -199,13 +164,16 @@ def test_whole_disk(device: str, whole: bool) -> None:
 def test_first_collection_takes_a_cpu_baseline_second_reports_usage() -> None:
     prober = Prober(collect_processes=False)
     first = prober.collect(now=time.time())
-    assert values(first, "cpu_usage_ratio") == {}
+    assert values(first, "cpu_usage_ratio") == values(first, "cpu_core_usage_ratio") == {}
     second = prober.collect(now=time.time())
     usage = values(second, "cpu_usage_ratio")
+    per_core = values(second, "cpu_core_usage_ratio")
     cores = psutil.cpu_count() or 0
     assert cores > 0
-    assert set(usage) == {()} | {(("cpu", str(i)),) for i in range(cores)}
-    assert all(0.0 <= v <= 1.0 for v in usage.values())
+    # One name, one label set: the machine under its name, each CPU under its own.
+    assert set(usage) == {()}
+    assert set(per_core) == {(("cpu", str(i)),) for i in range(cores)}
+    assert all(0.0 <= v <= 1.0 for v in [*usage.values(), *per_core.values()])
 
 
 def test_real_collection_is_plausible() -> None:
@@ -227,7 +195,7 @@ def test_real_collection_is_plausible() -> None:
         "filesystem_used_ratio",
         "boot_time_seconds",
         "uptime_seconds",
-        "process_count",
+        "processes",
         "agent_collect_duration_seconds",
         "agent_probe_errors_total",
     }
@@ -344,7 +312,7 @@ def test_processes_are_scanned_at_most_once_per_process_interval() -> None:
     second = prober.collect(now=10.0)
     assert scans == 1
     assert second.context.top_memory == first.context.top_memory  # reused in between
-    count = [s.value for s in second.samples if s.name == "process_count"]
+    count = [s.value for s in second.samples if s.name == "processes"]
     assert len(count) == 1 and count[0] > 0  # still counted every collection (cheaply)
     prober.collect(now=60.0)
     assert scans == 2
@@ -355,7 +323,7 @@ def test_collect_processes_false_skips_the_scan() -> None:
     prober.collect(now=1.0)
     c = prober.collect(now=2.0)
     assert c.context.top_cpu == () and c.context.top_memory == ()
-    assert one(c, "process_count") > 0
+    assert one(c, "processes") > 0
 
 
 # --- failures, with a fake psutil module -------------------------------------------------
@@ -399,7 +367,7 @@ def test_a_failing_probe_keeps_the_others_and_counts_cumulatively() -> None:
         ("net_io_counters", "network", "network_receive_bytes_total"),
         ("boot_time", "uptime", "uptime_seconds"),
         ("users", "users", "users_logged_in"),
-        ("pids", "processes", "process_count"),
+        ("pids", "processes", "processes"),
         ("cpu_times", "cpu", "cpu_usage_ratio"),
     ],
 )
@@ -442,7 +410,7 @@ def test_a_scan_failing_midway_counts_and_keeps_the_other_probes() -> None:
     prober.collect(now=1.0)
     c = prober.collect(now=2.0)
     assert c.probe_errors["processes"] == 2
-    assert values(c, "process_count") == {}
+    assert values(c, "processes") == {}
     assert c.context.top_cpu == () and c.context.top_memory == ()
     assert values(c, "memory_total_bytes")
 
@@ -498,9 +466,9 @@ def test_sensor_readings_become_labelled_series() -> None:
     )
     c = Prober(psutil_module=ps, collect_processes=False).collect(now=1.0)
     assert values(c, "temperature_celsius") == {
-        (("label", "Core 0"), ("sensor", "coretemp")): 51.0,
-        (("label", "Core 0 #2"), ("sensor", "coretemp")): 52.0,
-        (("label", "temp1"), ("sensor", "acpitz")): 40.0,  # NaN reading dropped
+        (("chip", "coretemp"), ("sensor", "Core 0")): 51.0,
+        (("chip", "coretemp"), ("sensor", "Core 0 #2")): 52.0,
+        (("chip", "acpitz"), ("sensor", "temp1")): 40.0,  # NaN reading dropped
     }
     assert one(c, "battery_charge_ratio") == pytest.approx(0.42)
     assert one(c, "battery_power_plugged") == 0.0

@@ -47,8 +47,8 @@ def synthetic(samples: tuple[Sample, ...], errors: dict[str, int] | None = None)
 
 FULL = (
     Sample("cpu_usage_ratio", (), 0.625),
-    Sample("cpu_usage_ratio", (("cpu", "0"),), 0.5),
-    Sample("cpu_usage_ratio", (("cpu", "1"),), 0.75),
+    Sample("cpu_core_usage_ratio", (("cpu", "0"),), 0.5),
+    Sample("cpu_core_usage_ratio", (("cpu", "1"),), 0.75),
     Sample("load1", (), 1.5),
     Sample("load5", (), 1.25),
     Sample("load15", (), 0.5),
@@ -80,7 +80,7 @@ FULL = (
     Sample("network_receive_errors_total", (("device", "eth0"),), 1),
     Sample("network_transmit_errors_total", (("device", "eth0"),), 0),
     Sample("uptime_seconds", (), 3 * 86400 + 4 * 3600 + 5 * 60 + 6),
-    Sample("temperature_celsius", (("label", "Core 0"), ("sensor", "coretemp")), 61.0),
+    Sample("temperature_celsius", (("chip", "coretemp"), ("sensor", "Core 0")), 61.0),
     Sample("battery_charge_ratio", (), 0.8),
     Sample("battery_power_plugged", (), 1.0),
     Sample("agent_collect_duration_seconds", (), 0.0123),

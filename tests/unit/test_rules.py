@@ -539,7 +539,8 @@ def test_default_pack_values() -> None:
         600.0,
     )
     cpu = by_name["CpuSaturated"]
-    assert cpu.matchers == (Matcher("cpu", "eq", ""),)
+    # the whole machine has its own name: no matcher needed to leave the cores out
+    assert (cpu.metric, cpu.matchers) == ("cpu_usage_ratio", ())
     assert (cpu.window, cpu.threshold, cpu.for_seconds) == (Window("avg", 300.0), 0.95, 300.0)
     memory = by_name["MemoryExhausted"]
     assert (memory.threshold, memory.clear_threshold, memory.for_seconds) == (0.95, 0.9, 300.0)

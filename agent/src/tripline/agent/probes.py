@@ -225,7 +225,9 @@ class Prober:
         out.append(Sample("cpu_usage_ratio", (), cpu_usage_ratio(prev[0], total)))
         if len(prev[1]) == len(per_cpu):  # CPU hotplug changes the count: skip one round
             for i, (a, b) in enumerate(zip(prev[1], per_cpu, strict=True)):
-                out.append(Sample("cpu_usage_ratio", labels(cpu=str(i)), cpu_usage_ratio(a, b)))
+                out.append(
+                    Sample("cpu_core_usage_ratio", labels(cpu=str(i)), cpu_usage_ratio(a, b))
+                )
 
     def _load(self, out: list[Sample], now: float) -> None:
         # Windows has no load average; psutil emulates one with a background thread whose
@@ -321,7 +323,8 @@ class Prober:
     def _temperatures(self, out: list[Sample], now: float) -> None:
         if not hasattr(self._ps, "sensors_temperatures"):  # Windows and macOS lack it
             return
-        for sensor, entries in sorted(self._ps.sensors_temperatures().items()):
+        # Labelled as node_exporter's hwmon collector: chip (psutil's key), sensor.
+        for chip, entries in sorted(self._ps.sensors_temperatures().items()):
             seen: set[str] = set()
             for i, entry in enumerate(entries):
                 # Unlabelled and duplicate readings would collide as one series.
@@ -330,7 +333,7 @@ class Prober:
                     label = f"{label} #{i + 1}"
                 seen.add(label)
                 out.append(
-                    Sample("temperature_celsius", labels(sensor=sensor, label=label), entry.current)
+                    Sample("temperature_celsius", labels(chip=chip, sensor=label), entry.current)
                 )
 
     def _battery(self, out: list[Sample], now: float) -> None:
@@ -350,10 +353,10 @@ class Prober:
         self, out: list[Sample], now: float
     ) -> tuple[tuple[ProcessSample, ...], tuple[ProcessSample, ...]]:
         if not self._collect_processes:
-            out.append(Sample("process_count", (), len(self._ps.pids())))
+            out.append(Sample("processes", (), len(self._ps.pids())))
             return (), ()
         if self._prev_procs is not None and 0 <= now - self._prev_procs[0] < self._process_interval:
-            out.append(Sample("process_count", (), len(self._ps.pids())))
+            out.append(Sample("processes", (), len(self._ps.pids())))
             return self._last_top
         self._last_top = self._scan(out, now)
         return self._last_top
@@ -368,7 +371,7 @@ class Prober:
         # AccessDenied/ZombieProcess (other users' processes, Windows services) into None.
         for proc in self._ps.process_iter(attrs=attrs, ad_value=None):
             rows.append((proc, proc.info))
-        out.append(Sample("process_count", (), len(rows)))
+        out.append(Sample("processes", (), len(rows)))
         spent = {
             info["pid"]: info["cpu_times"].user + info["cpu_times"].system
             for _, info in rows

@@ -111,8 +111,7 @@ def _cpu(series: _Series) -> str:
     if total is None:
         lines.append("  usage: needs two collections (the first one only takes a baseline)")
     else:
-        cores = _by(series, "cpu_usage_ratio", "cpu")
-        cores.pop("", None)
+        cores = _by(series, "cpu_core_usage_ratio", "cpu")
         per_core = "  ".join(f"{k}: {_pct(v)}" for k, v in sorted(cores.items(), key=_core))
         lines.append(f"  usage {_pct(total)}" + (f"   per core  {per_core}" if per_core else ""))
     loads = [_one(series, n) for n in ("load1", "load5", "load15")]
@@ -220,7 +219,7 @@ def _network(series: _Series) -> str:
 
 def _sensors(series: _Series) -> str:
     lines = [
-        f"  {labels.get('sensor', '')} {labels.get('label', '')}: {value:.1f} °C"
+        f"  {labels.get('chip', '')} {labels.get('sensor', '')}: {value:.1f} °C"
         for labels, value in series.get("temperature_celsius", [])
     ]
     charge = _one(series, "battery_charge_ratio")

@@ -308,6 +308,7 @@ def decode_report(msg: pb.Report, *, instance_id: str, max_samples: int) -> Repo
     seen: set[tuple[str, Labels]] = set()
     by_name = catalogue.BY_NAME
     legacy = catalogue.LEGACY_NAMES
+    legacy_shapes = catalogue.LEGACY_SHAPES
     for index, sample in enumerate(msg.samples):
         # The hot path of the collector: names are checked once per process, labels only
         # when a sample has any, and error text is built only for an error.
@@ -344,6 +345,8 @@ def decode_report(msg: pb.Report, *, instance_id: str, max_samples: int) -> Repo
                         "label_value",
                     )
             labels = tuple(items)
+        if name in legacy_shapes:
+            name, labels = catalogue.modernize(name, labels)
         family = by_name.get(name)
         if family is not None and labels and not family.labels.issuperset(k for k, _ in labels):
             extra = sorted({k for k, _ in labels} - family.labels)

@@ -7,8 +7,10 @@ claims; a name not listed is an *extra* metric, exposed untyped under
 ``_total``/``_count``/``_sum``/``_bucket``/``_created``/``_info`` forms, or the
 collector's own families (``tripline_agent_*``, ``tripline_collector_*``).
 
-This module imports nothing of the collector or the agent: a later restructure moves
-it to the package both share (STYLE.md, "One home per name").
+The agent's probes emit these names (a test runs the real probes and checks every name
+they send is here), the collector's exposition reads them, and docs/metrics.md's table is
+generated from them (``python -m tripline.common.catalogue``; a test keeps it equal).
+One name carries one label set, so ``sum()`` and ``avg()`` mean something.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ EXTRA_KIND = "untyped"  # promtool lints no suffix or label of an untyped family
 # Names older agents send for a core family; the edge maps them before anything
 # stores them, so one family is exposed once.
 LEGACY_NAMES: dict[str, str] = {"process_count": "processes"}
+# Families whose shape changed (one name held two label sets; labels renamed): older
+# agents' samples of these names go through :func:`modernize`.
+LEGACY_SHAPES = frozenset({"cpu_usage_ratio", "temperature_celsius"})
+_TEMPERATURE_LABELS = {"sensor": "chip", "label": "sensor"}
 
 # Suffixes by which one family's samples can shadow another family's name.
 SHADOW_SUFFIXES = ("_total", "_count", "_sum", "_bucket", "_created", "_info")
@@ -60,7 +66,8 @@ def _f(name: str, kind: Kind, unit: str, help_text: str, *labels: str) -> Family
 _FS = ("mountpoint", "fstype", "device")
 
 FAMILIES: tuple[Family, ...] = (
-    _f("cpu_usage_ratio", "gauge", "ratio", "CPU busy time ratio (0-1), total or per cpu.", "cpu"),
+    _f("cpu_usage_ratio", "gauge", "ratio", "Whole-machine CPU busy time ratio (0-1)."),
+    _f("cpu_core_usage_ratio", "gauge", "ratio", "Busy time ratio (0-1) of one CPU.", "cpu"),
     _f("load1", "gauge", "", "1-minute load average."),
     _f("load5", "gauge", "", "5-minute load average."),
     _f("load15", "gauge", "", "15-minute load average."),
@@ -149,9 +156,9 @@ FAMILIES: tuple[Family, ...] = (
         "temperature_celsius",
         "gauge",
         "celsius",
-        "Hardware sensor temperature in degrees Celsius.",
+        "Hardware sensor temperature in degrees Celsius (labels as node_exporter's hwmon).",
+        "chip",
         "sensor",
-        "label",
     ),
     _f("battery_charge_ratio", "gauge", "ratio", "Battery charge as a ratio (0-1)."),
     _f("battery_power_plugged", "gauge", "", "1 when on mains power, 0 on battery."),
@@ -193,6 +200,33 @@ def exposed(name: str) -> tuple[str, str, str]:
     return EXTRA_PREFIX + name, EXTRA_KIND, f"Extra agent metric {name} (not in the catalogue)."
 
 
+def modernize(
+    name: str, labels: tuple[tuple[str, str], ...]
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A sample of ``name`` (in :data:`LEGACY_SHAPES`) as an older agent sent it, in
+    today's shape: per-CPU ``cpu_usage_ratio{cpu}`` is ``cpu_core_usage_ratio``, and
+    ``temperature_celsius{sensor, label}`` is ``{chip, sensor}``. Accepted for one release.
+    """
+    if name == "cpu_usage_ratio" and any(key == "cpu" for key, _ in labels):
+        return "cpu_core_usage_ratio", labels
+    if name == "temperature_celsius" and any(key == "label" for key, _ in labels):
+        return name, tuple(sorted((_TEMPERATURE_LABELS.get(k, k), v) for k, v in labels))
+    return name, labels
+
+
+def markdown_table() -> str:
+    """docs/metrics.md's table of core metrics, generated from :data:`FAMILIES`."""
+    rows = [
+        "| metric (exposed as `tripline_<name>`) | type | unit | labels | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for family in FAMILIES:
+        labels = ", ".join(f"`{label}`" for label in sorted(family.labels)) or "—"
+        unit = family.unit or "—"
+        rows.append(f"| `{family.name}` | {family.kind} | {unit} | {labels} | {family.help} |")
+    return "\n".join(rows) + "\n"
+
+
 def _check() -> None:
     """The namespace promises of the module docstring, checked at import: a catalogue
     edit that breaks one fails at once, in every test and at start."""
@@ -217,3 +251,6 @@ def _check() -> None:
 
 
 _check()
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
