@@ -145,6 +145,8 @@ class CollectorApp:
         self._health = health.aio.HealthServicer()
         self._health_tasks: set[asyncio.Future[None]] = set()
         self._stopping = False
+        # Until start() has finished, /readyz says "starting" and gRPC health NOT_SERVING.
+        self._started = False
         self._accept_log = limits.LogThrottle(every=10.0)
         self._open_files = -1
 
@@ -218,6 +220,9 @@ class CollectorApp:
         self._server = aio.server(options=grpc_server_options(config, grpc_connections))
         pb_grpc.add_CollectorServicer_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        # Known, and not serving, from the first connection: a health check between the
+        # port opening and the end of start() gets NOT_SERVING, never NOT_FOUND.
+        await self._set_health(False)
         host, port = parse_hostport(config.listen, "listen")
         address = f"{_bracket(host)}:{port}"
         if tls_files is None:
@@ -276,6 +281,7 @@ class CollectorApp:
             self._tasks.append(asyncio.create_task(self.deliverer.run()))
         serving = self.store.health.healthy
         await self._set_health(serving)
+        self._started = True
         log.info(
             "collector ready" if serving else "collector started, store not writable",
             extra={
@@ -413,6 +419,8 @@ class CollectorApp:
         await self._health.set(SERVICE_NAME, status)
 
     def _ready(self) -> tuple[bool, str]:
+        if not self._started:
+            return False, "starting"
         health = self.store.health
         if not health.healthy:
             return False, health.reason
