@@ -11,7 +11,7 @@ import grpc
 import pytest
 from grpc import aio
 
-from tests.integration.test_grpc_roundtrip import TOKEN, running_collector
+from tests.integration.conftest import TOKEN, running_collector
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
