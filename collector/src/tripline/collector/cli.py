@@ -355,7 +355,7 @@ def _print_ticket(d: dict[str, Any]) -> None:
         print("  top processes by CPU:")
         for p in top_cpu:
             print(
-                f"    {cell(p.get('pid', ''), 7)}  {_fmt_num(p.get('cpu_ratio', 0), '6.1%')}"
+                f"    {cell(p.get('pid', ''), 7)}  {_fmt_num(p.get('cpu_ratio', 0), '5.2f')} cores"
                 f"  {e(p.get('name', ''))}"
             )
     filesystems = _dicts(context.get("filesystems"))
