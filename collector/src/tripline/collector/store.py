@@ -40,7 +40,6 @@ from tripline.collector.schema import (
     enrollment_tokens,
     store_probe,
 )
-from tripline.common import files
 
 log = logging.getLogger(__name__)
 
@@ -291,12 +290,6 @@ class Store:
         self.file = SqliteFile(path) if path is not None else None
         self._engine = make_engine(url, busy_timeout=busy_timeout, file=self.file)
         self.health = StoreHealth()
-
-    @classmethod
-    def for_data_dir(cls, data_dir: Path) -> Store:
-        files.private_dir(data_dir, "data_dir")
-        files.private_database(data_dir / "tripline.db", "data_dir")
-        return cls(f"sqlite:///{data_dir / 'tripline.db'}")
 
     @property
     def engine(self) -> Engine:
