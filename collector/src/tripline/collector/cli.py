@@ -286,7 +286,7 @@ def _store(args: argparse.Namespace) -> Iterator[Any]:
     config = load_collector_config(
         args.config, flags={"data_dir": args.data_dir, "database_url": args.database_url}
     )
-    if config.database_url is None and not (config.data_dir / "tripline.db").exists():
+    if config.database_url is None and not config.database_file.exists():
         raise CliError(
             f"no Tripline database in {config.data_dir}/ (start the collector or the demo "
             "first, or pass --data-dir / --database-url)"

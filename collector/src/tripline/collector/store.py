@@ -7,7 +7,6 @@ whose functions run on a connection from `Store.transaction()`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
 import json
 import logging
@@ -38,6 +37,7 @@ from tripline.collector.schema import (
     agents,
     alert_states,
     enrollment_tokens,
+    secret_hash,
     store_probe,
 )
 
@@ -208,10 +208,6 @@ class InstancePosition:
     collected_at: float | None = None
     report_at: float | None = None
     received_at: float | None = None
-
-
-def _sha256(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _agent(row: Any) -> AgentRecord:
@@ -417,7 +413,7 @@ class Store:
             raise ValueError("customer and token must be non-empty, without surrounding spaces")
         if max_agents is not None and max_agents < 1:
             raise ValueError(f"max_agents must be at least 1, got {max_agents}")
-        digest = _sha256(token)
+        digest = secret_hash(token)
         query = select(enrollment_tokens).where(enrollment_tokens.c.token_hash == digest)
         with self._write(conn) as c:
             row = c.execute(query).one_or_none()
@@ -494,7 +490,7 @@ class Store:
             # cannot both take its last free place (SQLite takes the write lock at BEGIN).
             row = c.execute(
                 select(enrollment_tokens)
-                .where(enrollment_tokens.c.token_hash == _sha256(token))
+                .where(enrollment_tokens.c.token_hash == secret_hash(token))
                 .with_for_update()
             ).one_or_none()
             if row is None:
@@ -540,7 +536,7 @@ class Store:
                     customer=row.customer,
                     hostname=hostname,
                     site=site,
-                    credential_hash=_sha256(secret),
+                    credential_hash=secret_hash(secret),
                     enrollment_token_id=row.id,
                     inventory=record.inventory,
                     tags=record.tags,
@@ -560,7 +556,7 @@ class Store:
             row = c.execute(select(agents).where(agents.c.agent_id == agent_id)).one_or_none()
         if row is None or row.revoked_at is not None:
             return None
-        if not hmac.compare_digest(_sha256(secret), row.credential_hash):
+        if not hmac.compare_digest(secret_hash(secret), row.credential_hash):
             return None
         return _agent(row)
 
