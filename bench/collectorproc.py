@@ -14,6 +14,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tripline.collector.config import DATABASE_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -104,7 +106,7 @@ class CollectorProcess:
 
     @property
     def database(self) -> Path:
-        return self.data_dir / "tripline.db"
+        return self.data_dir / DATABASE_FILE
 
     @property
     def log_path(self) -> Path:

@@ -23,8 +23,7 @@ from prometheus_client.registry import Collector
 
 from tripline.collector.exposition import TARGET_LABELS, SeriesExposition, exposed_name
 from tripline.collector.state import LiveState
-
-Labels = tuple[tuple[str, str], ...]
+from tripline.common.labels import Labels
 
 
 def agent_samples(rng: random.Random) -> list[tuple[str, Labels, float]]:

@@ -1,10 +1,18 @@
+"""Fixtures and helpers shared by the integration tests: stores on every backend, a
+collector and an agent configured for loopback, plaintext gRPC and short intervals."""
+
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import postgres_schema
+from tripline.agent.config import load_agent_config
+from tripline.collector.app import CollectorApp
+from tripline.collector.config import load_collector_config
 from tripline.collector.store import AgentRecord, Store
 
 
@@ -48,3 +56,50 @@ def agent(store: Store) -> AgentRecord:
         token, hostname="pc-01", site="hq", inventory={"os": "Windows 11"}, now=T0
     )
     return record
+
+
+TOKEN = "tle_acme_integration_PNQPeY0ZJyUFPexTNJgRh8O-ZkY3"
+
+
+def collector_config(data_dir: Path, **flags: object):
+    return load_collector_config(
+        None,
+        environ={},
+        flags={
+            "listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            "data_dir": data_dir,
+            "customers": {"acme": TOKEN},
+            "interval": 1,
+            "evaluation_interval": 0.2,
+            "plaintext": True,  # TLS is covered by test_tls.py
+            **flags,
+        },
+    )
+
+
+def agent_config(state_dir: Path, port: int, token: str = TOKEN):
+    return load_agent_config(
+        None,
+        environ={},
+        flags={
+            "collector": f"127.0.0.1:{port}",
+            "enrollment_token": token,
+            "state_dir": state_dir,
+            "interval": 0.2,
+            "backoff_initial": 0.05,
+            "backoff_max": 0.5,
+            "collect_processes": False,
+            "plaintext": True,
+        },
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_collector(data_dir: Path, **flags: object) -> AsyncIterator[CollectorApp]:
+    app = CollectorApp(collector_config(data_dir, **flags))
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(grace=0.1)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from tests.conftest import async_eventually as eventually
-from tests.integration.test_grpc_roundtrip import TOKEN, agent_config, running_collector
+from tests.integration.conftest import TOKEN, agent_config, running_collector
 from tripline.agent.runner import AgentRunner
 
 

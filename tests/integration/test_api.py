@@ -19,7 +19,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from tests.integration.test_grpc_roundtrip import agent_config, eventually, running_collector
+from tests.conftest import async_eventually as eventually
+from tests.integration.conftest import agent_config, running_collector
 from tripline.agent.runner import AgentRunner
 from tripline.collector import apitokens, maintenance, tickets
 from tripline.collector.app import CollectorApp

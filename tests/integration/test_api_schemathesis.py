@@ -23,7 +23,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.integration.test_grpc_roundtrip import collector_config
+from tests.integration.conftest import collector_config
 from tripline.collector import apitokens, tickets
 from tripline.collector.app import CollectorApp
 from tripline.collector.openapi import openapi_document

@@ -816,7 +816,7 @@ def test_alertmanager_sees_one_alert_per_ticket_through_escalation_and_its_resol
 def test_parked_events_are_listed_and_retried_through_the_api_and_cli_within_scope(
     tmp_path: Path, hook: Hook, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.integration.test_grpc_roundtrip import collector_config
+    from tests.integration.conftest import collector_config
     from tripline.collector import apitokens
     from tripline.collector.app import CollectorApp
     from tripline.collector.cli import main

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -15,60 +13,12 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import async_eventually as eventually
-from tripline.agent.config import load_agent_config
+from tests.integration.conftest import TOKEN, agent_config, running_collector
 from tripline.agent.runner import AgentRunner
 from tripline.agent.spool import Spool
 from tripline.agent.transport import EnrollmentFailed
-from tripline.collector.app import CollectorApp
-from tripline.collector.config import load_collector_config
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
-
-TOKEN = "tle_acme_integration_PNQPeY0ZJyUFPexTNJgRh8O-ZkY3"
-
-
-def collector_config(data_dir: Path, **flags: object):
-    return load_collector_config(
-        None,
-        environ={},
-        flags={
-            "listen": "127.0.0.1:0",
-            "http_listen": "127.0.0.1:0",
-            "data_dir": data_dir,
-            "customers": {"acme": TOKEN},
-            "interval": 1,
-            "evaluation_interval": 0.2,
-            "plaintext": True,  # TLS is covered by test_tls.py
-            **flags,
-        },
-    )
-
-
-def agent_config(state_dir: Path, port: int, token: str = TOKEN):
-    return load_agent_config(
-        None,
-        environ={},
-        flags={
-            "collector": f"127.0.0.1:{port}",
-            "enrollment_token": token,
-            "state_dir": state_dir,
-            "interval": 0.2,
-            "backoff_initial": 0.05,
-            "backoff_max": 0.5,
-            "collect_processes": False,
-            "plaintext": True,
-        },
-    )
-
-
-@contextlib.asynccontextmanager
-async def running_collector(data_dir: Path, **flags: object) -> AsyncIterator[CollectorApp]:
-    app = CollectorApp(collector_config(data_dir, **flags))
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop(grace=0.1)
 
 
 def test_agent_enrolls_streams_and_spool_drains(tmp_path: Path) -> None:

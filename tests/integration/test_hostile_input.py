@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_grpc_roundtrip import TOKEN, agent_config, collector_config
+from tests.integration.conftest import TOKEN, agent_config, collector_config
 from tripline.agent.runner import AgentRunner
 from tripline.collector import tickets
 from tripline.collector.app import CollectorApp

@@ -12,12 +12,8 @@ import grpc
 import pytest
 from grpc import aio
 
-from tests.integration.test_grpc_roundtrip import (
-    TOKEN,
-    agent_config,
-    eventually,
-    running_collector,
-)
+from tests.conftest import async_eventually as eventually
+from tests.integration.conftest import TOKEN, agent_config, running_collector
 from tripline.agent.runner import AgentRunner
 from tripline.collector.app import CollectorApp
 from tripline.v1 import tripline_pb2 as pb

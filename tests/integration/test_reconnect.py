@@ -11,7 +11,10 @@ import grpc
 import pytest
 from grpc import aio
 
-from tests.integration.test_grpc_roundtrip import TOKEN, running_collector
+from tests.conftest import async_eventually as eventually
+from tests.integration.conftest import TOKEN, agent_config, running_collector
+from tripline.agent.runner import AgentRunner
+from tripline.collector import server
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
@@ -63,3 +66,28 @@ def test_superseded_and_cancelled_streams_are_not_errors(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
     assert any(r.getMessage() == "agent disconnected" for r in caplog.records)
+
+
+def _reconnects(runner: AgentRunner) -> float:
+    (sample,) = (s for s in runner._self_samples() if s.name == "agent_reconnects_total")
+    return sample.value
+
+
+def test_agent_reconnects_total_counts_reconnects_not_the_first_connect(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_collector(tmp_path / "c") as app:
+            runner = AgentRunner(agent_config(tmp_path / "a", app.grpc_port))
+            stop = asyncio.Event()
+            task = asyncio.create_task(runner.run(stop))
+            stats = runner.transport.stats
+            await eventually(lambda: stats.connected)
+            assert _reconnects(runner) == 0.0
+            # the collector ends the stream (as it does on shutdown); the agent comes back
+            (stream,) = app.service.streams.values()
+            stream.send(server._END)
+            await eventually(lambda: stats.disconnects >= 1 and stats.connected)
+            assert _reconnects(runner) == 1.0
+            stop.set()
+            await task
+
+    asyncio.run(scenario())

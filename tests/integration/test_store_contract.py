@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from tests.integration.conftest import collector_config
 from tripline.alerts.engine import AlertKey, AlertState
 from tripline.collector import migrations, schema, tickets
 from tripline.collector.lockfile import DataDirLock, DataDirLocked
@@ -369,8 +370,9 @@ def _sqlite_store(tmp_path: Path, **kwargs: float) -> Store:
     return store
 
 
-def test_for_data_dir_makes_a_wal_file_with_foreign_keys(tmp_path: Path) -> None:
-    store = Store.for_data_dir(tmp_path / "data")
+def test_data_dir_store_is_a_wal_file_with_foreign_keys(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    store = Store(collector_config(tmp_path / "data").effective_database_url)
     store.migrate()
     with store.read() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

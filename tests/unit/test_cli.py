@@ -298,6 +298,8 @@ def test_tickets_list_show_ack(store_dir: Path, capsys: pytest.CaptureFixture[st
     assert f"Ticket #{ticket_id}  [open]  warning  tier 1" in out
     assert "runbook: Empty the recycle bin." in out
     assert "backup.exe" in out
+    # a share of one core (0..cpu_count), not a percentage of the machine
+    assert "0.71 cores  backup.exe" in out
     assert "opened       by tripline" in out
 
     code, out, _ = run(

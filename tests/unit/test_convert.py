@@ -1,15 +1,12 @@
+"""The agent's encoders, checked by decoding what they write back into agent data."""
+
 from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
-from tripline.agent.convert import (
-    collection_from_report,
-    collection_to_dict,
-    context_from_pb,
-    host_info,
-    report_bytes,
-)
+from tripline.agent.convert import collection_to_dict, context_to_dict, host_info, report_bytes
 from tripline.agent.probes import (
     Collection,
     Context,
@@ -59,6 +56,56 @@ COLLECTION = Collection(
     context=Context(top_cpu=(PROC,), top_memory=(PROC,), logged_in_users=("alice", "bob")),
     probe_errors={"filesystem": 3, "memory": 0},
 )
+
+
+# Decoders for the round trips below: the agent only encodes (the collector decodes
+# with its own types, tested in test_collector_convert.py).
+
+
+def context_from_pb(context: pb.Context) -> dict[str, Any]:
+    """JSON-ready form of a report's context, same shape as `context_to_dict`."""
+    return context_to_dict(_context_from_pb(context))
+
+
+def collection_from_report(report: pb.Report) -> Collection:
+    """The inverse of `report_bytes` for the collection part (seq, instance, host aside).
+
+    Probe error counts travel only as agent_probe_errors_total samples and are read back
+    from them.
+    """
+    samples = tuple(
+        Sample(s.name, tuple(sorted(s.labels.items())), s.value) for s in report.samples
+    )
+    errors = {
+        dict(s.labels).get("probe", ""): int(s.value)
+        for s in samples
+        if s.name == "agent_probe_errors_total"
+    }
+    return Collection(
+        collected_at=report.collected_at_seconds,
+        samples=samples,
+        context=_context_from_pb(report.context),
+        probe_errors=errors,
+    )
+
+
+def _context_from_pb(context: pb.Context) -> Context:
+    return Context(
+        top_cpu=tuple(_process_from_pb(p) for p in context.top_cpu),
+        top_memory=tuple(_process_from_pb(p) for p in context.top_memory),
+        logged_in_users=tuple(context.logged_in_users),
+    )
+
+
+def _process_from_pb(p: pb.ProcessInfo) -> ProcessSample:
+    return ProcessSample(
+        pid=p.pid,
+        name=p.name,
+        username=p.username,
+        cpu_ratio=p.cpu_ratio,
+        memory_rss_bytes=p.memory_rss_bytes,
+        cmdline=p.cmdline,
+    )
 
 
 def parse(data: bytes) -> pb.Report:

@@ -126,7 +126,9 @@ def test_synthetic_table() -> None:
     assert "coretemp Core 0: 61.0 °C" in text
     assert "battery 80.0%, plugged in" in text
     cpu = text[text.index("TOP PROCESSES BY CPU") :].splitlines()
-    assert cpu[2].split()[:5] == ["11", "root", "150.0%", "512.0", "MiB"]
+    # cpu_ratio is a share of one core (0..cpu_count): shown in cores, not as a percentage
+    assert cpu[1].split()[:4] == ["PID", "User", "CPU", "cores"]
+    assert cpu[2].split()[:5] == ["11", "root", "1.50", "512.0", "MiB"]
     assert "/usr/bin/backup --all --verbose" in cpu[2]  # newline flattened
     assert cpu[3].endswith("x" * 49 + "...")
     mem = text[text.index("TOP PROCESSES BY MEMORY") :].splitlines()

@@ -118,19 +118,6 @@ def test_a_failing_build_stores_nothing_and_uses_no_seq(spool: Spool) -> None:
     assert spool.stats() == SpoolStats(2, 6, 1, 2, 0)
 
 
-def test_meta_is_persisted_and_separate_from_state(tmp_path: Path) -> None:
-    path = tmp_path / "spool.db"
-    with Spool(path) as spool:
-        assert spool.get_meta("agent_id") is None
-        spool.set_meta("agent_id", "a-1")
-        spool.set_meta("agent_id", "a-2")
-        spool.set_meta("instance_id", "not the real one")
-        real = spool.instance_id
-    with Spool(path) as reopened:
-        assert reopened.get_meta("agent_id") == "a-2"
-        assert reopened.instance_id == real
-
-
 def test_file_is_wal_with_full_sync(spool: Spool) -> None:
     spool.append(fixed(b"x"))
     raw = sqlite3.connect(spool.path)

@@ -1,4 +1,8 @@
-"""Pure conversions between the agent's plain data and the wire (protobuf) or JSON."""
+"""Pure encoders from the agent's plain data to the wire (protobuf) or JSON.
+
+The decoding side is the collector's (`tripline.collector.convert`); the agent reads no
+reports.
+"""
 
 from __future__ import annotations
 
@@ -75,58 +79,12 @@ def context_to_dict(context: Context) -> dict[str, Any]:
     }
 
 
-def context_from_pb(context: pb.Context) -> dict[str, Any]:
-    """JSON-ready form of a report's context, same shape as `context_to_dict`."""
-    return context_to_dict(_context_from_pb(context))
-
-
-def collection_from_report(report: pb.Report) -> Collection:
-    """The inverse of `report_bytes` for the collection part (seq, instance, host aside).
-
-    Probe error counts travel only as agent_probe_errors_total samples and are read back
-    from them.
-    """
-    samples = tuple(
-        Sample(s.name, tuple(sorted(s.labels.items())), s.value) for s in report.samples
-    )
-    errors = {
-        dict(s.labels).get("probe", ""): int(s.value)
-        for s in samples
-        if s.name == "agent_probe_errors_total"
-    }
-    return Collection(
-        collected_at=report.collected_at_seconds,
-        samples=samples,
-        context=_context_from_pb(report.context),
-        probe_errors=errors,
-    )
-
-
 def _sample_pb(s: Sample) -> pb.Sample:
     return pb.Sample(name=s.name, labels=dict(s.labels), value=s.value)
 
 
 def _process_pb(p: ProcessSample) -> pb.ProcessInfo:
     return pb.ProcessInfo(
-        pid=p.pid,
-        name=p.name,
-        username=p.username,
-        cpu_ratio=p.cpu_ratio,
-        memory_rss_bytes=p.memory_rss_bytes,
-        cmdline=p.cmdline,
-    )
-
-
-def _context_from_pb(context: pb.Context) -> Context:
-    return Context(
-        top_cpu=tuple(_process_from_pb(p) for p in context.top_cpu),
-        top_memory=tuple(_process_from_pb(p) for p in context.top_memory),
-        logged_in_users=tuple(context.logged_in_users),
-    )
-
-
-def _process_from_pb(p: pb.ProcessInfo) -> ProcessSample:
-    return ProcessSample(
         pid=p.pid,
         name=p.name,
         username=p.username,

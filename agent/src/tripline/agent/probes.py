@@ -23,8 +23,7 @@ from typing import Any, Protocol
 import psutil
 
 from tripline.agent.redact import Redaction
-
-Labels = tuple[tuple[str, str], ...]  # sorted by key
+from tripline.common.labels import Labels
 
 CMDLINE_MAX_CHARS = 1024
 

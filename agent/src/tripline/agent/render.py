@@ -62,6 +62,12 @@ def _pct(ratio: float) -> str:
     return f"{ratio * 100:.1f}%"
 
 
+def _cores(ratio: float) -> str:
+    # A process's cpu_ratio is a share of one core (0..cpu_count), not of the machine: as a
+    # percentage, 150% on an 8-core PC reads as impossible or as the whole machine.
+    return f"{ratio:.2f}"
+
+
 def _one(series: _Series, name: str) -> float | None:
     for labels, value in series.get(name, []):
         if not labels:
@@ -237,14 +243,14 @@ def _processes(title: str, procs: Sequence[ProcessSample]) -> str:
         [
             str(p.pid),
             p.username,
-            _pct(p.cpu_ratio),
+            _cores(p.cpu_ratio),
             human_bytes(p.memory_rss_bytes),
             p.name,
             _short(p.cmdline, 60),
         ]
         for p in procs
     ]
-    headers = ["PID", "User", "CPU", "RSS", "Name", "Command"]
+    headers = ["PID", "User", "CPU cores", "RSS", "Name", "Command"]
     return f"{title}\n" + _table(headers, rows, right={0, 2, 3})
 
 

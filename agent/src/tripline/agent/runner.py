@@ -106,7 +106,7 @@ class AgentRunner:
             Sample("agent_spool_reports", (), float(stats.reports)),
             Sample("agent_spool_bytes", (), float(stats.bytes)),
             Sample("agent_spool_dropped_reports_total", (), float(stats.dropped_total)),
-            Sample("agent_reconnects_total", (), float(t.connects)),
+            Sample("agent_reconnects_total", (), float(t.reconnects)),
             Sample("agent_reports_rejected_total", (), float(t.reports_rejected)),
         )
 

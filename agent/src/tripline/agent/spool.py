@@ -34,10 +34,6 @@ CREATE TABLE IF NOT EXISTS reports (
     size INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
 """
 
 
@@ -201,19 +197,6 @@ class Spool:
             newest_seq=newest,
             dropped_total=int(dropped),
         )
-
-    def get_meta(self, key: str) -> str | None:
-        with self._lock, self._guard():
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._lock, self._guard(), self._transaction() as db:
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
 
     def close(self) -> None:
         with self._lock:

@@ -81,6 +81,11 @@ class TransportStats:
     connected: bool = False
     acked_seq: int = 0
 
+    @property
+    def reconnects(self) -> int:
+        """Streams established after the first: the first connect is not a reconnect."""
+        return max(self.connects - 1, 0)
+
 
 class Transport:
     def __init__(

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from tripline.alerts.model import OPS, Labels, Rule, RuleSet, Window
+from tripline.alerts.model import OPS, Rule, RuleSet, Window
+from tripline.common.labels import Labels
 
 __all__ = [
     "AlertKey",

@@ -15,9 +15,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-Labels = tuple[tuple[str, str], ...]
-"""Series labels as (name, value) pairs sorted by name: hashable, so usable in keys."""
-
 MatcherKind = Literal["eq", "ne", "regex", "not_regex"]
 Agg = Literal["avg", "max", "min", "rate", "predict_linear", "resets"]
 

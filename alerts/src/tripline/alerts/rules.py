@@ -30,7 +30,6 @@ from tripline.alerts.model import (
     SEVERITIES,
     TEMPLATE_ERRORS,
     TIERS,
-    Labels,
     Matcher,
     MatcherKind,
     Override,
@@ -41,6 +40,7 @@ from tripline.alerts.model import (
     label_regex,
 )
 from tripline.common.durations import parse_duration
+from tripline.common.labels import Labels
 
 __all__ = [
     "Labels",

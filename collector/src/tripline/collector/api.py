@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from tripline.alerts.model import SEVERITIES
 from tripline.alerts.rules import Rule
 from tripline.collector import apitokens, delivery, maintenance, tickets
 from tripline.collector.apitokens import ApiToken
@@ -43,7 +44,6 @@ from tripline.collector.openapi import (
     MAX_TEXT,
     MAX_TIME,
     MAX_WINDOW_DURATION,
-    SEVERITIES,
     openapi_document,
 )
 from tripline.collector.pipeline import Pipeline

@@ -9,7 +9,6 @@ and take `now`; every write they make is also written to the audit log with its 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -17,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, exc, select
 
-from tripline.collector.schema import api_tokens, audit_log
+from tripline.collector.schema import api_tokens, audit_log, secret_hash
 
 TOKEN_PREFIX = "tla_"
 MAX_NAME_LENGTH = 128
@@ -82,10 +81,6 @@ def check_name(text: str, what: str, max_length: int = MAX_NAME_LENGTH) -> str:
     return text
 
 
-def _sha256(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def _token(row: Row[Any]) -> ApiToken:
     customers = None if row.customers is None else tuple(row.customers)
     return ApiToken(row.id, row.name, customers, row.created_at, row.revoked_at)
@@ -112,7 +107,12 @@ def create_token(
     if conn.scalar(select(api_tokens.c.id).where(api_tokens.c.name == name)) is not None:
         raise ApiTokenNameTaken(name)
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    values = {"name": name, "token_hash": _sha256(secret), "customers": scope, "created_at": now}
+    values = {
+        "name": name,
+        "token_hash": secret_hash(secret),
+        "customers": scope,
+        "created_at": now,
+    }
     try:
         with conn.begin_nested():
             token_id = conn.execute(
@@ -164,7 +164,7 @@ def authenticate(conn: Connection, secret: str) -> ApiToken | None:
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > 256:
         return None
     row = conn.execute(
-        select(api_tokens).where(api_tokens.c.token_hash == _sha256(secret))
+        select(api_tokens).where(api_tokens.c.token_hash == secret_hash(secret))
     ).one_or_none()
     if row is None or row.revoked_at is not None:
         return None

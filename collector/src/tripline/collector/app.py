@@ -158,7 +158,7 @@ class CollectorApp:
         if config.database_url is None:
             # Tokens (hashed), tickets with host details: owner-only whatever the umask.
             files.private_dir(config.data_dir, "data_dir")
-            files.private_database(config.data_dir / "tripline.db", "data_dir")
+            files.private_database(config.database_file, "data_dir")
         elif (database_file := files.sqlite_file(config.database_url)) is not None:
             files.private_database(database_file, "database_url")
         if self._owner is not None:

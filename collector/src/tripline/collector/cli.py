@@ -286,7 +286,7 @@ def _store(args: argparse.Namespace) -> Iterator[Any]:
     config = load_collector_config(
         args.config, flags={"data_dir": args.data_dir, "database_url": args.database_url}
     )
-    if config.database_url is None and not (config.data_dir / "tripline.db").exists():
+    if config.database_url is None and not config.database_file.exists():
         raise CliError(
             f"no Tripline database in {config.data_dir}/ (start the collector or the demo "
             "first, or pass --data-dir / --database-url)"
@@ -355,7 +355,7 @@ def _print_ticket(d: dict[str, Any]) -> None:
         print("  top processes by CPU:")
         for p in top_cpu:
             print(
-                f"    {cell(p.get('pid', ''), 7)}  {_fmt_num(p.get('cpu_ratio', 0), '6.1%')}"
+                f"    {cell(p.get('pid', ''), 7)}  {_fmt_num(p.get('cpu_ratio', 0), '5.2f')} cores"
                 f"  {e(p.get('name', ''))}"
             )
     filesystems = _dicts(context.get("filesystems"))

@@ -35,6 +35,10 @@ class TicketSettings:
     escalate_tier2_after: float = 3600.0
 
 
+# The SQLite file in data_dir when no database_url is given.
+DATABASE_FILE = "tripline.db"
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     listen: str = "127.0.0.1:7700"
@@ -109,8 +113,13 @@ class CollectorConfig:
         return self.offline_after if self.offline_after is not None else 3 * self.interval
 
     @property
+    def database_file(self) -> Path:
+        """The SQLite file in data_dir (used when database_url is not set)."""
+        return self.data_dir / DATABASE_FILE
+
+    @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'tripline.db'}"
+        return self.database_url or f"sqlite:///{self.database_file}"
 
 
 def _parse_tags(value: Any) -> tuple[tuple[str, str], ...]:

@@ -32,9 +32,8 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from tripline.common import catalogue
+from tripline.common.labels import Labels
 from tripline.v1 import tripline_pb2 as pb
-
-Labels = tuple[tuple[str, str], ...]
 
 # The Prometheus data model, matched whole (re.fullmatch) and ASCII only, narrowed to
 # what `promtool check metrics` accepts on every page: snake_case (promtool refuses

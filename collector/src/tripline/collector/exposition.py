@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from tripline.collector.state import AgentLive, Labels, LiveState
+from tripline.collector.state import AgentLive, LiveState
 from tripline.common import catalogue
 from tripline.common.catalogue import TARGET_LABELS
+from tripline.common.labels import Labels
 
 __all__ = ["TARGET_LABELS", "SeriesExposition", "escape_label_value", "exposed_name"]
 

@@ -10,7 +10,7 @@ import urllib.parse
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from tripline.collector.convert import Labels
+from tripline.common.labels import Labels
 
 SeriesKey = tuple[str, Labels]
 Sample = tuple[str, Labels, float]

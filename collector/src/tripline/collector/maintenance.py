@@ -22,7 +22,8 @@ from sqlalchemy import Connection, Row, or_, select
 
 from tripline.alerts import calendar
 from tripline.collector.schema import maintenance_windows, suppressed_alerts
-from tripline.collector.tickets import Labels, problem_key
+from tripline.collector.tickets import problem_key
+from tripline.common.labels import Labels
 
 WindowKind = Literal["once", "weekly", "cron"]
 SCOPE_FIELDS = ("customer", "site", "agent_id", "rule")

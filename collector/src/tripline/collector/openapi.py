@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+from tripline.alerts.model import SEVERITIES
 from tripline.collector.schema import TICKET_STATUSES
 
 API_PREFIX = "/api/v1"
@@ -24,7 +25,6 @@ MAX_EXPIRES_IN = 10 * 365 * 86400
 MAX_TIME = 253_402_300_799
 # A recurring window's length: the calendar looks back this far for a covering occurrence.
 MAX_WINDOW_DURATION = 31 * 86400
-SEVERITIES = ("info", "warning", "critical")
 ALERT_PHASES = ("pending", "firing")
 
 _NO_NUL = "^[^\\u0000]*$"

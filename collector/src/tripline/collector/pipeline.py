@@ -25,7 +25,7 @@ from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig
 from tripline.collector.convert import Hello, Report
 from tripline.collector.selfmetrics import CollectorMetrics
-from tripline.collector.state import AgentLive, Labels, LiveState
+from tripline.collector.state import AgentLive, LiveState
 from tripline.collector.store import (
     AgentRecord,
     InstancePosition,
@@ -33,6 +33,7 @@ from tripline.collector.store import (
     Store,
     StoreUnavailable,
 )
+from tripline.common.labels import Labels
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,8 @@ dicts and lists. Migration 1 creates these tables as they are defined here; see
 
 from __future__ import annotations
 
+import hashlib
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -24,6 +26,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+
+
+def secret_hash(secret: str) -> str:
+    """What a `token_hash` or `credential_hash` column holds for `secret` (hex SHA-256)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
 
 # Named constraints keep migrations (ALTER, DROP CONSTRAINT) writable on both backends.
 metadata = MetaData(

@@ -100,12 +100,6 @@ class CollectorService(pb_grpc.CollectorServicer):
             collect_processes=True,
         )
 
-    def push_settings(self) -> None:
-        """Send the current settings to every connected agent."""
-        message = pb.CollectorMessage(settings=self.settings())
-        for stream in self.streams.values():
-            stream.send(message)
-
     async def _throttled(self, scope: str, key: str, context: aio.ServicerContext) -> None:
         """Refuse the attempt with RESOURCE_EXHAUSTED while `key` must wait after failures."""
         wait = self.enroll_throttle.wait((scope, key), self.monotonic())

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tripline.alerts.engine import SeriesData
+from tripline.common.labels import Labels
 
-Labels = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, Labels]
 
 

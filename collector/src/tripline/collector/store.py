@@ -7,7 +7,6 @@ whose functions run on a connection from `Store.transaction()`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
 import json
 import logging
@@ -38,9 +37,9 @@ from tripline.collector.schema import (
     agents,
     alert_states,
     enrollment_tokens,
+    secret_hash,
     store_probe,
 )
-from tripline.common import files
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +210,6 @@ class InstancePosition:
     received_at: float | None = None
 
 
-def _sha256(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def _agent(row: Any) -> AgentRecord:
     values = {f.name: getattr(row, f.name) for f in fields(AgentRecord)}
     return AgentRecord(**{**values, "inventory": dict(row.inventory), "tags": dict(row.tags)})
@@ -291,12 +286,6 @@ class Store:
         self.file = SqliteFile(path) if path is not None else None
         self._engine = make_engine(url, busy_timeout=busy_timeout, file=self.file)
         self.health = StoreHealth()
-
-    @classmethod
-    def for_data_dir(cls, data_dir: Path) -> Store:
-        files.private_dir(data_dir, "data_dir")
-        files.private_database(data_dir / "tripline.db", "data_dir")
-        return cls(f"sqlite:///{data_dir / 'tripline.db'}")
 
     @property
     def engine(self) -> Engine:
@@ -424,7 +413,7 @@ class Store:
             raise ValueError("customer and token must be non-empty, without surrounding spaces")
         if max_agents is not None and max_agents < 1:
             raise ValueError(f"max_agents must be at least 1, got {max_agents}")
-        digest = _sha256(token)
+        digest = secret_hash(token)
         query = select(enrollment_tokens).where(enrollment_tokens.c.token_hash == digest)
         with self._write(conn) as c:
             row = c.execute(query).one_or_none()
@@ -501,7 +490,7 @@ class Store:
             # cannot both take its last free place (SQLite takes the write lock at BEGIN).
             row = c.execute(
                 select(enrollment_tokens)
-                .where(enrollment_tokens.c.token_hash == _sha256(token))
+                .where(enrollment_tokens.c.token_hash == secret_hash(token))
                 .with_for_update()
             ).one_or_none()
             if row is None:
@@ -547,7 +536,7 @@ class Store:
                     customer=row.customer,
                     hostname=hostname,
                     site=site,
-                    credential_hash=_sha256(secret),
+                    credential_hash=secret_hash(secret),
                     enrollment_token_id=row.id,
                     inventory=record.inventory,
                     tags=record.tags,
@@ -567,7 +556,7 @@ class Store:
             row = c.execute(select(agents).where(agents.c.agent_id == agent_id)).one_or_none()
         if row is None or row.revoked_at is not None:
             return None
-        if not hmac.compare_digest(_sha256(secret), row.credential_hash):
+        if not hmac.compare_digest(secret_hash(secret), row.credential_hash):
             return None
         return _agent(row)
 

@@ -16,11 +16,11 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Row, exc, func, select
 
 from tripline.collector.schema import TICKET_STATUSES, ticket_events, tickets
+from tripline.common.labels import Labels
 
 ENGINE_ACTOR = "tripline"
 
 TicketStatus = Literal["open", "acknowledged", "resolved"]
-Labels = tuple[tuple[str, str], ...]
 
 
 def _default_escalation() -> dict[int, float]:

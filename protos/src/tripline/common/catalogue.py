@@ -173,7 +173,12 @@ FAMILIES: tuple[Family, ...] = (
     ),
     _f("agent_spool_reports", "gauge", "", "Reports waiting in the agent's spool."),
     _f("agent_spool_bytes", "gauge", "bytes", "Size of the agent's spool in bytes."),
-    _f("agent_reconnects_total", "counter", "", "Connections the agent opened to a collector."),
+    _f(
+        "agent_reconnects_total",
+        "counter",
+        "",
+        "Connections the agent reopened to a collector (the first is not counted).",
+    ),
     _f(
         "agent_reports_rejected_total",
         "counter",
