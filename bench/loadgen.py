@@ -612,7 +612,10 @@ def _drive(
     cpu_b = procstat.tree_snapshot(pid) if pid else None
     gen_b = [procstat.snapshot(p) for p in worker_pids]
     machine_b = procstat.machine_busy_seconds()
-    figures["server_connections"] = procstat.established_connections(target.port)
+    if pid:
+        figures["server_connections"] = procstat.established_connections(
+            target.port, procstat.tree_pids(pid)
+        )
     started_b = time.monotonic()
     applied_b = hooks.applied()
     for control in controls:

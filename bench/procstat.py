@@ -100,9 +100,30 @@ def raise_nofile_limit() -> int:
     return soft
 
 
-def established_connections(port: int) -> int:
-    """TCP connections in state ESTABLISHED whose local port is ``port`` (IPv4 and IPv6,
-    from /proc/net/tcp*): on loopback, the server side of every client connection."""
+def socket_inodes(pids: list[int]) -> set[str]:
+    """Inode numbers (as /proc/net/tcp prints them) of the sockets these processes hold."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue  # closed meanwhile
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:[") : -1])
+    return inodes
+
+
+def established_connections(port: int, pids: list[int]) -> int:
+    """TCP connections in state ESTABLISHED on local port ``port`` held by ``pids`` (IPv4
+    and IPv6, from /proc/net/tcp*): the server side of every client connection. Matching
+    the socket's inode to the server's file descriptors keeps out another program's
+    connection that happens to use the same port number on the other end."""
+    inodes = socket_inodes(pids)
     count = 0
     local_suffix = f":{port:04X}"
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -112,8 +133,8 @@ def established_connections(port: int) -> int:
             continue
         for line in lines:
             fields = line.split()
-            # fields: sl local_address rem_address st ...; st 01 is ESTABLISHED
-            if fields[3] == "01" and fields[1].endswith(local_suffix):
+            # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if fields[3] == "01" and fields[1].endswith(local_suffix) and fields[9] in inodes:
                 count += 1
     return count
 
