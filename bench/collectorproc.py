@@ -13,6 +13,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.tlsfiles import BenchTls
 
 from tripline.collector.config import DATABASE_FILE
 
@@ -87,6 +91,8 @@ class CollectorProcess:
     interval: float
     rules: Path | None = None
     extra: tuple[str, ...] = ()
+    # server certificate and key for the gRPC port; None: plaintext (--plaintext)
+    tls: BenchTls | None = None
     grpc_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     popen: subprocess.Popen[bytes] | None = None
@@ -131,7 +137,11 @@ class CollectorProcess:
             f"{self.interval:g}",
             "--log-format",
             "json",
-            *plaintext_flags("collector"),
+            *(
+                ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
+                if self.tls
+                else plaintext_flags("collector")
+            ),
             *(["--rules", str(self.rules)] if self.rules else []),
             *self.extra,
         ]

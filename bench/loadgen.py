@@ -1,16 +1,24 @@
-"""Load generator: N simulated agents against one collector process, and what it costs.
+"""Load generator: N simulated PCs against one collector, measured against bare gRPC.
 
     python -m bench.loadgen --agents 1000 --duration 60
 
-Starts a collector (unless --collector/--http name a running one), enrolls the agents over
-the real Enroll RPC, opens one Connect stream each from --procs generator processes, and
-reports every --interval from random offsets. A fraction of the agents fills its system
-drive (filesystem_used_ratio 0.97) when the measured window starts, so FilesystemAlmostFull
-fires after its `for`. Prints reports/s and samples/s applied (the collector's counters),
-ack latency (client side, send to ack), the collector's CPU and RSS (/proc), the time and
-size of a /metrics scrape (against prometheus_client's generate_latest over the same
-data), and the time from a `for` elapsing to its ticket being committed. Loopback only;
-stops by itself. See bench/README.md.
+Runs twice on the same machine with the same generator, report bytes, connection shape
+and rate. First against the transport baseline (bench/bareserver.py: a grpc.aio servicer
+that acks each report and does nothing else), then against a collector process (unless
+--collector names a running one). By default each simulated PC has its own gRPC channel
+(its own TCP connection and TLS session, the collector's certificate verified against a
+throwaway CA), as a real fleet dials; --agents-per-channel and --plaintext are there for
+comparison. Connections open at --ramp per second.
+
+Each PC enrolls over the real Enroll RPC, opens one Connect stream and reports every
+--interval from a random offset. A fraction of the PCs fills its system drive
+(filesystem_used_ratio 0.97) when the measured window starts, so FilesystemAlmostFull
+fires after its `for`. Prints, for both servers, reports/s acknowledged or applied, ack
+latency (client side, send to ack), CPU and RSS from /proc, and every collector figure as
+a ratio to the baseline's; for the collector also a /metrics scrape under load (against
+prometheus_client's generate_latest over the same data) and the time from a `for`
+elapsing to its ticket being committed; and how much of the machine the generators took.
+Loopback only; stops by itself. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 if __package__ in (None, ""):  # run as `python bench/loadgen.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,9 +51,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from bench import procstat
-from bench.collectorproc import ROOT, CollectorProcess, scrape
+from bench.bareserver import BareServer, BareServerFailed, BareSpec, start_bare_server
+from bench.collectorproc import ROOT, CollectorFailed, CollectorProcess, Scrape, scrape
 from bench.latency import Histogram
 from bench.simagent import Plan, WorkerSpec, worker_entry
+from bench.tlsfiles import make_tls
 from tripline.alerts.rules import load_rules
 
 MAX_AGENTS = 50_000
@@ -53,6 +63,19 @@ MAX_DURATION = 3_600.0
 PROBE_RULE = "FilesystemAlmostFull"
 APPLIED = "tripline_collector_reports_applied_total"
 SAMPLES = "tripline_collector_samples_received_total"
+# Sockets and files a server or generator holds besides one socket per connection.
+FD_HEADROOM = 200
+# Figures the collector and the baseline both have: printed side by side with their ratio.
+COMPARED = (
+    ("reports_per_second", "reports/s acked (applied)", "{:.1f}"),
+    ("ack_p50_ms", "ack p50 ms", "{:.1f}"),
+    ("ack_p99_ms", "ack p99 ms", "{:.1f}"),
+    ("ack_max_ms", "ack max ms", "{:.1f}"),
+    ("cpu_percent", "server CPU % of one core", "{:.1f}"),
+    ("cpu_ms_per_report", "server CPU ms per report", "{:.3f}"),
+    ("rss_mib", "server RSS MiB (end)", "{:.0f}"),
+    ("rss_max_mib", "server RSS MiB (max)", "{:.0f}"),
+)
 
 
 class BenchError(Exception):
@@ -71,7 +94,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--interval", type=float, default=10.0, help="report interval (default 10)")
     p.add_argument("--procs", type=int, default=1, help="generator processes (default 1)")
-    p.add_argument("--agents-per-channel", type=int, default=100)
+    p.add_argument(
+        "--agents-per-channel",
+        type=int,
+        default=1,
+        help="agents sharing one gRPC channel, one TCP connection (default 1, as a real fleet)",
+    )
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="dial without TLS (for comparison; default: TLS, server certificate verified)",
+    )
+    p.add_argument(
+        "--ramp",
+        type=float,
+        default=250.0,
+        help="new connections per second over all generators (default 250; 0: no ramp)",
+    )
+    p.add_argument(
+        "--no-baseline", action="store_true", help="skip the bare gRPC baseline (no ratios)"
+    )
+    p.add_argument(
+        "--baseline-duration",
+        type=float,
+        default=None,
+        help="measured seconds against the baseline (default: --duration)",
+    )
     p.add_argument(
         "--full-fraction",
         type=float,
@@ -91,6 +139,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--collector", help="HOST:PORT of a running collector (gRPC)")
     p.add_argument("--http", help="HOST:PORT of that collector's /metrics")
     p.add_argument("--token", help="with --collector: an enrollment token it accepts")
+    p.add_argument("--tls-ca", type=Path, help="with --collector: the CA its certificate chains to")
+    p.add_argument(
+        "--tls-server-name", help="with --collector: the name its certificate carries, if not HOST"
+    )
     p.add_argument("--pid", type=int, help="with --collector: its pid, to measure CPU and RSS")
     p.add_argument("--database", type=Path, help="with --collector: its SQLite file, for tickets")
     p.add_argument("--no-compare", action="store_true", help="skip the generate_latest comparison")
@@ -102,12 +154,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--agents must be 1..{MAX_AGENTS}")
     if not 0 < args.duration <= MAX_DURATION:
         p.error(f"--duration must be in (0, {MAX_DURATION:g}]")
+    if args.baseline_duration is None:
+        args.baseline_duration = args.duration
+    if not 0 < args.baseline_duration <= MAX_DURATION:
+        p.error(f"--baseline-duration must be in (0, {MAX_DURATION:g}]")
     if not 1 <= args.procs <= 16 or args.procs > args.agents:
         p.error("--procs must be 1..16 and at most --agents")
-    if args.interval <= 0 or args.alert_for < 0:
-        p.error("--interval must be > 0 and --alert-for >= 0")
+    if not 1 <= args.agents_per_channel <= 1000:
+        p.error("--agents-per-channel must be 1..1000")
+    if args.interval <= 0 or args.alert_for < 0 or args.ramp < 0:
+        p.error("--interval must be > 0, --alert-for and --ramp >= 0")
     if bool(args.collector) != bool(args.http) or (args.collector and not args.token):
         p.error("--collector needs --http and --token")
+    if args.collector and not (args.plaintext or args.tls_ca):
+        p.error("--collector needs --tls-ca FILE (the CA its certificate chains to) or --plaintext")
+    if (args.tls_ca or args.tls_server_name) and not args.collector:
+        p.error("--tls-ca and --tls-server-name go with --collector")
     for option in ("collector", "http"):
         host = (getattr(args, option) or "127.0.0.1:0").rsplit(":", 1)[0]
         if host not in ("127.0.0.1", "localhost", "[::1]"):
@@ -140,7 +202,9 @@ class Collected:
 
 
 class Coordinator:
-    def __init__(self, args: argparse.Namespace, workers: list[multiprocessing.Process]) -> None:
+    def __init__(
+        self, args: argparse.Namespace, workers: list[multiprocessing.process.BaseProcess]
+    ) -> None:
         self.args = args
         self.workers = workers
         self.got = Collected()
@@ -236,28 +300,130 @@ def promtool_check(text: str) -> str:
     return f"FAILED ({len(lines)} lines): " + " | ".join(lines[:3])
 
 
+class Hooks(Protocol):
+    """What differs between measuring the collector and measuring the baseline."""
+
+    def applied(self) -> float:
+        """Reports the server has applied (acknowledged) so far, read now."""
+
+    def tick(self, coord: Coordinator) -> None:
+        """Called about every 0.2 s while the generators run."""
+
+
+class BareHooks:
+    def __init__(self, server: BareServer) -> None:
+        self.server = server
+
+    def applied(self) -> float:
+        return float(self.server.acked_total())
+
+    def tick(self, coord: Coordinator) -> None:
+        pass
+
+
+class CollectorHooks:
+    """Reads the applied counter from /metrics; the window's scrapes are kept."""
+
+    def __init__(self, http: str, database: Path | None, rule: str) -> None:
+        self.http = http
+        self.database = database
+        self.rule = rule
+        self.scrapes: list[Scrape] = []
+
+    def applied(self) -> float:
+        page = scrape(f"{self.http}/metrics")  # the generators keep reporting meanwhile
+        self.scrapes.append(page)
+        return page.value(APPLIED)
+
+    def tick(self, coord: Coordinator) -> None:
+        coord.poll_tickets(self.database, self.rule)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the generators dial and how."""
+
+    address: str  # HOST:PORT
+    root_certificates: bytes | None  # None: plaintext
+    server_name: str | None = None
+    pid: int | None = None  # the server process (with its descendants), for CPU and RSS
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="tripline-loadgen-"))
     collector: CollectorProcess | None = None
+    figures: dict[str, Any] = {
+        "agents": args.agents,
+        "procs": args.procs,
+        "interval": args.interval,
+        "duration": args.duration,
+        "baseline_duration": None if args.no_baseline else args.baseline_duration,
+        "warmup": args.warmup,
+        "cores": os.cpu_count(),
+        "tls": not args.plaintext,
+        "agents_per_channel": args.agents_per_channel,
+        "channels": _channels(args),
+        "ramp_per_second": args.ramp,
+        "nofile_limit": procstat.raise_nofile_limit(),  # inherited by every child
+    }
+    # One socket per connection in the server and in the generator process.
+    per_proc = math.ceil(figures["channels"] / args.procs)
+    if figures["nofile_limit"] < max(figures["channels"], per_proc) + FD_HEADROOM:
+        raise BenchError(
+            f"{figures['channels']} connections need about {figures['channels'] + FD_HEADROOM} "
+            f"open files in the server, the hard limit is {figures['nofile_limit']}: raise it "
+            "(ulimit -Hn, or LimitNOFILE= in a unit), or use --agents-per-channel"
+        )
     try:
+        tls = None if args.plaintext else make_tls(tmp / "tls")
+        if not args.no_baseline:
+            _line(f"baseline: bare grpc.aio servicer, {_shape(args)}")
+            try:
+                bare = start_bare_server(
+                    BareSpec(args.interval, tls.cert if tls else None, tls.key if tls else None)
+                )
+            except BareServerFailed as exc:
+                raise BenchError(str(exc)) from None
+            try:
+                target = Target(bare.target, tls.ca_bytes() if tls else None, pid=bare.pid)
+                phase, _ = _phase(args, "bare", target, args.baseline_duration, BareHooks(bare))
+                phase["bare_alive_to_the_end"] = bare.process.is_alive()
+            finally:
+                bare.stop()
+            figures.update(phase)
+        _line(f"collector: {_shape(args)}")
         if args.collector:
-            target, http, token = args.collector, f"http://{args.http}", args.token
-            pid, database, probe_for = args.pid, args.database, None
-            if args.rules:
-                probe_for = _rule_for(args.rules, args.probe_rule)
+            root = args.tls_ca.read_bytes() if args.tls_ca else None
+            target = Target(args.collector, root, args.tls_server_name, args.pid)
+            http, token, database = f"http://{args.http}", args.token, args.database
+            probe_for = _rule_for(args.rules, args.probe_rule) if args.rules else None
         else:
             rules = args.rules or bench_rules(tmp / "bench-rules.yaml", args.alert_for)
             probe_for = _rule_for(rules, args.probe_rule)
             token = "tle_bench_" + secrets.token_urlsafe(16)
-            collector = CollectorProcess(tmp / "collector", token, args.interval, rules).start()
-            target, http = collector.target, collector.http
-            pid, database = collector.pid, collector.database
-        figures = _measure(args, target, http, token, pid, database, probe_for)
+            try:
+                collector = CollectorProcess(
+                    tmp / "collector", token, args.interval, rules, tls=tls
+                ).start()
+            except CollectorFailed as exc:
+                raise BenchError(str(exc)) from None
+            target = Target(collector.target, tls.ca_bytes() if tls else None, pid=collector.pid)
+            http, database = collector.http, collector.database
+        hooks = CollectorHooks(http, database, args.probe_rule)
+        phase, coord = _phase(args, "collector", target, args.duration, hooks, token=token)
+        figures.update(phase)
+        figures.update(_collector_figures(args, hooks, coord, probe_for, http))
         if collector is not None:
             code = collector.stop()
             figures["collector_exit_code"] = code
             if code != 0:
                 figures["collector_log_tail"] = collector.log_tail()
+        if not args.no_baseline:
+            figures.update(ratios(figures))
         return figures
     finally:
         if collector is not None:
@@ -268,6 +434,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _channels(args: argparse.Namespace) -> int:
+    per = math.ceil(args.agents / args.procs)
+    counts = [min(per, args.agents - i * per) for i in range(args.procs)]
+    return sum(math.ceil(c / args.agents_per_channel) for c in counts if c > 0)
+
+
+def _shape(args: argparse.Namespace) -> str:
+    tls = "plaintext" if args.plaintext else "TLS (server certificate verified)"
+    return (
+        f"{args.agents} agents, {args.agents_per_channel} per channel ({_channels(args)} "
+        f"connections), {tls}, {args.procs} generator process(es), ramp "
+        f"{args.ramp:g} connections/s"
+    )
+
+
+def ratios(f: dict[str, Any]) -> dict[str, float]:
+    """Every compared collector figure divided by the baseline's, as ``ratio_<figure>``."""
+    out: dict[str, float] = {}
+    for name, _, _ in COMPARED:
+        collector, bare = f.get(_collector_name(name)), f.get(f"bare_{name}")
+        if collector is None or bare is None:
+            continue
+        out[f"ratio_{name}"] = collector / bare if bare else math.nan
+    return out
+
+
+def _collector_name(name: str) -> str:
+    # The collector's own figures keep their historical names (bench/README.md rows).
+    server = ("cpu_percent", "cpu_ms_per_report", "rss_mib", "rss_max_mib")
+    return f"collector_{name}" if name in server else name
+
+
 def _rule_for(path: Path, name: str) -> float | None:
     for rule in load_rules(path).rules:
         if rule.name == name:
@@ -275,36 +473,19 @@ def _rule_for(path: Path, name: str) -> float | None:
     return None
 
 
-def _measure(
-    args: argparse.Namespace,
-    target: str,
-    http: str,
-    token: str,
-    pid: int | None,
-    database: Path | None,
-    probe_for: float | None,
-) -> dict[str, Any]:
-    figures: dict[str, Any] = {
-        "agents": args.agents,
-        "procs": args.procs,
-        "interval": args.interval,
-        "duration": args.duration,
-        "warmup": args.warmup,
-        "cores": os.cpu_count(),
-        "loadavg_before": os.getloadavg(),
-    }
+def _spawn(
+    args: argparse.Namespace, target: Target, token: str, full: frozenset[int]
+) -> tuple[Any, list[Any], list[multiprocessing.process.BaseProcess]]:
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
-    full_count = 0 if args.full_fraction <= 0 else max(1, round(args.agents * args.full_fraction))
-    step = args.agents / full_count if full_count else 0
-    full = frozenset(int(i * step) for i in range(full_count))
     per = math.ceil(args.agents / args.procs)
-    controls, workers = [], []
+    controls: list[Any] = []
+    workers: list[multiprocessing.process.BaseProcess] = []
     for index in range(args.procs):
         first = index * per
         spec = WorkerSpec(
             index=index,
-            target=target,
+            target=target.address,
             token=token,
             first=first,
             count=min(per, args.agents - first),
@@ -312,15 +493,37 @@ def _measure(
             full=frozenset(n for n in full if first <= n < first + per),
             agents_per_channel=args.agents_per_channel,
             seed=args.seed,
+            root_certificates=target.root_certificates,
+            server_name=target.server_name,
+            ramp_per_second=args.ramp / args.procs,
         )
         control = context.Queue()
         worker = context.Process(target=worker_entry, args=(spec, events, control), daemon=True)
         worker.start()
         controls.append(control)
         workers.append(worker)
+    return events, controls, workers
+
+
+def _phase(
+    args: argparse.Namespace,
+    label: str,
+    target: Target,
+    duration: float,
+    hooks: Hooks,
+    token: str = "bench",
+) -> tuple[dict[str, Any], Coordinator]:
+    """Generators against one server: setup, warm-up, the measured window, the drain.
+
+    Figures about the server are named ``<label>_...``; the rest too, except the
+    collector's (unprefixed, as bench/README.md's rows have them)."""
+    full_count = 0 if args.full_fraction <= 0 else max(1, round(args.agents * args.full_fraction))
+    step = args.agents / full_count if full_count else 0
+    full = frozenset(int(i * step) for i in range(full_count))
+    events, controls, workers = _spawn(args, target, token, full)
     coord = Coordinator(args, workers)
     try:
-        return _drive(args, coord, events, controls, http, pid, database, probe_for, figures)
+        out = _drive(args, label, coord, events, controls, target, duration, hooks)
     finally:
         for control in controls:
             control.put(("stop",))
@@ -328,39 +531,50 @@ def _measure(
             worker.join(15)
             if worker.is_alive():
                 worker.kill()
+    prefix = "" if label == "collector" else f"{label}_"
+    named = {}
+    for key, value in out.items():
+        if key.startswith("server_"):
+            named[f"{label}_{key[len('server_') :]}"] = value
+        else:
+            named[prefix + key] = value
+    return named, coord
 
 
 def _drive(
     args: argparse.Namespace,
+    label: str,
     coord: Coordinator,
     events: Any,
     controls: list[Any],
-    http: str,
-    pid: int | None,
-    database: Path | None,
-    probe_for: float | None,
-    figures: dict[str, Any],
+    target: Target,
+    duration: float,
+    hooks: Hooks,
 ) -> dict[str, Any]:
-    # Enrolling is a committed insert per agent: allow a generous, still bounded, time.
-    setup_deadline = time.monotonic() + 120 + 0.05 * args.agents
+    figures: dict[str, Any] = {"loadavg_before": os.getloadavg()}
+    # Enrolling is a committed insert per agent, and connections open at the ramp's pace:
+    # allow a generous, still bounded, time.
+    ramp_seconds = _channels(args) / args.ramp if args.ramp else 0.0
+    setup_deadline = time.monotonic() + 120 + 0.05 * args.agents + ramp_seconds
     while len(coord.got.ready) < args.procs:
         coord.drain(events, 0.5)
         if coord.got.failures:
-            raise BenchError("; ".join(coord.got.failures))
+            raise BenchError(f"{label}: " + "; ".join(coord.got.failures))
         if not coord.alive() and len(coord.got.ready) < args.procs:
-            raise BenchError("a generator process died while enrolling")
+            raise BenchError(f"{label}: a generator process died while enrolling")
         if time.monotonic() > setup_deadline:
-            raise BenchError("agents not enrolled and connected in time")
+            raise BenchError(f"{label}: agents not enrolled and connected in time")
     ready = list(coord.got.ready.values())
     figures["enroll_seconds"] = max(r["enroll_seconds"] for r in ready)
     figures["connect_seconds"] = max(r["connect_seconds"] for r in ready)
     figures["agents_ready"] = sum(r["agents"] for r in ready)
+    figures["generator_channels"] = sum(r["channels"] for r in ready)
     figures["setup_failures"] = sum(r["failures"] for r in ready)
     if figures["setup_failures"]:
         figures["setup_first_failure"] = next(r["first_failure"] for r in ready if r["failures"])
     _line(
-        f"setup: {figures['agents_ready']} agents enrolled in {figures['enroll_seconds']:.1f} s, "
-        f"streams open in {figures['connect_seconds']:.1f} s "
+        f"{label} setup: {figures['agents_ready']} agents enrolled in "
+        f"{figures['enroll_seconds']:.1f} s, streams open in {figures['connect_seconds']:.1f} s "
         f"({figures['setup_failures']} failures)"
     )
 
@@ -368,57 +582,57 @@ def _drive(
     plan = Plan(
         go=go,
         measure_from=go + args.warmup,
-        measure_until=go + args.warmup + args.duration,
-        deadline=go + args.warmup + args.duration + 600,
+        measure_until=go + args.warmup + duration,
+        deadline=go + args.warmup + duration + 600,
     )
     for control in controls:
         control.put(("go", plan))
     worker_pids = [w.pid for w in coord.workers if w.pid is not None]
-    sampler = procstat.Sampler(pid).start() if pid else None
+    pid = target.pid
+    sampler = procstat.Sampler(pid, tree=True).start() if pid else None
 
     def wait_until(at: float) -> None:
         while time.time() < at:
             coord.drain(events, min(0.2, max(0.0, at - time.time())))
-            coord.poll_tickets(database, args.probe_rule)
+            hooks.tick(coord)
             if not coord.alive():
-                raise BenchError("a generator process died: " + "; ".join(coord.got.failures))
+                raise BenchError(
+                    f"{label}: a generator process died: " + "; ".join(coord.got.failures)
+                )
 
     wait_until(plan.measure_from)
-    cpu_a = procstat.snapshot(pid) if pid else None
+    cpu_a = procstat.tree_snapshot(pid) if pid else None
     gen_a = [procstat.snapshot(p) for p in worker_pids]
     machine_a = procstat.machine_busy_seconds()
     if sampler:
         sampler.reset_max()
-    scrape_a = scrape(f"{http}/metrics")
+    started_a = time.monotonic()
+    applied_a = hooks.applied()
     wait_until(plan.measure_until)
-    cpu_b = procstat.snapshot(pid) if pid else None
+    cpu_b = procstat.tree_snapshot(pid) if pid else None
     gen_b = [procstat.snapshot(p) for p in worker_pids]
     machine_b = procstat.machine_busy_seconds()
-    scrape_b = scrape(f"{http}/metrics")  # the generators keep reporting meanwhile
+    if pid:
+        figures["server_connections"] = procstat.established_connections(
+            target.port, procstat.tree_pids(pid)
+        )
+    started_b = time.monotonic()
+    applied_b = hooks.applied()
     for control in controls:
         control.put(("stop",))
     result_deadline = time.monotonic() + 60
     while len(coord.got.results) < args.procs and time.monotonic() < result_deadline:
         coord.drain(events, 0.2)
-        coord.poll_tickets(database, args.probe_rule)
+        hooks.tick(coord)
         if coord.got.failures:
             break
     if sampler:
         sampler.stop()
-    # Crossings happen in the first interval of the window; give late tickets a moment.
-    if probe_for is not None:
-        wait_tickets = time.monotonic() + 5
-        while time.monotonic() < wait_tickets and len(coord.got.ticket_seen) < len(
-            coord.got.crossed
-        ):
-            coord.poll_tickets(database, args.probe_rule)
-            time.sleep(0.1)
+    figures["loadavg_after"] = os.getloadavg()
 
-    window = scrape_b.started - scrape_a.started
-    applied = scrape_b.value(APPLIED) - scrape_a.value(APPLIED)
-    samples = scrape_b.value(SAMPLES) - scrape_a.value(SAMPLES)
+    window = started_b - started_a
+    applied = applied_b - applied_a
     figures["reports_per_second"] = applied / window
-    figures["samples_per_second"] = samples / window
     histogram = Histogram()
     totals = {"sent": 0, "acked": 0, "stream_errors": 0, "reconnects": 0, "lost": 0}
     for result in coord.got.results.values():
@@ -433,23 +647,52 @@ def _drive(
     wall = plan.measure_until - plan.measure_from
     if cpu_a and cpu_b:
         cpu = cpu_b.cpu_seconds - cpu_a.cpu_seconds
-        figures["collector_cpu_percent"] = 100 * cpu / (cpu_b.at - cpu_a.at)
-        figures["collector_cpu_ms_per_report"] = 1000 * cpu / applied if applied else math.nan
-        figures["collector_rss_mib"] = cpu_b.rss_bytes / procstat.MIB
-        figures["collector_rss_max_mib"] = (sampler.max_rss if sampler else 0) / procstat.MIB
-        figures["collector_rss_peak_mib"] = cpu_b.peak_rss_bytes / procstat.MIB
+        figures["server_cpu_percent"] = 100 * cpu / (cpu_b.at - cpu_a.at)
+        figures["server_cpu_ms_per_report"] = 1000 * cpu / applied if applied else math.nan
+        figures["server_rss_mib"] = cpu_b.rss_bytes / procstat.MIB
+        figures["server_rss_max_mib"] = (
+            max(sampler.max_rss if sampler else 0, cpu_b.rss_bytes) / procstat.MIB
+        )
+        figures["server_rss_peak_mib"] = cpu_b.peak_rss_bytes / procstat.MIB
     generators = sum(b.cpu_seconds - a.cpu_seconds for a, b in zip(gen_a, gen_b, strict=True))
+    cores = os.cpu_count() or 1
     figures["generator_cpu_percent"] = 100 * generators / wall
+    figures["generator_machine_percent"] = 100 * generators / (wall * cores)
+    figures["generator_rss_mib"] = sum(b.rss_bytes for b in gen_b) / procstat.MIB
     busy = machine_b[0] - machine_a[0]
     figures["machine_busy_percent"] = 100 * busy / wall
-    figures["scrape_seconds"] = scrape_b.seconds
-    figures["scrape_bytes"] = scrape_b.size
-    figures["scrape_series"] = sum(
+    figures["failures"] = list(coord.got.failures)
+    return figures
+
+
+def _collector_figures(
+    args: argparse.Namespace,
+    hooks: CollectorHooks,
+    coord: Coordinator,
+    probe_for: float | None,
+    http: str,
+) -> dict[str, Any]:
+    """The collector's own figures: samples/s, /metrics under load and idle, tickets."""
+    out: dict[str, Any] = {}
+    scrape_a, scrape_b = hooks.scrapes[0], hooks.scrapes[-1]
+    window = scrape_b.started - scrape_a.started
+    out["samples_per_second"] = (scrape_b.value(SAMPLES) - scrape_a.value(SAMPLES)) / window
+    # Crossings happen in the first interval of the window; give late tickets a moment.
+    if probe_for is not None:
+        wait_tickets = time.monotonic() + 5
+        while time.monotonic() < wait_tickets and len(coord.got.ticket_seen) < len(
+            coord.got.crossed
+        ):
+            coord.poll_tickets(hooks.database, args.probe_rule)
+            time.sleep(0.1)
+    out["scrape_seconds"] = scrape_b.seconds
+    out["scrape_bytes"] = scrape_b.size
+    out["scrape_series"] = sum(
         1 for line in scrape_b.text.splitlines() if line and not line.startswith("#")
     )
-    figures["ticket_probe_for"] = probe_for
-    figures["tickets_expected"] = len(coord.got.crossed)
-    figures["tickets_seen"] = len(coord.got.ticket_seen)
+    out["ticket_probe_for"] = probe_for
+    out["tickets_expected"] = len(coord.got.crossed)
+    out["tickets_seen"] = len(coord.got.ticket_seen)
     if probe_for is not None:
         seen = [
             coord.got.ticket_seen[a] - (coord.got.crossed[a] + probe_for)
@@ -459,21 +702,69 @@ def _drive(
             coord.got.ticket_opened[a] - (coord.got.crossed[a] + probe_for)
             for a in coord.got.ticket_opened
         ]
-        figures["ticket_latency_p50_s"], _, figures["ticket_latency_max_s"] = quantiles(seen)
-        figures["ticket_opened_p50_s"], _, figures["ticket_opened_max_s"] = quantiles(opened)
-        figures["ticket_window_ok"] = args.duration >= args.interval + probe_for + 2
+        out["ticket_latency_p50_s"], _, out["ticket_latency_max_s"] = quantiles(seen)
+        out["ticket_opened_p50_s"], _, out["ticket_opened_max_s"] = quantiles(opened)
+        out["ticket_window_ok"] = args.duration >= args.interval + probe_for + 2
     if not args.no_compare:
         idle = min((scrape(f"{http}/metrics") for _ in range(2)), key=lambda s: s.seconds)
-        figures["scrape_idle_seconds"] = idle.seconds
-        figures["generate_latest_seconds"] = generate_latest_seconds(idle.text)
-        figures["scrape_speedup"] = figures["generate_latest_seconds"] / idle.seconds
-        figures["promtool"] = promtool_check(idle.text)
-    figures["failures"] = coord.got.failures
-    return figures
+        out["scrape_idle_seconds"] = idle.seconds
+        out["generate_latest_seconds"] = generate_latest_seconds(idle.text)
+        out["scrape_speedup"] = out["generate_latest_seconds"] / idle.seconds
+        out["promtool"] = promtool_check(idle.text)
+    return out
 
 
 def _line(text: str) -> None:
     print(text, flush=True)
+
+
+def _fmt(template: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return template.format(value)
+
+
+def comparison_table(f: dict[str, Any]) -> list[str]:
+    """Collector vs bare gRPC, one row per compared figure, with the ratio."""
+    rows = [f"{'':28} {'collector':>12} {'bare gRPC':>12} {'ratio':>8}"]
+    for name, title, template in COMPARED:
+        collector, bare = f.get(_collector_name(name)), f.get(f"bare_{name}")
+        ratio = f.get(f"ratio_{name}")
+        rows.append(
+            f"{title:28} {_fmt(template, collector):>12} {_fmt(template, bare):>12} "
+            f"{_fmt('{:.2f}x', ratio):>8}"
+        )
+    for name, title in (
+        ("client_sent", "reports sent in the window"),
+        ("client_acked", "  of those acked"),
+        ("client_lost", "  lost"),
+        ("client_stream_errors", "stream errors"),
+    ):
+        rows.append(f"{title:28} {f.get(name, '-'):>12} {f.get('bare_' + name, '-'):>12}")
+    rows.append(
+        f"{'server connections':28} {f.get('collector_connections', '-'):>12} "
+        f"{f.get('bare_connections', '-'):>12}"
+    )
+    rows.append(
+        f"{'generators CPU % one core':28} {_fmt('{:.0f}', f.get('generator_cpu_percent')):>12} "
+        f"{_fmt('{:.0f}', f.get('bare_generator_cpu_percent')):>12}"
+    )
+    rows.append(
+        f"{'generators % of machine':28} "
+        f"{_fmt('{:.0f}', f.get('generator_machine_percent')):>12} "
+        f"{_fmt('{:.0f}', f.get('bare_generator_machine_percent')):>12}"
+    )
+    rows.append(
+        f"{'machine busy % one core':28} {_fmt('{:.0f}', f.get('machine_busy_percent')):>12} "
+        f"{_fmt('{:.0f}', f.get('bare_machine_busy_percent')):>12}"
+    )
+    for key, title in (("loadavg_before", "loadavg before"), ("loadavg_after", "loadavg after")):
+        rows.append(f"{title:28} {_load(f.get(key)):>12} {_load(f.get('bare_' + key)):>12}")
+    return rows
+
+
+def _load(value: Any) -> str:
+    return "-" if not value else f"{value[0]:.2f}"
 
 
 def report(f: dict[str, Any]) -> None:
@@ -496,6 +787,18 @@ def report(f: dict[str, Any]) -> None:
         )
     else:
         _line("collector CPU: not measured (no --pid)")
+    if "bare_reports_per_second" in f:
+        _line(
+            f"baseline (bare gRPC): {f['bare_reports_per_second']:.1f} reports/s acked, "
+            f"ack p50={f['bare_ack_p50_ms']:.1f} p99={f['bare_ack_p99_ms']:.1f} ms, "
+            f"CPU {f['bare_cpu_percent']:.1f}% of one core, "
+            f"{f['bare_cpu_ms_per_report']:.3f} ms per report, RSS {f['bare_rss_mib']:.0f} MiB"
+        )
+        _line(
+            f"collector / baseline: CPU per report {f['ratio_cpu_ms_per_report']:.2f}x  "
+            f"ack p50 {f['ratio_ack_p50_ms']:.2f}x  p99 {f['ratio_ack_p99_ms']:.2f}x  "
+            f"RSS {f['ratio_rss_mib']:.2f}x"
+        )
     _line(
         f"/metrics scrape: {f['scrape_seconds']:.3f} s, {f['scrape_bytes'] / 1e6:.1f} MB, "
         f"{f['scrape_series']} series (under load)"
@@ -516,14 +819,26 @@ def report(f: dict[str, Any]) -> None:
             f"opened_at: p50={f['ticket_opened_p50_s']:.2f} max={f['ticket_opened_max_s']:.2f}  "
             f"({f['tickets_seen']} of {f['tickets_expected']} tickets){note}"
         )
-    load = f["loadavg_before"]
+    load_a, load_b = f["loadavg_before"], f["loadavg_after"]
     _line(
         f"machine: {f['cores']} cores, busy {f['machine_busy_percent']:.0f}% of one core in the "
-        f"window (generators {f['generator_cpu_percent']:.0f}%, collector "
+        f"window (generators {f['generator_cpu_percent']:.0f}% of one core = "
+        f"{f['generator_machine_percent']:.0f}% of the machine, collector "
         f"{f.get('collector_cpu_percent', math.nan):.0f}%), "
-        f"loadavg before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        f"loadavg before {load_a[0]:.2f} {load_a[1]:.2f} {load_a[2]:.2f}, "
+        f"after {load_b[0]:.2f} {load_b[1]:.2f} {load_b[2]:.2f}"
     )
-    for failure in f["failures"]:
+    _line(
+        f"shape: {'TLS, certificate verified' if f['tls'] else 'plaintext'}, "
+        f"{f['agents_per_channel']} agent(s) per channel, {f['channels']} connections "
+        f"(collector saw {f.get('collector_connections', '-')} established), "
+        f"open files limit {f['nofile_limit']}"
+    )
+    if "bare_reports_per_second" in f:
+        _line("")
+        for row in comparison_table(f):
+            _line(row)
+    for failure in f["failures"] + f.get("bare_failures", []):
         _line(f"failure: {failure}")
 
 
@@ -532,6 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _line(
         f"loadgen: {args.agents} agents, {args.procs} generator process(es), interval "
         f"{args.interval:g}s, warmup {args.warmup:g}s, measuring {args.duration:g}s"
+        + ("" if args.no_baseline else f" (baseline {args.baseline_duration:g}s)")
     )
     try:
         figures = run(args)
@@ -543,8 +859,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _line("json: " + json.dumps(figures, default=str))
     ok = (
         not figures["failures"]
+        and not figures.get("bare_failures")
         and figures.get("collector_exit_code", 0) == 0
         and figures["generators_reported"] == args.procs
+        and figures.get("bare_generators_reported", args.procs) == args.procs
+        and figures.get("bare_alive_to_the_end", True)
     )
     if figures.get("collector_log_tail"):
         print(figures["collector_log_tail"], file=sys.stderr)

@@ -1,9 +1,14 @@
 """Simulated agents for the load generator: enroll, one Connect stream each, report, time acks.
 
-One generator process runs many agents on one asyncio loop, about 100 agents per gRPC
-channel (each channel its own TCP connection). A simulated agent speaks the real protocol
-(Enroll, Hello, Welcome, Reports, cumulative Acks) but keeps no spool: a report lost with
-a broken stream is counted, not resent.
+One generator process runs many agents on one asyncio loop. By default each agent has
+its own gRPC channel, so its own TCP connection and TLS session, verifying the server's
+certificate against the benchmark's CA: the shape of a real fleet, where every PC dials
+the collector itself. ``agents_per_channel`` > 1 multiplexes agents on one connection and
+``root_certificates=None`` dials in plaintext, both for comparison. Connections open at
+``ramp_per_second`` (first RPC of each channel) so thousands of handshakes do not land at
+once. A simulated agent speaks the real protocol (Enroll, Hello, Welcome, Reports,
+cumulative Acks) but keeps no spool: a report lost with a broken stream is counted, not
+resent.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from bench import procstat
 from bench.fakehost import FakeHost
 from bench.latency import Histogram
 from tripline.v1 import tripline_pb2 as pb
@@ -44,8 +50,13 @@ class WorkerSpec:
     count: int
     interval: float
     full: frozenset[int]  # agent numbers that cross the filesystem threshold
-    agents_per_channel: int = 100
+    agents_per_channel: int = 1
     concurrency: int = 64  # enrollments and stream openings in flight
+    # PEM CA the server's certificate must chain to; None dials in plaintext
+    root_certificates: bytes | None = None
+    # name to verify the certificate against when it is not the target's host
+    server_name: str | None = None
+    ramp_per_second: float = 0.0  # new connections per second; 0: as fast as they go
     seed: int = 1
     max_message_bytes: int = 4 * 2**20
 
@@ -89,8 +100,10 @@ class Stats:
         }
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    return [
+def channel_options(
+    max_message_bytes: int, server_name: str | None = None
+) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
         # Without this, channels with equal arguments share one TCP connection.
         ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -98,6 +111,20 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
     ]
+    if server_name is not None:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
+
+
+def open_channel(spec: WorkerSpec) -> aio.Channel:
+    """One channel (one TCP connection, opened at its first RPC) as ``spec`` says."""
+    options = channel_options(spec.max_message_bytes, spec.server_name)
+    if spec.root_certificates is None:
+        return aio.insecure_channel(spec.target, options=options)
+    # Each channel gets its own credentials object, as each PC has its own: gRPC keeps
+    # no TLS session cache unless told to, so every connection is a full handshake.
+    credentials = grpc.ssl_channel_credentials(root_certificates=spec.root_certificates)
+    return aio.secure_channel(spec.target, credentials, options=options)
 
 
 class SimAgent:
@@ -190,7 +217,9 @@ class SimAgent:
             if self.call is call:
                 self.call = None
 
-    async def run(self, plan: Plan, interval: float, stop: asyncio.Event, events: Queue) -> None:
+    async def run(
+        self, plan: Plan, interval: float, stop: asyncio.Event, events: Queue[Any]
+    ) -> None:
         """Report every ``interval`` from a random offset until stopped or the deadline."""
         next_at = plan.go + self.rng.uniform(0, interval)
         last = next_at - interval
@@ -247,12 +276,15 @@ class SimAgent:
                 await reader
 
 
-async def _bounded(concurrency: asyncio.Semaphore, coroutine: Any) -> None:
+async def _bounded(concurrency: asyncio.Semaphore, coroutine: Any, not_before: float = 0.0) -> None:
+    delay = not_before - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
     async with concurrency:
         await coroutine
 
 
-async def _receive(control: Queue) -> tuple[Any, ...]:
+async def _receive(control: Queue[Any]) -> tuple[Any, ...]:
     # Polled, not a blocking get in an executor thread: asyncio.run waits for those at exit.
     while True:
         try:
@@ -261,15 +293,12 @@ async def _receive(control: Queue) -> tuple[Any, ...]:
             await asyncio.sleep(0.05)
 
 
-async def run_worker(spec: WorkerSpec, events: Queue, control: Queue) -> None:
+async def run_worker(spec: WorkerSpec, events: Queue[Any], control: Queue[Any]) -> None:
     """Enroll and connect this worker's agents, report when told to, then send stats."""
     stats = Stats()
     rng = random.Random(spec.seed * 1_000_003 + spec.index)
     started = time.time()
-    channels = [
-        aio.insecure_channel(spec.target, options=channel_options(spec.max_message_bytes))
-        for _ in range(math.ceil(spec.count / spec.agents_per_channel))
-    ]
+    channels = [open_channel(spec) for _ in range(math.ceil(spec.count / spec.agents_per_channel))]
     agents = [
         SimAgent(
             FakeHost(number, random.Random(spec.seed * 7_919 + number), started),
@@ -282,8 +311,19 @@ async def run_worker(spec: WorkerSpec, events: Queue, control: Queue) -> None:
     ]
     concurrency = asyncio.Semaphore(spec.concurrency)
     t0 = time.monotonic()
+    # The first agent of each channel makes its connection (and TLS handshake) with its
+    # Enroll: the ramp spaces those out by channel.
+    step = 1.0 / spec.ramp_per_second if spec.ramp_per_second > 0 else 0.0
     results = await asyncio.gather(
-        *(_bounded(concurrency, a.enroll(spec.token)) for a in agents), return_exceptions=True
+        *(
+            _bounded(
+                concurrency,
+                a.enroll(spec.token),
+                t0 + step * (offset // spec.agents_per_channel),
+            )
+            for offset, a in enumerate(agents)
+        ),
+        return_exceptions=True,
     )
     failures = [r for r in results if isinstance(r, BaseException)]
     agents = [a for a, r in zip(agents, results, strict=True) if not isinstance(r, BaseException)]
@@ -300,6 +340,7 @@ async def run_worker(spec: WorkerSpec, events: Queue, control: Queue) -> None:
             spec.index,
             {
                 "agents": len(agents),
+                "channels": len(channels),
                 "enroll_seconds": enrolled,
                 "connect_seconds": time.monotonic() - t0,
                 "failures": len(failures),
@@ -324,8 +365,9 @@ async def run_worker(spec: WorkerSpec, events: Queue, control: Queue) -> None:
     events.put(("result", spec.index, stats.as_dict()))
 
 
-def worker_entry(spec: WorkerSpec, events: Queue, control: Queue) -> None:
+def worker_entry(spec: WorkerSpec, events: Queue[Any], control: Queue[Any]) -> None:
     """Process entry point (multiprocessing, spawn)."""
+    procstat.raise_nofile_limit()  # one socket per channel
     try:
         asyncio.run(run_worker(spec, events, control))
     except (grpc.RpcError, ConnectionError, TimeoutError, OSError) as exc:
