@@ -642,8 +642,8 @@ def test_guessing_enrollment_tokens_is_slowed_per_address_and_per_refused_token(
                 for _ in range(6):
                     code, details = await client.enroll_refused(expired)
                     assert details.endswith("has expired")
-                assert app.service.enroll_throttle.wait(("address", "ipv4:127.0.0.1"), clock[0])
-                app.service.enroll_throttle.forget(("address", "ipv4:127.0.0.1"))
+                assert app.service.enroll_throttle.wait(("address", "127.0.0.1"), clock[0])
+                app.service.enroll_throttle.forget(("address", "127.0.0.1"))
                 assert await throttled(expired) == "1"
                 assert (await client.enroll(TOKEN)).customer == "acme"
             throttled_total = app.metrics.enrollments_throttled

@@ -44,14 +44,6 @@ class _Abort:
 _END = object()
 
 
-def _peer_address(peer: str) -> str:
-    """The address of a gRPC peer without its port ("ipv4:10.0.0.5:51234" -> "ipv4:10.0.0.5")."""
-    kind, _, rest = peer.partition(":")
-    if kind in ("ipv4", "ipv6"):
-        return f"{kind}:{rest.rpartition(':')[0]}"
-    return peer
-
-
 def _undecodable(exc: DecodeError) -> str:
     # Invalid UTF-8 in a string field is the usual cause: protobuf refuses it at parse.
     return (
@@ -127,7 +119,7 @@ class CollectorService(pb_grpc.CollectorServicer):
     ) -> pb.EnrollResponse:
         # Guessing is slowed per peer address (and per token for a known one refused):
         # refused attempts cost a growing wait, answered without looking the token up.
-        peer = _peer_address(context.peer() or "")
+        peer = limits.peer_host(context.peer() or "")
         await self._throttled("address", peer, context)
         token_key = hashlib.sha256(request.enrollment_token.encode()).hexdigest()[:16]
         await self._throttled("token", token_key, context)
