@@ -82,7 +82,7 @@ async def _compare_routes(client: httpx.AsyncClient, app: Any) -> None:
         (method, route.path)
         for route in app.routes
         if isinstance(route, Route) and route.path != "/openapi.json"
-        for method in (route.methods or ()) - {"HEAD"}
+        for method in (route.methods or set()) - {"HEAD"}
     }
     assert routed, "the app serves no routes"
     assert routed - documented == set(), "routes missing from openapi.json"
