@@ -3,9 +3,8 @@ openapi.json written from the same declarations."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from types import ModuleType
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,9 +17,20 @@ from tripline.collector.api.encoding import Json
 from tripline.collector.api.errors import EXCEPTION_HANDLERS
 from tripline.collector.api.routing import Operation
 
-# Each module declares OPERATIONS (its routes) and SCHEMAS (the answers' shapes they name).
-# A new resource is one more module here; its routes and its part of openapi.json follow.
-RESOURCES: tuple[ModuleType, ...] = (
+
+class Resource(Protocol):
+    """A module of routes: its operations, and the answers' shapes they name (by `ref`)."""
+
+    @property
+    def OPERATIONS(self) -> Sequence[Operation]: ...
+
+    @property
+    def SCHEMAS(self) -> Mapping[str, Any]: ...
+
+
+# A new resource is one more module here (say api_snapshots.py declaring OPERATIONS and
+# SCHEMAS with `routing.operation`); its routes and its part of openapi.json follow.
+RESOURCES: tuple[Resource, ...] = (
     tickets,
     agents,
     enrollment,
@@ -41,7 +51,7 @@ def openapi_document() -> dict[str, Any]:
     for module in RESOURCES:
         clash = set(schemas) & set(module.SCHEMAS)
         if clash:
-            raise ValueError(f"{module.__name__} declares schemas again: {sorted(clash)}")
+            raise ValueError(f"schemas declared twice: {sorted(clash)}")
         schemas.update(module.SCHEMAS)
     return openapi.document(operations(), schemas)
 

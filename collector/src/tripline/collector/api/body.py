@@ -100,9 +100,11 @@ class IntField(Field):
             return None
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            value = None
-        if value is None or not self.low <= value <= self.high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not self.low <= value <= self.high
+        ):
             raise ApiError(
                 400, f"field {key!r} must be a whole number from {self.low} to {self.high}"
             )
