@@ -978,6 +978,9 @@ def build_api(ctx: ApiContext) -> Starlette:
         Route("/deliveries/parked", h.list_parked),
         Route("/deliveries/parked/{route}/{event_id}/retry", h.retry_parked, methods=["POST"]),
     ]
+    from tripline.collector import api_report  # here: api_report builds on this module
+
+    routes += api_report.routes(ctx)
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)

@@ -498,6 +498,7 @@ def openapi_document() -> dict[str, Any]:
     }
     paths.update(_maintenance_paths())
     paths.update(_delivery_paths())
+    paths.update(_report_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "Tripline collector API", "version": "1"},
@@ -672,3 +673,24 @@ def _delivery_paths() -> dict[str, Any]:
             )
         },
     }
+
+
+def _report_paths() -> dict[str, Any]:
+    """GET /reports/{customer} (collector.api_report): HTML, JSON or CSV."""
+    date = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+    op = _op(
+        "showReport",
+        "A customer's service report for a period (docs/reports.md)",
+        {"type": "object"},
+        params=[
+            _param("customer", "path", _FILTER, "customer name"),
+            {**_param("from", "query", date, "first day, UTC"), "required": True},
+            {**_param("to", "query", date, "first day not included, UTC"), "required": True},
+            _param("format", "query", {"enum": ["html", "json", "csv"]}, "default html"),
+        ],
+        errors=("404",),
+    )
+    op["responses"]["200"]["content"].update(
+        {"text/html": {"schema": {"type": "string"}}, "text/csv": {"schema": {"type": "string"}}}
+    )
+    return {"/reports/{customer}": {"get": op}}
