@@ -282,3 +282,7 @@ async def _api_report_is_scoped(tmp_path: Path) -> None:
             assert bad.status_code == 400 and "must be before" in bad.json()["error"]
             assert (await get("acme", acme, **query, format="pdf")).status_code == 400
             assert (await get("acme", "nope", **query)).status_code == 401
+        sample = app.registry.get_sample_value
+        name = "tripline_collector_service_reports_total"
+        assert sample(name, {"format": "html", "outcome": "served"}) == 2
+        assert sample(name, {"format": "-", "outcome": "refused"}) == 5

@@ -21,6 +21,19 @@ log = logging.getLogger(__name__)
 
 class _ReportHandlers(_Handlers):
     async def show_report(self, request: Request) -> Response:
+        metrics = self.ctx.pipeline.metrics.service_reports
+        try:
+            response = await self._show_report(request)
+        except ApiError:
+            metrics.labels("-", "refused").inc()
+            raise
+        except Exception:
+            metrics.labels("-", "failed").inc()
+            raise  # answered 500 (or 503) and logged with its traceback by the server
+        metrics.labels(request.query_params.get("format", "html"), "served").inc()
+        return response
+
+    async def _show_report(self, request: Request) -> Response:
         token = await self._caller(request)
         params = _query(request, ("from", "to", "format"))
         customer = _plain(request.path_params["customer"], "customer")
@@ -32,7 +45,7 @@ class _ReportHandlers(_Handlers):
         try:
             period = report.parse_period(params["from"], params["to"])
         except report.ReportPeriodError as exc:
-            raise ApiError(400, str(exc)) from None
+            raise ApiError(400, f"field {exc.field!r} (query): {exc}") from None
         pipeline = self.ctx.pipeline
         memory_rules = report.memory_rule_names(pipeline.rules)
 

@@ -11,7 +11,12 @@ _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 class ReportPeriodError(ValueError):
-    """The dates do not make a period a report can cover; the message says how to fix it."""
+    """The dates do not make a period a report can cover; the message says how to fix it.
+    `field` is the date at fault: "from" or "to"."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -36,11 +41,11 @@ def _midnight(day: dt.date) -> float:
 
 def _date(text: str, what: str) -> dt.date:
     if _DATE.fullmatch(text) is None:
-        raise ReportPeriodError(f"{what} must be a date as YYYY-MM-DD, not {text[:40]!r}")
+        raise ReportPeriodError(what, f"{what} must be a date as YYYY-MM-DD, not {text[:40]!r}")
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise ReportPeriodError(f"{what} {text!r} is not a day of the calendar") from None
+        raise ReportPeriodError(what, f"{what} {text!r} is not a day of the calendar") from None
 
 
 def parse_period(first: str, until: str) -> Period:
@@ -50,10 +55,11 @@ def parse_period(first: str, until: str) -> Period:
     end = _date(until, "to")
     if not start < end:
         raise ReportPeriodError(
-            f"from ({start}) must be before to ({end}); 'to' is the first day not included"
+            "to", f"from ({start}) must be before to ({end}); 'to' is the first day not included"
         )
     if (end - start).days > MAX_DAYS:
         raise ReportPeriodError(
-            f"a report covers at most {MAX_DAYS} days; {start} to {end} is {(end - start).days}"
+            "to",
+            f"a report covers at most {MAX_DAYS} days; {start} to {end} is {(end - start).days}",
         )
     return Period(start, end)
