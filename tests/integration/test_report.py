@@ -286,3 +286,40 @@ async def _api_report_is_scoped(tmp_path: Path) -> None:
         name = "tripline_collector_service_reports_total"
         assert sample(name, {"format": "html", "outcome": "served"}) == 2
         assert sample(name, {"format": "-", "outcome": "refused"}) == 5
+
+
+def test_applied_reports_write_presence_and_daily_disk_samples(tmp_path: Path) -> None:
+    """The apply path feeds the report: a span per stretch of reports, a sample per day."""
+    from sqlalchemy import select
+
+    from tests.integration.test_pipeline import T0, Parts
+    from tripline.collector.schema import agent_presence, filesystem_usage
+
+    clock = FakeClock(T0)
+    c = Parts(tmp_path / "tripline.db", clock)  # interval 10 s: offline after 30 s
+
+    async def scenario() -> None:
+        agent = c.enroll()
+        session = await c.connect(agent)
+        seq = 0
+        # every 10 s for 2 days, then silent an hour, then 10 minutes more
+        for stretch, seconds in ((0.0, 2 * DAY), (2 * DAY + HOUR, 600.0)):
+            clock.now = T0 + stretch
+            end = clock.now + seconds
+            while clock.now <= end:
+                seq += 1
+                assert await c.send(session, seq, root=0.2 + (clock.now - T0) / DAY * 0.01)
+                clock.now += 10
+        with c.store.read() as conn:
+            spans = conn.execute(select(agent_presence).order_by("started_at")).all()
+            days = conn.execute(select(filesystem_usage).order_by("day")).all()
+        assert [(s.started_at - T0, s.ended_at - T0) for s in spans] == [
+            (0.0, pytest.approx(2 * DAY, abs=300)),
+            (2 * DAY + HOUR, pytest.approx(2 * DAY + HOUR + 600, abs=300)),
+        ]
+        assert len(days) == 3  # T0 is late on its UTC day: three days touched
+        assert all(d.mountpoint == "/" and d.size_bytes == 1e11 for d in days)
+        # rewritten at most hourly: the last sample of a day is within an hour of its end
+        assert days[1].sampled_at >= (days[1].day + 1) * DAY - HOUR - 10
+
+    asyncio.run(c.run(scenario))
