@@ -145,6 +145,8 @@ def auth(running_api: tuple[str, str]) -> dict[str, str]:
 # line that parses, a time zone that exists): more than JSON Schema can say. For these
 # operations a schema-valid body may earn a 400, but only one that names the field.
 SEMANTIC_BODIES = {("POST", "/maintenance-windows"), ("PUT", "/maintenance-windows/{window_id}")}
+# A report's dates too: days of the calendar, `from` before `to`, at most 400 days apart.
+SEMANTIC_BODIES.add(("GET", "/reports/{customer}"))
 NAMES_A_FIELD = re.compile(r"^(maintenance window [\w/]+: |field '\w+' )")
 
 

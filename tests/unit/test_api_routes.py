@@ -22,6 +22,7 @@ from tripline.collector import apitokens
 from tripline.collector.api import ApiContext, build_api, openapi_document
 from tripline.collector.api.app import operations
 from tripline.collector.api.params import Choice, Param, Text, Whole
+from tripline.collector.api.reports import Day
 from tripline.collector.committer import Committer
 from tripline.collector.config import load_collector_config
 from tripline.collector.pipeline import Pipeline
@@ -91,6 +92,8 @@ async def _compare_routes(client: httpx.AsyncClient, app: Any) -> None:
 
 
 def _out_of_limits(param: Param) -> str:
+    if isinstance(param, Day):
+        return "2024-1-1"
     if isinstance(param, Whole):
         return str(param.high + 1)
     if isinstance(param, Choice):
@@ -118,9 +121,10 @@ async def _check_limits(client: httpx.AsyncClient, secret: str) -> None:
         }
         for param in op.query:
             assert documented[param.name]["schema"] == param.schema()
-            answer = await client.request(
-                op.method, op.path, params={param.name: _out_of_limits(param)}, headers=auth
-            )
+            # the operation's other required parameters valid, this one not
+            params = {p.name: "2024-01-01" for p in op.query if p.required and isinstance(p, Day)}
+            params[param.name] = _out_of_limits(param)
+            answer = await client.request(op.method, op.path, params=params, headers=auth)
             assert answer.status_code == 400, (op.operation_id, param.name, answer.text)
             assert param.what in answer.json()["error"]
             checked += 1

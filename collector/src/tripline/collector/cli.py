@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tripline.alerts.rules import RuleFileError, load_rules
-from tripline.collector import entropy
+from tripline.collector import cli_report, entropy
 from tripline.collector.config import CollectorConfig, ConfigError, load_collector_config
 from tripline.common import logs
 from tripline.common.terminal import cell, escape
@@ -964,6 +964,7 @@ def build_parser() -> argparse.ArgumentParser:
         store_flags(tp)
         tp.set_defaults(func=cmd_api_tokens)
 
+    cli_report.register(sub)
     mw = sub.add_parser("maintenance", help="maintenance windows (alerts held back)")
     msub = mw.add_subparsers(dest="maintenance_cmd", required=True)
     ma = msub.add_parser("add", help="add a window: a scope and one schedule")

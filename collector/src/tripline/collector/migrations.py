@@ -91,7 +91,9 @@ Table(
     PrimaryKeyConstraint("agent_id", "instance_id"),
 )
 # Tables a later migration creates: migration 1 leaves them out.
-_LATER_TABLES = frozenset({"store_probe", "delivery_parked", "delivery_leases"})
+_LATER_TABLES = frozenset(
+    {"store_probe", "delivery_parked", "delivery_leases", "agent_presence", "filesystem_usage"}
+)
 for _table in schema.metadata.sorted_tables:
     if _table.name not in _V1.tables and _table.name not in _LATER_TABLES:
         _table.to_metadata(_V1)
@@ -119,6 +121,11 @@ def _add_columns(conn: Connection, table: str, *names: str) -> None:
         conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
 
 
+def _create_report_history(conn: Connection) -> None:
+    tables = [schema.agent_presence, schema.filesystem_usage]
+    schema.metadata.create_all(conn, tables=tables, checkfirst=True)
+
+
 def _token_limits_and_report_times(conn: Connection) -> None:
     _add_columns(conn, "enrollment_tokens", "max_agents")
     _add_columns(conn, "agent_instances", "last_collected_at", "last_report_at")
@@ -132,6 +139,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         4,
         "enrollment token agent limit; last report times per agent instance",
         _token_limits_and_report_times,
+    ),
+    Migration(
+        5,
+        "service report history: agent presence spans, daily filesystem usage",
+        _create_report_history,
     ),
 )
 

@@ -24,6 +24,7 @@ from tripline.collector import convert, faults, maintenance, tickets
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig
 from tripline.collector.convert import Hello, Report
+from tripline.collector.history import HistoryRecorder
 from tripline.collector.selfmetrics import CollectorMetrics
 from tripline.collector.state import AgentLive, LiveState
 from tripline.collector.store import (
@@ -156,6 +157,7 @@ class Pipeline:
         # Enrolled, never reported: their silence opens no offline ticket (a token could
         # otherwise mint hundreds of agents, each a critical ticket once silent).
         self.unreported: set[str] = set()
+        self.history = HistoryRecorder(gap=self.offline_after)  # for the service report
 
     # -- start-up ---------------------------------------------------------------
 
@@ -329,6 +331,9 @@ class Pipeline:
                     self.store.update_inventory(
                         agent.agent_id, hostname, report.host, now, conn=conn
                     )
+                self.history.record(
+                    conn, agent.agent_id, report.samples, received_at=now, report_at=at
+                )
                 held = self._commit_alerts(conn, live, changes, transitions, context)
                 faults.hit("before_commit")
                 return held
@@ -482,6 +487,7 @@ class Pipeline:
             self.alert_states.pop(agent_id, None)
             self.state.forget(agent_id)
             self.unreported.discard(agent_id)
+            self.history.forget(agent_id)
             self.on_retire(agent_id)
         log.info("revoked agent retired", extra={"agent_id": agent_id, "resolved": len(firing)})
         if firing:

@@ -343,3 +343,34 @@ store_probe = Table(
     Column("written_at", Double, nullable=False),
     Column("writes", Integer, nullable=False),
 )
+
+# What the service report (collector.report) needs beyond latest values, written by
+# collector.history from the apply path (migration 5).
+#
+# Spans of time an agent was reporting, on the collector's clock: a span grows while
+# reports keep coming (its end written at most every few minutes) and a new one starts
+# after a silence longer than offline_after or when the PC's boot time changes (a reboot).
+agent_presence = Table(
+    "agent_presence",
+    metadata,
+    Column("agent_id", String(64), ForeignKey("agents.agent_id"), nullable=False),
+    Column("started_at", Double, nullable=False),
+    Column("ended_at", Double, nullable=False),
+    # boot_time_seconds as the agent reported it at the span's start (its own clock)
+    Column("boot_time", Double, nullable=True),
+    PrimaryKeyConstraint("agent_id", "started_at"),
+)
+
+# One usage sample per agent, mountpoint and UTC day (the latest of that day, rewritten at
+# most hourly), kept for FS_USAGE_DAYS days: enough to fit a growth rate per filesystem.
+filesystem_usage = Table(
+    "filesystem_usage",
+    metadata,
+    Column("agent_id", String(64), ForeignKey("agents.agent_id"), nullable=False),
+    Column("mountpoint", Text, nullable=False),
+    Column("day", Integer, nullable=False),  # unix time // 86400
+    Column("sampled_at", Double, nullable=False),
+    Column("size_bytes", Double, nullable=False),
+    Column("used_bytes", Double, nullable=False),
+    PrimaryKeyConstraint("agent_id", "mountpoint", "day"),
+)

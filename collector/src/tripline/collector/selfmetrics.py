@@ -167,6 +167,13 @@ class CollectorMetrics:
             ["reason"],
             registry=registry,
         )
+        self.service_reports = Counter(
+            "tripline_collector_service_reports_total",
+            "Service reports asked of the API, by format and outcome (served, refused: bad "
+            "input or another customer's, failed).",
+            ["format", "outcome"],
+            registry=registry,
+        )
         self.open_files_limit = Gauge(
             "tripline_collector_open_files_limit",
             "The process's open-file limit after start (raised to the hard limit).",

@@ -11,7 +11,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from tripline.collector.api import agents, deliveries, enrollment, openapi, rules, tickets, windows
+from tripline.collector.api import (
+    agents,
+    deliveries,
+    enrollment,
+    openapi,
+    reports,
+    rules,
+    tickets,
+    windows,
+)
 from tripline.collector.api.context import ApiContext
 from tripline.collector.api.encoding import Json
 from tripline.collector.api.errors import EXCEPTION_HANDLERS
@@ -37,6 +46,7 @@ RESOURCES: tuple[Resource, ...] = (
     rules,
     windows,
     deliveries,
+    reports,
 )
 
 

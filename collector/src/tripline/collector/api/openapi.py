@@ -20,6 +20,8 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 def describe(op: Operation) -> dict[str, Any]:
     """The document's entry for one operation."""
     responses = {str(op.status): {"description": "OK", **_json(op.answer)}}
+    for media in op.media:
+        responses[str(op.status)]["content"][media] = {"schema": {"type": "string"}}
     too_large = (413,) if op.body is not None else ()
     for status in (400, 401, *op.errors, *too_large, 503):
         responses[str(status)] = {"description": ERROR_TEXT[status], **_json(ref("Error"))}

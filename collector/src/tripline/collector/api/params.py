@@ -74,6 +74,8 @@ class Param:
     description: str = ""
     # the parameter as error messages name it (a path's "ticket id"); default: its name
     label: str = ""
+    # a query parameter the operation cannot do without (path parameters always are)
+    required: bool = False
 
     @property
     def what(self) -> str:
@@ -93,7 +95,7 @@ class Param:
         return {
             "name": self.name,
             "in": self.where,
-            "required": self.where == "path",
+            "required": self.where == "path" or self.required,
             "schema": self.schema(),
             "description": self.description,
         }
@@ -192,9 +194,15 @@ def parse_query(request: Request, declared: Collection[Param], token: ApiToken) 
         if key in found:
             raise ApiError(400, f"query parameter {key!r} given more than once")
         found[key] = value
-    return {
-        p.name: p.parse(found[p.name], token) if p.name in found else p.default for p in declared
-    }
+    parsed: dict[str, Any] = {}
+    for p in declared:
+        if p.name in found:
+            parsed[p.name] = p.parse(found[p.name], token)
+        elif p.required:
+            raise ApiError(400, f"query parameter {p.name!r} is required")
+        else:
+            parsed[p.name] = p.default
+    return parsed
 
 
 def page(items: list[Any], limit: int, offset: int) -> dict[str, Any]:

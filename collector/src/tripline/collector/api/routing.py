@@ -19,6 +19,7 @@ from starlette.routing import Route
 from tripline.collector.api.auth import caller
 from tripline.collector.api.body import Body, read_json
 from tripline.collector.api.context import ApiContext
+from tripline.collector.api.errors import ApiError
 from tripline.collector.api.params import Param, parse_query
 from tripline.collector.apitokens import ApiToken
 
@@ -67,14 +68,23 @@ class Operation:
     path_params: tuple[Param, ...] = ()
     body: Body | None = None
     errors: tuple[int, ...] = ()
+    # media types the answer may come in besides JSON (a report's text/html, text/csv)
+    media: tuple[str, ...] = ()
+    # counts a refused request (any ApiError: auth, a bad parameter, the handler's own)
+    refused: Callable[[ApiContext], None] | None = None
 
     def route(self, ctx: ApiContext) -> Route:
         """The Starlette route serving this operation with `ctx`."""
 
         async def endpoint(request: Request) -> Response:
-            token = await caller(ctx, request)
-            query = parse_query(request, self.query, token)
-            return await self.handler(Call(ctx, request, token, query, self))
+            try:
+                token = await caller(ctx, request)
+                query = parse_query(request, self.query, token)
+                return await self.handler(Call(ctx, request, token, query, self))
+            except ApiError:
+                if self.refused is not None:
+                    self.refused(ctx)
+                raise
 
         return Route(self.path, endpoint, methods=[self.method], name=self.operation_id)
 
@@ -91,6 +101,8 @@ def operation(
     path_params: Sequence[Param] = (),
     body: Body | None = None,
     errors: Sequence[int] = (),
+    media: Sequence[str] = (),
+    refused: Callable[[ApiContext], None] | None = None,
 ) -> Callable[[Handler], Operation]:
     """Declare the decorated handler as an `Operation`."""
     declared = {p.name for p in path_params}
@@ -111,6 +123,8 @@ def operation(
             path_params=tuple(path_params),
             body=body,
             errors=tuple(errors),
+            media=tuple(media),
+            refused=refused,
         )
 
     return wrap
