@@ -132,12 +132,8 @@ class _Pages:
         )
 
     def _api_error(self, request: Request, answer: httpx.Response, sess: Session) -> Response:
-        try:
-            message = str(answer.json().get("error", answer.text))
-        except ValueError:
-            message = answer.text
         return self._page(
-            request, "error.html", answer.status_code, message=message, csrf=sess.csrf
+            request, "error.html", answer.status_code, message=_api_message(answer), csrf=sess.csrf
         )
 
     # -- login ------------------------------------------------------------------------
@@ -213,6 +209,21 @@ class _Pages:
         answer = await self._call(sess, "GET", "/tickets", params)
         if answer.status_code == 401:
             return self._to_login(request, "expired")
+        customers = await self._customers(sess)
+        if answer.status_code in (400, 403):
+            # a filter the API refused: the form again, with its reason
+            return self._page(
+                request,
+                "queue.html",
+                answer.status_code,
+                tickets=[],
+                filters=filters,
+                customers=customers,
+                next_query=None,
+                previous_query=None,
+                error=_api_message(answer),
+                csrf=sess.csrf,
+            )
         if answer.status_code != 200:
             return self._api_error(request, answer, sess)
         page = answer.json()
@@ -223,11 +234,12 @@ class _Pages:
             "queue.html",
             tickets=page["items"],
             filters=filters,
-            customers=await self._customers(sess),
+            customers=customers,
             next_query=None
             if page["next_offset"] is None
             else urlencode({**filters, "offset": page["next_offset"]}),
             previous_query=None if previous is None else urlencode({**filters, "offset": previous}),
+            error=None,
             csrf=sess.csrf,
         )
 
@@ -299,10 +311,7 @@ class _Pages:
             return RedirectResponse(f"{target}?done={action}", 303)
         if answer.status_code in (400, 409):
             # the ticket again, with the API's reason above the forms
-            try:
-                reason = str(answer.json().get("error"))
-            except ValueError:
-                reason = answer.text
+            reason = _api_message(answer)
             return await self._ticket_page(request, sess, answer.status_code, reason)
         return self._api_error(request, answer, sess)
 
@@ -313,6 +322,15 @@ class _Pages:
             return Response("Not Found", 404, media_type="text/plain")
         media = "text/css" if name.endswith(".css") else "text/javascript"
         return Response(data, media_type=media)
+
+
+def _api_message(answer: httpx.Response) -> str:
+    """The API's ``{"error": ...}`` text, or its body when it is not that."""
+    try:
+        data = answer.json()
+    except ValueError:
+        return answer.text
+    return str(data["error"]) if isinstance(data, dict) and "error" in data else answer.text
 
 
 def build_web(api_app: ASGIApp, refused: Callable[[str], None] = lambda reason: None) -> ASGIApp:
