@@ -27,7 +27,7 @@ from tripline.collector.web.session import FormRefused, Session
 
 WEB_PREFIX = "/ui"
 PAGE_SIZE = 50
-# the browser's view of a ticket action -> the API's path and the note it leaves
+# the page's ticket actions (each the API's POST /tickets/{id}/<action>) -> the word shown after it
 ACTIONS = {"ack": "acknowledged", "comment": "commented", "resolve": "resolved"}
 QUEUE_FILTERS = ("customer", "status", "tier", "severity")
 
