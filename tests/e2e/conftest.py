@@ -224,3 +224,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.when == "call":
         item.rep_call = report  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One headless Chromium (a Selenium WebDriver) per test module; skips when chromium
+    or chromedriver is missing unless TRIPLINE_REQUIRE_BROWSER=1 (tests/e2e/browser.py)."""
+    from tests.e2e.browser import binaries, start_chromium
+
+    chromium, driver = binaries()
+    opened = start_chromium(chromium, driver, tmp_path_factory.mktemp("downloads"))
+    try:
+        yield opened
+    finally:
+        opened.quit()

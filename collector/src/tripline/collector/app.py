@@ -239,6 +239,7 @@ class CollectorApp:
             self._ready,
             agent_series=self.exposition.render,
             api=ApiContext(store=self.store, pipeline=self.pipeline, clock=self.clock),
+            web_refused=lambda why: self.metrics.web_refusals.labels(why).inc(),
         )
         http_limits = HttpLimits(
             max_connections=config.http_max_connections,

@@ -172,6 +172,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "\nTripline demo: a collector and an agent for this PC are running.\n"
             f"  Prometheus metrics: http://{http}:{app.http_port}/metrics\n"
             f"  Tickets:            tripline tickets list --data-dir {data_dir}\n"
+            f"  Ticket page:        http://{http}:{app.http_port}/ui/ (log in with a token from\n"
+            f"                      tripline api-tokens create --name me --data-dir {data_dir})\n"
             f"  Collector (gRPC):   {config.listen}\n"
             f"  Rules:              {rules_file} (the default pack plus one demo rule;\n"
             "                      edit it, then `kill -HUP` this process to reload)\n"

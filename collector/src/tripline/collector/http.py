@@ -1,4 +1,5 @@
-"""HTTP side of the collector: /metrics for Prometheus, /healthz, /readyz, the API.
+"""HTTP side of the collector: /metrics for Prometheus, /healthz, /readyz, the API, the
+operator's ticket page (/ui).
 
 Served by uvicorn in the collector's own asyncio loop, so a scrape reads live state
 without locks or threads.
@@ -20,6 +21,7 @@ from starlette.routing import Mount, Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tripline.collector.api import API_PREFIX, ApiContext, build_api, unrouted
+from tripline.collector.web import WEB_PREFIX, build_web
 
 
 def build_app(
@@ -27,6 +29,7 @@ def build_app(
     ready: Callable[[], tuple[bool, str]],
     agent_series: Callable[[], bytes] = lambda: b"",
     api: ApiContext | None = None,
+    web_refused: Callable[[str], None] = lambda reason: None,
 ) -> Starlette:
     async def metrics(request: Request) -> Response:
         # agents' series are prepared as reports arrive; the registry holds our own
@@ -45,7 +48,10 @@ def build_app(
         Route("/readyz", readyz),
     ]
     if api is not None:
-        routes.append(Mount(API_PREFIX, app=build_api(api)))
+        api_app = build_api(api)
+        routes.append(Mount(API_PREFIX, app=api_app))
+        # the ticket page answers through the same API app, with the operator's token
+        routes.append(Mount(WEB_PREFIX, app=build_web(api_app, web_refused)))
         # a path the mount cannot match (a newline in it) still gets the API's JSON 404
         return Starlette(routes=routes, exception_handlers={404: unrouted})
     return Starlette(routes=routes)

@@ -174,6 +174,13 @@ class CollectorMetrics:
             ["format", "outcome"],
             registry=registry,
         )
+        self.web_refusals = Counter(
+            "tripline_collector_web_refusals_total",
+            "Logins and forms the ticket page (/ui) refused, by reason (login: unknown "
+            "token; csrf; origin: sent from another site; too_large; bad_form).",
+            ["reason"],
+            registry=registry,
+        )
         self.open_files_limit = Gauge(
             "tripline_collector_open_files_limit",
             "The process's open-file limit after start (raised to the hard limit).",
@@ -181,6 +188,8 @@ class CollectorMetrics:
         )
         for port in ("grpc", "http"):
             self.accept_errors.labels(port)
+        for why in ("login", "csrf", "origin", "too_large", "bad_form"):
+            self.web_refusals.labels(why)
         for why in ("full", "evicted_idle", "header_timeout", "body_timeout"):
             self.http_connections_closed.labels(why)
         for reason in (
