@@ -952,6 +952,8 @@ async def unrouted(request: Request, exc: Exception) -> Response:
 
 def build_api(ctx: ApiContext) -> Starlette:
     """The API as an app to mount at API_PREFIX."""
+    from tripline.collector.api_snapshots import routes as _snapshot_routes  # imports api
+
     h = _Handlers(ctx)
     routes = [
         Route("/openapi.json", h.openapi),
@@ -977,6 +979,7 @@ def build_api(ctx: ApiContext) -> Starlette:
         Route("/suppressed-alerts", h.list_suppressed),
         Route("/deliveries/parked", h.list_parked),
         Route("/deliveries/parked/{route}/{event_id}/retry", h.retry_parked, methods=["POST"]),
+        *_snapshot_routes(ctx),
     ]
 
     async def api_error(request: Request, exc: Exception) -> Response:

@@ -44,6 +44,8 @@ _ERROR_TEXT = {
     "404": "No such object, or it belongs to a customer outside the token's scope.",
     "409": "The ticket is not in a state that allows this change.",
     "413": "The request body is too large.",
+    "429": "Asked again too soon; retry after the Retry-After seconds.",
+    "504": "The agent has no open stream to this collector, or did not answer in time.",
     "503": "The store is unavailable; retry after the Retry-After seconds.",
 }
 
@@ -284,8 +286,33 @@ def _schemas() -> dict[str, Any]:
             "allOf": [
                 _ref("Ticket"),
                 _object(("events",), events={"type": "array", "items": _ref("TicketEvent")}),
+                _object(
+                    (),
+                    snapshot={
+                        **_or_null("object"),
+                        "description": "what the agent saw while the problem held "
+                        "(top_cpu, top_memory, filesystems, logged_in_users, uptime_seconds...)",
+                    },
+                    snapshot_taken_at={
+                        **_or_null("number"),
+                        "description": "when the collector received it",
+                    },
+                    previously={
+                        **_or_null("object"),
+                        "description": "scope (agent, customer or null) and the last tickets "
+                        "of this rule there: resolved_by, auto_resolved, note, took_seconds",
+                    },
+                ),
             ]
         },
+        "AgentSnapshot": _object(
+            ("agent_id", "hostname", "request_id", "taken_at", "snapshot"),
+            agent_id=text,
+            hostname=text,
+            request_id=text,
+            taken_at={**number, "description": "when the collector received it"},
+            snapshot={"type": "object"},
+        ),
         "TicketPage": _page_of("Ticket"),
         "Agent": agent,
         "AgentDetail": {
@@ -430,6 +457,17 @@ def openapi_document() -> dict[str, Any]:
                 params=[_AGENT_ID],
                 body=no_body,
                 errors=("404",),
+            )
+        },
+        "/agents/{agent_id}/snapshot": {
+            "post": _op(
+                "snapshotAgent",
+                "Ask the agent now for a diagnostic snapshot (processes, disks, users); "
+                "waits up to snapshot_timeout",
+                _ref("AgentSnapshot"),
+                params=[_AGENT_ID],
+                body=no_body,
+                errors=("404", "409", "429", "504"),
             )
         },
         "/enrollment-tokens": {
