@@ -249,10 +249,6 @@ def load_collector_config(
     parse_hostport(config.listen, "listen")
     parse_hostport(config.http_listen, "http_listen")
     check_logging(config.log_format, config.log_level)
-    if not config.snapshot_timeout > 0:
-        raise ConfigError("snapshot_timeout", "must be more than 0s (e.g. 10s)")
-    if config.snapshot_min_interval < 0:
-        raise ConfigError("snapshot_min_interval", "must be 0s or more (e.g. 60s)")
     for customer, token in config.customers.items():
         _check_token(f"customers.{customer}", token)
     return config
