@@ -121,3 +121,47 @@ def test_a_cpu_ticket_names_the_burning_process_with_its_secret_redacted(
     assert missing.returncode != 0 and "404" in missing.stderr
     for path in (collector.data_dir / "tripline.db", collector.log_path):
         assert SECRET.encode() not in path.read_bytes(), f"the secret leaked into {path}"
+
+
+def test_the_demo_shows_a_ticket_with_a_fresh_snapshot(cluster: Cluster, tmp_path: Path) -> None:
+    from tests.conftest import free_port
+    from tests.e2e.conftest import Collector
+
+    data_dir = tmp_path / "demo"
+    demo = Collector(
+        name="demo",
+        args=[
+            "demo",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--http-listen",
+            f"127.0.0.1:{(http_port := free_port())}",
+            "--interval",
+            "1s",
+        ],
+        log_path=tmp_path / "demo.log",
+        env=cluster.env,
+        http_port=http_port,
+        data_dir=data_dir,
+    )
+    cluster.procs.append(demo)
+    demo.start()
+    demo.wait_ready()
+
+    def demo_ticket() -> dict[str, Any] | None:
+        if not (data_dir / "tripline.db").exists():
+            return None
+        found = [t for t in cluster.tickets(data_dir) if t["rule"] == "DemoPcIsUp"]
+        return cluster.ticket(data_dir, found[0]["id"]) if found else None
+
+    # The demo rule holds 15 s: the snapshot asked when it went pending is on the ticket
+    # the moment it opens.
+    ticket = eventually(demo_ticket, 60, "the demo's DemoPcIsUp ticket")
+    assert ticket["snapshot"] is not None, ticket
+    assert ticket["snapshot"]["top_memory"], "the demo's agent sends processes"
+    assert ticket["snapshot_taken_at"] <= ticket["opened_at"]
+    shown = cluster.cli("tickets", "show", str(ticket["id"]), "--data-dir", str(data_dir))
+    assert "snapshot taken" in shown.stdout
+    assert demo.stop() == 0

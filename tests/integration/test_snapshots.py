@@ -85,9 +85,7 @@ def _snapshotted(app: CollectorApp) -> bool:
 
 
 def _counter(app: CollectorApp, result: str) -> float:
-    value = app.registry.get_sample_value(
-        "tripline_collector_snapshots_total", {"result": result}
-    )
+    value = app.registry.get_sample_value("tripline_collector_snapshots_total", {"result": result})
     return value or 0.0
 
 
