@@ -263,3 +263,40 @@ def test_unsolicited_and_invalid_snapshots_are_refused_and_the_stream_goes_on(
             assert _counter(app, "invalid") == 1
 
     asyncio.run(scenario())
+
+
+def test_a_flood_of_snapshots_is_cut_like_a_flood_of_reports(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_collector(tmp_path / "c", max_report_burst_per_agent=5) as app:
+            async with aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+                stub = pb_grpc.CollectorStub(channel)
+                enrolled = await stub.Enroll(
+                    pb.EnrollRequest(enrollment_token=TOKEN, host=pb.HostInfo(hostname="pc"))
+                )
+                call = stub.Connect(metadata=(("authorization", f"Bearer {enrolled.credential}"),))
+                hello = pb.Hello(agent_version="x", instance_id="i1", sent_at_seconds=app.clock())
+                await call.write(pb.AgentMessage(hello=hello))
+                assert (await call.read()).WhichOneof("kind") == "welcome"
+                flood = pb.AgentMessage(snapshot=pb.Snapshot(request_id="0" * 32))
+                with contextlib.suppress(aio.AioRpcError, aio.UsageError):
+                    for _ in range(50):
+                        await call.write(flood)
+
+                # The collector ends the stream; the client may see INTERNAL instead of
+                # RESOURCE_EXHAUSTED while it is still writing (grpc/grpc#36066), so the
+                # refusal is checked on the collector's side.
+                async def drained() -> None:
+                    with contextlib.suppress(aio.AioRpcError):
+                        while True:
+                            message = await call.read()
+                            assert message is not aio.EOF, "the stream ended cleanly"
+
+                await asyncio.wait_for(drained(), 10)  # TimeoutError: the stream went on
+            limited = app.registry.get_sample_value(
+                "tripline_collector_limit_hits_total", {"limit": "reports_per_second"}
+            )
+            assert limited == 1
+            assert _counter(app, "rate_limited") == 1
+            assert _counter(app, "unsolicited") <= 6
+
+    asyncio.run(scenario())

@@ -318,6 +318,23 @@ class CollectorService(pb_grpc.CollectorServicer):
             async for message in requests:
                 kind = message.WhichOneof("kind")
                 if kind == "snapshot":
+                    # Answers count against the agent's message budget like reports, so
+                    # a flood of them costs as little as a flood of reports.
+                    try:
+                        self.rate.take(session.agent.agent_id, self.monotonic())
+                    except limits.RateLimited as exc:
+                        self.metrics.limit_hits.labels("reports_per_second").inc()
+                        self.metrics.snapshots.labels("rate_limited").inc()
+                        stream.send(
+                            _Abort(
+                                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "snapshots and reports arrive faster than "
+                                f"max_reports_per_second_per_agent={self.rate.rate:g} "
+                                f"(burst {self.rate.burst}); reconnect after {exc.retry_after}s",
+                                (("retry-after", str(exc.retry_after)),),
+                            )
+                        )
+                        return
                     await self._snapshot(session, message.snapshot)
                     continue
                 if kind != "report":
