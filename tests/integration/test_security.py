@@ -42,6 +42,7 @@ GLOBEX_TOKEN = "tle_globex_security_Udq8BVVJGeVsfYvp4_szZf6GakVR"
 ROOT = Path(__file__).resolve().parents[2]
 CLI = (sys.executable, "-m", "tripline.collector.cli")
 
+
 async def past_snapshot_requests(call: aio.StreamStreamCall) -> pb.CollectorMessage:
     """The next message other than a snapshot request (the collector asks for one when a
     rule goes pending or fires, interleaved with the acks)."""
