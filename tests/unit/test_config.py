@@ -30,7 +30,8 @@ COLLECTOR_KEYS = (
     "max_hello_burst_per_agent, max_hellos_per_second_per_agent, max_message_bytes, "
     "max_metrics_bytes_per_agent, "
     "max_report_burst_per_agent, max_reports_per_second_per_agent, max_samples_per_report, "
-    "max_series_per_agent, max_streams, offline_after, plaintext, routes, rules, tickets, "
+    "max_series_per_agent, max_streams, offline_after, plaintext, routes, rules, "
+    "snapshot_min_interval, snapshot_timeout, tickets, "
     "tls_cert, "
     "tls_client_ca, tls_key"
 )

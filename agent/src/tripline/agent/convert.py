@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tripline.agent.probes import Collection, Context, Inventory, ProcessSample, Sample
+from tripline.agent.snapshot import MAX_REQUEST_ID, Snapshot
 from tripline.v1 import tripline_pb2 as pb
 
 
@@ -56,6 +57,32 @@ def context_pb(context: Context) -> pb.Context:
         top_cpu=[_process_pb(p) for p in context.top_cpu],
         top_memory=[_process_pb(p) for p in context.top_memory],
         logged_in_users=list(context.logged_in_users),
+    )
+
+
+def snapshot_pb(request_id: str, snapshot: Snapshot) -> pb.Snapshot:
+    return pb.Snapshot(
+        request_id=request_id[:MAX_REQUEST_ID],
+        taken_at_seconds=snapshot.taken_at,
+        cpu_span_seconds=snapshot.cpu_span_seconds,
+        top_cpu=[_process_pb(p) for p in snapshot.top_cpu],
+        top_memory=[_process_pb(p) for p in snapshot.top_memory],
+        filesystems=[
+            pb.FilesystemInfo(
+                mountpoint=f.mountpoint,
+                fstype=f.fstype,
+                device=f.device,
+                size_bytes=max(0, f.size_bytes),
+                avail_bytes=max(0, f.avail_bytes),
+                used_ratio=f.used_ratio,
+            )
+            for f in snapshot.filesystems
+        ],
+        logged_in_users=list(snapshot.logged_in_users),
+        uptime_seconds=snapshot.uptime_seconds,
+        cpu_usage_ratio=snapshot.cpu_usage_ratio,
+        memory_used_ratio=snapshot.memory_used_ratio,
+        processes=min(snapshot.processes, 2**32 - 1),
     )
 
 

@@ -392,6 +392,31 @@ class Prober:
         )[: self._top_n]
         return self._finish(by_cpu, ratios), self._finish(by_mem, ratios)
 
+    @property
+    def psutil(self) -> Any:
+        """The psutil module (or the test's stand-in) this prober samples."""
+        return self._ps
+
+    @property
+    def collects_processes(self) -> bool:
+        return self._collect_processes
+
+    def describe_processes(
+        self, rows: Iterable[tuple[Any, dict[str, Any]]], ratios: Mapping[int, float]
+    ) -> tuple[ProcessSample, ...]:
+        """Top-list entries for scanned ``(process, info)`` rows: usernames and command
+        lines fetched, and redacted, exactly as for the periodic context."""
+        return self._finish(rows, ratios)
+
+    def filesystem_samples(self, now: float) -> tuple[list[Sample], bool]:
+        """The filesystem probe alone: (samples, whether it failed part-way)."""
+        out: list[Sample] = []
+        try:
+            self._filesystems(out, now)
+        except (self._ps.Error, OSError, _ProbeFailedError):
+            return out, True
+        return out, False
+
     def _finish(
         self, rows: Iterable[tuple[Any, dict[str, Any]]], ratios: Mapping[int, float]
     ) -> tuple[ProcessSample, ...]:

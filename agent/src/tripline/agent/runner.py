@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -21,6 +21,7 @@ from tripline.agent.config import AgentConfig
 from tripline.agent.identity import Identity
 from tripline.agent.probes import Collection, Sample
 from tripline.agent.redact import Redaction, compile_patterns
+from tripline.agent.snapshot import Snapshotter
 from tripline.agent.spool import Spool
 from tripline.agent.transport import Backoff, Transport
 from tripline.common import files
@@ -60,6 +61,7 @@ class AgentRunner:
             command_lines=config.send_command_lines,
             redaction=redaction_for(config),
         )
+        self.snapshotter = Snapshotter(self.prober)
         self.interval = config.interval
         self.inventory_interval = config.inventory_interval
         self._inventory = probes.inventory()
@@ -74,6 +76,7 @@ class AgentRunner:
             host_info=self._host_info,
             on_settings=self._apply_settings,
             on_identity=self._learn_identity,
+            on_snapshot_request=self._snapshot_request,
             # validity is judged by the wall clock, as the TLS handshake does
             credentials=tls.agent_channel_credentials(config, time.time()),
             max_message_bytes=config.max_message_bytes,
@@ -85,6 +88,15 @@ class AgentRunner:
     def _learn_identity(self, ident: Identity) -> None:
         # Enrolled just now: the new credential is redacted from the next collection on.
         self.prober.redaction = self.prober.redaction.with_secrets(ident.credential)
+
+    def _snapshot_request(self, request_id: str) -> Awaitable[pb.Snapshot] | None:
+        if not self.snapshotter.accept():
+            return None
+
+        async def answer() -> pb.Snapshot:
+            return convert.snapshot_pb(request_id, await self.snapshotter.take())
+
+        return answer()
 
     def _host_info(self) -> pb.HostInfo:
         return convert.host_info(self._inventory, self.config.tags)
@@ -108,6 +120,14 @@ class AgentRunner:
             Sample("agent_spool_dropped_reports_total", (), float(stats.dropped_total)),
             Sample("agent_reconnects_total", (), float(t.reconnects)),
             Sample("agent_reports_rejected_total", (), float(t.reports_rejected)),
+            *(
+                Sample("agent_snapshots_total", (("result", result),), float(count))
+                for result, count in (
+                    ("answered", self.snapshotter.stats.answered),
+                    ("refused", self.snapshotter.stats.refused),
+                    ("failed", self.snapshotter.stats.failed),
+                )
+            ),
         )
 
     def collect_once(self) -> int:

@@ -99,6 +99,7 @@ class Transport:
         host_info: Callable[[], pb.HostInfo],
         on_settings: Callable[[pb.Settings], None],
         on_identity: Callable[[Identity], None] | None = None,
+        on_snapshot_request: Callable[[str], Awaitable[pb.Snapshot] | None] | None = None,
         credentials: grpc.ChannelCredentials | None,
         max_message_bytes: int = 4 * 2**20,
         keepalive: tuple[float, float] = (30.0, 10.0),
@@ -114,6 +115,9 @@ class Transport:
         self.host_info = host_info
         self.on_settings = on_settings
         self.on_identity = on_identity  # called once the agent has enrolled
+        # Asked for a diagnostic snapshot: returns what answers it, or None to ignore the
+        # request (busy, too soon). The request names nothing to run.
+        self.on_snapshot_request = on_snapshot_request
         # None means plaintext, which only an explicit `plaintext: true` config asks for
         self.credentials = credentials
         self.max_message_bytes = max_message_bytes
@@ -125,6 +129,9 @@ class Transport:
         self._replay: _Replay | None = None
         self._new_data = asyncio.Event()
         self._acked = asyncio.Event()
+        # Reports and snapshot answers share the stream; gRPC allows one write at a time.
+        self._write_lock = asyncio.Lock()
+        self._snapshot_tasks: set[asyncio.Task[None]] = set()
 
     def notify(self) -> None:
         """A new report is in the spool."""
@@ -255,6 +262,8 @@ class Transport:
             stopper.cancel()
             if sender is not None:
                 sender.cancel()
+            for task in list(self._snapshot_tasks):
+                task.cancel()
             call.cancel()
 
     async def _handle_error(self, exc: aio.AioRpcError) -> float:
@@ -304,7 +313,8 @@ class Transport:
                 continue
             for seq, payload in batch:
                 report = pb.Report.FromString(payload)
-                await call.write(pb.AgentMessage(report=report))
+                async with self._write_lock:
+                    await call.write(pb.AgentMessage(report=report))
                 last_sent = seq
                 self.stats.reports_sent += 1
 
@@ -324,6 +334,42 @@ class Transport:
                     self._replay = self._replay.progress(seq)
             elif kind == "settings":
                 self.on_settings(message.settings)
+            elif kind == "snapshot_request":
+                self._start_snapshot(call, message.snapshot_request.request_id)
+            # Any other kind (a newer collector's message) is ignored: old agents must
+            # stay harmless when the protocol grows.
+
+    def _start_snapshot(self, call: aio.StreamStreamCall, request_id: str) -> None:
+        if self.on_snapshot_request is None:
+            return
+        answer = self.on_snapshot_request(request_id)
+        if answer is None:
+            log.info("snapshot request ignored: one is being taken or was just taken")
+            return
+        # Measured off the reading task, so acks are read while the span elapses.
+        task = asyncio.create_task(self._answer_snapshot(call, request_id, answer))
+        self._snapshot_tasks.add(task)
+        task.add_done_callback(self._snapshot_tasks.discard)
+
+    async def _answer_snapshot(
+        self, call: aio.StreamStreamCall, request_id: str, answer: Awaitable[pb.Snapshot]
+    ) -> None:
+        try:
+            snapshot = await answer
+            async with self._write_lock:
+                await call.write(pb.AgentMessage(snapshot=snapshot))
+        except (aio.AioRpcError, aio.UsageError, asyncio.InvalidStateError) as exc:
+            # The stream ended meanwhile: the collector asks again if it still needs one.
+            log.info("snapshot not sent: stream ended", extra={"error": str(exc)})
+            return
+        except Exception:
+            # A bug in measuring must not end the stream: counted by the snapshotter.
+            log.exception("snapshot failed", extra={"request_id": request_id[:64]})
+            return
+        log.info(
+            "snapshot sent",
+            extra={"request_id": request_id[:64], "processes": len(snapshot.top_cpu)},
+        )
 
 
 class _ProtocolError(Exception):

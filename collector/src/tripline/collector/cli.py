@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tripline.alerts.rules import RuleFileError, load_rules
-from tripline.collector import cli_report, entropy
+from tripline.collector import cli_report, cli_snapshots, entropy
 from tripline.collector.config import CollectorConfig, ConfigError, load_collector_config
 from tripline.common import logs
 from tripline.common.terminal import cell, escape
@@ -368,6 +368,8 @@ def _print_ticket(d: dict[str, Any]) -> None:
                 f"    {cell(f.get('mountpoint', ''), 24)} "
                 f"{_fmt_num(f.get('used_ratio', 0), '6.1%')} used"
             )
+    cli_snapshots.print_snapshot(d.get("snapshot"), d.get("snapshot_taken_at"))
+    cli_snapshots.print_previously(d.get("previously"))
     print("  timeline:")
     for ev in _dicts(d.get("events")):
         msg = f"  {e(ev['message'])}" if ev.get("message") else ""
@@ -948,6 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
     for tp in asub.choices.values():
         store_flags(tp)
         tp.set_defaults(func=cmd_agents)
+    cli_snapshots.register(asub)
 
     apt = sub.add_parser("api-tokens", help="operators' HTTP API tokens")
     aptsub = apt.add_subparsers(dest="api_tokens_cmd", required=True)

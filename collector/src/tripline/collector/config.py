@@ -86,6 +86,11 @@ class CollectorConfig:
     http_header_timeout: float = 10.0
     http_body_timeout: float = 30.0
     http_keepalive_timeout: float = 5.0
+    # diagnostic snapshots asked of agents when a rule goes pending or fires (and by
+    # operators): at most one per agent per snapshot_min_interval, an answer awaited
+    # at most snapshot_timeout (the agent measures CPU over 1.5 s of it)
+    snapshot_min_interval: float = 60.0
+    snapshot_timeout: float = 10.0
     tickets: TicketSettings = field(default_factory=TicketSettings)
     # where ticket events are delivered (webhook, e-mail, Alertmanager); file only
     routes: tuple[Route, ...] = ()
@@ -214,6 +219,8 @@ SCHEMA = Schema(
             "http_header_timeout",
             "http_body_timeout",
             "http_keepalive_timeout",
+            "snapshot_min_interval",
+            "snapshot_timeout",
         }
     ),
     paths=frozenset({"rules", "tls_cert", "tls_key", "tls_client_ca"}),

@@ -37,12 +37,14 @@ from sqlalchemy import Connection, and_, delete, exists, func, or_, select, upda
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from tripline.collector import previously
 from tripline.collector.schema import (
     deliveries,
     delivery_leases,
     delivery_parked,
     delivery_routes,
     ticket_events,
+    ticket_snapshots,
     tickets,
 )
 from tripline.collector.selfmetrics import CollectorMetrics
@@ -137,6 +139,23 @@ def _ticket_dict(row: Any) -> dict[str, Any]:
 _TICKET_COLUMNS = [c for c in tickets.c if c.name not in ("id", "event_seq", "problem_key")]
 
 
+def _with_history(conn: Connection, row: Any) -> dict[str, Any]:
+    """The ticket as delivered: its snapshot as it is now, and for an opening (or
+    reopening) what ended its earlier tickets (one bounded, indexed query)."""
+    ticket = _ticket_dict(row)
+    ticket["snapshot"] = row.snapshot if isinstance(row.snapshot, dict) else None
+    ticket["snapshot_taken_at"] = row.snapshot_taken_at
+    if row.kind in ("opened", "reopened"):
+        ticket["previously"] = previously.previous_tickets(
+            conn,
+            ticket_id=row.ticket_id,
+            customer=row.customer,
+            agent_id=row.agent_id,
+            rule=row.rule,
+        )
+    return ticket
+
+
 def pending(
     conn: Connection, route: str, first_event_id: int, limit: int = BATCH
 ) -> list[Delivery]:
@@ -158,8 +177,11 @@ def pending(
             ticket_events.c.actor,
             ticket_events.c.message,
             *_TICKET_COLUMNS,
+            ticket_snapshots.c.snapshot,
+            ticket_snapshots.c.taken_at.label("snapshot_taken_at"),
         )
         .join(tickets, tickets.c.id == ticket_events.c.ticket_id)
+        .outerjoin(ticket_snapshots, ticket_snapshots.c.ticket_id == tickets.c.id)
         .where(ticket_events.c.id > first_event_id, ~handled, ~parked)
         .order_by(ticket_events.c.id)
         .limit(limit)
@@ -167,7 +189,7 @@ def pending(
     return [
         Delivery(
             event_id=row.event_id,
-            ticket=_ticket_dict(row),
+            ticket=_with_history(conn, row),
             event={
                 "seq": row.seq,
                 "kind": row.kind,

@@ -92,11 +92,22 @@ Table(
 )
 # Tables a later migration creates: migration 1 leaves them out.
 _LATER_TABLES = frozenset(
-    {"store_probe", "delivery_parked", "delivery_leases", "agent_presence", "filesystem_usage"}
+    {
+        "store_probe",
+        "delivery_parked",
+        "delivery_leases",
+        "agent_presence",
+        "filesystem_usage",
+        "ticket_snapshots",
+    }
 )
+# Indexes a later migration adds to a version-1 table: left out of its copy.
+_LATER_INDEXES = frozenset({"ix_tickets_agent_rule_resolved", "ix_tickets_customer_rule_resolved"})
 for _table in schema.metadata.sorted_tables:
     if _table.name not in _V1.tables and _table.name not in _LATER_TABLES:
-        _table.to_metadata(_V1)
+        _copy = _table.to_metadata(_V1)
+        for _index in [i for i in _copy.indexes if i.name in _LATER_INDEXES]:
+            _copy.indexes.discard(_index)
 
 
 def _create_v1(conn: Connection) -> None:
@@ -131,6 +142,13 @@ def _token_limits_and_report_times(conn: Connection) -> None:
     _add_columns(conn, "agent_instances", "last_collected_at", "last_report_at")
 
 
+def _ticket_snapshots_and_history(conn: Connection) -> None:
+    schema.ticket_snapshots.create(conn)
+    for index in schema.tickets.indexes:
+        if index.name in _LATER_INDEXES:
+            index.create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create agents, enrollment, alert state and ticket tables", _create_v1),
     Migration(2, "create the store_probe table (health checks write it)", _create_store_probe),
@@ -144,6 +162,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         5,
         "service report history: agent presence spans, daily filesystem usage",
         _create_report_history,
+    ),
+    Migration(
+        6,
+        "ticket snapshots; indexes for a ticket's previous tickets of its rule",
+        _ticket_snapshots_and_history,
     ),
 )
 

@@ -20,12 +20,13 @@ from sqlalchemy import Connection
 
 from tripline.alerts.engine import AlertKey, AlertState, Target, Transition, evaluate_agent
 from tripline.alerts.rules import RuleSet
-from tripline.collector import convert, faults, maintenance, tickets
+from tripline.collector import convert, faults, maintenance, tickets, ticketsnapshots
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig
 from tripline.collector.convert import Hello, Report
 from tripline.collector.history import HistoryRecorder
 from tripline.collector.selfmetrics import CollectorMetrics
+from tripline.collector.snapshots import SnapshotBroker
 from tripline.collector.state import AgentLive, LiveState
 from tripline.collector.store import (
     AgentRecord,
@@ -135,6 +136,13 @@ class Pipeline:
         self.committer = committer
         self.clock = clock
         self.policy = ticket_policy(config)
+        # Fresh context from the agent while a problem holds (servicer attaches streams).
+        self.snapshots = SnapshotBroker(
+            metrics=metrics,
+            min_interval=config.snapshot_min_interval,
+            timeout=config.snapshot_timeout,
+            clock=clock,
+        )
         self.offline_after = config.effective_offline_after
         self.alert_states: dict[str, dict[AlertKey, AlertState]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -312,7 +320,9 @@ class Pipeline:
             self._contexts[agent.agent_id] = report.context
             if report.host is not None:
                 self._note_tags(agent.agent_id, report.host.get("tags") or {})
+            old_states = self.alert_states.get(agent.agent_id, {})
             new_states, changes, transitions = self._evaluate(live, at)
+            self._want_snapshot(live, old_states, new_states, transitions)
             context = ticket_context(live, report.context) if transitions else {}
 
             def work(conn: Connection) -> dict[AlertKey, maintenance.Suppressed | None]:
@@ -399,9 +409,11 @@ class Pipeline:
             if lock.locked():
                 continue  # a report is being applied: it evaluates this agent anyway
             async with lock:
+                old_states = self.alert_states.get(live.agent_id, {})
                 new_states, changes, transitions = self._evaluate(live, now)
                 if not changes:
                     continue
+                self._want_snapshot(live, old_states, new_states, transitions)
                 context = (
                     ticket_context(live, self._contexts.get(live.agent_id, {}))
                     if transitions
@@ -486,12 +498,72 @@ class Pipeline:
             await self.committer.submit(work)
             self.alert_states.pop(agent_id, None)
             self.state.forget(agent_id)
+            self.snapshots.forget(agent_id)
             self.unreported.discard(agent_id)
             self.history.forget(agent_id)
             self.on_retire(agent_id)
         log.info("revoked agent retired", extra={"agent_id": agent_id, "resolved": len(firing)})
         if firing:
             self.on_ticket_change()
+
+    # -- snapshots ----------------------------------------------------------------
+
+    def _want_snapshot(
+        self,
+        live: AgentLive,
+        old: Mapping[AlertKey, AlertState],
+        new: Mapping[AlertKey, AlertState],
+        transitions: Sequence[Transition],
+    ) -> None:
+        """Ask the agent for a snapshot when one of its rules went pending or fired (not
+        the offline rule: a silent PC cannot answer)."""
+        offline = self.rules.offline_rule.name
+        pending = any(
+            key.rule != offline
+            and state.phase == "pending"
+            and (key not in old or old[key].phase != "pending")
+            for key, state in new.items()
+        )
+        firing = any(t.kind == "firing" and t.rule.name != offline for t in transitions)
+        if pending or firing:
+            self.snapshots.want(live.agent_id, "pending" if pending else "firing")
+
+    def _give_snapshot(
+        self, conn: Connection, agent_id: str, ticket_id: int, tr: Transition
+    ) -> None:
+        """An opened or reopened ticket gets the latest snapshot taken since the
+        condition began to hold; a reopened one loses its earlier occurrence's."""
+        taken = None
+        if tr.rule.name != self.rules.offline_rule.name:
+            taken = self.snapshots.latest(agent_id, since=tr.at - tr.rule.for_seconds)
+        if taken is None:
+            ticketsnapshots.clear(conn, ticket_id)  # one may still arrive: it attaches then
+        else:
+            ticketsnapshots.replace(conn, ticket_id, taken.data, taken.taken_at)
+
+    async def snapshot_arrived(self, agent_id: str, request_id: str, data: dict[str, Any]) -> None:
+        """An agent's answer: kept for tickets opening later, and attached now to its
+        open tickets that have none (a ticket that opened before it arrived)."""
+        taken = self.snapshots.receive(agent_id, request_id, data)
+        if taken is None:
+            return
+        try:
+            attached = await self.committer.submit(
+                lambda conn: ticketsnapshots.attach_to_open(
+                    conn,
+                    agent_id=agent_id,
+                    data=taken.data,
+                    taken_at=taken.taken_at,
+                    skip_rules=(self.rules.offline_rule.name,),
+                )
+            )
+        except StoreUnavailable as exc:
+            log.warning(
+                "snapshot not attached to tickets", extra={"agent_id": agent_id, "error": str(exc)}
+            )
+            return
+        if attached:
+            log.info("snapshot attached", extra={"agent_id": agent_id, "tickets": attached})
 
     # -- internals ----------------------------------------------------------------
 
@@ -589,6 +661,8 @@ class Pipeline:
                     reason=tr.reason,
                     now=tr.at,
                 )
+            if change is not None and change.kind in ("opened", "reopened"):
+                self._give_snapshot(conn, live.agent_id, change.ticket_id, tr)
             if change is not None:
                 log.info(
                     "ticket %s",

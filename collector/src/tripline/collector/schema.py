@@ -174,6 +174,29 @@ Index(
 Index("ix_tickets_problem_resolved", tickets.c.problem_key, tickets.c.resolved_at)
 Index("ix_tickets_status_customer", tickets.c.status, tickets.c.customer)
 
+# Indexes for a ticket's "previously": resolved tickets of its rule on its PC, else
+# its customer, newest first (migration 5).
+Index("ix_tickets_agent_rule_resolved", tickets.c.agent_id, tickets.c.rule, tickets.c.resolved_at)
+Index(
+    "ix_tickets_customer_rule_resolved", tickets.c.customer, tickets.c.rule, tickets.c.resolved_at
+)
+
+# The diagnostic snapshot the agent took while the ticket's problem held (migration 5):
+# one per ticket; a reopen replaces it. `taken_at` is the collector's clock on arrival.
+ticket_snapshots = Table(
+    "ticket_snapshots",
+    metadata,
+    Column(
+        "ticket_id",
+        Integer,
+        ForeignKey("tickets.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("taken_at", Double, nullable=False),
+    Column("snapshot", JSON, nullable=False),
+)
+
 ticket_events = Table(
     "ticket_events",
     metadata,

@@ -14,6 +14,16 @@ from prometheus_client.registry import Collector
 
 from tripline.collector.convert import REASONS as REJECT_REASONS
 
+SNAPSHOT_RESULTS = (
+    "requested",
+    "answered",
+    "rate_limited",
+    "not_connected",
+    "timeout",
+    "invalid",
+    "unsolicited",
+)
+
 
 class CollectorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -186,6 +196,15 @@ class CollectorMetrics:
             "The process's open-file limit after start (raised to the hard limit).",
             registry=registry,
         )
+        self.snapshots = Counter(
+            "tripline_collector_snapshots_total",
+            "Diagnostic snapshot requests and answers, by result (requested, answered, "
+            "rate_limited, not_connected, timeout, invalid, unsolicited).",
+            ["result"],
+            registry=registry,
+        )
+        for result in SNAPSHOT_RESULTS:
+            self.snapshots.labels(result)
         for port in ("grpc", "http"):
             self.accept_errors.labels(port)
         for why in ("login", "csrf", "origin", "too_large", "bad_form"):

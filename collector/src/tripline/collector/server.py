@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from tripline.collector import convert, limits, throttle, tls
+from tripline.collector import convert, limits, snapshotconv, throttle, tls
 from tripline.collector.config import CollectorConfig
 from tripline.collector.pipeline import Pipeline, ReportTimeRefused, Session
 from tripline.collector.selfmetrics import CollectorMetrics
@@ -255,6 +255,13 @@ class CollectorService(pb_grpc.CollectorServicer):
                 _Abort(grpc.StatusCode.ALREADY_EXISTS, "superseded by a newer stream of this agent")
             )
         self.streams[agent.agent_id] = stream
+
+        def ask_snapshot(request_id: str) -> None:
+            stream.send(
+                pb.CollectorMessage(snapshot_request=pb.SnapshotRequest(request_id=request_id))
+            )
+
+        self.pipeline.snapshots.attach(agent.agent_id, ask_snapshot)
         session.live.connected = True
         self.metrics.streams_open.inc()
         reader: asyncio.Task[None] | None = None
@@ -293,6 +300,7 @@ class CollectorService(pb_grpc.CollectorServicer):
         finally:
             if reader is not None:
                 reader.cancel()
+            self.pipeline.snapshots.detach(agent.agent_id, ask_snapshot)
             self.metrics.streams_open.dec()
             if self.streams.get(agent.agent_id) is stream:
                 del self.streams[agent.agent_id]
@@ -309,6 +317,26 @@ class CollectorService(pb_grpc.CollectorServicer):
         try:
             async for message in requests:
                 kind = message.WhichOneof("kind")
+                if kind == "snapshot":
+                    # Answers count against the agent's message budget like reports, so
+                    # a flood of them costs as little as a flood of reports.
+                    try:
+                        self.rate.take(session.agent.agent_id, self.monotonic())
+                    except limits.RateLimited as exc:
+                        self.metrics.limit_hits.labels("reports_per_second").inc()
+                        self.metrics.snapshots.labels("rate_limited").inc()
+                        stream.send(
+                            _Abort(
+                                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "snapshots and reports arrive faster than "
+                                f"max_reports_per_second_per_agent={self.rate.rate:g} "
+                                f"(burst {self.rate.burst}); reconnect after {exc.retry_after}s",
+                                (("retry-after", str(exc.retry_after)),),
+                            )
+                        )
+                        return
+                    await self._snapshot(session, message.snapshot)
+                    continue
                 if kind != "report":
                     self.metrics.reports_rejected.labels("failed_precondition").inc()
                     stream.send(
@@ -439,6 +467,18 @@ class CollectorService(pb_grpc.CollectorServicer):
             stream.send(_Abort(grpc.StatusCode.INTERNAL, "internal error; see collector log"))
             return
         stream.send(_END)
+
+    async def _snapshot(self, session: Session, message: pb.Snapshot) -> None:
+        """An answer to a snapshot request. A bad one is refused and counted; the stream
+        goes on, since reports matter more than the snapshot."""
+        agent_id = session.agent.agent_id
+        try:
+            request_id, data = snapshotconv.decode_snapshot(message)
+        except convert.InvalidMessage as exc:
+            self.metrics.snapshots.labels("invalid").inc()
+            log.warning("snapshot rejected", extra={"agent_id": agent_id, "error": str(exc)})
+            return
+        await self.pipeline.snapshot_arrived(agent_id, request_id, data)
 
     async def _throttle(
         self,

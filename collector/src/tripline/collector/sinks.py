@@ -253,8 +253,37 @@ def email_message(delivery: Delivery, *, sender: str, to: Sequence[str]) -> Emai
         lines += [
             f"  {f.get('mountpoint')}: {f.get('used_ratio')} used" for f in context["filesystems"]
         ]
+    lines += _snapshot_lines(ticket.get("snapshot"), ticket.get("snapshot_taken_at"))
+    lines += _previously_lines(ticket.get("previously"))
     msg.set_content("\n".join(lines) + "\n")
     return msg
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _snapshot_lines(snapshot: Any, taken_at: Any) -> list[str]:
+    """The processes the agent saw while the problem held (ticket["snapshot"])."""
+    if not isinstance(snapshot, dict):
+        return []
+    lines = ["", f"Snapshot taken {_iso(taken_at) or '?'}, top processes by CPU:"]
+    for p in _dicts(snapshot.get("top_cpu")):
+        command = one_line(str(p.get("cmdline") or p.get("name") or ""), 200)
+        lines.append(f"  {p.get('name')} (pid {p.get('pid')}) {p.get('cpu_ratio')}: {command}")
+    return lines
+
+
+def _previously_lines(previously: Any) -> list[str]:
+    """How the rule's earlier tickets on this PC (or customer) ended."""
+    if not isinstance(previously, dict) or not _dicts(previously.get("tickets")):
+        return []
+    lines = ["", "Previously:"]
+    for t in _dicts(previously.get("tickets")):
+        who = "auto-resolved" if t.get("auto_resolved") else f"resolved by {t.get('resolved_by')}"
+        note = f": {one_line(str(t['note']), 200)}" if t.get("note") else ""
+        lines.append(f"  #{t.get('id')} on {t.get('hostname')} {who}{note}")
+    return lines
 
 
 class EmailSink:

@@ -7,6 +7,7 @@ event to its timeline, with the actor: "tripline" for the engine, else the opera
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Collection, Mapping
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Row, exc, func, select
 
+from tripline.collector import previously, ticketsnapshots
 from tripline.collector.schema import TICKET_STATUSES, ticket_events, tickets
 from tripline.common.labels import Labels
 
@@ -78,6 +80,12 @@ class Ticket:
     updated_at: float
     event_seq: int
     events: tuple[TicketEvent, ...] = ()
+    # Filled in by get_ticket only (a list of tickets leaves them empty): the snapshot
+    # taken while the problem held and when the collector received it; the earlier
+    # tickets of this rule on this PC (else this customer) and how they ended.
+    snapshot: dict[str, Any] | None = None
+    snapshot_taken_at: float | None = None
+    previously: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: labels as an object, events as a list of objects."""
@@ -434,7 +442,22 @@ def get_ticket(conn: Connection, ticket_id: int) -> Ticket:
             .order_by(ticket_events.c.seq)
         )
     )
-    return _ticket(row, events)
+    ticket = _ticket(row, events)
+    snap = ticketsnapshots.get(conn, ticket_id)
+    earlier = previously.previous_tickets(
+        conn,
+        ticket_id=ticket_id,
+        customer=ticket.customer,
+        agent_id=ticket.agent_id,
+        rule=ticket.rule,
+        engine_actor=ENGINE_ACTOR,
+    )
+    return dataclasses.replace(
+        ticket,
+        snapshot=None if snap is None else snap[0],
+        snapshot_taken_at=None if snap is None else snap[1],
+        previously=earlier,
+    )
 
 
 def list_tickets(

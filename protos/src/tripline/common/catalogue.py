@@ -185,6 +185,14 @@ FAMILIES: tuple[Family, ...] = (
         "",
         "Reports the collector rejected as invalid (dropped from the agent's spool).",
     ),
+    _f(
+        "agent_snapshots_total",
+        "counter",
+        "",
+        "Diagnostic snapshots the collector asked for, by result (answered, refused: busy "
+        "or asked too soon, failed).",
+        "result",
+    ),
 )
 
 # Sent by the agent but exposed by the collector from the report itself

@@ -58,22 +58,26 @@ class EnrollResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., credential: _Optional[str] = ..., customer: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "report")
+    __slots__ = ("hello", "report", "snapshot")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     report: Report
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ...) -> None: ...
+    snapshot: Snapshot
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
 
 class CollectorMessage(_message.Message):
-    __slots__ = ("welcome", "ack", "settings")
+    __slots__ = ("welcome", "ack", "settings", "snapshot_request")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ack: Ack
     settings: Settings
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ...) -> None: ...
+    snapshot_request: SnapshotRequest
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_version", "instance_id", "host", "sent_at_seconds")
@@ -177,3 +181,51 @@ class Ack(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     seq: int
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class FilesystemInfo(_message.Message):
+    __slots__ = ("mountpoint", "fstype", "device", "size_bytes", "avail_bytes", "used_ratio")
+    MOUNTPOINT_FIELD_NUMBER: _ClassVar[int]
+    FSTYPE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AVAIL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_RATIO_FIELD_NUMBER: _ClassVar[int]
+    mountpoint: str
+    fstype: str
+    device: str
+    size_bytes: int
+    avail_bytes: int
+    used_ratio: float
+    def __init__(self, mountpoint: _Optional[str] = ..., fstype: _Optional[str] = ..., device: _Optional[str] = ..., size_bytes: _Optional[int] = ..., avail_bytes: _Optional[int] = ..., used_ratio: _Optional[float] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("request_id", "taken_at_seconds", "cpu_span_seconds", "top_cpu", "top_memory", "filesystems", "logged_in_users", "uptime_seconds", "cpu_usage_ratio", "memory_used_ratio", "processes")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TAKEN_AT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CPU_SPAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOP_CPU_FIELD_NUMBER: _ClassVar[int]
+    TOP_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    FILESYSTEMS_FIELD_NUMBER: _ClassVar[int]
+    LOGGED_IN_USERS_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CPU_USAGE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_RATIO_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    taken_at_seconds: float
+    cpu_span_seconds: float
+    top_cpu: _containers.RepeatedCompositeFieldContainer[ProcessInfo]
+    top_memory: _containers.RepeatedCompositeFieldContainer[ProcessInfo]
+    filesystems: _containers.RepeatedCompositeFieldContainer[FilesystemInfo]
+    logged_in_users: _containers.RepeatedScalarFieldContainer[str]
+    uptime_seconds: float
+    cpu_usage_ratio: float
+    memory_used_ratio: float
+    processes: int
+    def __init__(self, request_id: _Optional[str] = ..., taken_at_seconds: _Optional[float] = ..., cpu_span_seconds: _Optional[float] = ..., top_cpu: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., top_memory: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., filesystems: _Optional[_Iterable[_Union[FilesystemInfo, _Mapping]]] = ..., logged_in_users: _Optional[_Iterable[str]] = ..., uptime_seconds: _Optional[float] = ..., cpu_usage_ratio: _Optional[float] = ..., memory_used_ratio: _Optional[float] = ..., processes: _Optional[int] = ...) -> None: ...

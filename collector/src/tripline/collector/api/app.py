@@ -18,6 +18,7 @@ from tripline.collector.api import (
     openapi,
     reports,
     rules,
+    snapshots,
     tickets,
     windows,
 )
@@ -47,6 +48,7 @@ RESOURCES: tuple[Resource, ...] = (
     windows,
     deliveries,
     reports,
+    snapshots,
 )
 
 

@@ -23,6 +23,8 @@ ERROR_TEXT = {
     404: "No such object, or it belongs to a customer outside the token's scope.",
     409: "The ticket is not in a state that allows this change.",
     413: "The request body is too large.",
+    429: "Asked again too soon; retry after the Retry-After seconds.",
+    504: "The agent has no open stream to this collector, or did not answer in time.",
     503: "The store is unavailable; retry after the Retry-After seconds.",
 }
 

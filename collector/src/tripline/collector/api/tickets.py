@@ -272,7 +272,27 @@ def _schemas() -> dict[str, Any]:
         "Ticket": ticket,
         "TicketEvent": event,
         "TicketDetail": {
-            "allOf": [ref("Ticket"), obj(("events",), events=array_of(ref("TicketEvent")))]
+            "allOf": [
+                ref("Ticket"),
+                obj(("events",), events=array_of(ref("TicketEvent"))),
+                obj(
+                    (),
+                    snapshot={
+                        **or_null("object"),
+                        "description": "what the agent saw while the problem held "
+                        "(top_cpu, top_memory, filesystems, logged_in_users, uptime_seconds...)",
+                    },
+                    snapshot_taken_at={
+                        **or_null("number"),
+                        "description": "when the collector received it",
+                    },
+                    previously={
+                        **or_null("object"),
+                        "description": "scope (agent, customer or null) and the last tickets "
+                        "of this rule there: resolved_by, auto_resolved, note, took_seconds",
+                    },
+                ),
+            ]
         },
         "TicketPage": page_of("Ticket"),
     }
