@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,6 +23,7 @@ from tripline.agent.identity import Identity
 from tripline.agent.probes import Collection, Sample
 from tripline.agent.redact import Redaction, compile_patterns
 from tripline.agent.spool import Spool
+from tripline.agent.textfile import Textfile
 from tripline.agent.transport import Backoff, Transport
 from tripline.common import files
 from tripline.v1 import tripline_pb2 as pb
@@ -46,6 +48,30 @@ def redaction_for(config: AgentConfig) -> Redaction:
     return redaction.with_secrets(config.enrollment_token, credential)
 
 
+def prober_for(config: AgentConfig) -> probes.Prober:
+    """The agent's probes as its config asks: processes, local checks, textfiles."""
+    textfile = None
+    if config.textfile_dir is not None:
+        textfile = Textfile(
+            config.textfile_dir,
+            max_age=config.textfile_max_age,
+            max_series=config.textfile_max_series,
+        )
+    if config.service_checks and sys.platform != "win32":
+        log.warning(
+            "service_checks are for Windows services; none is checked on this system",
+            extra={"services": list(config.service_checks)},
+        )
+    return probes.Prober(
+        collect_processes=config.collect_processes,
+        command_lines=config.send_command_lines,
+        redaction=redaction_for(config),
+        process_checks=config.process_checks,
+        service_checks=config.service_checks,
+        textfile=textfile,
+    )
+
+
 class AgentRunner:
     def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -55,11 +81,7 @@ class AgentRunner:
         identity_path = config.state_dir / "identity.json"
         files.private_if_exists(identity_path, "state_dir")
         self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
-        self.prober = probes.Prober(
-            collect_processes=config.collect_processes,
-            command_lines=config.send_command_lines,
-            redaction=redaction_for(config),
-        )
+        self.prober = prober_for(config)
         self.interval = config.interval
         self.inventory_interval = config.inventory_interval
         self._inventory = probes.inventory()
