@@ -284,3 +284,28 @@ def test_service_checks_off_windows_send_nothing() -> None:
     c = prober.collect(time.time())
     assert not [s for s in c.samples if s.name.startswith("service_")]
     assert c.probe_errors["services"] == 0
+
+
+# --- the docs' examples load ------------------------------------------------------------
+
+RULES_MD = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
+
+
+def test_the_local_checks_examples_in_rules_md_load(tmp_path: Path) -> None:
+    from tripline.alerts.rules import parse_rules
+
+    section = RULES_MD.read_text(encoding="utf-8").split("## Local checks", 1)[1]
+    agent_yaml, rules_yaml = re.findall(r"```yaml\n(.*?)```", section, re.S)[:2]
+    path = tmp_path / "agent.yaml"
+    path.write_text(agent_yaml, encoding="utf-8")
+    config = load_agent_config(path, environ={})
+    checks = {check.name: check for check in config.process_checks}
+    assert checks["backup"].matches("VeeamAgent.exe", None)
+    assert checks["antivirus"].matches("MsMpEng.exe", None)
+    assert checks["miner"].matches("xmrig.exe", None)
+    assert not checks["miner"].matches("explorer.exe", None)
+    assert config.service_checks == ("Spooler", "WinDefend")
+    assert str(config.textfile_dir) == "C:\\ProgramData\\Tripline\\textfile"
+    rules = parse_rules(rules_yaml, "docs/rules.md")
+    metrics = {rule.metric for rule in rules.rules}
+    assert {"processes_matching", "service_state", "service_start_mode"} <= metrics
