@@ -309,3 +309,27 @@ def test_the_local_checks_examples_in_rules_md_load(tmp_path: Path) -> None:
     rules = parse_rules(rules_yaml, "docs/rules.md")
     metrics = {rule.metric for rule in rules.rules}
     assert {"processes_matching", "service_state", "service_start_mode"} <= metrics
+
+
+def test_once_table_shows_local_checks(tmp_path: Path) -> None:
+    from tripline.agent.probes import inventory
+    from tripline.agent.render import render_table
+    from tripline.agent.textfile import Textfile
+
+    (tmp_path / "backup.prom").write_text("backup_last_result_ok 1\n", encoding="utf-8")
+    (tmp_path / "bad.prom").write_text("bad{", encoding="utf-8")
+    prober = Prober(
+        collect_processes=False,
+        psutil_module=_psutil_with_services(),
+        process_checks=(ProcessCheck("none", process=re.compile("no-such-process")),),
+        service_checks=("Spooler", "Sophos"),
+        textfile=Textfile(tmp_path, max_age=3600, max_series=500),
+    )
+    table = render_table(prober.collect(time.time()), inventory())
+    section = table.split("LOCAL CHECKS\n", 1)[1].split("\n\n", 1)[0]
+    assert section.splitlines() == [
+        "  process check none: 0 matching",
+        "  service Sophos: not installed",
+        "  service Spooler: running, automatic",
+        "  textfiles: 2 file(s), 1 series, skipped so far: malformed 1",
+    ]
