@@ -11,6 +11,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import tempfile
@@ -38,7 +39,9 @@ def median_ms(run: Callable[[], object], repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--json", action="store_true", help="also print one json: line")
     args = parser.parse_args()
+    figures: dict[str, float] = {}
     print(f"processes: {len(psutil.pids())}, median of {args.repeat} collections")
 
     def prober(**kwargs: object) -> Callable[[], object]:
@@ -48,26 +51,32 @@ def main() -> None:
     name = [ProcessCheck("av", process=re.compile(r"MsMpEng\.exe"))]
     cmdline = [ProcessCheck("sync", cmdline=re.compile(r".*backup.*"))]
     many = [ProcessCheck(f"c{i}", cmdline=re.compile(rf".*backup{i}.*")) for i in range(32)]
-    for label, run in (
-        ("no process checks (pid count)", prober()),
-        ("1 process-name check", prober(process_checks=name)),
-        ("1 command-line check", prober(process_checks=cmdline)),
-        ("32 command-line checks", prober(process_checks=many)),
+    for key, label, run in (
+        ("no_checks_ms", "no process checks (pid count)", prober()),
+        ("name_check_ms", "1 process-name check", prober(process_checks=name)),
+        ("cmdline_check_ms", "1 command-line check", prober(process_checks=cmdline)),
+        ("cmdline_checks_32_ms", "32 command-line checks", prober(process_checks=many)),
     ):
-        print(f"{label:48s} {median_ms(run, args.repeat):8.2f} ms")
+        figures[key] = median_ms(run, args.repeat)
+        print(f"{label:48s} {figures[key]:8.2f} ms")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         for i in range(100):
             lines = "".join(f'job{i}_ok{{n="{j}"}} {j}\n' for j in range(5))
             (directory / f"f{i:03d}.prom").write_text(lines, encoding="utf-8")
         reader = Textfile(directory, max_age=3600, max_series=1000)
-        cached = median_ms(lambda: reader.read(time.time()), args.repeat)
+        cached = figures["textfile_unchanged_ms"] = median_ms(
+            lambda: reader.read(time.time()), args.repeat
+        )
         print(f"{'textfile, 100 files x 5 series, unchanged':48s} {cached:8.2f} ms")
 
         def fresh() -> object:
             return Textfile(directory, max_age=3600, max_series=1000).read(time.time())
 
-        print(f"{'textfile, 100 files x 5 series, all parsed':48s} {median_ms(fresh, 10):8.2f} ms")
+        parsed = figures["textfile_parsed_ms"] = median_ms(fresh, min(10, args.repeat))
+        print(f"{'textfile, 100 files x 5 series, all parsed':48s} {parsed:8.2f} ms")
+    if args.json:
+        print("json: " + json.dumps(figures, sort_keys=True))
 
 
 if __name__ == "__main__":
