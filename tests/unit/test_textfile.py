@@ -196,3 +196,29 @@ def test_the_prober_sends_textfile_samples_and_counts_a_missing_directory(
         textfile=Textfile(tmp_path / "missing", max_age=3600, max_series=500),
     )
     assert gone.collect(time.time()).probe_errors["textfile"] == 1
+
+
+def test_the_agent_warns_at_start_about_a_missing_directory_and_foreign_checks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    from tripline.agent.config import load_agent_config
+    from tripline.agent.runner import prober_for
+
+    flags = {
+        "state_dir": tmp_path / "state",
+        "textfile_dir": tmp_path / "not-yet",
+        "service_checks": ["Spooler"],
+    }
+    config = load_agent_config(None, environ={}, flags=flags)
+    with caplog.at_level(logging.WARNING, logger="tripline.agent.runner"):
+        prober = prober_for(config)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("textfile_dir is not a directory" in m for m in messages), messages
+    if sys.platform != "win32":
+        assert any("service_checks are for Windows" in m for m in messages), messages
+    (tmp_path / "not-yet").mkdir()
+    _write(tmp_path / "not-yet", "late.prom", "late_ok 1\n", mtime=time.time())
+    collected = prober.collect(time.time())
+    assert [s.value for s in collected.samples if s.name == "late_ok"] == [1.0]

@@ -26,6 +26,7 @@ from tripline.agent.spool import Spool
 from tripline.agent.textfile import Textfile
 from tripline.agent.transport import Backoff, Transport
 from tripline.common import files
+from tripline.common.terminal import escape
 from tripline.v1 import tripline_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,13 @@ def prober_for(config: AgentConfig) -> probes.Prober:
     """The agent's probes as its config asks: processes, local checks, textfiles."""
     textfile = None
     if config.textfile_dir is not None:
+        if not config.textfile_dir.is_dir():
+            # Not fatal: the scripts may make it later. Until then every collection
+            # counts agent_probe_errors_total{probe="textfile"}.
+            log.warning(
+                "textfile_dir is not a directory (yet); no textfile is read until it is",
+                extra={"textfile_dir": escape(str(config.textfile_dir))},
+            )
         textfile = Textfile(
             config.textfile_dir,
             max_age=config.textfile_max_age,
