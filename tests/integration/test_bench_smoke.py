@@ -145,3 +145,16 @@ def test_soak_runs_and_finds_nothing_lost_or_doubled() -> None:
     assert f["reports"] == f["applied"] > 0, out
     assert (f["lost"], f["duplicated"], f["unacked_after_drain"]) == (0, 0, 0), out
     assert f["rss_end_mib"] > 20, out
+
+
+def test_local_checks_bench_prints_every_figure() -> None:
+    out, f = _run("bench.local_checks", "--repeat=2", timeout=120)
+    assert set(f) == {
+        "no_checks_ms",
+        "name_check_ms",
+        "cmdline_check_ms",
+        "cmdline_checks_32_ms",
+        "textfile_unchanged_ms",
+        "textfile_parsed_ms",
+    }, out
+    assert all(value > 0 for value in f.values()), out

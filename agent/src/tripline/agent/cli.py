@@ -89,9 +89,9 @@ def _service(args: argparse.Namespace) -> int:
 
 def _once(as_json: bool, config: AgentConfig) -> int:
     from tripline.agent import probes, render
-    from tripline.agent.runner import redaction_for
+    from tripline.agent.runner import prober_for
 
-    prober = probes.Prober(command_lines=config.send_command_lines, redaction=redaction_for(config))
+    prober = prober_for(config)
     prober.collect(time.time())  # baseline: CPU ratios need two snapshots
     time.sleep(0.5)
     collection = prober.collect(time.time())

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tripline.agent.checks import ProcessCheck, parse_process_checks, parse_service_checks
 from tripline.common.config import Schema, build, check_logging, parse_hostport
 
 
@@ -42,6 +43,14 @@ class AgentConfig:
     plaintext: bool = False
     log_format: str = "json"
     log_level: str = "INFO"
+    # local checks (docs/local-checks.md): processes and Windows services to watch
+    process_checks: tuple[ProcessCheck, ...] = ()
+    service_checks: tuple[str, ...] = ()
+    # *.prom files the PC's scripts write (off when unset); older files are dropped:
+    # a day and an hour, so a nightly job's results last until its next run
+    textfile_dir: Path | None = None
+    textfile_max_age: float = 25 * 3600.0
+    textfile_max_series: int = 500
 
 
 def _parse_patterns(value: Any) -> tuple[str, ...]:
@@ -66,10 +75,12 @@ SCHEMA = Schema(
             "backoff_max",
             "keepalive_time",
             "keepalive_timeout",
+            "textfile_max_age",
         }
     ),
-    paths=frozenset({"tls_ca", "tls_cert", "tls_key"}),
-    parsers={"redact_patterns": _parse_patterns},
+    paths=frozenset({"tls_ca", "tls_cert", "tls_key", "textfile_dir"}),
+    parsers={"redact_patterns": _parse_patterns, "service_checks": parse_service_checks},
+    sections={"process_checks": parse_process_checks},
 )
 
 

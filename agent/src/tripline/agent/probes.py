@@ -15,14 +15,17 @@ import socket
 import sys
 import time
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
 
+from tripline.agent import checks
+from tripline.agent.checks import ProcessCheck
 from tripline.agent.redact import Redaction
+from tripline.agent.textfile import Textfile
 from tripline.common.labels import Labels
 
 CMDLINE_MAX_CHARS = 1024
@@ -145,8 +148,14 @@ class Prober:
         clock: Callable[[], float] = time.perf_counter,
         command_lines: bool = True,
         redaction: Redaction | None = None,
+        process_checks: Sequence[ProcessCheck] = (),
+        service_checks: Sequence[str] = (),
+        textfile: Textfile | None = None,
     ) -> None:
         self._ps: Any = psutil_module
+        self._process_checks = tuple(process_checks)
+        self._service_checks = tuple(service_checks)
+        self._textfile = textfile
         self._collect_processes = collect_processes
         # Command lines leave the PC in ticket context: none at all when the config says
         # so, else redacted here, before anything reaches the spool. `redaction` may be
@@ -174,6 +183,10 @@ class Prober:
             ("temperature", self._temperatures),
             ("battery", self._battery),
         )
+        if self._service_checks:
+            self._probes += (("services", self._services),)
+        if textfile is not None:
+            self._probes += (("textfile", self._read_textfiles),)
         self._errors: dict[str, int] = {name: 0 for name, _ in self._probes}
         self._errors.update(users=0, processes=0)
 
@@ -343,6 +356,24 @@ class Prober:
         if battery.power_plugged is not None:  # None when the OS cannot tell
             out.append(Sample("battery_power_plugged", (), 1.0 if battery.power_plugged else 0.0))
 
+    def _services(self, out: list[Sample], now: float) -> None:
+        if not hasattr(self._ps, "win_service_get"):  # not Windows: the runner warned once
+            return
+        failed = False
+        for service in self._service_checks:
+            try:
+                status = checks.query_service(self._ps, service)
+            except checks.ServiceProbeError:
+                failed = True  # one service we may not query must not hide the others
+                continue
+            out.extend(Sample(*series) for series in checks.service_series(status))
+        if failed:
+            raise _ProbeFailedError
+
+    def _read_textfiles(self, out: list[Sample], now: float) -> None:
+        assert self._textfile is not None
+        out.extend(Sample(*series) for series in self._textfile.read(now))
+
     def _users(self, out: list[Sample]) -> tuple[str, ...]:
         sessions = self._ps.users()
         out.append(Sample("users_logged_in", (), len(sessions)))
@@ -351,26 +382,46 @@ class Prober:
     def _processes(
         self, out: list[Sample], now: float
     ) -> tuple[tuple[ProcessSample, ...], tuple[ProcessSample, ...]]:
-        if not self._collect_processes:
-            out.append(Sample("processes", (), len(self._ps.pids())))
-            return (), ()
-        if self._prev_procs is not None and 0 <= now - self._prev_procs[0] < self._process_interval:
-            out.append(Sample("processes", (), len(self._ps.pids())))
+        if self._collect_processes and (
+            self._prev_procs is None or not 0 <= now - self._prev_procs[0] < self._process_interval
+        ):
+            self._last_top = self._scan(out, now)
             return self._last_top
-        self._last_top = self._scan(out, now)
-        return self._last_top
+        if self._process_checks:
+            # The checks need names every interval: this scan replaces pids() rather than
+            # adding a second walk of the process table.
+            rows = [info for _, info in self._iter_processes(["pid", "name"])]
+            out.append(Sample("processes", (), len(rows)))
+            self._check_processes(out, rows)
+        else:
+            out.append(Sample("processes", (), len(self._ps.pids())))
+        return self._last_top if self._collect_processes else ((), ())
+
+    def _iter_processes(self, attrs: list[str]) -> Iterable[tuple[Any, dict[str, Any]]]:
+        if checks.needs_cmdline(self._process_checks):
+            attrs = [*attrs, "cmdline"]
+        # process_iter skips processes that vanish; ad_value turns per-attribute
+        # AccessDenied/ZombieProcess (other users' processes, Windows services) into None.
+        for proc in self._ps.process_iter(attrs=attrs, ad_value=None):
+            yield proc, proc.info
+
+    def _check_processes(self, out: list[Sample], rows: Iterable[Mapping[str, Any]]) -> None:
+        if not self._process_checks:
+            return
+        counts = checks.count_matches(
+            self._process_checks, ((r["name"] or "", r.get("cmdline")) for r in rows)
+        )
+        for name, count in counts.items():
+            out.append(Sample("processes_matching", labels(check=name), count))
 
     def _scan(
         self, out: list[Sample], now: float
     ) -> tuple[tuple[ProcessSample, ...], tuple[ProcessSample, ...]]:
         # username costs a uid lookup per process: fetched for the top ones only.
         attrs = ["pid", "name", "cpu_times", "memory_info"]
-        rows: list[tuple[Any, dict[str, Any]]] = []
-        # process_iter skips processes that vanish; ad_value turns per-attribute
-        # AccessDenied/ZombieProcess (other users' processes, Windows services) into None.
-        for proc in self._ps.process_iter(attrs=attrs, ad_value=None):
-            rows.append((proc, proc.info))
+        rows = list(self._iter_processes(attrs))
         out.append(Sample("processes", (), len(rows)))
+        self._check_processes(out, (info for _, info in rows))
         spent = {
             info["pid"]: info["cpu_times"].user + info["cpu_times"].system
             for _, info in rows

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from tripline.agent.convert import collection_to_dict
 from tripline.agent.probes import Collection, Inventory, ProcessSample
+from tripline.common import catalogue
 from tripline.common.terminal import escape
 
 _Series = dict[str, list[tuple[dict[str, str], float]]]
@@ -34,6 +35,7 @@ def render_table(collection: Collection, inventory: Inventory) -> str:
         _sensors(series),
         _processes("TOP PROCESSES BY CPU", collection.context.top_cpu),
         _processes("TOP PROCESSES BY MEMORY", collection.context.top_memory),
+        _local_checks(series),
         _agent(collection, series),
     ]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -257,6 +259,36 @@ def _processes(title: str, procs: Sequence[ProcessSample]) -> str:
 def _short(text: str, width: int) -> str:
     flat = " ".join(text.split())  # command lines can hold newlines and tabs
     return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def _local_checks(series: _Series) -> str:
+    """Process and service checks, and what the textfile collector took or skipped."""
+    lines = [
+        f"  process check {escape(check)}: {value:.0f} matching"
+        for check, value in sorted(_by(series, "processes_matching", "check").items())
+    ]
+    states: dict[str, list[str]] = defaultdict(list)
+    for name, key in (("service_state", "state"), ("service_start_mode", "start_mode")):
+        for labels, value in series.get(name, []):
+            if value == 1.0:
+                states[labels.get("service", "")].append(labels.get(key, ""))
+    services = {labels.get("service", "") for labels, _ in series.get("service_state", [])}
+    for service in sorted(services):
+        shown = ", ".join(states[service]) or "not installed"
+        lines.append(f"  service {escape(service)}: {escape(shown)}")
+    files = series.get("agent_textfile_age_seconds", [])
+    if files:
+        extras = sum(len(v) for name, v in series.items() if name not in catalogue.BY_NAME)
+        skipped = {
+            labels.get("reason", ""): value
+            for labels, value in series.get("agent_textfile_files_skipped_total", [])
+            if value
+        }
+        line = f"  textfiles: {len(files)} file(s), {extras} series"
+        if skipped:
+            line += ", skipped so far: " + ", ".join(f"{k} {v:.0f}" for k, v in skipped.items())
+        lines.append(line)
+    return "LOCAL CHECKS\n" + "\n".join(lines) if lines else ""
 
 
 def _agent(c: Collection, series: _Series) -> str:

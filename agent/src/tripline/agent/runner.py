@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -23,8 +24,10 @@ from tripline.agent.probes import Collection, Sample
 from tripline.agent.redact import Redaction, compile_patterns
 from tripline.agent.snapshot import Snapshotter
 from tripline.agent.spool import Spool
+from tripline.agent.textfile import Textfile
 from tripline.agent.transport import Backoff, Transport
 from tripline.common import files
+from tripline.common.terminal import escape
 from tripline.v1 import tripline_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,37 @@ def redaction_for(config: AgentConfig) -> Redaction:
     return redaction.with_secrets(config.enrollment_token, credential)
 
 
+def prober_for(config: AgentConfig) -> probes.Prober:
+    """The agent's probes as its config asks: processes, local checks, textfiles."""
+    textfile = None
+    if config.textfile_dir is not None:
+        if not config.textfile_dir.is_dir():
+            # Not fatal: the scripts may make it later. Until then every collection
+            # counts agent_probe_errors_total{probe="textfile"}.
+            log.warning(
+                "textfile_dir is not a directory (yet); no textfile is read until it is",
+                extra={"textfile_dir": escape(str(config.textfile_dir))},
+            )
+        textfile = Textfile(
+            config.textfile_dir,
+            max_age=config.textfile_max_age,
+            max_series=config.textfile_max_series,
+        )
+    if config.service_checks and sys.platform != "win32":
+        log.warning(
+            "service_checks are for Windows services; none is checked on this system",
+            extra={"services": list(config.service_checks)},
+        )
+    return probes.Prober(
+        collect_processes=config.collect_processes,
+        command_lines=config.send_command_lines,
+        redaction=redaction_for(config),
+        process_checks=config.process_checks,
+        service_checks=config.service_checks,
+        textfile=textfile,
+    )
+
+
 class AgentRunner:
     def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -56,11 +90,7 @@ class AgentRunner:
         identity_path = config.state_dir / "identity.json"
         files.private_if_exists(identity_path, "state_dir")
         self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
-        self.prober = probes.Prober(
-            collect_processes=config.collect_processes,
-            command_lines=config.send_command_lines,
-            redaction=redaction_for(config),
-        )
+        self.prober = prober_for(config)
         self.snapshotter = Snapshotter(self.prober)
         self.interval = config.interval
         self.inventory_interval = config.inventory_interval

@@ -31,57 +31,19 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from tripline.common import catalogue
+from tripline.common import catalogue, names
 from tripline.common.labels import Labels
 from tripline.v1 import tripline_pb2 as pb
 
-# The Prometheus data model, matched whole (re.fullmatch) and ASCII only, narrowed to
-# what `promtool check metrics` accepts on every page: snake_case (promtool refuses
-# camelCase, and an upper-case word reads as an abbreviated unit), no colons (reserved
-# for recording rules). See also _lint_problem.
-METRIC_NAME = re.compile(r"[a-z_][a-z0-9_]*")
-LABEL_NAME = re.compile(r"[a-z_][a-z0-9_]*")
-# Name words promtool's linter refuses in any family (client_golang promlint): abbreviated
-# units, metric types, and units that are not base units (milliseconds, kilobytes...).
-_ABBREVIATED_UNITS = frozenset(
-    {"s", "ms", "us", "ns", "sec", "b", "kb", "mb", "gb", "tb", "pb", "m", "h", "d"}
-)
-_TYPE_WORDS = frozenset({"counter", "gauge", "summary", "histogram"})
-_BASE_UNITS = frozenset(
-    {"amperes", "bytes", "celsius", "grams", "joules", "kelvin", "meters", "metres", "seconds"}
-    | {"volts"}
-)
-_OTHER_UNITS = frozenset(
-    {"minutes", "hours", "days", "weeks", "kelvins", "fahrenheit", "rankine", "inches"}
-    | {"yards", "miles", "bits", "calories", "pounds", "ounces"}
-)
-_UNIT_PREFIXES = (
-    "pico", "nano", "micro", "milli", "centi", "deci", "deca", "hecto", "kilo", "kibi",
-    "mega", "mibi", "giga", "gibi", "tera", "tebi", "peta", "pebi",
-)  # fmt: skip
-
-
-def _lint_problem(name: str) -> str | None:
-    """Why promtool would refuse ``name`` as (part of) a family name, or None."""
-    for word in name.split("_"):
-        if word in _ABBREVIATED_UNITS:
-            return f"the word {word!r} reads as an abbreviated unit; spell out a base unit"
-        if word in _TYPE_WORDS:
-            return f"the word {word!r} is a metric type"
-        if word in _OTHER_UNITS:
-            return f"{word!r} is not a base unit (seconds, bytes, meters, ...)"
-        if word.startswith(_UNIT_PREFIXES):
-            unit = next(word[len(p) :] for p in _UNIT_PREFIXES if word.startswith(p))
-            if unit in _BASE_UNITS or unit in _OTHER_UNITS:
-                return f"{word!r} is not a base unit (seconds, bytes, meters, ...)"
-    return None
-
+# Name rules and bounds live in tripline.common.names: the agent checks what its
+# textfile collector forwards against the same rules, so the edge never refuses a
+# report for a PC script's bad line.
+METRIC_NAME, LABEL_NAME = names.METRIC_NAME, names.LABEL_NAME
+_lint_problem = names.lint_problem
 
 # Spool instance ids are uuid4 hex on the agent; anything printable and short is accepted.
 INSTANCE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-MAX_LABELS = 16
-MAX_LABEL_VALUE = 1024
-MAX_NAME = 200
+MAX_LABELS, MAX_LABEL_VALUE, MAX_NAME = names.MAX_LABELS, names.MAX_LABEL_VALUE, names.MAX_NAME
 MAX_TOKEN = 512
 # Agent times outside these are a broken clock or an attack: 2000-01-01 .. 2100-01-01 UTC.
 MIN_TIME = 946_684_800.0

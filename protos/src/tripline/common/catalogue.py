@@ -163,6 +163,30 @@ FAMILIES: tuple[Family, ...] = (
     _f("battery_charge_ratio", "gauge", "ratio", "Battery charge as a ratio (0-1)."),
     _f("battery_power_plugged", "gauge", "", "1 when on mains power, 0 on battery."),
     _f(
+        "processes_matching",
+        "gauge",
+        "",
+        "Processes matching the agent's process check (name and/or command-line pattern).",
+        "check",
+    ),
+    _f(
+        "service_state",
+        "gauge",
+        "",
+        "1 for the Windows service's current state, 0 for the others (as windows_exporter); "
+        "all 0 when the service is not installed.",
+        "service",
+        "state",
+    ),
+    _f(
+        "service_start_mode",
+        "gauge",
+        "",
+        "1 for the Windows service's start mode, 0 for the others; all 0 when not installed.",
+        "service",
+        "start_mode",
+    ),
+    _f(
         "agent_collect_duration_seconds",
         "gauge",
         "seconds",
@@ -178,6 +202,20 @@ FAMILIES: tuple[Family, ...] = (
         "counter",
         "",
         "Connections the agent reopened to a collector (the first is not counted).",
+    ),
+    _f(
+        "agent_textfile_files_skipped_total",
+        "counter",
+        "",
+        "Textfile collector files skipped (malformed, stale, too large...), by reason.",
+        "reason",
+    ),
+    _f(
+        "agent_textfile_age_seconds",
+        "gauge",
+        "seconds",
+        "Seconds since the textfile collector file was last written, stale ones included.",
+        "file",
     ),
     _f(
         "agent_reports_rejected_total",
