@@ -201,3 +201,29 @@ def test_a_customer_token_sees_no_other_customers_ticket(browser: Any, site: Sit
     eventually(lambda: browser.find_elements(By.ID, "token"), 15, "the login form")
     browser.get(site.url("/tickets"))
     assert browser.find_elements(By.ID, "token")
+
+
+def test_the_service_report_renders_its_charts_and_only_for_the_tokens_customers(
+    browser: Any, site: Site
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    login(browser, site, "ops-acme")
+    browser.find_element(By.ID, "r-customer").send_keys("acme")
+    browser.find_element(By.ID, "open-report").click()
+    eventually(lambda: browser.find_elements(By.TAG_NAME, "svg"), 15, "the report's charts")
+    # the charts are drawn (inline SVG with a size), not just present in the markup
+    charts = browser.find_elements(By.TAG_NAME, "svg")
+    assert len(charts) >= 2
+    assert all(c.size["width"] > 100 and c.size["height"] > 50 for c in charts)
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "acme" in text and "DiskFull" in text and "MemoryLow" in text
+    assert "gx-pc-01" not in browser.page_source
+    assert browser.title != "pwned"
+    # its inline style ran under the report's own policy; nothing was blocked
+    blocked = [e for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert blocked == []
+
+    browser.get(site.url("/reports?customer=globex"))
+    assert browser.find_element(By.ID, "error").text == "no customer 'globex'"
+    assert "gx-pc-01" not in browser.page_source

@@ -9,6 +9,7 @@ as a 404. The page adds only what a browser needs: the cookie, CSRF checks, HTML
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -30,6 +31,8 @@ PAGE_SIZE = 50
 # the page's ticket actions (each the API's POST /tickets/{id}/<action>) -> the word shown after it
 ACTIONS = {"ack": "acknowledged", "comment": "commented", "resolve": "resolved"}
 QUEUE_FILTERS = ("customer", "status", "tier", "severity")
+# the report's period when the form names none: the last 30 days, today included
+REPORT_DAYS = dt.timedelta(days=30)
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +64,12 @@ class _SecurityHeaders:
         async def send_secured(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = message.get("headers", [])
+                # A page that states its own policy keeps it (the service report: inline
+                # style, nothing else); every other header is ours.
+                own = [(k, v) for k, v in headers if k == b"content-security-policy"]
+                ours = [(k, v) for k, v in SECURITY_HEADERS if not (own and k == own[0][0])]
                 kept = [(k, v) for k, v in headers if k not in SECURITY_HEADERS_NAMES]
-                message = {**message, "headers": [*kept, *SECURITY_HEADERS]}
+                message = {**message, "headers": [*kept, *own, *ours]}
             await send(message)
 
         await self.app(scope, receive, send_secured)
@@ -315,6 +322,33 @@ class _Pages:
             return await self._ticket_page(request, sess, answer.status_code, reason)
         return self._api_error(request, answer, sess)
 
+    async def report(self, request: Request) -> Response:
+        """The customer's service report (the API's HTML), for the period the form gives;
+        the last 30 days when it gives none. Scope and validation are the API's."""
+        sess = session.current(request)
+        if sess is None:
+            return self._to_login(request)
+        customer = request.query_params.get("customer", "").strip()
+        today = dt.datetime.now(dt.UTC).date()
+        first = request.query_params.get("from", "").strip() or str(today - REPORT_DAYS)
+        until = request.query_params.get("to", "").strip() or str(today + dt.timedelta(days=1))
+        if not customer:
+            return self._page(
+                request, "error.html", 400, message="name a customer for the report", csrf=sess.csrf
+            )
+        answer = await self._call(
+            sess,
+            "GET",
+            f"/reports/{quote(customer, safe='')}",
+            {"from": first, "to": until, "format": "html"},
+        )
+        if answer.status_code == 401:
+            return self._to_login(request, "expired")
+        if answer.status_code != 200:
+            return self._api_error(request, answer, sess)
+        policy = answer.headers.get("content-security-policy", "default-src 'none'")
+        return HTMLResponse(answer.text, headers={"Content-Security-Policy": policy})
+
     async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
         data = self.static_files.get(name)
@@ -346,6 +380,7 @@ def build_web(api_app: ASGIApp, refused: Callable[[str], None] = lambda reason: 
             Route("/tickets", p.queue),
             Route("/tickets/{ticket_id}", p.ticket),
             Route("/tickets/{ticket_id}/{action}", p.act, methods=["POST"]),
+            Route("/reports", p.report),
             Route("/static/{name}", p.static),
         ]
     )
