@@ -26,7 +26,8 @@ SERVER_SIDE = (
     "uvicorn",
     "cryptography",
     "httpx",
-    "prometheus_client",
+    # not prometheus_client: the agent's textfile collector parses *.prom files with its
+    # text-format parser (issue 11), so it is an agent dependency now
     "tripline.collector",
     "tripline.alerts",
 )
