@@ -1,0 +1,139 @@
+"""How long the command-line tools take to start: wall time and import time, best of N.
+
+A tool, not a server: ``tripline tickets list``, ``tripline rules check FILE`` and
+``tripline-agent --once`` should import only what they run. Each command runs as its own
+process (this Python, ``-m``), N times for the wall time and N times under
+``-X importtime`` for the time spent importing; the best run of each is printed, since
+the machine's other work only ever adds time.
+
+``tripline-agent --once`` samples the CPU twice, 0.5 s apart (CPU ratios need two
+snapshots), so its wall time holds that wait; "start" subtracts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RULES = ROOT / "alerts/src/tripline/alerts/default_rules.yaml"
+ONCE_SAMPLE_WAIT = 0.5  # tripline.agent.cli._once: time between its two CPU snapshots
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench.startup", description="Start time of tripline's commands (best of N)."
+    )
+    p.add_argument("--runs", type=int, default=5, help="runs per command and measure")
+    p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    return p.parse_args(argv)
+
+
+def _commands(work: Path) -> dict[str, list[str]]:
+    data_dir = work / "data"
+    agent_config = work / "agent.yaml"
+    agent_config.write_text(f"state_dir: {work / 'agent'}\n")
+    return {
+        "tickets_list": ["-m", "tripline.collector.cli", "tickets", "list"]
+        + ["--data-dir", str(data_dir)],
+        "rules_check": ["-m", "tripline.collector.cli", "rules", "check", str(DEFAULT_RULES)],
+        "agent_once": ["-m", "tripline.agent.cli", "--once", "--config", str(agent_config)],
+    }
+
+
+def _make_store(data_dir: Path) -> None:
+    """An empty migrated SQLite store, as a collector leaves one, made in a child process
+    so this process's imports stay out of the measurement's way."""
+    data_dir.mkdir(mode=0o700)
+    code = (
+        "import sys; from tripline.collector.store import Store; "
+        "s = Store('sqlite:///' + sys.argv[1]); s.migrate(); s.close()"
+    )
+    subprocess.run([sys.executable, "-c", code, str(data_dir / "tripline.db")], check=True)
+
+
+def _env(work: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPLINE_")}
+    env["HOME"] = str(work)  # no operator's config file or API URL leaks in
+    return env
+
+
+def _wall(argv: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, *argv], env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def _imports(argv: list[str], env: dict[str, str]) -> tuple[float, set[str]]:
+    """Seconds spent importing (the top-level lines of -X importtime) and the modules."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    total_us = 0
+    modules = set()
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split("|")
+        if cumulative.strip().isdigit():
+            modules.add(name.strip())
+            if not name.startswith("  "):  # top level: its time includes its children's
+                total_us += int(cumulative)
+    return total_us / 1e6, modules
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    figures: dict[str, Any] = {"runs": args.runs}
+    with tempfile.TemporaryDirectory(prefix="tripline-startup-") as tmp:
+        work = Path(tmp)
+        _make_store(work / "data")
+        env = _env(work)
+        for name, argv in _commands(work).items():
+            wall = min(_wall(argv, env) for _ in range(args.runs))
+            timed = [_imports(argv, env) for _ in range(args.runs)]
+            figures[f"{name}_wall_s"] = round(wall, 3)
+            figures[f"{name}_imports_s"] = round(min(t for t, _ in timed), 3)
+            heavy = ("sqlalchemy", "starlette", "uvicorn", "grpc", "httpx", "cryptography")
+            figures[f"{name}_heavy_imports"] = sorted(h for h in heavy if h in timed[0][1])
+        figures["agent_once_start_s"] = round(figures["agent_once_wall_s"] - ONCE_SAMPLE_WAIT, 3)
+    return figures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    f = run(args)
+    print(f"command start time, best of {f['runs']} (wall = process start to exit):")
+    for name, label in (
+        ("tickets_list", "tripline tickets list"),
+        ("rules_check", "tripline rules check FILE"),
+        ("agent_once", "tripline-agent --once"),
+    ):
+        heavy = ", ".join(f[f"{name}_heavy_imports"]) or "none"
+        print(
+            f"  {label:<28} wall {f[f'{name}_wall_s']:.3f} s  imports {f[f'{name}_imports_s']:.3f} s"
+            f"  heavy libraries imported: {heavy}"
+        )
+    print(
+        f"  tripline-agent --once start  {f['agent_once_start_s']:.3f} s"
+        f" (wall less its {ONCE_SAMPLE_WAIT} s CPU sampling wait)"
+    )
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    if args.json:
+        print("json: " + json.dumps(f))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
