@@ -42,8 +42,10 @@ def _commands(work: Path) -> dict[str, list[str]]:
     agent_config = work / "agent.yaml"
     agent_config.write_text(f"state_dir: {work / 'agent'}\n")
     return {
-        "tickets_list": ["-m", "tripline.collector.cli", "tickets", "list"]
-        + ["--data-dir", str(data_dir)],
+        "tickets_list": [
+            *("-m", "tripline.collector.cli", "tickets", "list"),
+            *("--data-dir", str(data_dir)),
+        ],
         "rules_check": ["-m", "tripline.collector.cli", "rules", "check", str(DEFAULT_RULES)],
         "agent_once": ["-m", "tripline.agent.cli", "--once", "--config", str(agent_config)],
     }
@@ -121,8 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("agent_once", "tripline-agent --once"),
     ):
         heavy = ", ".join(f[f"{name}_heavy_imports"]) or "none"
+        wall, imports = f[f"{name}_wall_s"], f[f"{name}_imports_s"]
         print(
-            f"  {label:<28} wall {f[f'{name}_wall_s']:.3f} s  imports {f[f'{name}_imports_s']:.3f} s"
+            f"  {label:<28} wall {wall:.3f} s  imports {imports:.3f} s"
             f"  heavy libraries imported: {heavy}"
         )
     print(
