@@ -7,8 +7,6 @@ nothing of the collector: an office PC installs the agent distribution alone.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -50,6 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.once:
         # the config's redaction applies: what --once prints is what the agent would send
         return _once(args.json, config)
+    # Imported here: --once and install-service start without asyncio, gRPC or the spool.
+    import asyncio
+    import signal
+
     from tripline.agent.runner import AgentRunner
     from tripline.agent.transport import EnrollmentFailed
 
@@ -89,7 +91,7 @@ def _service(args: argparse.Namespace) -> int:
 
 def _once(as_json: bool, config: AgentConfig) -> int:
     from tripline.agent import probes, render
-    from tripline.agent.runner import redaction_for
+    from tripline.agent.known_secrets import redaction_for
 
     prober = probes.Prober(command_lines=config.send_command_lines, redaction=redaction_for(config))
     prober.collect(time.time())  # baseline: CPU ratios need two snapshots

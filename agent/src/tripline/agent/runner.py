@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tripline.agent import convert, probes, tls
-from tripline.agent import identity as identity_file
 from tripline.agent.config import AgentConfig
 from tripline.agent.identity import Identity
+from tripline.agent.known_secrets import redaction_for
 from tripline.agent.probes import Collection, Sample
-from tripline.agent.redact import Redaction, compile_patterns
 from tripline.agent.spool import Spool
 from tripline.agent.transport import Backoff, Transport
 from tripline.common import files
@@ -30,20 +29,6 @@ log = logging.getLogger(__name__)
 
 # A collector cannot ask for collections more often than this.
 MIN_INTERVAL = 1.0
-
-
-def redaction_for(config: AgentConfig) -> Redaction:
-    """What the probe redacts from command lines besides the built-in rules: the
-    config's extra patterns, the enrollment token and the credential (when enrolled)."""
-    credential = None
-    try:
-        ident = identity_file.load(config.state_dir / "identity.json")
-    except identity_file.IdentityError:
-        ident = None  # the transport reports it, with what to do, when it needs one
-    if ident is not None:
-        credential = ident.credential
-    redaction = Redaction(patterns=compile_patterns(config.redact_patterns))
-    return redaction.with_secrets(config.enrollment_token, credential)
 
 
 class AgentRunner:

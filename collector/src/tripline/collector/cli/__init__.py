@@ -13,7 +13,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tripline.alerts.rules import RuleFileError
 from tripline.collector.cli import (
     agent,
     agents,
@@ -59,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return agent.run_agent(argv[1:])
         args = parser.parse_args(argv)
         return int(args.func(args))
-    except (CliError, ConfigError, RuleFileError) as exc:
+    except (CliError, ConfigError) as exc:
         print(f"tripline: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -81,6 +81,15 @@ def _collector_config(args: argparse.Namespace) -> CollectorConfig:
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
+    from tripline.alerts.rules import RuleFileError
+
+    try:
+        return _run(args)
+    except RuleFileError as exc:  # the rule file's errors, named; imported here, not in main
+        raise CliError(str(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from tripline.alerts.rules import load_rules

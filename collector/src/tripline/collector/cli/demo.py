@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tripline.collector.cli.errors import EXIT_USAGE, one_line
+from tripline.collector.cli.errors import EXIT_USAGE, CliError, one_line
 from tripline.collector.cli.options import config_flag, server_flags
 
 if TYPE_CHECKING:
@@ -27,6 +27,15 @@ def register(sub: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from tripline.alerts.rules import RuleFileError
+
+    try:
+        return _run(args)
+    except RuleFileError as exc:  # e.g. a demo-rules.yaml edited into something broken
+        raise CliError(str(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from tripline.collector import entropy
