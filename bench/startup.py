@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tripline.agent.cli import ONCE_SAMPLE_WAIT
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RULES = ROOT / "alerts/src/tripline/alerts/default_rules.yaml"
-ONCE_SAMPLE_WAIT = 0.5  # tripline.agent.cli._once: time between its two CPU snapshots
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -17,6 +17,7 @@ from tripline.common import logs
 from tripline.common.config import ConfigError
 
 EXIT_USAGE = 2
+ONCE_SAMPLE_WAIT = 0.5  # seconds between --once's two CPU snapshots
 
 
 class CliError(Exception):
@@ -90,14 +91,18 @@ def _service(args: argparse.Namespace) -> int:
 
 
 def _once(as_json: bool, config: AgentConfig) -> int:
-    from tripline.agent import probes, render
+    from tripline.agent import probes
     from tripline.agent.known_secrets import redaction_for
 
     prober = probes.Prober(command_lines=config.send_command_lines, redaction=redaction_for(config))
     prober.collect(time.time())  # baseline: CPU ratios need two snapshots
-    time.sleep(0.5)
-    collection = prober.collect(time.time())
+    second_at = time.monotonic() + ONCE_SAMPLE_WAIT
+    # Done while the CPU counters move rather than after the second snapshot.
+    from tripline.agent import render
+
     inventory = probes.inventory()
+    time.sleep(max(0.0, second_at - time.monotonic()))
+    collection = prober.collect(time.time())
     if as_json:
         print(render.render_json(collection, inventory))
     else:
