@@ -145,3 +145,16 @@ def test_soak_runs_and_finds_nothing_lost_or_doubled() -> None:
     assert f["reports"] == f["applied"] > 0, out
     assert (f["lost"], f["duplicated"], f["unacked_after_drain"]) == (0, 0, 0), out
     assert f["rss_end_mib"] > 20, out
+
+
+def test_startup_measures_each_command_and_names_its_heavy_imports() -> None:
+    out, f = _run("bench.startup", "--runs=1", timeout=120)
+    for label in ("tripline tickets list", "tripline rules check FILE", "tripline-agent --once"):
+        assert any(line.lstrip().startswith(label) for line in out.splitlines()), (label, out)
+    for name in ("tickets_list", "rules_check", "agent_once"):
+        assert min(f[f"{name}_{m}_s"] for m in ("wall", "cpu", "imports")) > 0, out
+    # the snapshot's two CPU samples are half a second apart: its wall time holds that
+    assert f["agent_once_wall_s"] >= 0.5, out
+    # what each command must not import (tests/unit/test_cli_imports.py holds the detail)
+    assert f["tickets_list_heavy_imports"] == ["sqlalchemy"], out
+    assert f["rules_check_heavy_imports"] == f["agent_once_heavy_imports"] == [], out
