@@ -86,8 +86,8 @@ def test_tickets_list_imports_the_store_but_not_the_server_nor_the_pipeline(
     assert result.stdout == "no tickets\n"
     assert "sqlalchemy" in modules and "tripline.collector.tickets" in modules
     assert loaded(modules, *SERVER, *COLLECTOR_RUNTIME) == []
-    # nor the rule parser (and its YAML loader's share) a ticket listing has no use for
-    assert loaded(modules, "tripline.alerts.rules") == []
+    # nor the rule parser or the alert engine: a ticket listing evaluates nothing
+    assert loaded(modules, "tripline.alerts.rules", "tripline.alerts.engine") == []
 
 
 @pytest.mark.parametrize("as_json", [False, True])
