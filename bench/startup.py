@@ -35,6 +35,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="bench.startup", description="Start time of tripline's commands (best of N)."
     )
     p.add_argument("--runs", type=int, default=5, help="runs per command and measure")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="also measure this source tree (e.g. `git archive main | tar -x -C DIR`), "
+        "alternating runs with this checkout's",
+    )
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     return p.parse_args(argv)
 
@@ -104,22 +110,67 @@ def _imports(argv: list[str], env: dict[str, str]) -> tuple[float, set[str]]:
     return total_us / 1e6, modules
 
 
+HEAVY = ("sqlalchemy", "starlette", "uvicorn", "grpc", "httpx", "cryptography")
+LABELS = {
+    "tickets_list": "tripline tickets list",
+    "rules_check": "tripline rules check FILE",
+    "agent_once": "tripline-agent --once",
+}
+
+
+def _baseline_env(env: dict[str, str], tree: Path) -> dict[str, str]:
+    """``env`` importing tripline from another source tree (e.g. `git archive main`):
+    its four src/ folders first on the path, ahead of this checkout's install."""
+    roots = [tree / d / "src" for d in ("protos", "alerts", "agent", "collector")]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        raise SystemExit(f"--baseline {tree}: not a Tripline source tree (no {missing[0]})")
+    return {**env, "PYTHONPATH": os.pathsep.join(map(str, roots))}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    figures: dict[str, Any] = {"runs": args.runs}
+    """Best of N per command; with --baseline the two trees' runs alternate, so a change
+    in the machine's load hits both alike."""
+    figures: dict[str, Any] = {"runs": args.runs, "baseline": args.baseline is not None}
     with tempfile.TemporaryDirectory(prefix="tripline-startup-") as tmp:
         work = Path(tmp)
         _make_store(work / "data")
-        env = _env(work)
+        envs = {"": _env(work)}
+        if args.baseline is not None:
+            envs["baseline_"] = _baseline_env(envs[""], args.baseline.resolve())
         for name, argv in _commands(work).items():
-            runs = [_wall_and_cpu(argv, env) for _ in range(args.runs)]
-            timed = [_imports(argv, env) for _ in range(args.runs)]
-            figures[f"{name}_wall_s"] = round(min(w for w, _ in runs), 3)
-            figures[f"{name}_cpu_s"] = round(min(c for _, c in runs), 3)
-            figures[f"{name}_imports_s"] = round(min(t for t, _ in timed), 3)
-            heavy = ("sqlalchemy", "starlette", "uvicorn", "grpc", "httpx", "cryptography")
-            figures[f"{name}_heavy_imports"] = sorted(h for h in heavy if h in timed[0][1])
-        figures["agent_once_start_s"] = round(figures["agent_once_wall_s"] - ONCE_SAMPLE_WAIT, 3)
+            runs: dict[str, list[tuple[float, float]]] = {prefix: [] for prefix in envs}
+            timed: dict[str, list[tuple[float, set[str]]]] = {prefix: [] for prefix in envs}
+            for _ in range(args.runs):
+                for prefix, env in envs.items():
+                    runs[prefix].append(_wall_and_cpu(argv, env))
+                    timed[prefix].append(_imports(argv, env))
+            for prefix in envs:
+                key = f"{prefix}{name}"
+                figures[f"{key}_wall_s"] = round(min(w for w, _ in runs[prefix]), 3)
+                figures[f"{key}_cpu_s"] = round(min(c for _, c in runs[prefix]), 3)
+                figures[f"{key}_imports_s"] = round(min(t for t, _ in timed[prefix]), 3)
+                modules = timed[prefix][0][1]
+                figures[f"{key}_heavy_imports"] = sorted(h for h in HEAVY if h in modules)
+        for prefix in envs:
+            once = figures[f"{prefix}agent_once_wall_s"]
+            figures[f"{prefix}agent_once_start_s"] = round(once - ONCE_SAMPLE_WAIT, 3)
     return figures
+
+
+def _print(f: dict[str, Any], prefix: str) -> None:
+    for name, label in LABELS.items():
+        key = f"{prefix}{name}"
+        heavy = ", ".join(f[f"{key}_heavy_imports"]) or "none"
+        wall, cpu, imports = (f[f"{key}_{m}_s"] for m in ("wall", "cpu", "imports"))
+        print(
+            f"  {label:<28} wall {wall:.3f} s  cpu {cpu:.3f} s  imports {imports:.3f} s"
+            f"  heavy libraries imported: {heavy}"
+        )
+    print(
+        f"  tripline-agent --once start  {f[f'{prefix}agent_once_start_s']:.3f} s"
+        f" (wall less its {ONCE_SAMPLE_WAIT} s CPU sampling wait)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,21 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"command start time, best of {f['runs']} (wall: process start to exit;"
         " cpu: its user + system time; imports: -X importtime's total)"
     )
-    for name, label in (
-        ("tickets_list", "tripline tickets list"),
-        ("rules_check", "tripline rules check FILE"),
-        ("agent_once", "tripline-agent --once"),
-    ):
-        heavy = ", ".join(f[f"{name}_heavy_imports"]) or "none"
-        wall, cpu, imports = (f[f"{name}_{m}_s"] for m in ("wall", "cpu", "imports"))
-        print(
-            f"  {label:<28} wall {wall:.3f} s  cpu {cpu:.3f} s  imports {imports:.3f} s"
-            f"  heavy libraries imported: {heavy}"
-        )
-    print(
-        f"  tripline-agent --once start  {f['agent_once_start_s']:.3f} s"
-        f" (wall less its {ONCE_SAMPLE_WAIT} s CPU sampling wait)"
-    )
+    if f["baseline"]:
+        print(f"baseline ({args.baseline}):")
+        _print(f, "baseline_")
+        print("this tree:")
+    _print(f, "")
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     if args.json:
         print("json: " + json.dumps(f))

@@ -148,7 +148,8 @@ def test_soak_runs_and_finds_nothing_lost_or_doubled() -> None:
 
 
 def test_startup_measures_each_command_and_names_its_heavy_imports() -> None:
-    out, f = _run("bench.startup", "--runs=1", timeout=120)
+    # this checkout as its own baseline: the option works, and the same code imports alike
+    out, f = _run("bench.startup", "--runs=1", f"--baseline={ROOT}", timeout=180)
     for label in ("tripline tickets list", "tripline rules check FILE", "tripline-agent --once"):
         assert any(line.lstrip().startswith(label) for line in out.splitlines()), (label, out)
     for name in ("tickets_list", "rules_check", "agent_once"):
@@ -158,3 +159,7 @@ def test_startup_measures_each_command_and_names_its_heavy_imports() -> None:
     # what each command must not import (tests/unit/test_cli_imports.py holds the detail)
     assert f["tickets_list_heavy_imports"] == ["sqlalchemy"], out
     assert f["rules_check_heavy_imports"] == f["agent_once_heavy_imports"] == [], out
+    for name in ("tickets_list", "rules_check", "agent_once"):
+        heavy = f[f"{name}_heavy_imports"]
+        assert f[f"baseline_{name}_heavy_imports"] == heavy, out
+        assert f[f"baseline_{name}_wall_s"] > 0, out
