@@ -120,4 +120,4 @@ def test_tickets_tier_takes_one_two_or_three(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as exited:
         main(["tickets", "tier", "1", "4", "--data-dir", "nowhere"])
     assert exited.value.code == 2
-    assert "argument tier: invalid choice: 4 (choose from 1, 2, 3)" in capsys.readouterr().err
+    assert "argument TIER: invalid choice: 4 (choose from 1, 2, 3)" in capsys.readouterr().err

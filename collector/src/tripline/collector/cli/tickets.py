@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
             tp.add_argument("--note")
     tt = tsub.add_parser("tier", help="move an unresolved ticket to another tier")
     tt.add_argument("id", type=int)
-    tt.add_argument("tier", type=int, choices=[1, 2, 3])
+    tt.add_argument("tier", type=int, choices=[1, 2, 3], metavar="TIER", help="1, 2 or 3")
     tt.add_argument("--actor", help="who (default: your login name)")
     for tp in tsub.choices.values():
         store_flags(tp)
