@@ -158,3 +158,21 @@ def test_local_checks_bench_prints_every_figure() -> None:
         "textfile_parsed_ms",
     }, out
     assert all(value > 0 for value in f.values()), out
+
+
+def test_startup_measures_each_command_and_names_its_heavy_imports() -> None:
+    # this checkout as its own baseline: the option works, and the same code imports alike
+    out, f = _run("bench.startup", "--runs=1", f"--baseline={ROOT}", timeout=180)
+    for label in ("tripline tickets list", "tripline rules check FILE", "tripline-agent --once"):
+        assert any(line.lstrip().startswith(label) for line in out.splitlines()), (label, out)
+    for name in ("tickets_list", "rules_check", "agent_once"):
+        assert min(f[f"{name}_{m}_s"] for m in ("wall", "cpu", "imports")) > 0, out
+    # the snapshot's two CPU samples are half a second apart: its wall time holds that
+    assert f["agent_once_wall_s"] >= 0.5, out
+    # what each command must not import (tests/unit/test_cli_imports.py holds the detail)
+    assert f["tickets_list_heavy_imports"] == ["sqlalchemy"], out
+    assert f["rules_check_heavy_imports"] == f["agent_once_heavy_imports"] == [], out
+    for name in ("tickets_list", "rules_check", "agent_once"):
+        heavy = f[f"{name}_heavy_imports"]
+        assert f[f"baseline_{name}_heavy_imports"] == heavy, out
+        assert f[f"baseline_{name}_wall_s"] > 0, out

@@ -204,7 +204,7 @@ def test_the_agent_warns_at_start_about_a_missing_directory_and_foreign_checks(
     import sys
 
     from tripline.agent.config import load_agent_config
-    from tripline.agent.runner import prober_for
+    from tripline.agent.prober_setup import prober_for
 
     flags = {
         "state_dir": tmp_path / "state",

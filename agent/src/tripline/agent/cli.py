@@ -7,8 +7,6 @@ nothing of the collector: an office PC installs the agent distribution alone.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +17,7 @@ from tripline.common import logs
 from tripline.common.config import ConfigError
 
 EXIT_USAGE = 2
+ONCE_SAMPLE_WAIT = 0.5  # seconds between --once's two CPU snapshots
 
 
 class CliError(Exception):
@@ -50,6 +49,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.once:
         # the config's redaction applies: what --once prints is what the agent would send
         return _once(args.json, config)
+    # Imported here: --once and install-service start without asyncio, gRPC or the spool.
+    import asyncio
+    import signal
+
     from tripline.agent.runner import AgentRunner
     from tripline.agent.transport import EnrollmentFailed
 
@@ -88,14 +91,18 @@ def _service(args: argparse.Namespace) -> int:
 
 
 def _once(as_json: bool, config: AgentConfig) -> int:
-    from tripline.agent import probes, render
-    from tripline.agent.runner import prober_for
+    from tripline.agent import probes
+    from tripline.agent.prober_setup import prober_for
 
     prober = prober_for(config)
     prober.collect(time.time())  # baseline: CPU ratios need two snapshots
-    time.sleep(0.5)
-    collection = prober.collect(time.time())
+    second_at = time.monotonic() + ONCE_SAMPLE_WAIT
+    # Done while the CPU counters move rather than after the second snapshot.
+    from tripline.agent import render
+
     inventory = probes.inventory()
+    time.sleep(max(0.0, second_at - time.monotonic()))
+    collection = prober.collect(time.time())
     if as_json:
         print(render.render_json(collection, inventory))
     else:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -17,68 +16,20 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tripline.agent import convert, probes, tls
-from tripline.agent import identity as identity_file
 from tripline.agent.config import AgentConfig
 from tripline.agent.identity import Identity
+from tripline.agent.prober_setup import prober_for
 from tripline.agent.probes import Collection, Sample
-from tripline.agent.redact import Redaction, compile_patterns
 from tripline.agent.snapshot import Snapshotter
 from tripline.agent.spool import Spool
-from tripline.agent.textfile import Textfile
 from tripline.agent.transport import Backoff, Transport
 from tripline.common import files
-from tripline.common.terminal import escape
 from tripline.v1 import tripline_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 # A collector cannot ask for collections more often than this.
 MIN_INTERVAL = 1.0
-
-
-def redaction_for(config: AgentConfig) -> Redaction:
-    """What the probe redacts from command lines besides the built-in rules: the
-    config's extra patterns, the enrollment token and the credential (when enrolled)."""
-    credential = None
-    try:
-        ident = identity_file.load(config.state_dir / "identity.json")
-    except identity_file.IdentityError:
-        ident = None  # the transport reports it, with what to do, when it needs one
-    if ident is not None:
-        credential = ident.credential
-    redaction = Redaction(patterns=compile_patterns(config.redact_patterns))
-    return redaction.with_secrets(config.enrollment_token, credential)
-
-
-def prober_for(config: AgentConfig) -> probes.Prober:
-    """The agent's probes as its config asks: processes, local checks, textfiles."""
-    textfile = None
-    if config.textfile_dir is not None:
-        if not config.textfile_dir.is_dir():
-            # Not fatal: the scripts may make it later. Until then every collection
-            # counts agent_probe_errors_total{probe="textfile"}.
-            log.warning(
-                "textfile_dir is not a directory (yet); no textfile is read until it is",
-                extra={"textfile_dir": escape(str(config.textfile_dir))},
-            )
-        textfile = Textfile(
-            config.textfile_dir,
-            max_age=config.textfile_max_age,
-            max_series=config.textfile_max_series,
-        )
-    if config.service_checks and sys.platform != "win32":
-        log.warning(
-            "service_checks are for Windows services; none is checked on this system",
-            extra={"services": list(config.service_checks)},
-        )
-    return probes.Prober(
-        collect_processes=config.collect_processes,
-        command_lines=config.send_command_lines,
-        redaction=redaction_for(config),
-        process_checks=config.process_checks,
-        service_checks=config.service_checks,
-        textfile=textfile,
-    )
 
 
 class AgentRunner:

@@ -14,7 +14,6 @@ the collector asks.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -79,7 +78,7 @@ class Snapshotter:
         top_n: int = 10,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[None]] | None = None,  # asyncio.sleep
     ) -> None:
         self.prober = prober
         self.span = span
@@ -105,9 +104,13 @@ class Snapshotter:
 
     async def take(self) -> Snapshot:
         """Measure over `span` seconds; call after `accept` returned True."""
+        # Imported here, not at the top: convert.py imports this module's types, and
+        # `tripline-agent --once` must not pay for asyncio (tests/unit/test_cli_imports.py).
+        import asyncio
+
         try:
             first = await asyncio.to_thread(self._baseline)
-            await self.sleep(self.span)
+            await (self.sleep or asyncio.sleep)(self.span)
             snapshot = await asyncio.to_thread(self._finish, first)
         except BaseException:
             self.stats.failed += 1

@@ -8,6 +8,7 @@ test comparing a migrated database with `schema.metadata` catches the mismatch.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,30 +67,6 @@ class InvalidMigrationList(MigrationError):
         self.versions = list(versions)
 
 
-# Version-1 shapes of the tables later migrations alter (see the module docstring).
-_V1 = MetaData(naming_convention=schema.metadata.naming_convention)
-Table(
-    "enrollment_tokens",
-    _V1,
-    Column("id", Integer, primary_key=True),
-    Column("customer", Text, nullable=False, index=True),
-    Column("token_hash", String(64), nullable=False, unique=True),
-    Column("created_at", Double, nullable=False),
-    Column("expires_at", Double, nullable=True),
-    Column("revoked_at", Double, nullable=True),
-)
-Table(
-    "agent_instances",
-    _V1,
-    Column("agent_id", String(64), ForeignKey("agents.agent_id"), nullable=False),
-    Column("instance_id", Text, nullable=False),
-    Column("applied_seq", BigInteger, nullable=False),
-    Column("reports_applied", BigInteger, nullable=False, default=0),
-    Column("dropped_reports_total", BigInteger, nullable=False, default=0),
-    Column("first_seen_at", Double, nullable=False),
-    Column("last_seen_at", Double, nullable=False),
-    PrimaryKeyConstraint("agent_id", "instance_id"),
-)
 # Tables a later migration creates: migration 1 leaves them out.
 _LATER_TABLES = frozenset(
     {
@@ -103,15 +80,46 @@ _LATER_TABLES = frozenset(
 )
 # Indexes a later migration adds to a version-1 table: left out of its copy.
 _LATER_INDEXES = frozenset({"ix_tickets_agent_rule_resolved", "ix_tickets_customer_rule_resolved"})
-for _table in schema.metadata.sorted_tables:
-    if _table.name not in _V1.tables and _table.name not in _LATER_TABLES:
-        _copy = _table.to_metadata(_V1)
-        for _index in [i for i in _copy.indexes if i.name in _LATER_INDEXES]:
-            _copy.indexes.discard(_index)
+
+
+@functools.cache
+def _v1() -> MetaData:
+    """Version-1 shapes of the tables later migrations alter (see the module docstring),
+    and the other tables as they stand. Built on first use, not at import: only a fresh
+    database needs it, and copying every table costs each `tripline` command's start."""
+    v1 = MetaData(naming_convention=schema.metadata.naming_convention)
+    Table(
+        "enrollment_tokens",
+        v1,
+        Column("id", Integer, primary_key=True),
+        Column("customer", Text, nullable=False, index=True),
+        Column("token_hash", String(64), nullable=False, unique=True),
+        Column("created_at", Double, nullable=False),
+        Column("expires_at", Double, nullable=True),
+        Column("revoked_at", Double, nullable=True),
+    )
+    Table(
+        "agent_instances",
+        v1,
+        Column("agent_id", String(64), ForeignKey("agents.agent_id"), nullable=False),
+        Column("instance_id", Text, nullable=False),
+        Column("applied_seq", BigInteger, nullable=False),
+        Column("reports_applied", BigInteger, nullable=False, default=0),
+        Column("dropped_reports_total", BigInteger, nullable=False, default=0),
+        Column("first_seen_at", Double, nullable=False),
+        Column("last_seen_at", Double, nullable=False),
+        PrimaryKeyConstraint("agent_id", "instance_id"),
+    )
+    for table in schema.metadata.sorted_tables:
+        if table.name not in v1.tables and table.name not in _LATER_TABLES:
+            copy = table.to_metadata(v1)
+            for index in [i for i in copy.indexes if i.name in _LATER_INDEXES]:
+                copy.indexes.discard(index)
+    return v1
 
 
 def _create_v1(conn: Connection) -> None:
-    _V1.create_all(conn)
+    _v1().create_all(conn)
 
 
 def _create_store_probe(conn: Connection) -> None:

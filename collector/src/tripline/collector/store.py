@@ -16,11 +16,10 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, Engine, bindparam, exc, func, select
 
-from tripline.alerts.engine import AlertKey, AlertState
 from tripline.collector import entropy, migrations
 from tripline.collector.database import (
     READ_ONLY,
@@ -40,6 +39,9 @@ from tripline.collector.schema import (
     secret_hash,
     store_probe,
 )
+
+if TYPE_CHECKING:  # imported where used: `tripline tickets list` has no use for the engine
+    from tripline.alerts.engine import AlertKey, AlertState
 
 log = logging.getLogger(__name__)
 
@@ -742,6 +744,8 @@ class Store:
         self, *, agent_id: str | None = None, conn: Connection | None = None
     ) -> dict[AlertKey, AlertState]:
         """Every stored alert state, or one agent's."""
+        from tripline.alerts.engine import AlertKey, AlertState
+
         query = select(alert_states)
         if agent_id is not None:
             query = query.where(alert_states.c.agent_id == agent_id)

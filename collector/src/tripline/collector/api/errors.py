@@ -12,8 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from tripline.collector import delivery, maintenance, tickets
 from tripline.collector.api.encoding import Json
 from tripline.collector.store import AgentNotFound, EnrollmentTokenNotFound, StoreUnavailable
-
-API_PREFIX = "/api/v1"
+from tripline.collector.urls import API_PREFIX  # re-exported: the API's home for it
 
 # What each error status means to a caller; the OpenAPI document lists them per route.
 ERROR_TEXT = {

@@ -5,6 +5,7 @@ the operator's own API token, so the page can do exactly what that token may do 
 the API and nothing more. See docs/operator-page.md.
 """
 
-from tripline.collector.web.pages import WEB_PREFIX, build_web
+from tripline.collector.urls import WEB_PREFIX
+from tripline.collector.web.pages import build_web
 
 __all__ = ["WEB_PREFIX", "build_web"]

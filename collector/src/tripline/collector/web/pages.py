@@ -26,7 +26,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tripline.collector.web import render, session
 from tripline.collector.web.session import FormRefused, Session
 
-WEB_PREFIX = "/ui"
 PAGE_SIZE = 50
 # the page's ticket actions (each the API's POST /tickets/{id}/<action>) -> the word shown after it
 ACTIONS = {"ack": "acknowledged", "comment": "commented", "resolve": "resolved"}

@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import quote
 
-if TYPE_CHECKING:
-    from tripline.collector.cli import _ApiClient
+from tripline.collector.cli.apiclient import ApiClient, api_client
+from tripline.collector.cli.errors import CliError
+from tripline.collector.cli.localstore import open_store
 
 FORMATS = ("html", "json", "csv")  # report.FORMATS, without importing the store here
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Any) -> None:
     """Add the `report` command to the `tripline` parser."""
     p = sub.add_parser(
         "report",
@@ -39,14 +40,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     # Imported here: the agent's commands must not pay for SQLAlchemy or Jinja2.
     from tripline.alerts.rules import default_rules, load_rules
     from tripline.collector import report
-    from tripline.collector.cli import CliError, _api_client, _store
     from tripline.collector.config import load_collector_config
 
     try:
         period = report.parse_period(args.first, args.until)
     except report.ReportPeriodError as exc:
         raise CliError(str(exc)) from None
-    api = _api_client(args)
+    api = api_client(args)
     if api is not None:
         text = _via_api(api, args)
     else:
@@ -54,7 +54,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             args.config, flags={"data_dir": args.data_dir, "database_url": args.database_url}
         )
         rules = default_rules() if config.rules is None else load_rules(config.rules)
-        with _store(args) as store, store.read() as conn:
+        with open_store(args) as store, store.read() as conn:
             if not report.customer_known(conn, args.customer):
                 raise CliError(f"no agent or ticket of customer {args.customer!r} in the store")
             built = report.build_report(
@@ -73,23 +73,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _via_api(api: _ApiClient, args: argparse.Namespace) -> str:
-    import httpx
-
-    from tripline.collector.cli import CliError
-
-    url = f"{api.base}/reports/{quote(args.customer, safe='')}"
+def _via_api(api: ApiClient, args: argparse.Namespace) -> str:
     params = {"from": args.first, "to": args.until, "format": args.format}
-    try:
-        response = httpx.get(
-            url, params=params, headers={"Authorization": f"Bearer {api.token}"}, timeout=60.0
-        )
-    except httpx.HTTPError as exc:
-        raise CliError(f"cannot reach the collector API at {api.base}: {exc}") from None
-    if response.status_code >= 400:
-        try:
-            error = response.json().get("error")
-        except ValueError:
-            error = response.text
-        raise CliError(f"the collector API answered {response.status_code}: {error}")
-    return response.text
+    return api.text(f"/reports/{quote(args.customer, safe='')}", params=params)
