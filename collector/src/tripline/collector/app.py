@@ -15,10 +15,10 @@ from typing import Any
 import uvicorn
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from tripline.alerts.rules import RuleFileError, RuleSet, default_rules, load_rules
-from tripline.collector import limits, tickets, tls
+from tripline.collector import limits, tls
 from tripline.collector.api import ApiContext
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig, parse_hostport
@@ -26,12 +26,14 @@ from tripline.collector.delivery import Deliverer, lease_owner
 from tripline.collector.exposition import SeriesExposition
 from tripline.collector.http import HttpLimits, build_app, guarded_protocol
 from tripline.collector.lockfile import DataDirLock
+from tripline.collector.metricspage import MetricsPage
 from tripline.collector.pipeline import Pipeline
 from tripline.collector.selfmetrics import CollectorMetrics, TicketCountCollector
 from tripline.collector.server import CollectorService
 from tripline.collector.sinks import build_sink
 from tripline.collector.state import AgentLive, LiveState
 from tripline.collector.store import Store, StoreUnavailable
+from tripline.collector.ticketcounts import TicketCounts
 from tripline.common import files
 from tripline.common.tls import PLAINTEXT_WARNING
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
@@ -198,9 +200,15 @@ class CollectorApp:
             on_truncated=self._exposition_truncated,
         )
         self.pipeline.on_report = self.exposition.update
-        self.registry.register(TicketCountCollector(self._ticket_counts))
+        # Counted now, so the first scrape after a restart is right; then off the loop
+        # when tickets change (_count_tickets), never per scrape.
+        self.ticket_counts = TicketCounts(self.store)
+        await asyncio.to_thread(self.ticket_counts.refresh, now)
+        self.registry.register(TicketCountCollector(lambda: self.ticket_counts.counts))
+        self.metrics_page = MetricsPage(self._render_metrics)
         self.service = CollectorService(self.pipeline, config, self.metrics)
         self.pipeline.on_retire = self._retire
+        self.pipeline.on_ticket_change = self._tickets_changed
 
         soft, hard = raise_open_file_limit()
         grpc_connections = connection_budget(soft, config.http_max_connections)
@@ -237,7 +245,7 @@ class CollectorApp:
         app = build_app(
             self.registry,
             self._ready,
-            agent_series=self.exposition.render,
+            page=self.metrics_page,
             api=ApiContext(store=self.store, pipeline=self.pipeline, clock=self.clock),
         )
         http_limits = HttpLimits(
@@ -267,6 +275,7 @@ class CollectorApp:
 
         self._tasks.append(asyncio.create_task(self.committer.run()))
         self._tasks.append(asyncio.create_task(self._ticker()))
+        self._tasks.append(asyncio.create_task(self._count_tickets()))
         if config.routes:
             self.deliverer = Deliverer(
                 self.store,
@@ -277,7 +286,6 @@ class CollectorApp:
                 lease=config.delivery_lease,
                 owner=lease_owner(str(config.data_dir.resolve())),
             )
-            self.pipeline.on_ticket_change = self.deliverer.notify
             self._tasks.append(asyncio.create_task(self.deliverer.run()))
         serving = self.store.health.healthy
         await self._set_health(serving)
@@ -429,9 +437,29 @@ class CollectorApp:
             return False, "; ".join(deliverer.problems())
         return True, "ready"
 
-    def _ticket_counts(self) -> dict[tuple[str, str, int], int]:
-        with self.store.read() as conn:
-            return tickets.count_by_state(conn)
+    def _tickets_changed(self) -> None:
+        """A ticket change this process committed: recount, and wake delivery."""
+        self.ticket_counts.changed()
+        deliverer = getattr(self, "deliverer", None)
+        if deliverer is not None:
+            deliverer.notify()
+
+    def _render_metrics(self) -> bytes:
+        """The whole /metrics page; runs in a worker thread (collector.metricspage)."""
+        # agents' series are prepared as reports arrive; the registry holds our own
+        return self.exposition.render() + generate_latest(self.registry)
+
+    async def _count_tickets(self) -> None:
+        """Keep the ticket counts /metrics shows current, off the loop (collector.ticketcounts)."""
+        while True:
+            await asyncio.sleep(self.config.evaluation_interval)
+            try:
+                await asyncio.to_thread(self.ticket_counts.refresh, self.clock())
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable as exc:
+                # the counts stay as they were; store health reports the outage
+                log.debug("ticket counts not refreshed", extra={"error": str(exc)})
 
 
 class _EmbeddedUvicorn(uvicorn.Server):

@@ -185,6 +185,10 @@ class SeriesExposition:
         return exposed, _header(exposed, kind, help_text), prefix
 
     def render(self) -> bytes:
+        """The agents' part of the page. Safe to call from a worker thread while the loop
+        applies reports: the agent map is copied first (one C-level step under the GIL),
+        and an agent's pieces are replaced whole, never changed in place, so each agent
+        appears once with one report's values."""
         up: list[str] = []
         last: list[str] = []
         dropped: list[str] = []
