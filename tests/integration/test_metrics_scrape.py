@@ -335,26 +335,23 @@ def test_ticket_counts_follow_changes_and_restarts_without_a_query_per_scrape(
     asyncio.run(main())
 
 
-def test_ticket_counts_recount_only_when_tickets_changed(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'tripline.db'}")
-    store.migrate()
-    try:
-        counts = TicketCounts(store, recount_every=300.0)
-        t0 = 1_000.0
-        assert counts.refresh(t0) is True and counts.counts == {}
-        assert counts.refresh(t0 + 1) is False  # nothing changed: no GROUP BY
-        first, _ = open_tickets(store, 2)
-        assert counts.refresh(t0 + 2) is True  # seen through the newest ticket event
-        assert counts.counts == {("open", "warning", 1): 2}
-        assert counts.refresh(t0 + 3) is False
-        with store.transaction() as conn:
-            tickets.acknowledge(conn, first, actor="op", now=time.time())
-        counts.changed()  # this process's own change, as the pipeline and the API report it
-        assert counts.refresh(t0 + 4) is True
-        assert counts.counts == {("open", "warning", 1): 1, ("acknowledged", "warning", 1): 1}
-        assert counts.refresh(t0 + 5) is False
-        assert counts.refresh(t0 + 4 + 299) is False
-        assert counts.refresh(t0 + 4 + 300) is True  # the safety recount (PostgreSQL)
-        assert counts.recounts == 4
-    finally:
-        store.close()
+def test_ticket_counts_recount_only_when_tickets_changed(store: Store) -> None:
+    """On every backend: a refresh recounts only after a change (another process's, seen
+    through the newest ticket event, or this process's own), or after recount_every."""
+    counts = TicketCounts(store, recount_every=300.0)
+    t0 = 1_000.0
+    assert counts.refresh(t0) is True and counts.counts == {}
+    assert counts.refresh(t0 + 1) is False  # nothing changed: no GROUP BY
+    first, _ = open_tickets(store, 2)
+    assert counts.refresh(t0 + 2) is True  # seen through the newest ticket event
+    assert counts.counts == {("open", "warning", 1): 2}
+    assert counts.refresh(t0 + 3) is False
+    with store.transaction() as conn:
+        tickets.acknowledge(conn, first, actor="op", now=time.time())
+    counts.changed()  # this process's own change, as the pipeline and the API report it
+    assert counts.refresh(t0 + 4) is True
+    assert counts.counts == {("open", "warning", 1): 1, ("acknowledged", "warning", 1): 1}
+    assert counts.refresh(t0 + 5) is False
+    assert counts.refresh(t0 + 4 + 299) is False
+    assert counts.refresh(t0 + 4 + 300) is True  # the safety recount (PostgreSQL)
+    assert counts.recounts == 4
