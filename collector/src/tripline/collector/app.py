@@ -26,6 +26,7 @@ from tripline.collector.delivery import Deliverer, lease_owner
 from tripline.collector.exposition import SeriesExposition
 from tripline.collector.http import HttpLimits, build_app, guarded_protocol
 from tripline.collector.lockfile import DataDirLock
+from tripline.collector.metricsmerge import MergedRenderer, internal_routes
 from tripline.collector.metricspage import MetricsPage
 from tripline.collector.pipeline import Pipeline
 from tripline.collector.selfmetrics import CollectorMetrics, TicketCountCollector
@@ -34,6 +35,7 @@ from tripline.collector.sinks import build_sink
 from tripline.collector.state import AgentLive, LiveState
 from tripline.collector.store import Store, StoreUnavailable
 from tripline.collector.ticketcounts import TicketCounts
+from tripline.collector.workers import WorkerRole, watch_supervisor
 from tripline.common import files
 from tripline.common.tls import PLAINTEXT_WARNING
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
@@ -125,14 +127,23 @@ def series_window(rules: RuleSet) -> float:
 
 
 class CollectorApp:
-    def __init__(self, config: CollectorConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: CollectorConfig,
+        clock: Callable[[], float] = time.time,
+        worker: WorkerRole | None = None,
+    ) -> None:
+        """``worker``: one of several processes of ``--workers N`` (collector.workers)."""
         self.config = config
+        self.worker = worker
         self.clock = clock
         self.rules = load_rule_set(config.rules)
         self.registry = CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
         self.store = Store(config.effective_database_url)
-        self._owner = DataDirLock(self.store.file.path) if self.store.file is not None else None
+        # a worker's supervisor holds the lock for all of them
+        file = self.store.file
+        self._owner = DataDirLock(file.path) if file is not None and worker is None else None
         self._next_probe = 0.0
         self.state = LiveState(
             window=series_window(self.rules),
@@ -154,6 +165,7 @@ class CollectorApp:
 
     async def start(self) -> None:
         config = self.config
+        worker = self.worker
         # Before anything else: a missing or unusable certificate stops the start here.
         # Validity is judged by the wall clock, as the TLS handshake itself does.
         tls_files = tls.server_files(config, time.time())
@@ -206,6 +218,15 @@ class CollectorApp:
         await asyncio.to_thread(self.ticket_counts.refresh, now)
         self.registry.register(TicketCountCollector(lambda: self.ticket_counts.counts))
         self.metrics_page = MetricsPage(self._render_metrics)
+        if worker is not None and worker.index == 0 and worker.count > 1:
+            merged = MergedRenderer(
+                self.exposition,
+                self.registry,
+                worker.peers,
+                worker.secret,
+                on_peer_error=self.metrics.worker_metrics_errors.inc,
+            )
+            self.metrics_page = MetricsPage(merged.render)
         self.service = CollectorService(self.pipeline, config, self.metrics)
         self.pipeline.on_retire = self._retire
         self.pipeline.on_ticket_change = self._tickets_changed
@@ -246,6 +267,11 @@ class CollectorApp:
             self.registry,
             self._ready,
             page=self.metrics_page,
+            extra_routes=(
+                internal_routes(self.exposition, self.registry, worker.index, worker.secret)
+                if worker is not None and worker.index > 0
+                else ()
+            ),
             api=ApiContext(store=self.store, pipeline=self.pipeline, clock=self.clock),
         )
         http_limits = HttpLimits(
@@ -272,6 +298,8 @@ class CollectorApp:
                 self._tasks[-1].result()  # raises the bind error
             await asyncio.sleep(0.01)
         self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
+        if worker is not None and worker.index > 0:
+            worker.announce(self.http_port)
 
         self._tasks.append(asyncio.create_task(self.committer.run()))
         self._tasks.append(asyncio.create_task(self._ticker()))
@@ -284,7 +312,11 @@ class CollectorApp:
                 max_attempts=config.delivery_max_attempts,
                 park_after=config.delivery_park_after,
                 lease=config.delivery_lease,
-                owner=lease_owner(str(config.data_dir.resolve())),
+                # workers take turns per route like separate collectors
+                owner=lease_owner(
+                    str(config.data_dir.resolve())
+                    + ("" if worker is None else f"#worker{worker.index}")
+                ),
             )
             self._tasks.append(asyncio.create_task(self.deliverer.run()))
         serving = self.store.health.healthy
@@ -493,16 +525,20 @@ def _redact(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
-async def serve(config: CollectorConfig) -> None:
+async def serve(config: CollectorConfig, worker: WorkerRole | None = None) -> None:
     """Run until SIGINT/SIGTERM; SIGHUP reloads rules."""
-    app = CollectorApp(config)
+    app = CollectorApp(config, worker=worker)
     await app.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if worker is not None:
+        watcher = asyncio.create_task(watch_supervisor(worker, stop))
     if hasattr(signal, "SIGHUP"):
         loop.add_signal_handler(signal.SIGHUP, app.reload_rules)
     await stop.wait()
     log.info("collector stopping")
+    if worker is not None:
+        watcher.cancel()
     await app.stop()

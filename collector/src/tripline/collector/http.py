@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import h11
@@ -29,8 +29,10 @@ def build_app(
     ready: Callable[[], tuple[bool, str]],
     page: MetricsPage | None = None,
     api: ApiContext | None = None,
+    extra_routes: Sequence[Route] = (),
 ) -> Starlette:
-    """``page`` renders /metrics (default: the registry alone)."""
+    """``page`` renders /metrics (default: the registry alone); ``extra_routes``: a
+    worker's private endpoints (collector.metricsmerge)."""
     if page is None:
         page = MetricsPage(lambda: generate_latest(registry))
 
@@ -52,6 +54,7 @@ def build_app(
         Route("/metrics", metrics),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        *extra_routes,
     ]
     if api is not None:
         routes.append(Mount(API_PREFIX, app=build_api(api)))

@@ -167,6 +167,12 @@ class CollectorMetrics:
             ["reason"],
             registry=registry,
         )
+        self.worker_metrics_errors = Counter(
+            "tripline_collector_worker_metrics_errors_total",
+            "Scrapes (with --workers) in which another worker's metrics could not be "
+            "fetched and were left out of the page (logged).",
+            registry=registry,
+        )
         self.open_files_limit = Gauge(
             "tripline_collector_open_files_limit",
             "The process's open-file limit after start (raised to the hard limit).",
