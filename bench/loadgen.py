@@ -148,6 +148,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--database", type=Path, help="with --collector: its SQLite file, for tickets")
     p.add_argument("--no-compare", action="store_true", help="skip the generate_latest comparison")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="start the collector with --workers N (default 1)",
+    )
+    p.add_argument(
         "--scrape-interval",
         type=float,
         default=0.0,
@@ -170,6 +176,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--procs must be 1..16 and at most --agents")
     if not 1 <= args.agents_per_channel <= 1000:
         p.error("--agents-per-channel must be 1..1000")
+    if not 1 <= args.workers <= 64:
+        p.error("--workers must be 1..64")
     if args.scrape_interval < 0:
         p.error("--scrape-interval must be >= 0")
     if args.interval <= 0 or args.alert_for < 0 or args.ramp < 0:
@@ -395,6 +403,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "channels": _channels(args),
         "ramp_per_second": args.ramp,
         "scrape_interval": args.scrape_interval,
+        "workers": args.workers,
         "nofile_limit": procstat.raise_nofile_limit(),  # inherited by every child
     }
     # One socket per connection in the server and in the generator process.
@@ -433,8 +442,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             probe_for = _rule_for(rules, args.probe_rule)
             token = "tle_bench_" + secrets.token_urlsafe(16)
             try:
+                workers = ("--workers", str(args.workers)) if args.workers > 1 else ()
                 collector = CollectorProcess(
-                    tmp / "collector", token, args.interval, rules, tls=tls
+                    tmp / "collector", token, args.interval, rules, extra=workers, tls=tls
                 ).start()
             except CollectorFailed as exc:
                 raise BenchError(str(exc)) from None
@@ -873,7 +883,7 @@ def report(f: dict[str, Any]) -> None:
         f"shape: {'TLS, certificate verified' if f['tls'] else 'plaintext'}, "
         f"{f['agents_per_channel']} agent(s) per channel, {f['channels']} connections "
         f"(collector saw {f.get('collector_connections', '-')} established), "
-        f"open files limit {f['nofile_limit']}"
+        f"open files limit {f['nofile_limit']}, collector workers {f['workers']}"
     )
     if "bare_reports_per_second" in f:
         _line("")

@@ -9,8 +9,10 @@ workers; /metrics and the tickets are read as an operator would.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -187,8 +189,46 @@ def test_two_workers_share_the_port_one_page_one_ticket_each_report_once(
 
 
 def test_workers_outside_range_are_refused(cluster: Cluster) -> None:
-    collector = cluster.collector("--workers", "0")
+    collector = cluster.collector("--workers", "65")
     collector.start()
     assert collector.popen is not None
     assert collector.popen.wait(30) == 2
-    assert "--workers must be 1..64" in collector.log()
+    assert "config key 'workers': expected 1..64, got 65" in collector.log()
+
+
+def test_a_dead_worker_is_restarted_and_the_page_comes_back_whole(cluster: Cluster) -> None:
+    collector = cluster.collector("--workers", "2", "--customer", f"acme={TOKEN}")
+    collector.start()
+    collector.wait_ready()
+
+    def started(index: int) -> list[int]:
+        return [
+            line["pid"]
+            for line in collector.log_lines()
+            if line.get("msg") == "worker started" and line.get("worker") == index
+        ]
+
+    first = eventually(lambda: started(1), what="worker 1 started")[0]
+    eventually(lambda: 'tripline_collector_streams_open{worker="1"}' in page(collector))
+    os.kill(first, signal.SIGKILL)
+    restarted = eventually(lambda: started(1)[1:], what="worker 1 restarted")
+    assert restarted[0] != first
+    assert any(line.get("msg") == "worker died; restarting it" for line in collector.log_lines())
+
+    def whole_again() -> bool:
+        text = page(collector)
+        return 'tripline_collector_streams_open{worker="1"}' in text and (
+            'tripline_collector_streams_open{worker="0"}' in text
+        )
+
+    eventually(whole_again, what="both workers on the page again")
+    assert collector.stop() == 0
+    assert not any(started(i) and _alive(started(i)[-1]) for i in (0, 1))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

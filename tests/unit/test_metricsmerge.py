@@ -9,23 +9,23 @@ from tripline.collector.metricsmerge import merge, own_families, owners, with_wo
 
 
 @pytest.mark.parametrize(
-    ("keys", "excluded"),
+    ("keys", "owned"),
     [
         # the worker holding the stream wins, whatever the report times
-        ([{"a": (False, 200.0)}, {"a": (True, 100.0)}], [{"a"}, set()]),
+        ([{"a": (False, 200.0)}, {"a": (True, 100.0)}], [set(), {"a"}]),
         # no stream anywhere: the newest report wins
-        ([{"a": (False, 100.0)}, {"a": (False, 200.0)}], [{"a"}, set()]),
+        ([{"a": (False, 100.0)}, {"a": (False, 200.0)}], [set(), {"a"}]),
         # a tie: the lower index keeps it, once
-        ([{"a": (True, 5.0)}, {"a": (True, 5.0)}], [set(), {"a"}]),
+        ([{"a": (True, 5.0)}, {"a": (True, 5.0)}], [{"a"}, set()]),
         # agents known to one worker only stay with it
-        ([{"a": (False, 1.0)}, {"b": (False, 1.0)}], [set(), set()]),
+        ([{"a": (False, 1.0)}, {"b": (False, 1.0)}], [{"a"}, {"b"}]),
         ([{}, {}], [set(), set()]),
     ],
 )
-def test_owners_leave_each_agent_with_one_worker(
-    keys: list[dict[str, tuple[bool, float]]], excluded: list[set[str]]
+def test_owners_give_each_agent_to_one_worker(
+    keys: list[dict[str, tuple[bool, float]]], owned: list[set[str]]
 ) -> None:
-    assert owners(keys) == excluded
+    assert owners(keys) == owned
 
 
 def test_merge_writes_each_header_once_and_keeps_families_contiguous() -> None:

@@ -65,6 +65,7 @@ def _collector_config(args: argparse.Namespace) -> CollectorConfig:
             "tls_key": args.tls_key,
             "tls_client_ca": args.tls_client_ca,
             "plaintext": args.plaintext,
+            "workers": getattr(args, "workers", None),
         },
     )
 
@@ -83,14 +84,11 @@ def cmd_collector(args: argparse.Namespace) -> int:
     logs.configure(config.log_format, config.log_level)
     if config.rules is not None:
         load_rules(config.rules)  # fail at start, with the file's errors, not later
-    if not 1 <= args.workers <= 64:
-        print("tripline collector: --workers must be 1..64", file=sys.stderr)
-        return EXIT_USAGE
     try:
-        if args.workers > 1:
+        if config.workers > 1:
             from tripline.collector.workers import run_workers
 
-            return run_workers(config, args.workers)
+            return run_workers(config)
         asyncio.run(serve(config))
     except (DataDirLocked, StoreCorrupt, MigrationError) as exc:
         # Refused for good until a person acts: another collector owns the database, the
@@ -846,7 +844,6 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument(
         "--workers",
         type=int,
-        default=1,
         help="processes sharing the gRPC port, one /metrics (default 1; see docs/scale-out.md)",
     )
     col.add_argument(

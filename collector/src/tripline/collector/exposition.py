@@ -199,16 +199,17 @@ class SeriesExposition:
             for live in list(self._state.agents.values())
         }
 
-    def parts(self, exclude: Collection[str] = ()) -> list[tuple[str, str, str]]:
-        """(family, header, lines) in page order, leaving out the agents in ``exclude``
-        (another worker process exposes them). Thread-safe as :meth:`render`."""
+    def parts(self, only: Collection[str] | None = None) -> list[tuple[str, str, str]]:
+        """(family, header, lines) in page order; ``only``: just these agents (the ones
+        this worker process exposes, collector.metricsmerge). Thread-safe as
+        :meth:`render`."""
         up: list[str] = []
         last: list[str] = []
         dropped: list[str] = []
         per_family: dict[str, list[str]] = {}
         headers: dict[str, str] = {}
         for live in list(self._state.agents.values()):
-            if exclude and live.agent_id in exclude:
+            if only is not None and live.agent_id not in only:
                 continue
             lines = self._agents.get(live.agent_id)
             key = (live.agent_id, live.hostname, live.customer, live.site)

@@ -7,8 +7,12 @@ private loopback port and with the workers' shared secret, in two rounds:
    time). The agent goes to the worker with the greatest key (ties: the lowest index):
    an agent that reconnected to another worker stays in the old one's live state until
    it goes offline, with stale values, and must not appear twice.
-2. ``part``: the worker's families (header, lines) rendered without the agents it does
-   not own, plus its own ``tripline_collector_*`` families with a ``worker`` label.
+2. ``part``: the worker's families (header, lines) rendered for the agents given to it
+   in round 1 only, plus its own ``tripline_collector_*`` families with a ``worker``
+   label. Naming the agents to include, not those to leave out, keeps an agent that
+   moves between the two rounds to one worker: it is shown once, by the worker it was
+   given to (which keeps its state), at most one scrape old; an agent first seen between
+   the rounds appears from the next page on.
 
 Worker 0 then writes each family's header once and every worker's lines after it, so a
 family stays contiguous and every agent appears exactly once. The bytes work of each
@@ -39,8 +43,8 @@ log = logging.getLogger(__name__)
 
 INTERNAL_PREFIX = "/internal/v1/workers"
 SECRET_HEADER = "x-tripline-worker-secret"
-# the body of a part request: agent ids to leave out (bounded: ids are short)
-MAX_EXCLUDE_BYTES = 64 * 2**20
+# the body of a part request: agent ids to include (bounded: ids are short)
+MAX_INCLUDE_BYTES = 64 * 2**20
 PEER_TIMEOUT = 30.0
 # the database's counts: the same in every worker, so only worker 0's are on the page
 SHARED_FAMILIES = frozenset({"tripline_collector_tickets"})
@@ -101,17 +105,18 @@ def merge(parts: Iterable[Part]) -> bytes:
 
 
 def owners(keys: Sequence[dict[str, tuple[bool, float]]]) -> list[set[str]]:
-    """Per worker, the agents it must leave out: all but those whose greatest key it holds."""
+    """Per worker, the agents it exposes: those whose greatest key it holds (ties: the
+    lowest index), so each agent any worker knows goes to exactly one."""
     best: dict[str, tuple[tuple[bool, float], int]] = {}
     for index, worker_keys in enumerate(keys):
         for agent_id, key in worker_keys.items():
             held = best.get(agent_id)
             if held is None or key > held[0]:
                 best[agent_id] = (key, index)
-    return [
-        {agent_id for agent_id in worker_keys if best[agent_id][1] != index}
-        for index, worker_keys in enumerate(keys)
-    ]
+    owned: list[set[str]] = [set() for _ in keys]
+    for agent_id, (_, index) in best.items():
+        owned[index].add(agent_id)
+    return owned
 
 
 class PeerError(Exception):
@@ -155,11 +160,11 @@ class MergedRenderer:
                 reached.append(base)
             except PeerError as exc:
                 self._peer_failed(exc)
-        excluded = owners(keys)
-        parts = [self.exposition.parts(excluded[0]) + own_families(self.registry, 0, shared=True)]
-        for base, exclude in zip(reached, excluded[1:], strict=True):
+        owned = owners(keys)
+        parts = [self.exposition.parts(owned[0]) + own_families(self.registry, 0, shared=True)]
+        for base, mine in zip(reached, owned[1:], strict=True):
             try:
-                body = marshal.dumps(sorted(exclude))
+                body = marshal.dumps(sorted(mine))
                 parts.append(_call(f"{base}{INTERNAL_PREFIX}/part", self.secret, body))
             except PeerError as exc:
                 self._peer_failed(exc)
@@ -189,13 +194,13 @@ def internal_routes(
         if not allowed(request):
             return Response(status_code=403)
         raw = await request.body()
-        if len(raw) > MAX_EXCLUDE_BYTES:
+        if len(raw) > MAX_INCLUDE_BYTES:
             return Response(status_code=413)
-        exclude: Collection[str] = frozenset(marshal.loads(raw))
+        only: Collection[str] = frozenset(marshal.loads(raw))
 
         def render() -> bytes:
             own = own_families(registry, index, shared=False)
-            return marshal.dumps(exposition.parts(exclude) + own)
+            return marshal.dumps(exposition.parts(only) + own)
 
         return Response(await asyncio.to_thread(render), media_type="application/octet-stream")
 

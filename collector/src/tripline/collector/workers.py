@@ -41,7 +41,6 @@ from tripline.common import files, logs
 
 log = logging.getLogger(__name__)
 
-MAX_WORKERS = 64
 RESTART_DELAY = 1.0
 
 
@@ -121,10 +120,9 @@ def prepare(config: CollectorConfig) -> Any:
     return lock
 
 
-def run_workers(config: CollectorConfig, count: int) -> int:
-    """Run ``count`` workers until SIGTERM/SIGINT; 0 when they stopped cleanly."""
-    if not 2 <= count <= MAX_WORKERS:
-        raise ValueError(f"workers must be 2..{MAX_WORKERS}, got {count}")
+def run_workers(config: CollectorConfig) -> int:
+    """Run ``config.workers`` workers until SIGTERM/SIGINT; 0 when they stopped cleanly."""
+    count = config.workers
     lock = prepare(config)
     host, port = parse_hostport(config.listen, "listen")
     holder = None
