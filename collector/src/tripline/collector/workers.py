@@ -32,12 +32,15 @@ import secrets
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tripline.collector.config import CollectorConfig, parse_hostport
+from tripline.collector.config import CollectorConfig
+from tripline.collector.lockfile import DataDirLock
 from tripline.common import files, logs
+from tripline.common.config import parse_hostport
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +100,9 @@ def _hold_port(host: str) -> tuple[socket.socket, int]:
     return sock, int(sock.getsockname()[1])
 
 
-def prepare(config: CollectorConfig) -> Any:
+def prepare(config: CollectorConfig) -> DataDirLock | None:
     """What one collector does once before serving: lock, migrate, tokens. Returns the
     lock (or None on PostgreSQL); raises as a single collector's start would."""
-    import time
-
-    from tripline.collector.lockfile import DataDirLock
     from tripline.collector.store import Store
 
     store = Store(config.effective_database_url)
