@@ -492,6 +492,11 @@ class CollectorApp:
             except StoreUnavailable as exc:
                 # the counts stay as they were; store health reports the outage
                 log.debug("ticket counts not refreshed", extra={"error": str(exc)})
+            except Exception:
+                # The loop must survive anything; the old counts stay, the failure is
+                # logged and counted.
+                self.metrics.ticket_count_errors.inc()
+                log.exception("ticket count refresh failed")
 
 
 class _EmbeddedUvicorn(uvicorn.Server):

@@ -167,6 +167,12 @@ class CollectorMetrics:
             ["reason"],
             registry=registry,
         )
+        self.ticket_count_errors = Counter(
+            "tripline_collector_ticket_count_errors_total",
+            "Unexpected failures refreshing the ticket counts /metrics shows (logged with a "
+            "traceback; the previous counts stay).",
+            registry=registry,
+        )
         self.worker_metrics_errors = Counter(
             "tripline_collector_worker_metrics_errors_total",
             "Scrapes (with --workers) in which another worker's metrics could not be "
