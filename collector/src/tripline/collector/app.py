@@ -55,7 +55,7 @@ RESERVED_FILES = 64
 
 
 def grpc_server_options(
-    config: CollectorConfig, max_connections: int | None = None
+    config: CollectorConfig, max_connections: int | None = None, share_port: bool = False
 ) -> list[tuple[str, int]]:
     # Agents ping every 30 s; allow pings down to 10 s apart without calls so a
     # client's keepalive never earns a GOAWAY "too_many_pings".
@@ -74,6 +74,10 @@ def grpc_server_options(
         # closed; an agent keeps its Connect stream open, so this never touches one.
         ("grpc.max_connection_idle_ms", int(config.connection_idle_timeout * 1000)),
     ]
+    # grpc-core sets SO_REUSEPORT on Linux by default: a second collector started by
+    # mistake on the same port would bind it too and silently take half the agents.
+    # Only --workers shares the port, on purpose (collector.workers).
+    options.append(("grpc.so_reuseport", 1 if share_port else 0))
     if max_connections is not None:
         # Past it gRPC closes new connections at accept, before any handshake, so gRPC
         # clients can never take the descriptors the HTTP port and the store need.
@@ -246,7 +250,9 @@ class CollectorApp:
             },
         )
         asyncio.get_running_loop().set_exception_handler(self._loop_exception)
-        self._server = aio.server(options=grpc_server_options(config, grpc_connections))
+        self._server = aio.server(
+            options=grpc_server_options(config, grpc_connections, share_port=worker is not None)
+        )
         pb_grpc.add_CollectorServicer_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         # Known, and not serving, from the first connection: a health check between the
