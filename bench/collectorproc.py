@@ -69,12 +69,14 @@ class Scrape:
         return len(self.text.encode())
 
     def value(self, name: str) -> float:
-        """The unlabelled sample ``name``; 0.0 when absent."""
-        prefix = name + " "
+        """The unlabelled sample ``name``, or the sum of its per-worker samples
+        (``name{worker="i"}``, a collector with --workers); 0.0 when absent."""
+        prefixes = (name + " ", name + '{worker="')
+        total = 0.0
         for line in self.text.splitlines():
-            if line.startswith(prefix):
-                return float(line[len(prefix) :].split()[0])
-        return 0.0
+            if line.startswith(prefixes):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
 
 
 def scrape(url: str, timeout: float = 120.0) -> Scrape:

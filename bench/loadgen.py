@@ -54,6 +54,7 @@ from bench import procstat
 from bench.bareserver import BareServer, BareServerFailed, BareSpec, start_bare_server
 from bench.collectorproc import ROOT, CollectorFailed, CollectorProcess, Scrape, scrape
 from bench.latency import Histogram
+from bench.scraper import Scraper
 from bench.simagent import Plan, WorkerSpec, worker_entry
 from bench.tlsfiles import make_tls
 from tripline.alerts.rules import load_rules
@@ -146,6 +147,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pid", type=int, help="with --collector: its pid, to measure CPU and RSS")
     p.add_argument("--database", type=Path, help="with --collector: its SQLite file, for tickets")
     p.add_argument("--no-compare", action="store_true", help="skip the generate_latest comparison")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="start the collector with --workers N (default 1)",
+    )
+    p.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=0.0,
+        help="scrape the collector's /metrics (gzip accepted) every S seconds during the "
+        "window, as Prometheus would; 0: only the window's two scrapes (default 0)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the collector's data directory")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
@@ -162,6 +176,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--procs must be 1..16 and at most --agents")
     if not 1 <= args.agents_per_channel <= 1000:
         p.error("--agents-per-channel must be 1..1000")
+    if not 1 <= args.workers <= 64:
+        p.error("--workers must be 1..64")
+    if args.scrape_interval < 0:
+        p.error("--scrape-interval must be >= 0")
     if args.interval <= 0 or args.alert_for < 0 or args.ramp < 0:
         p.error("--interval must be > 0, --alert-for and --ramp >= 0")
     if bool(args.collector) != bool(args.http) or (args.collector and not args.token):
@@ -309,6 +327,9 @@ class Hooks(Protocol):
     def tick(self, coord: Coordinator) -> None:
         """Called about every 0.2 s while the generators run."""
 
+    def window(self, is_open: bool) -> None:
+        """Called when the measured window opens and when it closes."""
+
 
 class BareHooks:
     def __init__(self, server: BareServer) -> None:
@@ -320,15 +341,22 @@ class BareHooks:
     def tick(self, coord: Coordinator) -> None:
         pass
 
+    def window(self, is_open: bool) -> None:
+        pass
+
 
 class CollectorHooks:
     """Reads the applied counter from /metrics; the window's scrapes are kept."""
 
-    def __init__(self, http: str, database: Path | None, rule: str) -> None:
+    def __init__(
+        self, http: str, database: Path | None, rule: str, scrape_interval: float = 0.0
+    ) -> None:
         self.http = http
         self.database = database
         self.rule = rule
         self.scrapes: list[Scrape] = []
+        self.scrape_interval = scrape_interval
+        self.scraper: Scraper | None = None
 
     def applied(self) -> float:
         page = scrape(f"{self.http}/metrics")  # the generators keep reporting meanwhile
@@ -337,6 +365,12 @@ class CollectorHooks:
 
     def tick(self, coord: Coordinator) -> None:
         coord.poll_tickets(self.database, self.rule)
+
+    def window(self, is_open: bool) -> None:
+        if is_open and self.scrape_interval > 0:
+            self.scraper = Scraper(f"{self.http}/metrics", self.scrape_interval).start()
+        elif not is_open and self.scraper is not None:
+            self.scraper.stop()
 
 
 @dataclass(frozen=True)
@@ -368,6 +402,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "agents_per_channel": args.agents_per_channel,
         "channels": _channels(args),
         "ramp_per_second": args.ramp,
+        "scrape_interval": args.scrape_interval,
+        "workers": args.workers,
         "nofile_limit": procstat.raise_nofile_limit(),  # inherited by every child
     }
     # One socket per connection in the server and in the generator process.
@@ -406,14 +442,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             probe_for = _rule_for(rules, args.probe_rule)
             token = "tle_bench_" + secrets.token_urlsafe(16)
             try:
+                workers = ("--workers", str(args.workers)) if args.workers > 1 else ()
                 collector = CollectorProcess(
-                    tmp / "collector", token, args.interval, rules, tls=tls
+                    tmp / "collector", token, args.interval, rules, extra=workers, tls=tls
                 ).start()
             except CollectorFailed as exc:
                 raise BenchError(str(exc)) from None
             target = Target(collector.target, tls.ca_bytes() if tls else None, pid=collector.pid)
             http, database = collector.http, collector.database
-        hooks = CollectorHooks(http, database, args.probe_rule)
+        hooks = CollectorHooks(http, database, args.probe_rule, args.scrape_interval)
         phase, coord = _phase(args, "collector", target, args.duration, hooks, token=token)
         figures.update(phase)
         figures.update(_collector_figures(args, hooks, coord, probe_for, http))
@@ -608,7 +645,11 @@ def _drive(
         sampler.reset_max()
     started_a = time.monotonic()
     applied_a = hooks.applied()
-    wait_until(plan.measure_until)
+    hooks.window(True)
+    try:
+        wait_until(plan.measure_until)
+    finally:
+        hooks.window(False)
     cpu_b = procstat.tree_snapshot(pid) if pid else None
     gen_b = [procstat.snapshot(p) for p in worker_pids]
     machine_b = procstat.machine_busy_seconds()
@@ -690,6 +731,8 @@ def _collector_figures(
     out["scrape_series"] = sum(
         1 for line in scrape_b.text.splitlines() if line and not line.startswith("#")
     )
+    if hooks.scraper is not None:
+        out.update(hooks.scraper.stats.figures())
     out["ticket_probe_for"] = probe_for
     out["tickets_expected"] = len(coord.got.crossed)
     out["tickets_seen"] = len(coord.got.ticket_seen)
@@ -803,6 +846,14 @@ def report(f: dict[str, Any]) -> None:
         f"/metrics scrape: {f['scrape_seconds']:.3f} s, {f['scrape_bytes'] / 1e6:.1f} MB, "
         f"{f['scrape_series']} series (under load)"
     )
+    if "scrapes" in f:
+        _line(
+            f"/metrics every {f['scrape_interval']:g} s in the window: {f['scrapes']} scrapes "
+            f"({f['scrapes_gzipped']} gzip), p50={f['scrape_p50_s']:.3f} "
+            f"p99={f['scrape_p99_s']:.3f} max={f['scrape_max_s']:.3f} s, "
+            f"{f['scrape_wire_bytes'] / 1e6:.1f} MB on the wire for "
+            f"{f['scrape_page_bytes'] / 1e6:.1f} MB, errors {len(f['scrape_errors'])}"
+        )
     if "generate_latest_seconds" in f:
         _line(
             f"/metrics vs generate_latest (idle, same data): {f['scrape_idle_seconds']:.3f} s vs "
@@ -832,7 +883,7 @@ def report(f: dict[str, Any]) -> None:
         f"shape: {'TLS, certificate verified' if f['tls'] else 'plaintext'}, "
         f"{f['agents_per_channel']} agent(s) per channel, {f['channels']} connections "
         f"(collector saw {f.get('collector_connections', '-')} established), "
-        f"open files limit {f['nofile_limit']}"
+        f"open files limit {f['nofile_limit']}, collector workers {f['workers']}"
     )
     if "bare_reports_per_second" in f:
         _line("")

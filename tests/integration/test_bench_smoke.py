@@ -100,7 +100,9 @@ def test_loadgen_measures_the_fleet_shape_against_the_bare_baseline() -> None:
 
 
 def test_loadgen_still_measures_the_multiplexed_plaintext_shape() -> None:
-    """--agents-per-channel and --plaintext stay for comparison runs."""
+    """--agents-per-channel and --plaintext stay for comparison runs; --scrape-interval
+    scrapes /metrics with gzip accepted during the window; --workers 2 runs the collector
+    as two processes (the applied counters are summed over workers)."""
     out, f = _run(
         "bench.loadgen",
         "--agents=20",
@@ -111,9 +113,14 @@ def test_loadgen_still_measures_the_multiplexed_plaintext_shape() -> None:
         "--duration=3",
         "--warmup=1",
         "--interval=1",
+        "--scrape-interval=0.5",
+        "--workers=2",
         timeout=180,
     )
-    assert f["tls"] is False and f["channels"] == 2, out
+    assert f["tls"] is False and f["channels"] == 2 and f["workers"] == 2, out
+    assert f["scrapes"] >= 2 and f["scrapes_gzipped"] == f["scrapes"], out
+    assert f["scrape_errors"] == [] and f["scrape_wire_bytes"] < f["scrape_page_bytes"], out
+    assert any(line.startswith("/metrics every 0.5 s in the window:") for line in out.splitlines())
     assert f["collector_connections"] == 2, out
     _every_report_acked(f, "", out)
     assert "bare_reports_per_second" not in f and "ratio_cpu_ms_per_report" not in f, out

@@ -33,7 +33,7 @@ COLLECTOR_KEYS = (
     "max_series_per_agent, max_streams, offline_after, plaintext, routes, rules, "
     "snapshot_min_interval, snapshot_timeout, tickets, "
     "tls_cert, "
-    "tls_client_ca, tls_key"
+    "tls_client_ca, tls_key, workers"
 )
 
 
@@ -533,3 +533,12 @@ def test_strong_tokens_pass_and_weak_operator_tokens_are_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         load_api_client_config(environ={"TRIPLINE_API_TOKEN": "tla_admin"})
     assert caught.value.key == "token"
+
+
+@pytest.mark.parametrize(
+    ("workers", "reason"),
+    [(0, "must be positive"), (-1, "must be positive"), (65, "expected 1..64")],
+)
+def test_workers_outside_1_to_64_are_refused_with_the_key(workers: int, reason: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"config key 'workers': {reason}")):
+        load_collector_config(None, environ={}, flags={"workers": workers})

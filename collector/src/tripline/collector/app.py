@@ -15,10 +15,10 @@ from typing import Any
 import uvicorn
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from tripline.alerts.rules import RuleFileError, RuleSet, default_rules, load_rules
-from tripline.collector import limits, tickets, tls
+from tripline.collector import limits, tls
 from tripline.collector.api import ApiContext
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig, parse_hostport
@@ -26,12 +26,16 @@ from tripline.collector.delivery import Deliverer, lease_owner
 from tripline.collector.exposition import SeriesExposition
 from tripline.collector.http import HttpLimits, build_app, guarded_protocol
 from tripline.collector.lockfile import DataDirLock
+from tripline.collector.metricsmerge import MergedRenderer, internal_routes
+from tripline.collector.metricspage import MetricsPage
 from tripline.collector.pipeline import Pipeline
 from tripline.collector.selfmetrics import CollectorMetrics, TicketCountCollector
 from tripline.collector.server import CollectorService
 from tripline.collector.sinks import build_sink
 from tripline.collector.state import AgentLive, LiveState
 from tripline.collector.store import Store, StoreUnavailable
+from tripline.collector.ticketcounts import TicketCounts
+from tripline.collector.workers import WorkerRole, watch_supervisor
 from tripline.common import files
 from tripline.common.tls import PLAINTEXT_WARNING
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
@@ -51,7 +55,7 @@ RESERVED_FILES = 64
 
 
 def grpc_server_options(
-    config: CollectorConfig, max_connections: int | None = None
+    config: CollectorConfig, max_connections: int | None = None, share_port: bool = False
 ) -> list[tuple[str, int]]:
     # Agents ping every 30 s; allow pings down to 10 s apart without calls so a
     # client's keepalive never earns a GOAWAY "too_many_pings".
@@ -70,6 +74,10 @@ def grpc_server_options(
         # closed; an agent keeps its Connect stream open, so this never touches one.
         ("grpc.max_connection_idle_ms", int(config.connection_idle_timeout * 1000)),
     ]
+    # grpc-core sets SO_REUSEPORT on Linux by default: a second collector started by
+    # mistake on the same port would bind it too and silently take half the agents.
+    # Only --workers shares the port, on purpose (collector.workers).
+    options.append(("grpc.so_reuseport", 1 if share_port else 0))
     if max_connections is not None:
         # Past it gRPC closes new connections at accept, before any handshake, so gRPC
         # clients can never take the descriptors the HTTP port and the store need.
@@ -123,14 +131,23 @@ def series_window(rules: RuleSet) -> float:
 
 
 class CollectorApp:
-    def __init__(self, config: CollectorConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: CollectorConfig,
+        clock: Callable[[], float] = time.time,
+        worker: WorkerRole | None = None,
+    ) -> None:
+        """``worker``: one of several processes of ``--workers N`` (collector.workers)."""
         self.config = config
+        self.worker = worker
         self.clock = clock
         self.rules = load_rule_set(config.rules)
         self.registry = CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
         self.store = Store(config.effective_database_url)
-        self._owner = DataDirLock(self.store.file.path) if self.store.file is not None else None
+        # a worker's supervisor holds the lock for all of them
+        file = self.store.file
+        self._owner = DataDirLock(file.path) if file is not None and worker is None else None
         self._next_probe = 0.0
         self.state = LiveState(
             window=series_window(self.rules),
@@ -152,6 +169,7 @@ class CollectorApp:
 
     async def start(self) -> None:
         config = self.config
+        worker = self.worker
         # Before anything else: a missing or unusable certificate stops the start here.
         # Validity is judged by the wall clock, as the TLS handshake itself does.
         tls_files = tls.server_files(config, time.time())
@@ -198,9 +216,24 @@ class CollectorApp:
             on_truncated=self._exposition_truncated,
         )
         self.pipeline.on_report = self.exposition.update
-        self.registry.register(TicketCountCollector(self._ticket_counts))
+        # Counted now, so the first scrape after a restart is right; then off the loop
+        # when tickets change (_count_tickets), never per scrape.
+        self.ticket_counts = TicketCounts(self.store)
+        await asyncio.to_thread(self.ticket_counts.refresh, now)
+        self.registry.register(TicketCountCollector(lambda: self.ticket_counts.counts))
+        self.metrics_page = MetricsPage(self._render_metrics)
+        if worker is not None and worker.index == 0 and worker.count > 1:
+            merged = MergedRenderer(
+                self.exposition,
+                self.registry,
+                worker.peers,
+                worker.secret,
+                on_peer_error=self.metrics.worker_metrics_errors.inc,
+            )
+            self.metrics_page = MetricsPage(merged.render)
         self.service = CollectorService(self.pipeline, config, self.metrics)
         self.pipeline.on_retire = self._retire
+        self.pipeline.on_ticket_change = self._tickets_changed
 
         soft, hard = raise_open_file_limit()
         grpc_connections = connection_budget(soft, config.http_max_connections)
@@ -217,7 +250,9 @@ class CollectorApp:
             },
         )
         asyncio.get_running_loop().set_exception_handler(self._loop_exception)
-        self._server = aio.server(options=grpc_server_options(config, grpc_connections))
+        self._server = aio.server(
+            options=grpc_server_options(config, grpc_connections, share_port=worker is not None)
+        )
         pb_grpc.add_CollectorServicer_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         # Known, and not serving, from the first connection: a health check between the
@@ -237,7 +272,12 @@ class CollectorApp:
         app = build_app(
             self.registry,
             self._ready,
-            agent_series=self.exposition.render,
+            page=self.metrics_page,
+            extra_routes=(
+                internal_routes(self.exposition, self.registry, worker.index, worker.secret)
+                if worker is not None and worker.index > 0
+                else ()
+            ),
             api=ApiContext(store=self.store, pipeline=self.pipeline, clock=self.clock),
             web_refused=lambda why: self.metrics.web_refusals.labels(why).inc(),
         )
@@ -265,9 +305,12 @@ class CollectorApp:
                 self._tasks[-1].result()  # raises the bind error
             await asyncio.sleep(0.01)
         self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
+        if worker is not None and worker.index > 0:
+            worker.announce(self.http_port)
 
         self._tasks.append(asyncio.create_task(self.committer.run()))
         self._tasks.append(asyncio.create_task(self._ticker()))
+        self._tasks.append(asyncio.create_task(self._count_tickets()))
         if config.routes:
             self.deliverer = Deliverer(
                 self.store,
@@ -276,9 +319,12 @@ class CollectorApp:
                 max_attempts=config.delivery_max_attempts,
                 park_after=config.delivery_park_after,
                 lease=config.delivery_lease,
-                owner=lease_owner(str(config.data_dir.resolve())),
+                # workers take turns per route like separate collectors
+                owner=lease_owner(
+                    str(config.data_dir.resolve())
+                    + ("" if worker is None else f"#worker{worker.index}")
+                ),
             )
-            self.pipeline.on_ticket_change = self.deliverer.notify
             self._tasks.append(asyncio.create_task(self.deliverer.run()))
         serving = self.store.health.healthy
         await self._set_health(serving)
@@ -430,9 +476,34 @@ class CollectorApp:
             return False, "; ".join(deliverer.problems())
         return True, "ready"
 
-    def _ticket_counts(self) -> dict[tuple[str, str, int], int]:
-        with self.store.read() as conn:
-            return tickets.count_by_state(conn)
+    def _tickets_changed(self) -> None:
+        """A ticket change this process committed: recount, and wake delivery."""
+        self.ticket_counts.changed()
+        deliverer = getattr(self, "deliverer", None)
+        if deliverer is not None:
+            deliverer.notify()
+
+    def _render_metrics(self) -> bytes:
+        """The whole /metrics page; runs in a worker thread (collector.metricspage)."""
+        # agents' series are prepared as reports arrive; the registry holds our own
+        return self.exposition.render() + generate_latest(self.registry)
+
+    async def _count_tickets(self) -> None:
+        """Keep the ticket counts /metrics shows current, off the loop (collector.ticketcounts)."""
+        while True:
+            await asyncio.sleep(self.config.evaluation_interval)
+            try:
+                await asyncio.to_thread(self.ticket_counts.refresh, self.clock())
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable as exc:
+                # the counts stay as they were; store health reports the outage
+                log.debug("ticket counts not refreshed", extra={"error": str(exc)})
+            except Exception:
+                # The loop must survive anything; the old counts stay, the failure is
+                # logged and counted.
+                self.metrics.ticket_count_errors.inc()
+                log.exception("ticket count refresh failed")
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -466,16 +537,20 @@ def _redact(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
-async def serve(config: CollectorConfig) -> None:
+async def serve(config: CollectorConfig, worker: WorkerRole | None = None) -> None:
     """Run until SIGINT/SIGTERM; SIGHUP reloads rules."""
-    app = CollectorApp(config)
+    app = CollectorApp(config, worker=worker)
     await app.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if worker is not None:
+        watcher = asyncio.create_task(watch_supervisor(worker, stop))
     if hasattr(signal, "SIGHUP"):
         loop.add_signal_handler(signal.SIGHUP, app.reload_rules)
     await stop.wait()
     log.info("collector stopping")
+    if worker is not None:
+        watcher.cancel()
     await app.stop()

@@ -39,6 +39,9 @@ class TicketSettings:
 DATABASE_FILE = "tripline.db"
 
 
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     listen: str = "127.0.0.1:7700"
@@ -112,6 +115,8 @@ class CollectorConfig:
     plaintext: bool = False
     log_format: str = "json"
     log_level: str = "INFO"
+    # processes sharing the gRPC port, one /metrics (collector.workers); 1: one process
+    workers: int = 1
 
     @property
     def effective_offline_after(self) -> float:
@@ -249,6 +254,8 @@ def load_collector_config(
     parse_hostport(config.listen, "listen")
     parse_hostport(config.http_listen, "http_listen")
     check_logging(config.log_format, config.log_level)
+    if not 1 <= config.workers <= MAX_WORKERS:
+        raise ConfigError("workers", f"expected 1..{MAX_WORKERS}, got {config.workers}")
     for customer, token in config.customers.items():
         _check_token(f"customers.{customer}", token)
     return config

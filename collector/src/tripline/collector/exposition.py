@@ -13,7 +13,7 @@ metrics and a real Prometheus are part of the tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from tripline.collector.state import AgentLive, LiveState
 from tripline.common import catalogue
@@ -185,12 +185,32 @@ class SeriesExposition:
         return exposed, _header(exposed, kind, help_text), prefix
 
     def render(self) -> bytes:
+        """The agents' part of the page. Safe to call from a worker thread while the loop
+        applies reports: the agent map is copied first (one C-level step under the GIL),
+        and an agent's pieces are replaced whole, never changed in place, so each agent
+        appears once with one report's values."""
+        return "".join(header + body for _, header, body in self.parts()).encode()
+
+    def owner_keys(self) -> dict[str, tuple[bool, float]]:
+        """Per agent: (its stream is open here, its last report time); the process with
+        the greatest key holds an agent's current series (collector.workers)."""
+        return {
+            live.agent_id: (live.connected, -1.0 if live.last_seen is None else live.last_seen)
+            for live in list(self._state.agents.values())
+        }
+
+    def parts(self, only: Collection[str] | None = None) -> list[tuple[str, str, str]]:
+        """(family, header, lines) in page order; ``only``: just these agents (the ones
+        this worker process exposes, collector.metricsmerge). Thread-safe as
+        :meth:`render`."""
         up: list[str] = []
         last: list[str] = []
         dropped: list[str] = []
         per_family: dict[str, list[str]] = {}
         headers: dict[str, str] = {}
         for live in list(self._state.agents.values()):
+            if only is not None and live.agent_id not in only:
+                continue
             lines = self._agents.get(live.agent_id)
             key = (live.agent_id, live.hostname, live.customer, live.site)
             target = lines.target if lines is not None and lines.target_key == key else _target(key)
@@ -212,17 +232,21 @@ class SeriesExposition:
                         headers[family] = header
                     texts.append(text)
         out = [
-            _header("tripline_agent_up", "gauge", UP_HELP),
-            *up,
-            _header("tripline_agent_last_report_timestamp_seconds", "gauge", LAST_HELP),
-            *last,
-            _header("tripline_agent_spool_dropped_reports_total", "counter", DROPPED_HELP),
-            *dropped,
+            ("tripline_agent_up", _header("tripline_agent_up", "gauge", UP_HELP), "".join(up)),
+            (
+                "tripline_agent_last_report_timestamp_seconds",
+                _header("tripline_agent_last_report_timestamp_seconds", "gauge", LAST_HELP),
+                "".join(last),
+            ),
+            (
+                "tripline_agent_spool_dropped_reports",
+                _header("tripline_agent_spool_dropped_reports_total", "counter", DROPPED_HELP),
+                "".join(dropped),
+            ),
         ]
         for family in sorted(per_family):
-            out.append(headers[family])
-            out.extend(per_family[family])
-        return "".join(out).encode()
+            out.append((family, headers[family], "".join(per_family[family])))
+        return out
 
 
 RESERVED = catalogue.RESERVED_LABELS

@@ -1,15 +1,16 @@
 """HTTP side of the collector: /metrics for Prometheus, /healthz, /readyz, the API, the
 operator's ticket page (/ui).
 
-Served by uvicorn in the collector's own asyncio loop, so a scrape reads live state
-without locks or threads.
+Served by uvicorn in the collector's own asyncio loop. /metrics is rendered and
+compressed in a worker thread (:mod:`.metricspage`), so a scrape never holds the loop
+that applies reports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import h11
@@ -21,19 +22,29 @@ from starlette.routing import Mount, Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tripline.collector.api import API_PREFIX, ApiContext, build_api, unrouted
+from tripline.collector.metricspage import MetricsPage
 from tripline.collector.web import WEB_PREFIX, build_web
 
 
 def build_app(
     registry: CollectorRegistry,
     ready: Callable[[], tuple[bool, str]],
-    agent_series: Callable[[], bytes] = lambda: b"",
+    page: MetricsPage | None = None,
     api: ApiContext | None = None,
     web_refused: Callable[[str], None] = lambda reason: None,
+    extra_routes: Sequence[Route] = (),
 ) -> Starlette:
+    """``page`` renders /metrics (default: the registry alone); ``extra_routes``: a
+    worker's private endpoints (collector.metricsmerge)."""
+    if page is None:
+        page = MetricsPage(lambda: generate_latest(registry))
+
     async def metrics(request: Request) -> Response:
-        # agents' series are prepared as reports arrive; the registry holds our own
-        return Response(agent_series() + generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        body, zipped = await page.body(request.headers.get("accept-encoding", ""))
+        headers = {"Vary": "Accept-Encoding"}
+        if zipped:
+            headers["Content-Encoding"] = "gzip"
+        return Response(body, media_type=CONTENT_TYPE_LATEST, headers=headers)
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -46,6 +57,7 @@ def build_app(
         Route("/metrics", metrics),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        *extra_routes,
     ]
     if api is not None:
         api_app = build_api(api)

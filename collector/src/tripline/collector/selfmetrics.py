@@ -191,6 +191,18 @@ class CollectorMetrics:
             ["reason"],
             registry=registry,
         )
+        self.ticket_count_errors = Counter(
+            "tripline_collector_ticket_count_errors_total",
+            "Unexpected failures refreshing the ticket counts /metrics shows (logged with a "
+            "traceback; the previous counts stay).",
+            registry=registry,
+        )
+        self.worker_metrics_errors = Counter(
+            "tripline_collector_worker_metrics_errors_total",
+            "Scrapes (with --workers) in which another worker's metrics could not be "
+            "fetched and were left out of the page (logged).",
+            registry=registry,
+        )
         self.open_files_limit = Gauge(
             "tripline_collector_open_files_limit",
             "The process's open-file limit after start (raised to the hard limit).",

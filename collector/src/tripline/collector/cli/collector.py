@@ -21,6 +21,11 @@ def register(sub: Any) -> None:
     server_flags(col)
     col.add_argument("--rules", type=Path, help="rule file (default: the built-in rule pack)")
     col.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the gRPC port, one /metrics (default 1; see docs/scale-out.md)",
+    )
+    col.add_argument(
         "--customer",
         action="append",
         metavar="NAME=ENROLLMENT_TOKEN",
@@ -76,6 +81,7 @@ def _collector_config(args: argparse.Namespace) -> CollectorConfig:
             "tls_key": args.tls_key,
             "tls_client_ca": args.tls_client_ca,
             "plaintext": args.plaintext,
+            "workers": args.workers,
         },
     )
 
@@ -104,6 +110,10 @@ def _run(args: argparse.Namespace) -> int:
     if config.rules is not None:
         load_rules(config.rules)  # fail at start, with the file's errors, not later
     try:
+        if config.workers > 1:
+            from tripline.collector.workers import run_workers
+
+            return run_workers(config)
         asyncio.run(serve(config))
     except (DataDirLocked, StoreCorrupt, MigrationError) as exc:
         # Refused for good until a person acts: another collector owns the database, the
