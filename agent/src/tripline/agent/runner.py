@@ -22,8 +22,9 @@ from tripline.agent.prober_setup import prober_for
 from tripline.agent.probes import Collection, Sample
 from tripline.agent.snapshot import Snapshotter
 from tripline.agent.spool import Spool
-from tripline.agent.transport import Backoff, Transport
+from tripline.agent.transport import Transport
 from tripline.common import files
+from tripline.common.backoff import Backoff
 from tripline.v1 import tripline_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc import aio
@@ -27,6 +28,9 @@ from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    Call = aio.StreamStreamCall[pb.AgentMessage, pb.CollectorMessage]
 
 AGENT_VERSION = "0.1.0"
 # Failures worth retrying; anything else is a bug or a refusal and is logged loudly
@@ -157,7 +161,9 @@ class Transport:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
 
-    async def _identity(self, stub: pb_grpc.CollectorStub, stop: asyncio.Event) -> Identity | None:
+    async def _identity(
+        self, stub: pb_grpc.CollectorAsyncStub, stop: asyncio.Event
+    ) -> Identity | None:
         ident = await asyncio.to_thread(identity_file.load, self.identity_path)
         if ident is not None:
             return ident
@@ -205,7 +211,7 @@ class Transport:
         return None
 
     async def _stream_once(
-        self, stub: pb_grpc.CollectorStub, ident: Identity, stop: asyncio.Event
+        self, stub: pb_grpc.CollectorAsyncStub, ident: Identity, stop: asyncio.Event
     ) -> float:
         """One Connect stream from Hello to its end; returns the delay before the next."""
         call = stub.Connect(metadata=(("authorization", f"Bearer {ident.credential}"),))
@@ -223,7 +229,8 @@ class Transport:
                 )
             )
             first = await call.read()
-            if first is aio.EOF or first.WhichOneof("kind") != "welcome":
+            # read() answers a message or aio.EOF (the stubs cannot narrow on `is EOF`)
+            if not isinstance(first, pb.CollectorMessage) or first.WhichOneof("kind") != "welcome":
                 raise _ProtocolError("the collector did not answer Hello with Welcome")
             welcome = first.welcome
             acked = welcome.applied_seq
@@ -292,7 +299,7 @@ class Transport:
         log.log(level, "stream ended", extra={"code": code.name, "error": details})
         return delay
 
-    async def _send(self, call: aio.StreamStreamCall, after: int) -> None:
+    async def _send(self, call: Call, after: int) -> None:
         last_sent = after
         while True:
             in_flight = last_sent - self.stats.acked_seq
@@ -302,8 +309,10 @@ class Transport:
                 self._new_data.clear()
                 self._acked.clear()
                 # re-check after clearing so a notify between the read and clear is not lost
-                if room > 0 and await asyncio.to_thread(self.spool.pending, last_sent, 1):
-                    continue
+                if room > 0:
+                    more = await asyncio.to_thread(self.spool.pending, last_sent, 1)
+                    if more:
+                        continue
                 waiters = {asyncio.ensure_future(self._acked.wait())}
                 if room > 0:
                     waiters.add(asyncio.ensure_future(self._new_data.wait()))
@@ -318,10 +327,10 @@ class Transport:
                 last_sent = seq
                 self.stats.reports_sent += 1
 
-    async def _read(self, call: aio.StreamStreamCall) -> None:
+    async def _read(self, call: Call) -> None:
         while True:
             message = await call.read()
-            if message is aio.EOF:
+            if not isinstance(message, pb.CollectorMessage):  # aio.EOF: the stream ended
                 return
             kind = message.WhichOneof("kind")
             if kind == "ack":
@@ -339,7 +348,7 @@ class Transport:
             # Any other kind (a newer collector's message) is ignored: old agents must
             # stay harmless when the protocol grows.
 
-    def _start_snapshot(self, call: aio.StreamStreamCall, request_id: str) -> None:
+    def _start_snapshot(self, call: Call, request_id: str) -> None:
         if self.on_snapshot_request is None:
             return
         answer = self.on_snapshot_request(request_id)
@@ -352,7 +361,7 @@ class Transport:
         task.add_done_callback(self._snapshot_tasks.discard)
 
     async def _answer_snapshot(
-        self, call: aio.StreamStreamCall, request_id: str, answer: Awaitable[pb.Snapshot]
+        self, call: Call, request_id: str, answer: Awaitable[pb.Snapshot]
     ) -> None:
         try:
             snapshot = await answer

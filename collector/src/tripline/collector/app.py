@@ -21,7 +21,7 @@ from tripline.alerts.rules import RuleFileError, RuleSet, default_rules, load_ru
 from tripline.collector import limits, tls
 from tripline.collector.api import ApiContext
 from tripline.collector.committer import Committer
-from tripline.collector.config import CollectorConfig, parse_hostport
+from tripline.collector.config import CollectorConfig
 from tripline.collector.delivery import Deliverer, lease_owner
 from tripline.collector.exposition import SeriesExposition
 from tripline.collector.http import HttpLimits, build_app, guarded_protocol
@@ -37,6 +37,7 @@ from tripline.collector.store import Store, StoreUnavailable
 from tripline.collector.ticketcounts import TicketCounts
 from tripline.collector.workers import WorkerRole, watch_supervisor
 from tripline.common import files
+from tripline.common.config import parse_hostport
 from tripline.common.tls import PLAINTEXT_WARNING
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
 

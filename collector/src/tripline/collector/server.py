@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -29,6 +30,11 @@ from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    # The servicer's context whatever the RPC's messages: the handlers abort, read the
+    # metadata and the peer, and (Connect) read and write.
+    Context = aio.ServicerContext[Any, Any]
 
 # Agents wait at least this long before resending after UNAVAILABLE from a busy store.
 RETRY_AFTER_SECONDS = "5"
@@ -92,7 +98,7 @@ class CollectorService(pb_grpc.CollectorServicer):
             collect_processes=True,
         )
 
-    async def _throttled(self, scope: str, key: str, context: aio.ServicerContext) -> None:
+    async def _throttled(self, scope: str, key: str, context: Context) -> None:
         """Refuse the attempt with RESOURCE_EXHAUSTED while `key` must wait after failures."""
         wait = self.enroll_throttle.wait((scope, key), self.monotonic())
         if wait <= 0:
@@ -114,9 +120,7 @@ class CollectorService(pb_grpc.CollectorServicer):
         # One line per failure until the throttle bites, then one per wait imposed.
         log.warning("enrollment refused", extra={"peer": peer, "throttled_for": delay, **extra})
 
-    async def Enroll(
-        self, request: pb.EnrollRequest, context: aio.ServicerContext
-    ) -> pb.EnrollResponse:
+    async def Enroll(self, request: pb.EnrollRequest, context: Context) -> pb.EnrollResponse:
         # Guessing is slowed per peer address (and per token for a known one refused):
         # refused attempts cost a growing wait, answered without looking the token up.
         peer = limits.peer_host(context.peer() or "")
@@ -168,10 +172,10 @@ class CollectorService(pb_grpc.CollectorServicer):
             agent_id=agent.agent_id, credential=credential, customer=agent.customer
         )
 
-    async def Connect(
+    async def Connect(  # type: ignore[override]  # reads and writes through context, yields nothing
         self,
         request_iterator: AsyncIterator[pb.AgentMessage],
-        context: aio.ServicerContext,
+        context: Context,
     ) -> None:
         # The first message is read before the credential is judged: a refusal sent while
         # an asyncio client is still writing its Hello reaches it as INTERNAL instead of
@@ -482,7 +486,7 @@ class CollectorService(pb_grpc.CollectorServicer):
 
     async def _throttle(
         self,
-        context: aio.ServicerContext,
+        context: Context,
         bucket: limits.KeyedRateLimiter,
         key: str,
         limit: str,
@@ -515,7 +519,7 @@ class CollectorService(pb_grpc.CollectorServicer):
                 trailing_metadata=(("retry-after", str(exc.retry_after)),),
             )
 
-    async def _authenticate(self, context: aio.ServicerContext) -> AgentRecord:
+    async def _authenticate(self, context: Context) -> AgentRecord:
         credential = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):

@@ -19,9 +19,10 @@ ways, `openapi` the document written from the declarations, `app` `build_api`.
 
 from tripline.collector.api.app import build_api, openapi_document
 from tripline.collector.api.context import ApiContext
-from tripline.collector.api.errors import API_PREFIX, ApiError, unrouted
+from tripline.collector.api.errors import ApiError, unrouted
 from tripline.collector.api.rules import rule_json
 from tripline.collector.api.tickets import ticket_json
+from tripline.collector.urls import API_PREFIX
 
 __all__ = [
     "API_PREFIX",

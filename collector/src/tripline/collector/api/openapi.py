@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tripline.collector.api.errors import API_PREFIX, ERROR_TEXT
+from tripline.collector.api.errors import ERROR_TEXT
 from tripline.collector.api.jsonschema import obj, ref
 from tripline.collector.api.routing import Operation
+from tripline.collector.urls import API_PREFIX
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
