@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from tripline.alerts.model import SEVERITIES
 from tripline.alerts.rules import Rule
-from tripline.collector import apitokens, delivery, maintenance, tickets
+from tripline.collector import apitokens, delivery, maintenance, suppression, tickets
 from tripline.collector.apitokens import ApiToken
 from tripline.collector.openapi import (
     ALERT_PHASES,
@@ -875,7 +875,7 @@ class _Handlers:
         agent_id = _plain(params["agent_id"], "agent_id") if "agent_id" in params else None
         scope = token.customers if customer is None else (customer,)
         rows = await self._read(
-            lambda conn: maintenance.list_suppressed(
+            lambda conn: suppression.list_suppressed(
                 conn,
                 customers=scope,
                 agent_id=agent_id,

@@ -25,6 +25,7 @@ from tripline.collector.config import CollectorConfig, parse_hostport
 from tripline.collector.delivery import Deliverer, lease_owner
 from tripline.collector.exposition import SeriesExposition
 from tripline.collector.http import HttpLimits, build_app, guarded_protocol
+from tripline.collector.liveness import Liveness
 from tripline.collector.lockfile import DataDirLock
 from tripline.collector.pipeline import Pipeline
 from tripline.collector.selfmetrics import CollectorMetrics, TicketCountCollector
@@ -180,6 +181,24 @@ class CollectorApp:
         # NOT_SERVING and the ticker probes until it can.
         await self._probe_store(now)
         self.committer = Committer(self.store, self.metrics)
+        liveness = Liveness(store=self.store, state=self.state, config=config, clock=self.clock)
+        self._truncated_logged: set[str] = set()
+        self.exposition = SeriesExposition(
+            self.state,
+            liveness.is_up,
+            max_bytes_per_agent=config.max_metrics_bytes_per_agent,
+            on_truncated=self._exposition_truncated,
+        )
+        if config.routes:
+            self.deliverer = Deliverer(
+                self.store,
+                [build_sink(route) for route in config.routes],
+                self.metrics,
+                max_attempts=config.delivery_max_attempts,
+                park_after=config.delivery_park_after,
+                lease=config.delivery_lease,
+                owner=lease_owner(str(config.data_dir.resolve())),
+            )
         self.pipeline = Pipeline(
             store=self.store,
             state=self.state,
@@ -188,19 +207,14 @@ class CollectorApp:
             metrics=self.metrics,
             committer=self.committer,
             clock=self.clock,
+            liveness=liveness,
+            on_report=self.exposition.update,
+            on_ticket_change=self.deliverer.notify if config.routes else lambda: None,
+            on_retire=self._retire,
         )
         await asyncio.to_thread(self.pipeline.restore, now)
-        self._truncated_logged: set[str] = set()
-        self.exposition = SeriesExposition(
-            self.state,
-            self.pipeline.is_up,
-            max_bytes_per_agent=config.max_metrics_bytes_per_agent,
-            on_truncated=self._exposition_truncated,
-        )
-        self.pipeline.on_report = self.exposition.update
         self.registry.register(TicketCountCollector(self._ticket_counts))
         self.service = CollectorService(self.pipeline, config, self.metrics)
-        self.pipeline.on_retire = self._retire
 
         soft, hard = raise_open_file_limit()
         grpc_connections = connection_budget(soft, config.http_max_connections)
@@ -268,16 +282,6 @@ class CollectorApp:
         self._tasks.append(asyncio.create_task(self.committer.run()))
         self._tasks.append(asyncio.create_task(self._ticker()))
         if config.routes:
-            self.deliverer = Deliverer(
-                self.store,
-                [build_sink(route) for route in config.routes],
-                self.metrics,
-                max_attempts=config.delivery_max_attempts,
-                park_after=config.delivery_park_after,
-                lease=config.delivery_lease,
-                owner=lease_owner(str(config.data_dir.resolve())),
-            )
-            self.pipeline.on_ticket_change = self.deliverer.notify
             self._tasks.append(asyncio.create_task(self.deliverer.run()))
         serving = self.store.health.healthy
         await self._set_health(serving)
