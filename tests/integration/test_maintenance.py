@@ -21,13 +21,14 @@ from sqlalchemy import select
 
 from tests.conftest import FakeClock
 from tripline.alerts.rules import parse_rules
-from tripline.collector import cli, maintenance, tickets
+from tripline.collector import cli, maintenance, suppression, tickets
 from tripline.collector.committer import Committer
 from tripline.collector.config import load_collector_config
 from tripline.collector.convert import decode_hello, decode_report
-from tripline.collector.pipeline import Pipeline, Session
+from tripline.collector.pipeline import Pipeline
 from tripline.collector.schema import suppressed_alerts
 from tripline.collector.selfmetrics import CollectorMetrics
+from tripline.collector.sessions import Session
 from tripline.collector.state import LiveState
 from tripline.collector.store import AgentRecord, Store
 from tripline.collector.tickets import Ticket
@@ -128,9 +129,9 @@ class Collector:
             listed = tickets.list_tickets(conn)
             return [tickets.get_ticket(conn, t.id) for t in reversed(listed)]
 
-    def suppressed(self) -> list[maintenance.Suppressed]:
+    def suppressed(self) -> list[suppression.Suppressed]:
         with self.store.read() as conn:
-            return list(reversed(maintenance.list_suppressed(conn)))
+            return list(reversed(suppression.list_suppressed(conn)))
 
 
 # -- maintenance windows -------------------------------------------------------------------
@@ -184,7 +185,7 @@ def test_still_firing_at_window_end_opens_the_ticket_at_that_tick(
     assert ticket.summary == "pc-01: / is 90% full"
     [held] = c.suppressed()
     assert (held.window_id, held.released_at, held.ticket_id) == (window.id, end, ticket.id)
-    assert c.pipeline.suppressed == {}
+    assert c.pipeline.suppression.held == {}
 
 
 def test_cleared_during_the_window_leaves_no_ticket(tmp_path: Path, clock: FakeClock) -> None:
@@ -286,7 +287,7 @@ def test_held_alerts_survive_a_collector_restart(tmp_path: Path, clock: FakeCloc
     clock.advance(60)
     second = Collector(tmp_path, clock)
     second.pipeline.restore(clock())
-    assert len(second.pipeline.suppressed) == 1
+    assert len(second.pipeline.suppression.held) == 1
 
     async def after() -> None:
         session = await second.connect(pc)
@@ -494,11 +495,11 @@ def test_suppression_records_one_pending_row_per_problem(store: Store, agent: Ag
         "threshold": 0.9,
     }
     with store.transaction() as conn:
-        first = maintenance.record_suppressed(conn, window_id=1, value=0.95, now=10.0, **problem)
-        again = maintenance.record_suppressed(conn, window_id=2, value=0.97, now=20.0, **problem)
+        first = suppression.record_suppressed(conn, window_id=1, value=0.95, now=10.0, **problem)
+        again = suppression.record_suppressed(conn, window_id=2, value=0.97, now=20.0, **problem)
     assert again == first
     with store.transaction() as conn:
-        assert maintenance.clear_suppressed(
+        assert suppression.clear_suppressed(
             conn,
             customer=agent.customer,
             agent_id=agent.agent_id,
@@ -506,10 +507,10 @@ def test_suppression_records_one_pending_row_per_problem(store: Store, agent: Ag
             labels=(("mountpoint", "/"),),
             now=30.0,
         )
-        later = maintenance.record_suppressed(conn, window_id=2, value=0.97, now=40.0, **problem)
+        later = suppression.record_suppressed(conn, window_id=2, value=0.97, now=40.0, **problem)
     assert later.id != first.id
     with store.read() as conn:
-        assert [s.id for s in maintenance.pending_suppressed(conn)] == [later.id]
+        assert [s.id for s in suppression.pending_suppressed(conn)] == [later.id]
         rows = conn.execute(select(suppressed_alerts.c.id, suppressed_alerts.c.cleared_at)).all()
     assert sorted(rows) == [(first.id, 30.0), (later.id, None)]
 

@@ -19,14 +19,10 @@ from tripline.collector import tickets
 from tripline.collector.committer import Committer
 from tripline.collector.config import load_collector_config
 from tripline.collector.convert import decode_hello, decode_report
-from tripline.collector.pipeline import (
-    RECONNECT_GRACE,
-    REVOCATION_CHECK_INTERVAL,
-    Pipeline,
-    ReportTimeRefused,
-    Session,
-)
+from tripline.collector.liveness import RECONNECT_GRACE
+from tripline.collector.pipeline import REVOCATION_CHECK_INTERVAL, Pipeline
 from tripline.collector.selfmetrics import CollectorMetrics
+from tripline.collector.sessions import ReportTimeRefused, Session
 from tripline.collector.state import LiveState
 from tripline.collector.store import AgentRecord, AgentRevoked, Store
 from tripline.collector.tickets import Ticket

@@ -602,7 +602,7 @@ def test_a_token_enrolls_at_most_its_agents_and_unreported_agents_open_no_offlin
 
             await eventually(lambda: offline() == [reporter.agent_id])
             # Those never heard from went silent before it did: still no ticket for them.
-            assert app.pipeline.unreported >= {m.agent_id for m in minted[1:]}
+            assert app.pipeline.liveness.unreported >= {m.agent_id for m in minted[1:]}
             await app.pipeline.tick()
             assert offline() == [reporter.agent_id]
 

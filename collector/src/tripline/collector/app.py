@@ -25,6 +25,7 @@ from tripline.collector.config import CollectorConfig
 from tripline.collector.delivery import Deliverer, lease_owner
 from tripline.collector.exposition import SeriesExposition
 from tripline.collector.http import HttpLimits, build_app, guarded_protocol
+from tripline.collector.liveness import Liveness
 from tripline.collector.lockfile import DataDirLock
 from tripline.collector.metricsmerge import MergedRenderer, internal_routes
 from tripline.collector.metricspage import MetricsPage
@@ -199,6 +200,32 @@ class CollectorApp:
         # NOT_SERVING and the ticker probes until it can.
         await self._probe_store(now)
         self.committer = Committer(self.store, self.metrics)
+        liveness = Liveness(store=self.store, state=self.state, config=config, clock=self.clock)
+        self._truncated_logged: set[str] = set()
+        self.exposition = SeriesExposition(
+            self.state,
+            liveness.is_up,
+            max_bytes_per_agent=config.max_metrics_bytes_per_agent,
+            on_truncated=self._exposition_truncated,
+        )
+        if config.routes:
+            self.deliverer = Deliverer(
+                self.store,
+                [build_sink(route) for route in config.routes],
+                self.metrics,
+                max_attempts=config.delivery_max_attempts,
+                park_after=config.delivery_park_after,
+                lease=config.delivery_lease,
+                # workers take turns per route like separate collectors
+                owner=lease_owner(
+                    str(config.data_dir.resolve())
+                    + ("" if worker is None else f"#worker{worker.index}")
+                ),
+            )
+        # Counted now, so the first scrape after a restart is right; then off the loop
+        # when tickets change (_count_tickets), never per scrape.
+        self.ticket_counts = TicketCounts(self.store)
+        await asyncio.to_thread(self.ticket_counts.refresh, now)
         self.pipeline = Pipeline(
             store=self.store,
             state=self.state,
@@ -207,20 +234,12 @@ class CollectorApp:
             metrics=self.metrics,
             committer=self.committer,
             clock=self.clock,
+            liveness=liveness,
+            on_report=self.exposition.update,
+            on_ticket_change=self._tickets_changed,
+            on_retire=self._retire,
         )
         await asyncio.to_thread(self.pipeline.restore, now)
-        self._truncated_logged: set[str] = set()
-        self.exposition = SeriesExposition(
-            self.state,
-            self.pipeline.is_up,
-            max_bytes_per_agent=config.max_metrics_bytes_per_agent,
-            on_truncated=self._exposition_truncated,
-        )
-        self.pipeline.on_report = self.exposition.update
-        # Counted now, so the first scrape after a restart is right; then off the loop
-        # when tickets change (_count_tickets), never per scrape.
-        self.ticket_counts = TicketCounts(self.store)
-        await asyncio.to_thread(self.ticket_counts.refresh, now)
         self.registry.register(TicketCountCollector(lambda: self.ticket_counts.counts))
         self.metrics_page = MetricsPage(self._render_metrics)
         if worker is not None and worker.index == 0 and worker.count > 1:
@@ -233,8 +252,6 @@ class CollectorApp:
             )
             self.metrics_page = MetricsPage(merged.render)
         self.service = CollectorService(self.pipeline, config, self.metrics)
-        self.pipeline.on_retire = self._retire
-        self.pipeline.on_ticket_change = self._tickets_changed
 
         soft, hard = raise_open_file_limit()
         grpc_connections = connection_budget(soft, config.http_max_connections)
@@ -313,19 +330,6 @@ class CollectorApp:
         self._tasks.append(asyncio.create_task(self._ticker()))
         self._tasks.append(asyncio.create_task(self._count_tickets()))
         if config.routes:
-            self.deliverer = Deliverer(
-                self.store,
-                [build_sink(route) for route in config.routes],
-                self.metrics,
-                max_attempts=config.delivery_max_attempts,
-                park_after=config.delivery_park_after,
-                lease=config.delivery_lease,
-                # workers take turns per route like separate collectors
-                owner=lease_owner(
-                    str(config.data_dir.resolve())
-                    + ("" if worker is None else f"#worker{worker.index}")
-                ),
-            )
             self._tasks.append(asyncio.create_task(self.deliverer.run()))
         serving = self.store.health.healthy
         await self._set_health(serving)

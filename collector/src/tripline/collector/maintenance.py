@@ -1,19 +1,18 @@
-"""When alerts are held back: maintenance windows, the alerts they suppressed, business hours.
+"""Maintenance windows: their model, validation and storage.
 
 A maintenance window covers a customer, site, agent or rule (any combination, all given
 must match) on a schedule from `alerts.calendar`. A matching alert that starts firing
-during one opens no ticket and sends nothing; it is recorded in `suppressed_alerts`, and
-opens its ticket when it outlives every matching window (or is marked cleared when it
-clears first). Business hours say when a customer's office PCs are expected to report.
+during one opens no ticket and sends nothing (see `suppression.py`, which also keeps the
+record of what was held back; `windowcache.py` holds the windows in the collector's
+memory).
 
-The CRUD and suppression functions run on a connection inside the caller's transaction
+The functions here run on a connection inside the caller's transaction
 (`Store.transaction()` / `Store.read()`) and take `now`; none commits. The HTTP API, the
 CLI and the pipeline all call them.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -21,9 +20,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Row, or_, select
 
 from tripline.alerts import calendar
-from tripline.collector.schema import maintenance_windows, suppressed_alerts
-from tripline.collector.tickets import problem_key
-from tripline.common.labels import Labels
+from tripline.collector.schema import maintenance_windows
 
 WindowKind = Literal["once", "weekly", "cron"]
 SCOPE_FIELDS = ("customer", "site", "agent_id", "rule")
@@ -86,34 +83,6 @@ class MaintenanceWindow:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; the keys are those `create_window` takes, plus bookkeeping."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "schedule"}
-
-
-@dataclass(frozen=True)
-class Suppressed:
-    """An alert a maintenance window held back."""
-
-    id: int
-    window_id: int
-    customer: str
-    agent_id: str
-    hostname: str
-    rule: str
-    labels: Labels
-    value: float
-    severity: str
-    tier: int
-    summary: str
-    runbook: str | None
-    threshold: float | None
-    suppressed_at: float
-    cleared_at: float | None
-    released_at: float | None
-    ticket_id: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["labels"] = dict(self.labels)
-        return out
 
 
 # -- windows ------------------------------------------------------------------------------
@@ -275,10 +244,10 @@ def create_window(
         }
     )
     window_id = conn.execute(
-        maintenance_windows.insert().values(
-            **values, created_at=now, created_by=actor, updated_at=now
-        )
-    ).inserted_primary_key[0]
+        maintenance_windows.insert()
+        .values(**values, created_at=now, created_by=actor, updated_at=now)
+        .returning(maintenance_windows.c.id)
+    ).scalar_one()
     return get_window(conn, int(window_id))
 
 
@@ -340,217 +309,3 @@ def delete_window(conn: Connection, window_id: int) -> MaintenanceWindow:
     window = get_window(conn, window_id)
     conn.execute(maintenance_windows.delete().where(maintenance_windows.c.id == window_id))
     return window
-
-
-# -- suppressed alerts --------------------------------------------------------------------
-
-
-def _suppressed(row: Row[Any]) -> Suppressed:
-    values = {f.name: getattr(row, f.name) for f in fields(Suppressed)}
-    values["labels"] = tuple(sorted((str(k), str(v)) for k, v in row.labels.items()))
-    return Suppressed(**values)
-
-
-def record_suppressed(
-    conn: Connection,
-    *,
-    window_id: int,
-    customer: str,
-    agent_id: str,
-    hostname: str,
-    rule: str,
-    labels: Labels,
-    value: float,
-    severity: str,
-    tier: int,
-    summary: str,
-    runbook: str | None,
-    threshold: float | None,
-    now: float,
-) -> Suppressed:
-    """Record that a window held back a firing alert. Idempotent per problem: a pending
-    record for the same problem is returned as it is."""
-    key = problem_key(customer, agent_id, rule, labels)
-    existing = _pending(conn, key)
-    if existing is not None:
-        return existing
-    row_id = conn.execute(
-        suppressed_alerts.insert().values(
-            problem_key=key,
-            window_id=window_id,
-            customer=customer,
-            agent_id=agent_id,
-            hostname=hostname,
-            rule=rule,
-            labels=dict(sorted(labels)),
-            value=value,
-            severity=severity,
-            tier=tier,
-            summary=summary,
-            runbook=runbook,
-            threshold=threshold,
-            suppressed_at=now,
-        )
-    ).inserted_primary_key[0]
-    row = conn.execute(select(suppressed_alerts).where(suppressed_alerts.c.id == row_id)).one()
-    return _suppressed(row)
-
-
-def _pending(conn: Connection, key: str) -> Suppressed | None:
-    row = conn.execute(
-        select(suppressed_alerts).where(
-            suppressed_alerts.c.problem_key == key,
-            suppressed_alerts.c.cleared_at.is_(None),
-            suppressed_alerts.c.released_at.is_(None),
-        )
-    ).one_or_none()
-    return None if row is None else _suppressed(row)
-
-
-def clear_suppressed(
-    conn: Connection, *, customer: str, agent_id: str, rule: str, labels: Labels, now: float
-) -> bool:
-    """The alert cleared while held back: it leaves no ticket. False if none was pending."""
-    key = problem_key(customer, agent_id, rule, labels)
-    updated = conn.execute(
-        suppressed_alerts.update()
-        .where(
-            suppressed_alerts.c.problem_key == key,
-            suppressed_alerts.c.cleared_at.is_(None),
-            suppressed_alerts.c.released_at.is_(None),
-        )
-        .values(cleared_at=now)
-    ).rowcount
-    return bool(updated)
-
-
-def release_suppressed(conn: Connection, suppressed_id: int, *, ticket_id: int, now: float) -> None:
-    """The alert outlived its windows and opened ticket `ticket_id`."""
-    conn.execute(
-        suppressed_alerts.update()
-        .where(suppressed_alerts.c.id == suppressed_id, suppressed_alerts.c.released_at.is_(None))
-        .values(released_at=now, ticket_id=ticket_id)
-    )
-
-
-def pending_suppressed(conn: Connection) -> list[Suppressed]:
-    """Records neither cleared nor released: the alerts still held back."""
-    query = (
-        select(suppressed_alerts)
-        .where(suppressed_alerts.c.cleared_at.is_(None), suppressed_alerts.c.released_at.is_(None))
-        .order_by(suppressed_alerts.c.id)
-    )
-    return [_suppressed(row) for row in conn.execute(query)]
-
-
-def list_suppressed(
-    conn: Connection,
-    *,
-    customers: Collection[str] | None = None,
-    agent_id: str | None = None,
-    window_id: int | None = None,
-    limit: int = 100,
-    before_id: int | None = None,
-) -> list[Suppressed]:
-    """Newest first; page with `before_id` (the last id of the previous page)."""
-    query = select(suppressed_alerts).order_by(suppressed_alerts.c.id.desc()).limit(limit)
-    if customers is not None:
-        query = query.where(suppressed_alerts.c.customer.in_(list(customers)))
-    if agent_id is not None:
-        query = query.where(suppressed_alerts.c.agent_id == agent_id)
-    if window_id is not None:
-        query = query.where(suppressed_alerts.c.window_id == window_id)
-    if before_id is not None:
-        query = query.where(suppressed_alerts.c.id < before_id)
-    return [_suppressed(row) for row in conn.execute(query)]
-
-
-# -- in the collector's memory -----------------------------------------------------------
-
-
-class WindowCache:
-    """The windows that can still matter, held in memory so matching an alert costs no
-    query. Other processes (the CLI) change the table, so the owner reloads it when
-    `due(now)`; `invalidate()` makes the next check reload at once."""
-
-    def __init__(self, reload_every: float = 5.0) -> None:
-        self.reload_every = reload_every
-        self.windows: tuple[MaintenanceWindow, ...] = ()
-        self._loaded_at = -math.inf
-        # window -> (valid from, valid until, active): schedules are evaluated once per
-        # change of state, not once per alert
-        self._memo: dict[MaintenanceWindow, tuple[float, float, bool]] = {}
-
-    def due(self, now: float) -> bool:
-        return not self._loaded_at <= now < self._loaded_at + self.reload_every
-
-    def invalidate(self) -> None:
-        self._loaded_at = -math.inf
-
-    def load(self, conn: Connection, now: float) -> None:
-        windows = tuple(list_windows(conn, current_after=now))
-        # Read from the committer's thread too: swap whole objects, never mutate in place.
-        kept = set(windows)
-        self._memo = {w: m for w, m in dict(self._memo).items() if w in kept}
-        self.windows = windows
-        self._loaded_at = now
-
-    def find(
-        self, *, customer: str, site: str, agent_id: str, rule: str, now: float
-    ) -> MaintenanceWindow | None:
-        """An active window covering the alert, the lowest id if several."""
-        for window in self.windows:
-            if window.matches(customer=customer, site=site, agent_id=agent_id, rule=rule) and (
-                self._active(window, now)
-            ):
-                return window
-        return None
-
-    def _active(self, window: MaintenanceWindow, now: float) -> bool:
-        memo = self._memo.get(window)
-        if memo is not None and memo[0] <= now < memo[1]:
-            return memo[2]
-        span = calendar.period(window.schedule, now)
-        if span is not None:
-            memo = (span[0], span[1], True)
-        else:
-            start = calendar.next_start(window.schedule, now)
-            memo = (now, now + 86400.0 if start is None else start, False)
-        self._memo[window] = memo
-        return memo[2]
-
-
-class BusinessHoursWatch:
-    """Whether an office PC is expected to report: customers with business hours are
-    watched during them, agents with an always-on tag (servers) around the clock."""
-
-    def __init__(
-        self,
-        hours: Mapping[str, calendar.Weekly],
-        always_on_tags: Collection[tuple[str, str]] = (),
-    ) -> None:
-        self.hours = dict(hours)
-        self.always_on_tags = tuple(always_on_tags)
-        # customer -> (valid from, valid until, watched since)
-        self._memo: dict[str, tuple[float, float, float | None]] = {}
-
-    def always_on(self, tags: Mapping[str, Any]) -> bool:
-        return any(key in tags and str(tags[key]) == value for key, value in self.always_on_tags)
-
-    def watched_since(self, customer: str, now: float) -> float | None:
-        """Since when the customer's PCs have been expected to report: -inf for a customer
-        without business hours, today's opening time during them, None outside them."""
-        hours = self.hours.get(customer)
-        if hours is None:
-            return -math.inf
-        memo = self._memo.get(customer)
-        if memo is not None and memo[0] <= now < memo[1]:
-            return memo[2]
-        span = calendar.period(hours, now)
-        if span is not None:
-            memo = (span[0], span[1], span[0])
-        else:
-            start = calendar.next_start(hours, now)
-            memo = (now, now + 86400.0 if start is None else start, None)
-        self._memo[customer] = memo
-        return memo[2]

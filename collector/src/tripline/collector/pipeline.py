@@ -13,19 +13,20 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
 
 from tripline.alerts.engine import AlertKey, AlertState, Target, Transition, evaluate_agent
 from tripline.alerts.rules import RuleSet
-from tripline.collector import convert, faults, maintenance, tickets, ticketsnapshots
+from tripline.collector import convert, faults, suppression, tickets, ticketsnapshots
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig
 from tripline.collector.convert import Hello, Report
 from tripline.collector.history import HistoryRecorder
+from tripline.collector.liveness import Liveness
 from tripline.collector.selfmetrics import CollectorMetrics
+from tripline.collector.sessions import Session, report_time
 from tripline.collector.snapshots import SnapshotBroker
 from tripline.collector.state import AgentLive, LiveState
 from tripline.collector.store import (
@@ -35,33 +36,11 @@ from tripline.collector.store import (
     Store,
     StoreUnavailable,
 )
+from tripline.collector.suppression import Suppressed, Suppression
+from tripline.collector.windowcache import WindowCache
 from tripline.common.labels import Labels
 
 log = logging.getLogger(__name__)
-
-
-class ReportTimeRefused(Exception):
-    """A report's time cannot be taken: in the future or before the instance's previous
-    report. `reason` labels tripline_collector_reports_rejected_total."""
-
-    def __init__(self, seq: int, reason: str, message: str) -> None:
-        super().__init__(f"report seq {seq}: {message}")
-        self.seq = seq
-        self.reason = reason
-
-
-@dataclass
-class Session:
-    """One agent's Connect stream after Hello."""
-
-    agent: AgentRecord
-    instance_id: str
-    applied_seq: int
-    clock_offset: float  # collector clock minus agent clock, measured at Hello
-    live: AgentLive
-    # the last applied report (see InstancePosition): its collection time on this
-    # instance's clock, the agent's latest report time and when it was received
-    position: InstancePosition = field(default_factory=InstancePosition)
 
 
 def ticket_policy(config: CollectorConfig) -> tickets.TicketPolicy:
@@ -108,14 +87,37 @@ def _clocks(state: AlertState | None) -> tuple[object, ...] | None:
     return (state.phase, state.active_since, state.firing_since, state.clear_since)
 
 
-# After a restart, agents are presumed alive this long at least: their reconnect
-# backoff reaches 60 s (plus jitter) during a longer outage.
-RECONNECT_GRACE = 90.0
 # How often the timer looks for agents revoked by another process (the CLI).
 REVOCATION_CHECK_INTERVAL = 30.0
 
 
+# what it returns is ignored (the exposition answers the bytes it rendered)
+ReportListener = Callable[[AgentLive, Sequence[tuple[str, Labels, float]]], object]
+
+
+def _ignore_report(live: AgentLive, samples: Sequence[tuple[str, Labels, float]]) -> None:
+    del live, samples
+
+
+def _nothing() -> None:
+    return None
+
+
+def _ignore_agent(agent_id: str) -> None:
+    del agent_id
+
+
 class Pipeline:
+    """Applies reports, evaluates rules on reports and timers, drives tickets.
+
+    Listeners, given at construction:
+
+    - `on_report(live, samples)`: after each applied report (the exposition);
+    - `on_ticket_change()`: after ticket changes commit, so delivery need not wait for
+      its next poll;
+    - `on_retire(agent_id)`: when a revoked agent is dropped from live state.
+    """
+
     def __init__(
         self,
         *,
@@ -126,6 +128,10 @@ class Pipeline:
         metrics: CollectorMetrics,
         committer: Committer,
         clock: Callable[[], float] = time.time,
+        liveness: Liveness | None = None,
+        on_report: ReportListener = _ignore_report,
+        on_ticket_change: Callable[[], None] = _nothing,
+        on_retire: Callable[[str], None] = _ignore_agent,
     ) -> None:
         self.store = store
         self.state = state
@@ -147,70 +153,38 @@ class Pipeline:
         self.alert_states: dict[str, dict[AlertKey, AlertState]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._contexts: dict[str, Mapping[str, Any]] = {}
-        # called after ticket changes commit, so delivery need not wait for its next poll
-        self.on_ticket_change: Callable[[], None] = lambda: None
-        # called with an agent id when a revoked agent is dropped from live state
-        self.on_retire: Callable[[str], None] = lambda agent_id: None
+        self.on_report = on_report
+        self.on_ticket_change = on_ticket_change
+        self.on_retire = on_retire
         self._next_revocation_check = 0.0
-        self._next_liveness_sync = 0.0
-        # called with the agent's live state after each applied report (exposition)
-        self.on_report: Callable[[AgentLive, Sequence[tuple[str, Labels, float]]], None] = (
-            lambda live, samples: None
-        )
-        # Maintenance windows hold alerts back; business hours say when office PCs must report.
-        self.windows = maintenance.WindowCache()
-        self.watch = maintenance.BusinessHoursWatch(config.business_hours, config.always_on_tags)
-        self.suppressed: dict[AlertKey, maintenance.Suppressed] = {}  # held back, pending
-        self._always_on: set[str] = set()  # agent ids with an always-on tag
-        # Enrolled, never reported: their silence opens no offline ticket (a token could
-        # otherwise mint hundreds of agents, each a critical ticket once silent).
-        self.unreported: set[str] = set()
+        # Whose silence counts (offline threshold, restart grace, business hours); built
+        # before the pipeline when the exposition needs it first.
+        self.liveness = liveness or Liveness(store=store, state=state, config=config, clock=clock)
+        # Maintenance windows hold alerts back.
+        self.suppression = Suppression()
         self.history = HistoryRecorder(gap=self.offline_after)  # for the service report
+
+    @property
+    def windows(self) -> WindowCache:
+        """The maintenance windows in force (the API invalidates it after a change)."""
+        return self.suppression.windows
 
     # -- start-up ---------------------------------------------------------------
 
     def restore(self, now: float) -> None:
-        """Load agents, liveness and alert states from the store after a (re)start.
-
-        Every agent is presumed alive until the grace ends (the offline threshold, and at
-        least RECONNECT_GRACE): a collector that was down for an hour must not open an
-        offline ticket for every PC it could not hear, and agents come back on their
-        reconnect backoff, which grows to a minute during an outage.
-        """
-        grace_until = now + max(self.offline_after, RECONNECT_GRACE)
+        """Load agents, liveness, alert states and held-back alerts from the store after a
+        (re)start (see `Liveness.restore` for the grace every agent gets)."""
         for key, alert in self.store.load_alert_states().items():
             self.alert_states.setdefault(key.agent_id, {})[key] = alert
-        last_seen = self.store.last_seen_all()
-        reported = self.store.reported_agent_ids()
-        for agent in self.store.list_agents():
-            if agent.revoked_at is not None:
-                continue
-            if agent.agent_id not in reported:
-                self.unreported.add(agent.agent_id)
-            live = self.track(agent)
-            live.last_seen = last_seen.get(agent.agent_id) or now
-            live.grace_until = grace_until
+        self.liveness.restore(now)
         with self.store.read() as conn:
-            self.windows.load(conn, now)
-            for held in maintenance.pending_suppressed(conn):
-                self.suppressed[AlertKey(held.agent_id, held.rule, held.labels)] = held
+            self.suppression.restore(conn, now)
 
     def track(self, agent: AgentRecord) -> AgentLive:
-        self._note_tags(agent.agent_id, {**agent.tags, **(agent.inventory.get("tags") or {})})
-        return self.state.ensure(
-            agent.agent_id, customer=agent.customer, hostname=agent.hostname, site=agent.site
-        )
+        return self.liveness.track(agent)
 
     def is_up(self, live: AgentLive, now: float | None = None) -> bool:
-        now = self.clock() if now is None else now
-        seen = self._liveness(live)
-        return seen is not None and now - seen < self.offline_after
-
-    def _liveness(self, live: AgentLive) -> float | None:
-        """Last seen, for liveness: within the restart grace every agent counts as seen."""
-        if live.last_seen is None:
-            return None
-        return max(live.last_seen, live.grace_until - self.offline_after)
+        return self.liveness.is_up(live, now)
 
     def set_rules(self, rules: RuleSet) -> None:
         """Swap the rule set; alert state is keyed by rule name, so clocks carry over."""
@@ -228,7 +202,7 @@ class Pipeline:
             # A new instance; perhaps a new agent, perhaps enrolled by another collector.
             reported = await asyncio.to_thread(self.store.reported_agent_ids, {agent.agent_id})
             if not reported:
-                self.unreported.add(agent.agent_id)
+                self.liveness.unreported.add(agent.agent_id)
         live = self.track(agent)
         if live.last_seen is None:
             live.last_seen = now  # new to this process: not offline before its first report
@@ -239,7 +213,7 @@ class Pipeline:
                 functools.partial(self.store.load_alert_states, agent_id=agent.agent_id)
             )
         live.instance_id = hello.instance_id
-        self._note_tags(agent.agent_id, hello.host.get("tags") or {})
+        self.liveness.note_tags(agent.agent_id, hello.host.get("tags") or {})
         hostname = str(hello.host.get("hostname") or agent.hostname)
         if hostname != agent.hostname or hello.host != agent.inventory:
             await self.committer.submit(
@@ -257,47 +231,6 @@ class Pipeline:
             position=position,
         )
 
-    def report_time(self, session: Session, report: Report, now: float) -> float:
-        """The collector time a report is evaluated at; raises ReportTimeRefused.
-
-        The agent's clock (corrected by the offset measured at Hello) is trusted only for
-        the spacing of its own reports, so a backlog replayed after an outage is evaluated
-        at the times it was collected. It never decides ticket times beyond that:
-
-        - later than now plus `max_clock_skew`: refused; within it, taken as now;
-        - before the previous report of the instance on its own clock: refused;
-        - never before the agent's enrollment, nor before its latest report plus the time
-          the collector saw pass since it received that report (up to one interval, the
-          spacing of a backlog): history can be claimed only for time the collector did
-          not hear from the agent, so stepping timestamps cannot make a `for` elapse
-          faster than the collector's clock.
-        """
-        at = report.collected_at + session.clock_offset
-        skew = self.config.max_clock_skew
-        if not at <= now + skew:
-            raise ReportTimeRefused(
-                report.seq,
-                "report_time_future",
-                f"collected_at_seconds is {at - now:.0f}s ahead of the collector's clock "
-                f"(after the offset measured at Hello), more than max_clock_skew={skew:g}s: "
-                "check the agent's clock; the agent drops this report and reconnects",
-            )
-        previous = session.position
-        if previous.collected_at is not None and report.collected_at < previous.collected_at:
-            back = previous.collected_at - report.collected_at
-            raise ReportTimeRefused(
-                report.seq,
-                "report_time_backwards",
-                f"collected_at_seconds goes back {back:.3f}s "
-                "before this instance's previous report: the agent's clock stepped back "
-                "(or the report is forged); the agent drops it",
-            )
-        floor = session.agent.created_at
-        if previous.report_at is not None and previous.received_at is not None:
-            heard = max(0.0, now - previous.received_at)
-            floor = max(floor, previous.report_at + min(heard, self.config.interval))
-        return min(max(at, floor), now)
-
     async def apply(self, session: Session, report: Report) -> bool:
         """Apply one report exactly once; return False for a duplicate seq.
 
@@ -311,7 +244,13 @@ class Pipeline:
         agent = session.agent
         live = session.live
         now = self.clock()
-        at = self.report_time(session, report, now)
+        at = report_time(
+            session,
+            report,
+            now,
+            max_clock_skew=self.config.max_clock_skew,
+            interval=self.config.interval,
+        )
         async with self._lock(agent.agent_id):
             self.state.record(live, at, report.samples, received=now)
             live.last_seen = now
@@ -319,13 +258,13 @@ class Pipeline:
             live.last_collected_at = report.collected_at
             self._contexts[agent.agent_id] = report.context
             if report.host is not None:
-                self._note_tags(agent.agent_id, report.host.get("tags") or {})
+                self.liveness.note_tags(agent.agent_id, report.host.get("tags") or {})
             old_states = self.alert_states.get(agent.agent_id, {})
             new_states, changes, transitions = self._evaluate(live, at)
             self._want_snapshot(live, old_states, new_states, transitions)
             context = ticket_context(live, report.context) if transitions else {}
 
-            def work(conn: Connection) -> dict[AlertKey, maintenance.Suppressed | None]:
+            def work(conn: Connection) -> dict[AlertKey, Suppressed | None]:
                 self.store.record_applied(
                     conn,
                     agent.agent_id,
@@ -359,7 +298,7 @@ class Pipeline:
             self.alert_states[agent.agent_id] = new_states
             self._hold(held)
         session.applied_seq = report.seq
-        self.unreported.discard(agent.agent_id)
+        self.liveness.unreported.discard(agent.agent_id)
         session.position = InstancePosition(report.seq, report.collected_at, at, now)
         live.dropped_reports_total = report.dropped_total
         live.reports_applied += 1
@@ -379,11 +318,8 @@ class Pipeline:
         so a tick over thousands of quiet agents stays cheap.
         """
         now = self.clock() if now is None else now
-        if self.windows.due(now):
-            await asyncio.to_thread(self._load_windows, now)
-        if now >= self._next_liveness_sync:
-            self._next_liveness_sync = now + self.offline_after / 4
-            await self._sync_liveness()
+        await self.suppression.reload_windows(self.store, now)
+        await self.liveness.sync(now)
         if now >= self._next_revocation_check:
             self._next_revocation_check = now + REVOCATION_CHECK_INTERVAL
             revoked = await asyncio.to_thread(self.store.revoked_agent_ids)
@@ -391,12 +327,12 @@ class Pipeline:
                 await self.retire(agent_id, now)
         for live in list(self.state.agents.values()):
             states = self.alert_states.get(live.agent_id, {})
-            went_silent = not self.is_up(live, now) and not any(
+            went_silent = not self.liveness.is_up(live, now) and not any(
                 key.rule == self.rules.offline_rule.name for key in states
             )
-            if went_silent and not self._expected(live, now):
+            if went_silent and not self.liveness.expected(live, now):
                 continue  # an office PC after hours: its alerts stay as they are, as offline
-            if went_silent and live.agent_id in self.unreported:
+            if went_silent and live.agent_id in self.liveness.unreported:
                 continue  # enrolled, never reported: nothing it did can have stopped
             timers = any(s.phase == "pending" or s.clear_since is not None for s in states.values())
             if not (went_silent or timers):
@@ -420,14 +356,18 @@ class Pipeline:
                     else {}
                 )
                 held = await self.committer.submit(
-                    lambda conn, live=live, changes=changes, transitions=transitions, context=context: (  # noqa: E501
-                        self._commit_alerts(conn, live, changes, transitions, context)
+                    functools.partial(
+                        self._commit_alerts,
+                        live=live,
+                        changes=changes,
+                        transitions=transitions,
+                        context=context,
                     )
                 )
                 self.alert_states[live.agent_id] = new_states
                 self._hold(held)
             self._count(transitions)
-        if self.suppressed:
+        if self.suppression.held:
             await self._release_suppressed(now)
         escalated = await self.committer.submit(
             lambda conn: tickets.escalate_due(conn, now=now, policy=self.policy)
@@ -436,36 +376,6 @@ class Pipeline:
             self.on_ticket_change()
             self.metrics.ticket_transitions.labels("escalated").inc(len(escalated))
             log.info("tickets escalated", extra={"tickets": [c.ticket_id for c in escalated]})
-
-    async def _sync_liveness(self) -> None:
-        """Take last-seen times from the store, which every collector sharing it advances.
-
-        Each agent streams to one collector; the others must not call it offline, and
-        must watch it (also one enrolled after they started) should its collector die.
-        """
-        try:
-            seen = await asyncio.to_thread(self.store.last_seen_all)
-            unknown = [a for a in seen if a not in self.state.agents]
-            records = [await asyncio.to_thread(self.store.get_agent, a) for a in unknown]
-            # Agents that may have reported to another collector since.
-            unsure = self.unreported | set(unknown)
-            reported = (
-                await asyncio.to_thread(self.store.reported_agent_ids, unsure) if unsure else set()
-            )
-        except StoreUnavailable as exc:
-            log.warning("last-seen times not synced", extra={"error": str(exc)})
-            return
-        for record in records:
-            if record is not None and record.revoked_at is None:
-                self.track(record)
-                if record.agent_id not in reported:
-                    self.unreported.add(record.agent_id)
-        self.unreported -= reported
-        for agent_id, at in seen.items():
-            live = self.state.agents.get(agent_id)
-            if live is not None and (live.last_seen is None or at > live.last_seen):
-                live.last_seen = at
-                live.grace_until = 0.0  # reported to another collector since
 
     async def retire(self, agent_id: str, now: float) -> None:
         """Stop watching a revoked agent: its open tickets resolve, its state goes.
@@ -499,7 +409,7 @@ class Pipeline:
             self.alert_states.pop(agent_id, None)
             self.state.forget(agent_id)
             self.snapshots.forget(agent_id)
-            self.unreported.discard(agent_id)
+            self.liveness.forget(agent_id)
             self.history.forget(agent_id)
             self.on_retire(agent_id)
         log.info("revoked agent retired", extra={"agent_id": agent_id, "resolved": len(firing)})
@@ -582,8 +492,8 @@ class Pipeline:
             customer=live.customer,
             host=live.hostname,
             site=live.site,
-            last_seen=self._liveness(live),
-            offline_after=self.offline_after,
+            last_seen=self.liveness.seen(live),
+            offline_after=self.liveness.offline_after,
         )
         new, transitions = evaluate_agent(
             self.rules, target, self.state.series_data(live, self._rule_metrics), old, now
@@ -603,24 +513,19 @@ class Pipeline:
         changes: Mapping[AlertKey, AlertState | None],
         transitions: list[Transition],
         context: dict[str, Any],
-    ) -> dict[AlertKey, maintenance.Suppressed | None]:
+    ) -> dict[AlertKey, Suppressed | None]:
         """Returns the suppression bookkeeping to apply once committed (see `_hold`)."""
         if changes:
             self.store.save_alert_states(conn, changes)
-        held: dict[AlertKey, maintenance.Suppressed | None] = {}
+        held: dict[AlertKey, Suppressed | None] = {}
         for tr in transitions:
             window = None
             if tr.kind == "firing":
-                window = self.windows.find(
-                    customer=live.customer,
-                    site=live.site,
-                    agent_id=live.agent_id,
-                    rule=tr.rule.name,
-                    now=tr.at,
-                )
+                window = self.suppression.window_for(live, tr.rule.name, tr.at)
             if window is not None:
-                held[tr.key] = self._suppress(conn, live, tr, window)
+                held[tr.key] = self.suppression.suppress(conn, live, tr, window)
                 continue
+            change: tickets.TicketChange | None
             if tr.kind == "firing":
                 change = tickets.on_alert_firing(
                     conn,
@@ -642,7 +547,7 @@ class Pipeline:
                 )
             else:
                 # Held back and now clear: it leaves no ticket.
-                if maintenance.clear_suppressed(
+                if suppression.clear_suppressed(
                     conn,
                     customer=live.customer,
                     agent_id=live.agent_id,
@@ -684,91 +589,17 @@ class Pipeline:
         if transitions:
             self.on_ticket_change()
 
-    # -- maintenance windows and business hours ---------------------------------------
+    # -- maintenance windows --------------------------------------------------------
 
-    def _note_tags(self, agent_id: str, tags: Mapping[str, Any]) -> None:
-        if self.watch.always_on(tags):
-            self._always_on.add(agent_id)
-        else:
-            self._always_on.discard(agent_id)
-
-    def _expected(self, live: AgentLive, now: float) -> bool:
-        """Whether this agent's silence counts now. An office PC (business hours set for its
-        customer, no always-on tag) is not expected outside business hours, and at their
-        start gets a full offline threshold to report before it counts as offline."""
-        if live.agent_id in self._always_on:
-            return True
-        since = self.watch.watched_since(live.customer, now)
-        if since is None:
-            return False
-        seen = since if live.last_seen is None else max(live.last_seen, since)
-        return now - seen >= self.offline_after
-
-    def _load_windows(self, now: float) -> None:
-        try:
-            with self.store.read() as conn:
-                self.windows.load(conn, now)
-        except StoreUnavailable as exc:
-            # the windows already loaded stay in force; the next tick tries again
-            log.warning("maintenance windows not reloaded", extra={"error": str(exc)})
-
-    def _suppress(
-        self,
-        conn: Connection,
-        live: AgentLive,
-        tr: Transition,
-        window: maintenance.MaintenanceWindow,
-    ) -> maintenance.Suppressed:
-        held = maintenance.record_suppressed(
-            conn,
-            window_id=window.id,
-            customer=live.customer,
-            agent_id=live.agent_id,
-            hostname=live.hostname,
-            rule=tr.rule.name,
-            labels=tr.key.labels,
-            value=tr.value,
-            severity=tr.rule.severity,
-            tier=tr.rule.tier,
-            summary=tr.summary,
-            runbook=tr.rule.runbook,
-            threshold=tr.rule.threshold,
-            now=tr.at,
-        )
-        log.info(
-            "alert suppressed by maintenance window",
-            extra={
-                "window_id": window.id,
-                "agent_id": live.agent_id,
-                "customer": live.customer,
-                "rule": tr.rule.name,
-                "labels": dict(tr.key.labels),
-                "value": tr.value,
-            },
-        )
-        return held
-
-    def _hold(self, held: Mapping[AlertKey, maintenance.Suppressed | None]) -> None:
+    def _hold(self, held: Mapping[AlertKey, Suppressed | None]) -> None:
         """Apply committed suppression bookkeeping to memory (None: no longer held)."""
-        for key, record in held.items():
-            if record is None:
-                self.suppressed.pop(key, None)
-            else:
-                self.suppressed[key] = record
-                self.metrics.ticket_transitions.labels("suppressed").inc()
+        added = self.suppression.hold(held)
+        if added:
+            self.metrics.ticket_transitions.labels("suppressed").inc(added)
 
     async def _release_suppressed(self, now: float) -> None:
         """Open the tickets of held-back alerts that outlived every matching window."""
-        for key, held in list(self.suppressed.items()):
-            live = self.state.agents.get(key.agent_id)
-            if live is not None and self.windows.find(
-                customer=live.customer,
-                site=live.site,
-                agent_id=key.agent_id,
-                rule=key.rule,
-                now=now,
-            ):
-                continue
+        for key, held, live in self.suppression.releasable(self.state.agents, now):
             lock = self._lock(key.agent_id)
             if lock.locked():
                 continue  # a report is being applied; the next tick looks again
@@ -782,10 +613,16 @@ class Pipeline:
                 )
                 change = await self.committer.submit(
                     functools.partial(
-                        self._release, held=held, live=firing, state=state, context=context, now=now
+                        self.suppression.release,
+                        held=held,
+                        live=firing,
+                        state=state,
+                        context=context,
+                        now=now,
+                        policy=self.policy,
                     )
                 )
-                self.suppressed.pop(key, None)
+                self.suppression.held.pop(key, None)
             if change is not None:
                 self.metrics.ticket_transitions.labels("released").inc()
                 self.on_ticket_change()
@@ -798,45 +635,3 @@ class Pipeline:
                         "rule": key.rule,
                     },
                 )
-
-    def _release(
-        self,
-        conn: Connection,
-        *,
-        held: maintenance.Suppressed,
-        live: AgentLive | None,
-        state: AlertState | None,
-        context: dict[str, Any],
-        now: float,
-    ) -> tickets.TicketChange | None:
-        """Open the ticket of a held-back alert still firing (`live` set), else mark the
-        record cleared (its agent was revoked, or the alert ended unseen)."""
-        if live is None or state is None:
-            maintenance.clear_suppressed(
-                conn,
-                customer=held.customer,
-                agent_id=held.agent_id,
-                rule=held.rule,
-                labels=held.labels,
-                now=now,
-            )
-            return None
-        change = tickets.on_alert_firing(
-            conn,
-            customer=held.customer,
-            agent_id=held.agent_id,
-            hostname=live.hostname,
-            rule=held.rule,
-            labels=held.labels,
-            severity=held.severity,
-            tier=held.tier,
-            summary=held.summary,
-            runbook=held.runbook,
-            value=state.value,
-            threshold=held.threshold,
-            context=context,
-            now=now,
-            policy=self.policy,
-        )
-        maintenance.release_suppressed(conn, held.id, ticket_id=change.ticket_id, now=now)
-        return change

@@ -23,8 +23,9 @@ from grpc import aio
 
 from tripline.collector import convert, limits, snapshotconv, throttle, tls
 from tripline.collector.config import CollectorConfig
-from tripline.collector.pipeline import Pipeline, ReportTimeRefused, Session
+from tripline.collector.pipeline import Pipeline
 from tripline.collector.selfmetrics import CollectorMetrics
+from tripline.collector.sessions import ReportTimeRefused, Session
 from tripline.collector.store import AgentRecord, AgentRevoked, EnrollmentRefused, StoreUnavailable
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
@@ -161,9 +162,7 @@ class CollectorService(pb_grpc.CollectorServicer):
         except StoreUnavailable:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "store unavailable, retry later")
         self.metrics.enrollments.labels("ok").inc()
-        live = self.pipeline.track(agent)
-        live.last_seen = self.pipeline.clock()
-        self.pipeline.unreported.add(agent.agent_id)
+        self.pipeline.liveness.enrolled(agent, self.pipeline.clock())
         log.info(
             "agent enrolled",
             extra={"agent_id": agent.agent_id, "customer": agent.customer, "host": hostname},

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection
 from starlette.responses import Response
 
-from tripline.collector import apitokens, maintenance
+from tripline.collector import apitokens, maintenance, suppression
 from tripline.collector.api.auth import act_for, scope
 from tripline.collector.api.body import Body, Field, SecondsField, TextField
 from tripline.collector.api.encoding import Json
@@ -273,7 +273,7 @@ async def list_suppressed(call: Call) -> Response:
     limit = q["limit"]
     customers = scope(call.token, q["customer"])
     rows = await call.ctx.read(
-        lambda conn: maintenance.list_suppressed(
+        lambda conn: suppression.list_suppressed(
             conn,
             customers=customers,
             agent_id=q["agent_id"],
