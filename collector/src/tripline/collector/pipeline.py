@@ -18,11 +18,13 @@ from typing import Any
 from sqlalchemy import Connection
 
 from tripline.alerts.engine import AlertKey, AlertState, Target, Transition, evaluate_agent
+from tripline.alerts.grouping import Firing
 from tripline.alerts.rules import RuleSet
 from tripline.collector import convert, faults, suppression, tickets
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig
 from tripline.collector.convert import Hello, Report
+from tripline.collector.correlation import Correlation
 from tripline.collector.liveness import Liveness
 from tripline.collector.selfmetrics import CollectorMetrics
 from tripline.collector.sessions import Session, report_time
@@ -150,6 +152,16 @@ class Pipeline:
         self.liveness = liveness or Liveness(store=store, state=state, config=config, clock=clock)
         # Maintenance windows hold alerts back.
         self.suppression = Suppression()
+        # One ticket for many PCs: a site outage, a rule tripping across a customer.
+        self.correlation = Correlation(
+            rules=rules,
+            site_outage=config.site_outage,
+            state=state,
+            unreported=self.liveness.unreported,
+            committer=committer,
+            metrics=metrics,
+            policy=self.policy,
+        )
 
     @property
     def windows(self) -> WindowCache:
@@ -166,6 +178,7 @@ class Pipeline:
         self.liveness.restore(now)
         with self.store.read() as conn:
             self.suppression.restore(conn, now)
+            self.correlation.restore(conn, self.alert_states)
 
     def track(self, agent: AgentRecord) -> AgentLive:
         return self.liveness.track(agent)
@@ -177,6 +190,7 @@ class Pipeline:
         """Swap the rule set; alert state is keyed by rule name, so clocks carry over."""
         self.rules = rules
         self._rule_metrics = frozenset(rule.metric for rule in rules.threshold_rules)
+        self.correlation.set_rules(rules)
 
     # -- sessions and reports ---------------------------------------------------
 
@@ -248,6 +262,7 @@ class Pipeline:
                 self.liveness.note_tags(agent.agent_id, report.host.get("tags") or {})
             new_states, changes, transitions = self._evaluate(live, at)
             context = ticket_context(live, report.context) if transitions else {}
+            firings, taken = self._grouping(live, transitions, at)
 
             def work(conn: Connection) -> dict[AlertKey, Suppressed | None]:
                 self.store.record_applied(
@@ -265,7 +280,7 @@ class Pipeline:
                     self.store.update_inventory(
                         agent.agent_id, hostname, report.host, now, conn=conn
                     )
-                held = self._commit_alerts(conn, live, changes, transitions, context)
+                held = self._commit_alerts(conn, live, changes, transitions, context, taken)
                 faults.hit("before_commit")
                 return held
 
@@ -279,6 +294,7 @@ class Pipeline:
             faults.hit("after_commit_before_ack")
             self.alert_states[agent.agent_id] = new_states
             self._hold(held)
+            self.correlation.observe(transitions, firings, taken)
         session.applied_seq = report.seq
         self.liveness.unreported.discard(agent.agent_id)
         session.position = InstancePosition(report.seq, report.collected_at, at, now)
@@ -335,16 +351,25 @@ class Pipeline:
                     if transitions
                     else {}
                 )
+                firings, taken = self._grouping(live, transitions, now)
                 held = await self.committer.submit(
-                    lambda conn, live=live, changes=changes, transitions=transitions, context=context: (  # noqa: E501
-                        self._commit_alerts(conn, live, changes, transitions, context)
+                    functools.partial(
+                        self._commit_alerts,
+                        live=live,
+                        changes=changes,
+                        transitions=transitions,
+                        context=context,
+                        taken=taken,
                     )
                 )
                 self.alert_states[live.agent_id] = new_states
                 self._hold(held)
+                self.correlation.observe(transitions, firings, taken)
             self._count(transitions)
         if self.suppression.held:
             await self._release_suppressed(now)
+        if await self.correlation.run(now, self._context_for):
+            self.on_ticket_change()
         escalated = await self.committer.submit(
             lambda conn: tickets.escalate_due(conn, now=now, policy=self.policy)
         )
@@ -385,6 +410,7 @@ class Pipeline:
             self.alert_states.pop(agent_id, None)
             self.state.forget(agent_id)
             self.liveness.forget(agent_id)
+            self.correlation.forget_agent(agent_id)
             self.on_retire(agent_id)
         log.info("revoked agent retired", extra={"agent_id": agent_id, "resolved": len(firing)})
         if firing:
@@ -421,6 +447,24 @@ class Pipeline:
         changes.update({key: None for key in old if key not in new})
         return new, changes, transitions
 
+    def _grouping(
+        self, live: AgentLive, transitions: list[Transition], now: float
+    ) -> tuple[dict[AlertKey, Firing], set[AlertKey]]:
+        """The firing transitions that group, and those a group ticket takes (they open no
+        ticket of their own); decided before the commit, from memory only."""
+        if not any(tr.kind == "firing" for tr in transitions):
+            return {}, set()
+        firings = self.correlation.absorb(
+            live,
+            transitions,
+            lambda tr: self.suppression.window_for(live, tr.rule.name, tr.at) is not None,
+        )
+        return firings, self.correlation.taken(firings, now) if firings else set()
+
+    def _context_for(self, agent_id: str) -> dict[str, Any]:
+        live = self.state.agents.get(agent_id)
+        return {} if live is None else ticket_context(live, self._contexts.get(agent_id, {}))
+
     def _commit_alerts(
         self,
         conn: Connection,
@@ -428,8 +472,10 @@ class Pipeline:
         changes: Mapping[AlertKey, AlertState | None],
         transitions: list[Transition],
         context: dict[str, Any],
+        taken: set[AlertKey] = frozenset(),  # type: ignore[assignment]
     ) -> dict[AlertKey, Suppressed | None]:
-        """Returns the suppression bookkeeping to apply once committed (see `_hold`)."""
+        """Returns the suppression bookkeeping to apply once committed (see `_hold`).
+        Firing alerts in `taken` belong to a group ticket (see `correlation.py`)."""
         if changes:
             self.store.save_alert_states(conn, changes)
         held: dict[AlertKey, Suppressed | None] = {}
@@ -440,6 +486,8 @@ class Pipeline:
             if window is not None:
                 held[tr.key] = self.suppression.suppress(conn, live, tr, window)
                 continue
+            if tr.key in taken:
+                continue  # the group ticket lists it (correlation.py commits that)
             if tr.kind == "firing":
                 change = tickets.on_alert_firing(
                     conn,
