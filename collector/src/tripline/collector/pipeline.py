@@ -4,6 +4,11 @@ The gRPC servicer decodes messages and calls in here; this module knows nothing 
 Evaluation is the pure alerts engine; this module feeds it live state, commits what it
 returns (alert states and ticket changes, in the transaction that records the report's
 seq) and only then lets the caller acknowledge.
+
+What each step decides lives elsewhere (liveness.py, suppression.py, correlation.py,
+sessions.py, ticketcontext.py); this module stays at ~550 lines because what is left is
+one piece: the order of evaluation, per-agent locks and commits that the delivery
+contract (acknowledge only what is durable) depends on, best read in one place.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from sqlalchemy import Connection
 from tripline.alerts.engine import AlertKey, AlertState, Target, Transition, evaluate_agent
 from tripline.alerts.grouping import Firing
 from tripline.alerts.rules import RuleSet
-from tripline.collector import convert, faults, suppression, tickets
+from tripline.collector import faults, suppression, tickets
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig
 from tripline.collector.convert import Hello, Report
@@ -36,48 +41,11 @@ from tripline.collector.store import (
     Store,
 )
 from tripline.collector.suppression import Suppressed, Suppression
+from tripline.collector.ticketcontext import ticket_context, ticket_policy
 from tripline.collector.windowcache import WindowCache
 from tripline.common.labels import Labels
 
 log = logging.getLogger(__name__)
-
-
-def ticket_policy(config: CollectorConfig) -> tickets.TicketPolicy:
-    t = config.tickets
-    return tickets.TicketPolicy(
-        reopen_window=t.reopen_window,
-        flap_count=t.flap_count,
-        flap_window=t.flap_window,
-        escalate_after={1: t.escalate_tier1_after, 2: t.escalate_tier2_after},
-    )
-
-
-def ticket_context(live: AgentLive, report_context: Mapping[str, Any]) -> dict[str, Any]:
-    """What the first line needs on the ticket: processes, disks, uptime, memory."""
-    filesystems = []
-    for name, labels, value in sorted(live.latest()):
-        if name == "filesystem_used_ratio":
-            label_map = dict(labels)
-            filesystems.append(
-                {
-                    **label_map,
-                    "used_ratio": round(value, 4),
-                    "avail_bytes": live.value("filesystem_avail_bytes", **label_map),
-                    "size_bytes": live.value("filesystem_size_bytes", **label_map),
-                }
-            )
-    # The context was bounded and escaped when decoded (convert.LazyContext); the counts
-    # are cut again here so no other path can put more into a ticket and its events.
-    return {
-        "top_cpu": list(report_context.get("top_cpu", []))[: convert.MAX_PROCESSES],
-        "top_memory": list(report_context.get("top_memory", []))[: convert.MAX_PROCESSES],
-        "logged_in_users": list(report_context.get("logged_in_users", []))[: convert.MAX_USERS],
-        "filesystems": filesystems,
-        "uptime_seconds": live.value("uptime_seconds"),
-        "memory_used_ratio": live.value("memory_used_ratio"),
-        "cpu_usage_ratio": live.value("cpu_usage_ratio"),
-        "load1": live.value("load1"),
-    }
 
 
 def _clocks(state: AlertState | None) -> tuple[object, ...] | None:
@@ -488,6 +456,7 @@ class Pipeline:
                 continue
             if tr.key in taken:
                 continue  # the group ticket lists it (correlation.py commits that)
+            change: tickets.TicketChange | None
             if tr.kind == "firing":
                 change = tickets.on_alert_firing(
                     conn,
