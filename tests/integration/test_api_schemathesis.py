@@ -27,7 +27,7 @@ from tests.integration.conftest import collector_config
 from tripline.collector import apitokens, tickets
 from tripline.collector.app import CollectorApp
 from tripline.collector.openapi import openapi_document
-from tripline.collector.pipeline import ticket_policy
+from tripline.collector.ticketcontext import ticket_policy
 
 EXAMPLES_PER_OPERATION = 40  # x 2 modes x 20 operations: about 40 s on 2 cores
 

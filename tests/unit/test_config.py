@@ -31,7 +31,7 @@ COLLECTOR_KEYS = (
     "max_metrics_bytes_per_agent, "
     "max_report_burst_per_agent, max_reports_per_second_per_agent, max_samples_per_report, "
     "max_series_per_agent, max_streams, offline_after, plaintext, routes, rules, "
-    "snapshot_min_interval, snapshot_timeout, tickets, "
+    "site_outage, snapshot_min_interval, snapshot_timeout, tickets, "
     "tls_cert, "
     "tls_client_ca, tls_key, workers"
 )
@@ -320,6 +320,34 @@ BROKEN: list[tuple[str, str | None, dict[str, str], dict[str, Any], str]] = [
         {},
         {},
         "{file}: config key 'collector': expected a mapping of keys",
+    ),
+    (
+        "site outage of one PC",
+        "site_outage: {min_agents: 1}\n",
+        {},
+        {},
+        "{file}: config key 'site_outage.min_agents': expected 2 to 100000 PCs",
+    ),
+    (
+        "site outage share over 1",
+        "site_outage: {min_ratio: 1.5}\n",
+        {},
+        {},
+        "{file}: config key 'site_outage.min_ratio': expected a share from 0 to 1, e.g. 0.5",
+    ),
+    (
+        "site outage window of a day",
+        "site_outage: {within: 1d}\n",
+        {},
+        {},
+        "{file}: config key 'site_outage.within': expected more than 0s and at most 1h",
+    ),
+    (
+        "unknown site outage setting",
+        "site_outage: {min_pcs: 3}\n",
+        {},
+        {},
+        "{file}: config key 'min_pcs': unknown key (known: enabled, min_agents, min_ratio, within)",
     ),
 ]
 

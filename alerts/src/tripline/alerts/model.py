@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 MatcherKind = Literal["eq", "ne", "regex", "not_regex"]
+GroupBy = Literal["customer", "site"]
 Agg = Literal["avg", "max", "min", "rate", "predict_linear", "resets"]
 
 OPS: Mapping[str, Callable[[float, float], bool]] = types.MappingProxyType(
@@ -71,6 +72,18 @@ class Override:
     clear_threshold: float | None = None
     for_seconds: float | None = None
     enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """One ticket for many PCs: when the alert fires on at least `min_agents` PCs of one
+    customer (or one site of it), and at least `min_ratio` of them, within `within`
+    seconds, those PCs share one group ticket instead of one each (docs/rules.md)."""
+
+    by: GroupBy
+    min_agents: int
+    within: float
+    min_ratio: float = 0.0
 
 
 _NO_OVERRIDES: Mapping[str, Override] = types.MappingProxyType({})
@@ -129,6 +142,7 @@ class Rule:
     # A read-only mapping; kept out of the hash because mappingproxy is unhashable.
     overrides: Mapping[str, Override] = field(default_factory=lambda: _NO_OVERRIDES, hash=False)
     builtin: str | None = None
+    group: Grouping | None = None
 
     def for_customer(self, customer: str) -> Rule | None:
         """The rule as it applies to `customer`, or None when the customer disabled it.

@@ -30,6 +30,7 @@ from tripline.alerts.model import (
     SEVERITIES,
     TEMPLATE_ERRORS,
     TIERS,
+    Grouping,
     Matcher,
     MatcherKind,
     Override,
@@ -164,11 +165,17 @@ class _StrictLoader(yaml.SafeLoader):
 
 _RULE_FIELDS = (
     "name", "metric", "match", "op", "threshold", "for", "clear", "window",
-    "severity", "tier", "summary", "runbook", "overrides",
+    "severity", "tier", "summary", "runbook", "overrides", "group",
 )  # fmt: skip
 _REQUIRED = ("name", "metric", "op", "threshold", "summary")
 _BUILTIN_FIELDS = ("name", "builtin", "severity", "tier", "summary", "runbook")
 _OVERRIDE_FIELDS = ("threshold", "clear", "for", "enabled")
+_GROUP_FIELDS = ("by", "min_agents", "within", "min_ratio")
+_GROUP_BY = ("customer", "site")
+# Bounds of a rule's `group`: fewer than 2 PCs is no group; a window past an hour would
+# lump unrelated problems together (and keep every firing alert in memory that long).
+_GROUP_MAX_AGENTS = 100_000
+_GROUP_MAX_WITHIN = 3600.0
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _MATCH_KINDS: Mapping[str, MatcherKind] = {"not": "ne", "regex": "regex", "not_regex": "not_regex"}
@@ -327,6 +334,7 @@ def _threshold_rule(errors: _Errors, raw: dict[Any, Any]) -> Rule:
         summary="",
         runbook=errors.text("runbook", raw.get("runbook", ""), allow_empty=True) or "",
         overrides=types.MappingProxyType(_overrides(errors, raw.get("overrides", {}))),
+        group=_group(errors, raw["group"]) if "group" in raw else None,
     )
     if "summary" in raw:
         rule = dataclasses.replace(rule, summary=_summary(errors, raw["summary"], rule))
@@ -449,3 +457,40 @@ def _overrides(errors: _Errors, raw: object) -> dict[str, Override]:
             enabled=enabled is not False,
         )
     return overrides
+
+
+def _group(errors: _Errors, raw: object) -> Grouping | None:
+    """`group: {by: customer|site, min_agents: N, within: 5m, min_ratio: 0-1}`."""
+    spec = errors.mapping("group", raw, _GROUP_FIELDS)
+    if spec is None:
+        return None
+    ok = True
+    for required in ("by", "min_agents", "within"):
+        if required not in spec:
+            errors.add(f"group.{required}", "missing required field")
+            ok = False
+    by = errors.choice("group.by", spec["by"], _GROUP_BY) if "by" in spec else None
+    min_agents = spec.get("min_agents")
+    if "min_agents" in spec and (
+        isinstance(min_agents, bool)
+        or not isinstance(min_agents, int)
+        or not 2 <= min_agents <= _GROUP_MAX_AGENTS
+    ):
+        errors.add(
+            "group.min_agents",
+            f"expected a whole number of PCs from 2 to {_GROUP_MAX_AGENTS}, "
+            f"got {_show(min_agents)}",
+        )
+        ok = False
+    within = errors.duration("group.within", spec["within"]) if "within" in spec else None
+    if within is not None and not 0 < within <= _GROUP_MAX_WITHIN:
+        errors.add("group.within", f"must be longer than 0s and at most 1h, got {within:g}s")
+        ok = False
+    min_ratio = errors.number("group.min_ratio", spec.get("min_ratio", 0.0))
+    if min_ratio is not None and not 0.0 <= min_ratio <= 1.0:
+        errors.add("group.min_ratio", f"expected a share of the PCs from 0 to 1, got {min_ratio:g}")
+        ok = False
+    if not ok or by is None or within is None or min_ratio is None:
+        return None
+    assert isinstance(min_agents, int)
+    return Grouping(by=by, min_agents=min_agents, within=within, min_ratio=min_ratio)

@@ -35,6 +35,17 @@ class TicketSettings:
     escalate_tier2_after: float = 3600.0
 
 
+@dataclass(frozen=True)
+class SiteOutageSettings:
+    """When several PCs of one site go offline together, one site ticket (docs/tickets.md):
+    at least `min_agents` PCs and at least `min_ratio` of the site's PCs within `within`."""
+
+    enabled: bool = True
+    min_agents: int = 3
+    min_ratio: float = 0.5
+    within: float = 120.0
+
+
 # The SQLite file in data_dir when no database_url is given.
 DATABASE_FILE = "tripline.db"
 
@@ -95,6 +106,7 @@ class CollectorConfig:
     snapshot_min_interval: float = 60.0
     snapshot_timeout: float = 10.0
     tickets: TicketSettings = field(default_factory=TicketSettings)
+    site_outage: SiteOutageSettings = field(default_factory=SiteOutageSettings)
     # where ticket events are delivered (webhook, e-mail, Alertmanager); file only
     routes: tuple[Route, ...] = ()
     # an event a receiver answered with failures (or a sink raised on) this many times, or
@@ -191,6 +203,26 @@ def _parse_tickets(raw: Any, source: str) -> TicketSettings:
     )
 
 
+def _parse_site_outage(raw: Any, source: str) -> SiteOutageSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("site_outage", "expected a mapping", source)
+    values = {
+        key: coerce(SiteOutageSettings, SITE_OUTAGE, key, value, source)
+        for key, value in raw.items()
+    }
+    for key, value in values.items():
+        if value is None:
+            raise ConfigError(f"site_outage.{key}", "needs a value (or leave it out)", source)
+    settings = SiteOutageSettings(**values)
+    if not 2 <= settings.min_agents <= 100_000:
+        raise ConfigError("site_outage.min_agents", "expected 2 to 100000 PCs", source)
+    if not 0.0 <= settings.min_ratio <= 1.0:
+        raise ConfigError("site_outage.min_ratio", "expected a share from 0 to 1, e.g. 0.5", source)
+    if not 0.0 < settings.within <= 3600.0:
+        raise ConfigError("site_outage.within", "expected more than 0s and at most 1h", source)
+    return settings
+
+
 def _parse_route_list(raw: Any, source: str) -> tuple[Route, ...]:
     try:
         return parse_routes(raw)
@@ -208,6 +240,8 @@ TICKETS = Schema(
         }
     )
 )
+
+SITE_OUTAGE = Schema(durations=frozenset({"within"}))
 
 SCHEMA = Schema(
     durations=frozenset(
@@ -232,6 +266,7 @@ SCHEMA = Schema(
     parsers={"always_on_tags": _parse_tags},
     sections={
         "tickets": _parse_tickets,
+        "site_outage": _parse_site_outage,
         "routes": _parse_route_list,
         "business_hours": _parse_business_hours,
     },

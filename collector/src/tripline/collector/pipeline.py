@@ -4,6 +4,11 @@ The gRPC servicer decodes messages and calls in here; this module knows nothing 
 Evaluation is the pure alerts engine; this module feeds it live state, commits what it
 returns (alert states and ticket changes, in the transaction that records the report's
 seq) and only then lets the caller acknowledge.
+
+What each step decides lives elsewhere (liveness.py, suppression.py, correlation.py,
+sessions.py, ticketcontext.py); this module stays at ~550 lines because what is left is
+one piece: the order of evaluation, per-agent locks and commits that the delivery
+contract (acknowledge only what is durable) depends on, best read in one place.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from typing import Any
 from sqlalchemy import Connection
 
 from tripline.alerts.engine import AlertKey, AlertState, Target, Transition, evaluate_agent
+from tripline.alerts.grouping import Firing
 from tripline.alerts.rules import RuleSet
-from tripline.collector import convert, faults, suppression, tickets, ticketsnapshots
+from tripline.collector import faults, suppression, tickets, ticketsnapshots
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig
 from tripline.collector.convert import Hello, Report
+from tripline.collector.correlation import Correlation
 from tripline.collector.history import HistoryRecorder
 from tripline.collector.liveness import Liveness
 from tripline.collector.selfmetrics import CollectorMetrics
@@ -37,48 +44,11 @@ from tripline.collector.store import (
     StoreUnavailable,
 )
 from tripline.collector.suppression import Suppressed, Suppression
+from tripline.collector.ticketcontext import ticket_context, ticket_policy
 from tripline.collector.windowcache import WindowCache
 from tripline.common.labels import Labels
 
 log = logging.getLogger(__name__)
-
-
-def ticket_policy(config: CollectorConfig) -> tickets.TicketPolicy:
-    t = config.tickets
-    return tickets.TicketPolicy(
-        reopen_window=t.reopen_window,
-        flap_count=t.flap_count,
-        flap_window=t.flap_window,
-        escalate_after={1: t.escalate_tier1_after, 2: t.escalate_tier2_after},
-    )
-
-
-def ticket_context(live: AgentLive, report_context: Mapping[str, Any]) -> dict[str, Any]:
-    """What the first line needs on the ticket: processes, disks, uptime, memory."""
-    filesystems = []
-    for name, labels, value in sorted(live.latest()):
-        if name == "filesystem_used_ratio":
-            label_map = dict(labels)
-            filesystems.append(
-                {
-                    **label_map,
-                    "used_ratio": round(value, 4),
-                    "avail_bytes": live.value("filesystem_avail_bytes", **label_map),
-                    "size_bytes": live.value("filesystem_size_bytes", **label_map),
-                }
-            )
-    # The context was bounded and escaped when decoded (convert.LazyContext); the counts
-    # are cut again here so no other path can put more into a ticket and its events.
-    return {
-        "top_cpu": list(report_context.get("top_cpu", []))[: convert.MAX_PROCESSES],
-        "top_memory": list(report_context.get("top_memory", []))[: convert.MAX_PROCESSES],
-        "logged_in_users": list(report_context.get("logged_in_users", []))[: convert.MAX_USERS],
-        "filesystems": filesystems,
-        "uptime_seconds": live.value("uptime_seconds"),
-        "memory_used_ratio": live.value("memory_used_ratio"),
-        "cpu_usage_ratio": live.value("cpu_usage_ratio"),
-        "load1": live.value("load1"),
-    }
 
 
 def _clocks(state: AlertState | None) -> tuple[object, ...] | None:
@@ -163,6 +133,16 @@ class Pipeline:
         # Maintenance windows hold alerts back.
         self.suppression = Suppression()
         self.history = HistoryRecorder(gap=self.offline_after)  # for the service report
+        # One ticket for many PCs: a site outage, a rule tripping across a customer.
+        self.correlation = Correlation(
+            rules=rules,
+            site_outage=config.site_outage,
+            state=state,
+            unreported=self.liveness.unreported,
+            committer=committer,
+            metrics=metrics,
+            policy=self.policy,
+        )
 
     @property
     def windows(self) -> WindowCache:
@@ -179,6 +159,7 @@ class Pipeline:
         self.liveness.restore(now)
         with self.store.read() as conn:
             self.suppression.restore(conn, now)
+            self.correlation.restore(conn, self.alert_states)
 
     def track(self, agent: AgentRecord) -> AgentLive:
         return self.liveness.track(agent)
@@ -190,6 +171,7 @@ class Pipeline:
         """Swap the rule set; alert state is keyed by rule name, so clocks carry over."""
         self.rules = rules
         self._rule_metrics = frozenset(rule.metric for rule in rules.threshold_rules)
+        self.correlation.set_rules(rules)
 
     # -- sessions and reports ---------------------------------------------------
 
@@ -263,6 +245,7 @@ class Pipeline:
             new_states, changes, transitions = self._evaluate(live, at)
             self._want_snapshot(live, old_states, new_states, transitions)
             context = ticket_context(live, report.context) if transitions else {}
+            firings, taken = self._grouping(live, transitions, at)
 
             def work(conn: Connection) -> dict[AlertKey, Suppressed | None]:
                 self.store.record_applied(
@@ -283,7 +266,7 @@ class Pipeline:
                 self.history.record(
                     conn, agent.agent_id, report.samples, received_at=now, report_at=at
                 )
-                held = self._commit_alerts(conn, live, changes, transitions, context)
+                held = self._commit_alerts(conn, live, changes, transitions, context, taken)
                 faults.hit("before_commit")
                 return held
 
@@ -297,6 +280,7 @@ class Pipeline:
             faults.hit("after_commit_before_ack")
             self.alert_states[agent.agent_id] = new_states
             self._hold(held)
+            self.correlation.observe(transitions, firings, taken)
         session.applied_seq = report.seq
         self.liveness.unreported.discard(agent.agent_id)
         session.position = InstancePosition(report.seq, report.collected_at, at, now)
@@ -355,6 +339,7 @@ class Pipeline:
                     if transitions
                     else {}
                 )
+                firings, taken = self._grouping(live, transitions, now)
                 held = await self.committer.submit(
                     functools.partial(
                         self._commit_alerts,
@@ -362,13 +347,17 @@ class Pipeline:
                         changes=changes,
                         transitions=transitions,
                         context=context,
+                        taken=taken,
                     )
                 )
                 self.alert_states[live.agent_id] = new_states
                 self._hold(held)
+                self.correlation.observe(transitions, firings, taken)
             self._count(transitions)
         if self.suppression.held:
             await self._release_suppressed(now)
+        if await self.correlation.run(now, self._context_for):
+            self.on_ticket_change()
         escalated = await self.committer.submit(
             lambda conn: tickets.escalate_due(conn, now=now, policy=self.policy)
         )
@@ -411,6 +400,7 @@ class Pipeline:
             self.snapshots.forget(agent_id)
             self.liveness.forget(agent_id)
             self.history.forget(agent_id)
+            self.correlation.forget_agent(agent_id)
             self.on_retire(agent_id)
         log.info("revoked agent retired", extra={"agent_id": agent_id, "resolved": len(firing)})
         if firing:
@@ -506,6 +496,24 @@ class Pipeline:
         changes.update({key: None for key in old if key not in new})
         return new, changes, transitions
 
+    def _grouping(
+        self, live: AgentLive, transitions: list[Transition], now: float
+    ) -> tuple[dict[AlertKey, Firing], set[AlertKey]]:
+        """The firing transitions that group, and those a group ticket takes (they open no
+        ticket of their own); decided before the commit, from memory only."""
+        if not any(tr.kind == "firing" for tr in transitions):
+            return {}, set()
+        firings = self.correlation.absorb(
+            live,
+            transitions,
+            lambda tr: self.suppression.window_for(live, tr.rule.name, tr.at) is not None,
+        )
+        return firings, self.correlation.taken(firings, now) if firings else set()
+
+    def _context_for(self, agent_id: str) -> dict[str, Any]:
+        live = self.state.agents.get(agent_id)
+        return {} if live is None else ticket_context(live, self._contexts.get(agent_id, {}))
+
     def _commit_alerts(
         self,
         conn: Connection,
@@ -513,8 +521,10 @@ class Pipeline:
         changes: Mapping[AlertKey, AlertState | None],
         transitions: list[Transition],
         context: dict[str, Any],
+        taken: set[AlertKey] = frozenset(),  # type: ignore[assignment]
     ) -> dict[AlertKey, Suppressed | None]:
-        """Returns the suppression bookkeeping to apply once committed (see `_hold`)."""
+        """Returns the suppression bookkeeping to apply once committed (see `_hold`).
+        Firing alerts in `taken` belong to a group ticket (see `correlation.py`)."""
         if changes:
             self.store.save_alert_states(conn, changes)
         held: dict[AlertKey, Suppressed | None] = {}
@@ -525,6 +535,8 @@ class Pipeline:
             if window is not None:
                 held[tr.key] = self.suppression.suppress(conn, live, tr, window)
                 continue
+            if tr.key in taken:
+                continue  # the group ticket lists it (correlation.py commits that)
             change: tickets.TicketChange | None
             if tr.kind == "firing":
                 change = tickets.on_alert_firing(

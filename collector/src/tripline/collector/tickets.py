@@ -197,16 +197,19 @@ def on_alert_firing(
     now: float,
     policy: TicketPolicy,
     seen_at: float | None = None,
+    key: str | None = None,
 ) -> TicketChange:
     """Open a ticket for a problem that started firing, reopen its recent one, or leave an
     active one alone ("unchanged"). Safe against another collector doing the same at once.
 
     `now` is when the problem started (a report replayed after an outage may be older);
     `seen_at` is the collector's clock when it learnt of it (default `now`): escalation
-    counts from there, since nobody could acknowledge the ticket before it existed."""
+    counts from there, since nobody could acknowledge the ticket before it existed.
+    `key` replaces the problem key for a ticket of many PCs (collector/grouptickets.py),
+    whose `agent_id` only names one of them."""
     if tier not in (1, 2, 3):
         raise ValueError(f"ticket tier must be 1, 2 or 3, not {tier!r}")
-    key = problem_key(customer, agent_id, rule, labels)
+    key = key or problem_key(customer, agent_id, rule, labels)
     occurrence = {
         "hostname": hostname,
         "severity": severity,
@@ -322,14 +325,35 @@ def on_alert_resolved(
     value: float,
     reason: str,
     now: float,
+    key: str | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> TicketChange | None:
-    """Resolve the problem's active ticket as the engine; None when it has none."""
-    row = _active(conn, problem_key(customer, agent_id, rule, labels))
+    """Resolve the problem's active ticket as the engine; None when it has none. `key`
+    as for `on_alert_firing`; `data` goes onto the resolved event."""
+    row = _active(conn, key or problem_key(customer, agent_id, rule, labels))
     if row is None:
         return None
     message = f"resolved: {reason} (value {value:g})"
-    _close(conn, row, now, ENGINE_ACTOR, value, reason, message, {"value": value, "reason": reason})
+    event = {"value": value, "reason": reason, **(data or {})}
+    _close(conn, row, now, ENGINE_ACTOR, value, reason, message, event)
     return TicketChange(row.id, "resolved")
+
+
+def engine_note(
+    conn: Connection,
+    ticket_id: int,
+    *,
+    message: str,
+    data: Mapping[str, Any],
+    now: float,
+    values: Mapping[str, Any] | None = None,
+) -> None:
+    """The engine adds a "commented" event (and changes `values`: summary, value, context)
+    to an unresolved ticket; nothing when it is resolved."""
+    row = _locked(conn, ticket_id)
+    if row.status == "resolved":
+        return
+    _change(conn, row, now, dict(values or {}), ("commented", ENGINE_ACTOR, message, dict(data)))
 
 
 def _close(
