@@ -21,6 +21,7 @@ from grpc import aio
 
 from tripline.agent import identity as identity_file
 from tripline.agent.identity import Identity
+from tripline.agent.interning import SeriesInterner
 from tripline.agent.spool import Spool
 from tripline.common.backoff import Backoff
 from tripline.v1 import tripline_pb2 as pb
@@ -106,8 +107,11 @@ class Transport:
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        intern_series: bool = True,
     ) -> None:
         self.target = target
+        # False: always send named samples (the wire form of agents before series tables).
+        self.intern_series = intern_series
         self.spool = spool
         self.identity_path = identity_path
         self.enrollment_token = enrollment_token
@@ -239,7 +243,11 @@ class Transport:
             )
             stats = await asyncio.to_thread(self.spool.stats)
             self._replay = _Replay.start(acked, stats.newest_seq or acked)
-            sender = asyncio.create_task(self._send(call, acked))
+            # A collector offering a series table gets each series named once per stream;
+            # an older one (0) gets named samples as before.
+            limit = welcome.series_table_max if self.intern_series else 0
+            interner = SeriesInterner(limit) if limit > 0 else None
+            sender = asyncio.create_task(self._send(call, acked, interner))
             reader = asyncio.create_task(self._read(call))
             done, _ = await asyncio.wait(
                 {sender, reader, stopper}, return_when=asyncio.FIRST_COMPLETED
@@ -292,7 +300,9 @@ class Transport:
         log.log(level, "stream ended", extra={"code": code.name, "error": details})
         return delay
 
-    async def _send(self, call: aio.StreamStreamCall, after: int) -> None:
+    async def _send(
+        self, call: aio.StreamStreamCall, after: int, interner: SeriesInterner | None = None
+    ) -> None:
         last_sent = after
         while True:
             in_flight = last_sent - self.stats.acked_seq
@@ -313,6 +323,8 @@ class Transport:
                 continue
             for seq, payload in batch:
                 report = pb.Report.FromString(payload)
+                if interner is not None:
+                    interner.intern(report)
                 async with self._write_lock:
                     await call.write(pb.AgentMessage(report=report))
                 last_sent = seq
