@@ -29,10 +29,11 @@ class SeriesInterner:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def intern(self, report: pb.Report) -> pb.Report:
-        """``report`` rewritten in place to carry its samples by id; returns it."""
+    def intern(self, report: pb.Report) -> int:
+        """Rewrite ``report`` in place to carry its samples by id; returns how many
+        series it newly defines."""
         if not report.samples:
-            return report
+            return 0
         ids = self._ids
         named: list[pb.Sample] = []
         series_ids: list[int] = []
@@ -54,4 +55,4 @@ class SeriesInterner:
         report.samples.extend(kept)
         report.series_ids.extend(series_ids)
         report.series_values.extend(values)
-        return report
+        return len(report.series_defs)

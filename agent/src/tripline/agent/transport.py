@@ -81,6 +81,9 @@ class TransportStats:
     last_error: str = ""
     connected: bool = False
     acked_seq: int = 0
+    # Series definitions sent in series tables (one per series per stream); 0 while the
+    # collector offers no table or interning is off.
+    series_defined: int = 0
 
     @property
     def reconnects(self) -> int:
@@ -324,7 +327,7 @@ class Transport:
             for seq, payload in batch:
                 report = pb.Report.FromString(payload)
                 if interner is not None:
-                    interner.intern(report)
+                    self.stats.series_defined += interner.intern(report)
                 async with self._write_lock:
                     await call.write(pb.AgentMessage(report=report))
                 last_sent = seq

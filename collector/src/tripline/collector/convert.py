@@ -324,33 +324,38 @@ def decode_report(
 
 
 def check_series(
-    name: str, raw_labels: Mapping[str, str], where: str, index: int, seq: int
+    name: str,
+    raw_labels: Mapping[str, str],
+    where: str,
+    index: int,
+    seq: int,
+    kind: str = "sample",
 ) -> tuple[str, Labels]:
     """One series' name and labels validated at the edge: the name's Prometheus and
     promtool rules, label names (reserved ones refused), label values escaped and
     bounded, legacy names modernised, a core family's labels only. Returns the
     collector's (name, sorted labels); raises :class:`InvalidMessage`."""
     if name not in _GOOD_METRICS:
-        _check_metric_name(name, where, index, seq)
+        _check_metric_name(name, where, index, seq, kind)
     name = catalogue.LEGACY_NAMES.get(name, name)
     labels: Labels = ()
     if raw_labels:
         items = sorted(raw_labels.items())
         if len(items) > MAX_LABELS:
             raise InvalidMessage(
-                f"{where}, sample #{index} ({name}): {len(items)} labels, more than {MAX_LABELS}",
+                f"{where}, {kind} #{index} ({name}): {len(items)} labels, more than {MAX_LABELS}",
                 seq,
                 "size",
             )
         for position, (label, label_value) in enumerate(items):
             if label not in _GOOD_LABELS:
-                _check_label_name(label, f"{where}, sample #{index} ({name})", seq)
+                _check_label_name(label, f"{where}, {kind} #{index} ({name})", seq)
             if _CONTROL.search(label_value) is not None:
                 label_value = label_value.translate(_ESCAPES)
                 items[position] = (label, label_value)
             if len(label_value) > MAX_LABEL_VALUE:
                 raise InvalidMessage(
-                    f"{where}, sample #{index} ({name}): label {label} is longer than "
+                    f"{where}, {kind} #{index} ({name}): label {label} is longer than "
                     f"{MAX_LABEL_VALUE} characters",
                     seq,
                     "label_value",
@@ -362,7 +367,7 @@ def check_series(
     if family is not None and labels and not family.labels.issuperset(k for k, _ in labels):
         extra = sorted({k for k, _ in labels} - family.labels)
         raise InvalidMessage(
-            f"{where}, sample #{index} ({name}): label(s) {', '.join(extra)} not allowed "
+            f"{where}, {kind} #{index} ({name}): label(s) {', '.join(extra)} not allowed "
             f"on the core metric {name} (allowed: {', '.join(sorted(family.labels)) or 'none'}"
             "); send other dimensions under a metric name of your own",
             seq,
@@ -427,10 +432,10 @@ _GOOD_LABELS: set[str] = set()
 _KNOWN_NAMES_MAX = 10_000
 
 
-def _check_metric_name(name: str, where: str, index: int, seq: int) -> None:
+def _check_metric_name(name: str, where: str, index: int, seq: int, kind: str = "sample") -> None:
     if len(name) > MAX_NAME or METRIC_NAME.fullmatch(name) is None:
         raise InvalidMessage(
-            f"{where}, sample #{index}: metric name {_shown(name)} is not a valid Prometheus "
+            f"{where}, {kind} #{index}: metric name {_shown(name)} is not a valid Prometheus "
             f"name ([a-z_][a-z0-9_]*, at most {MAX_NAME} characters)",
             seq,
             "metric_name",
@@ -438,7 +443,7 @@ def _check_metric_name(name: str, where: str, index: int, seq: int) -> None:
     problem = None if name in catalogue.BY_NAME else _lint_problem(name)
     if problem is not None:
         raise InvalidMessage(
-            f"{where}, sample #{index}: metric name {name!r} would fail promtool check "
+            f"{where}, {kind} #{index}: metric name {name!r} would fail promtool check "
             f"metrics: {problem}",
             seq,
             "metric_name",

@@ -144,7 +144,7 @@ class SeriesTable:
                     "series_table",
                 )
             key = check_series(
-                definition.name, definition.labels, f"{where}, series definition", index, seq
+                definition.name, definition.labels, where, index, seq, "series definition"
             )
             if key in self._ids or key in pending:
                 raise InvalidMessage(
