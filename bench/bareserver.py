@@ -33,6 +33,9 @@ from bench import procstat
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
+# The collector's default max_series_per_agent, offered in its Welcome.
+SERIES_TABLE_MAX = 2000
+
 MAX_MESSAGE_BYTES = 4 * 2**20
 
 
@@ -78,6 +81,8 @@ class BareCollector(pb_grpc.CollectorServicer):
                         agent_id="bare",
                         customer="bench",
                         settings=pb.Settings(interval_seconds=self.interval),
+                        # as the collector does: the generator may intern its series
+                        series_table_max=SERIES_TABLE_MAX,
                     )
                 )
 

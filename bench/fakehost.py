@@ -153,8 +153,20 @@ class FakeHost:
             context.top_cpu.add(cpu_ratio=0.4 / (rank + 1), memory_rss_bytes=2**27, **info)
             context.top_memory.add(cpu_ratio=0.01, memory_rss_bytes=2**30 // (rank + 1), **info)
 
-    def collect(self, *, instance_id: str, seq: int, now: float, elapsed: float) -> bytes:
-        """The next report, serialized: values moved on by ``elapsed`` seconds."""
+    def collect(
+        self,
+        *,
+        instance_id: str,
+        seq: int,
+        now: float,
+        elapsed: float,
+        table: bool | None = None,
+    ) -> bytes:
+        """The next report, serialized: values moved on by ``elapsed`` seconds.
+
+        ``table`` None: named samples; False: the series table's definitions and the
+        values by id (a stream's first report); True: values by id only, as the agent
+        sends once its stream's table holds every series."""
         samples = self.report.samples
         uniform = self.rng.uniform
         for index, low, high in self._gauges:
@@ -168,4 +180,17 @@ class FakeHost:
         self.report.instance_id = instance_id
         self.report.seq = seq
         self.report.collected_at_seconds = now
-        return pb.AgentMessage(report=self.report).SerializeToString()
+        if table is None:
+            return pb.AgentMessage(report=self.report).SerializeToString()
+        interned = pb.Report(
+            instance_id=instance_id,
+            seq=seq,
+            collected_at_seconds=now,
+            context=self.report.context,
+            series_ids=range(len(samples)),
+            series_values=[sample.value for sample in samples],
+        )
+        if not table:
+            for series_id, sample in enumerate(samples):
+                interned.series_defs.add(id=series_id, name=sample.name, labels=sample.labels)
+        return pb.AgentMessage(report=interned).SerializeToString()

@@ -102,6 +102,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="agents sharing one gRPC channel, one TCP connection (default 1, as a real fleet)",
     )
     p.add_argument(
+        "--wire",
+        choices=("table", "named"),
+        default="table",
+        help="report form: 'table' interns series once per stream where the Welcome offers "
+        "a table (default, as the agent does), 'named' sends named samples as older agents",
+    )
+    p.add_argument(
         "--plaintext",
         action="store_true",
         help="dial without TLS (for comparison; default: TLS, server certificate verified)",
@@ -400,6 +407,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "tls": not args.plaintext,
         "agents_per_channel": args.agents_per_channel,
+        "wire": args.wire,
         "channels": _channels(args),
         "ramp_per_second": args.ramp,
         "scrape_interval": args.scrape_interval,
@@ -529,6 +537,7 @@ def _spawn(
             interval=args.interval,
             full=frozenset(n for n in full if first <= n < first + per),
             agents_per_channel=args.agents_per_channel,
+            wire=args.wire,
             seed=args.seed,
             root_certificates=target.root_certificates,
             server_name=target.server_name,

@@ -51,6 +51,7 @@ class WorkerSpec:
     interval: float
     full: frozenset[int]  # agent numbers that cross the filesystem threshold
     agents_per_channel: int = 1
+    wire: str = "table"  # "table": intern series per stream when offered; "named"
     concurrency: int = 64  # enrollments and stream openings in flight
     # PEM CA the server's certificate must chain to; None dials in plaintext
     root_certificates: bytes | None = None
@@ -135,8 +136,13 @@ class SimAgent:
         stats: Stats,
         rng: random.Random,
         crosses: bool,
+        intern: bool = True,
     ) -> None:
         self.host = host
+        self.intern = intern
+        # True once the stream's table holds this PC's series (a new stream defines
+        # them again in its first report); None: named samples on this stream.
+        self.table_defined: bool | None = None
         self.stub = pb_grpc.CollectorStub(channel)
         # Reports go out pre-serialized (bytes pass through a None serializer).
         self.connect_rpc = channel.stream_stream(
@@ -184,6 +190,8 @@ class SimAgent:
             call.cancel()
             raise ConnectionError(f"no Welcome for {self.agent_id}: {first!r}")
         self.seq = max(self.seq, first.welcome.applied_seq)
+        offered = first.welcome.series_table_max >= self.samples
+        self.table_defined = False if self.intern and offered else None
         self.pending.clear()
         self.call = call
         self.reader = asyncio.create_task(self._read(call))
@@ -243,8 +251,14 @@ class SimAgent:
                 self.host.full = True
             self.seq += 1
             payload = self.host.collect(
-                instance_id=self.instance_id, seq=self.seq, now=now, elapsed=now - last
+                instance_id=self.instance_id,
+                seq=self.seq,
+                now=now,
+                elapsed=now - last,
+                table=self.table_defined,
             )
+            if self.table_defined is False:
+                self.table_defined = True
             last = now
             measured = plan.measure_from <= now < plan.measure_until
             self.pending[self.seq] = (time.monotonic(), measured)
@@ -306,6 +320,7 @@ async def run_worker(spec: WorkerSpec, events: Queue[Any], control: Queue[Any]) 
             stats,
             random.Random(rng.random()),
             number in spec.full,
+            intern=spec.wire == "table",
         )
         for offset, number in enumerate(range(spec.first, spec.first + spec.count))
     ]

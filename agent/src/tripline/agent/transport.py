@@ -22,6 +22,7 @@ from grpc import aio
 
 from tripline.agent import identity as identity_file
 from tripline.agent.identity import Identity
+from tripline.agent.interning import SeriesInterner
 from tripline.agent.spool import Spool
 from tripline.common.backoff import Backoff
 from tripline.v1 import tripline_pb2 as pb
@@ -84,6 +85,9 @@ class TransportStats:
     last_error: str = ""
     connected: bool = False
     acked_seq: int = 0
+    # Series definitions sent in series tables (one per series per stream); 0 while the
+    # collector offers no table or interning is off.
+    series_defined: int = 0
 
     @property
     def reconnects(self) -> int:
@@ -110,8 +114,11 @@ class Transport:
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        intern_series: bool = True,
     ) -> None:
         self.target = target
+        # False: always send named samples (the wire form of agents before series tables).
+        self.intern_series = intern_series
         self.spool = spool
         self.identity_path = identity_path
         self.enrollment_token = enrollment_token
@@ -246,7 +253,11 @@ class Transport:
             )
             stats = await asyncio.to_thread(self.spool.stats)
             self._replay = _Replay.start(acked, stats.newest_seq or acked)
-            sender = asyncio.create_task(self._send(call, acked))
+            # A collector offering a series table gets each series named once per stream;
+            # an older one (0) gets named samples as before.
+            limit = welcome.series_table_max if self.intern_series else 0
+            interner = SeriesInterner(limit) if limit > 0 else None
+            sender = asyncio.create_task(self._send(call, acked, interner))
             reader = asyncio.create_task(self._read(call))
             done, _ = await asyncio.wait(
                 {sender, reader, stopper}, return_when=asyncio.FIRST_COMPLETED
@@ -299,7 +310,7 @@ class Transport:
         log.log(level, "stream ended", extra={"code": code.name, "error": details})
         return delay
 
-    async def _send(self, call: Call, after: int) -> None:
+    async def _send(self, call: Call, after: int, interner: SeriesInterner | None = None) -> None:
         last_sent = after
         while True:
             in_flight = last_sent - self.stats.acked_seq
@@ -322,6 +333,8 @@ class Transport:
                 continue
             for seq, payload in batch:
                 report = pb.Report.FromString(payload)
+                if interner is not None:
+                    self.stats.series_defined += interner.intern(report)
                 async with self._write_lock:
                     await call.write(pb.AgentMessage(report=report))
                 last_sent = seq

@@ -212,6 +212,8 @@ class RuleSet:
                 return rule
         return DEFAULT_OFFLINE_RULE
 
-    @property
+    @functools.cached_property
     def threshold_rules(self) -> tuple[Rule, ...]:
+        # Cached: the engine reads it for every report of every agent (a profile showed
+        # rebuilding it at 4% of the collector's time); a RuleSet never changes.
         return tuple(rule for rule in self.rules if rule.builtin is None)

@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.json_format import MessageToDict
 
@@ -93,6 +93,10 @@ REASONS = (
     "seq",
     "context",
     "token",
+    "series_table",
+    "series_id",
+    "series_redefined",
+    "series_values",
 )
 
 
@@ -236,7 +240,15 @@ def decode_hello(msg: pb.Hello) -> Hello:
     )
 
 
-def decode_report(msg: pb.Report, *, instance_id: str, max_samples: int) -> Report:
+def decode_report(
+    msg: pb.Report, *, instance_id: str, max_samples: int, table: SeriesTableLike | None = None
+) -> Report:
+    """The report validated whole, or :class:`InvalidMessage`.
+
+    ``table`` is the stream's series table when the collector offered one
+    (:class:`tripline.collector.seriestable.SeriesTable`): definitions in the report are
+    added to it only when the whole report decodes.
+    """
     seq = msg.seq
     where = f"report seq {seq}"
     if seq <= 0:
@@ -259,64 +271,23 @@ def decode_report(msg: pb.Report, *, instance_id: str, max_samples: int) -> Repo
         raise InvalidMessage(
             f"{where}: spool_dropped_reports_total must be at most {MAX_INT64}", seq, "size"
         )
-    if len(msg.samples) > max_samples:
+    count = len(msg.samples) + len(msg.series_values)
+    if count > max_samples:
         raise InvalidMessage(
-            f"{where}: {len(msg.samples)} samples, more than the limit of {max_samples}",
+            f"{where}: {count} samples, more than the limit of {max_samples}",
             seq,
             "size",
         )
     samples: list[tuple[str, Labels, float]] = []
     seen: set[tuple[str, Labels]] = set()
-    by_name = catalogue.BY_NAME
-    legacy = catalogue.LEGACY_NAMES
-    legacy_shapes = catalogue.LEGACY_SHAPES
     for index, sample in enumerate(msg.samples):
-        # The hot path of the collector: names are checked once per process, labels only
-        # when a sample has any, and error text is built only for an error.
-        name = sample.name
-        if name not in _GOOD_METRICS:
-            _check_metric_name(name, where, index, seq)
-        name = legacy.get(name, name)
+        # The hot path for agents sending named samples: names are checked once per
+        # process, labels only when a sample has any, error text built only for an error.
         value = sample.value
+        name, labels = check_series(sample.name, sample.labels, where, index, seq)
         if not math.isfinite(value):
             raise InvalidMessage(
                 f"{where}, sample #{index} ({name}): value {value} is not finite", seq, "value"
-            )
-        labels: Labels = ()
-        if sample.labels:
-            items = sorted(sample.labels.items())
-            if len(items) > MAX_LABELS:
-                raise InvalidMessage(
-                    f"{where}, sample #{index} ({name}): {len(items)} labels, "
-                    f"more than {MAX_LABELS}",
-                    seq,
-                    "size",
-                )
-            for position, (label, label_value) in enumerate(items):
-                if label not in _GOOD_LABELS:
-                    _check_label_name(label, f"{where}, sample #{index} ({name})", seq)
-                if _CONTROL.search(label_value) is not None:
-                    label_value = label_value.translate(_ESCAPES)
-                    items[position] = (label, label_value)
-                if len(label_value) > MAX_LABEL_VALUE:
-                    raise InvalidMessage(
-                        f"{where}, sample #{index} ({name}): label {label} is longer than "
-                        f"{MAX_LABEL_VALUE} characters",
-                        seq,
-                        "label_value",
-                    )
-            labels = tuple(items)
-        if name in legacy_shapes:
-            name, labels = catalogue.modernize(name, labels)
-        family = by_name.get(name)
-        if family is not None and labels and not family.labels.issuperset(k for k, _ in labels):
-            extra = sorted({k for k, _ in labels} - family.labels)
-            raise InvalidMessage(
-                f"{where}, sample #{index} ({name}): label(s) {', '.join(extra)} not allowed "
-                f"on the core metric {name} (allowed: {', '.join(sorted(family.labels)) or 'none'}"
-                "); send other dimensions under a metric name of your own",
-                seq,
-                "core_labels",
             )
         key = (name, labels)
         if key in seen:
@@ -328,15 +299,89 @@ def decode_report(msg: pb.Report, *, instance_id: str, max_samples: int) -> Repo
             )
         seen.add(key)
         samples.append((name, labels, value))
+    interned = bool(msg.series_defs or msg.series_ids or msg.series_values)
+    if interned and table is None:
+        raise InvalidMessage(
+            f"{where}: carries a series table, which this collector did not offer "
+            "(Welcome.series_table_max was 0): send named samples",
+            seq,
+            "series_table",
+        )
+    context = LazyContext(_context_bytes(msg.context, where, seq))
+    host = decode_host(msg.host, f"{where}: host", seq) if msg.HasField("host") else None
+    if interned and table is not None:
+        # Last: the table takes the report's definitions only when nothing else refuses it.
+        samples.extend(table.decode(msg, where, seq, seen if samples else None))
     return Report(
         instance_id=msg.instance_id,
         seq=seq,
         collected_at=msg.collected_at_seconds,
         samples=tuple(samples),
-        context=LazyContext(_context_bytes(msg.context, where, seq)),
+        context=context,
         dropped_total=msg.spool_dropped_reports_total,
-        host=decode_host(msg.host, f"{where}: host", seq) if msg.HasField("host") else None,
+        host=host,
     )
+
+
+def check_series(
+    name: str,
+    raw_labels: Mapping[str, str],
+    where: str,
+    index: int,
+    seq: int,
+    kind: str = "sample",
+) -> tuple[str, Labels]:
+    """One series' name and labels validated at the edge: the name's Prometheus and
+    promtool rules, label names (reserved ones refused), label values escaped and
+    bounded, legacy names modernised, a core family's labels only. Returns the
+    collector's (name, sorted labels); raises :class:`InvalidMessage`."""
+    if name not in _GOOD_METRICS:
+        _check_metric_name(name, where, index, seq, kind)
+    name = catalogue.LEGACY_NAMES.get(name, name)
+    labels: Labels = ()
+    if raw_labels:
+        items = sorted(raw_labels.items())
+        if len(items) > MAX_LABELS:
+            raise InvalidMessage(
+                f"{where}, {kind} #{index} ({name}): {len(items)} labels, more than {MAX_LABELS}",
+                seq,
+                "size",
+            )
+        for position, (label, label_value) in enumerate(items):
+            if label not in _GOOD_LABELS:
+                _check_label_name(label, f"{where}, {kind} #{index} ({name})", seq)
+            if _CONTROL.search(label_value) is not None:
+                label_value = label_value.translate(_ESCAPES)
+                items[position] = (label, label_value)
+            if len(label_value) > MAX_LABEL_VALUE:
+                raise InvalidMessage(
+                    f"{where}, {kind} #{index} ({name}): label {label} is longer than "
+                    f"{MAX_LABEL_VALUE} characters",
+                    seq,
+                    "label_value",
+                )
+        labels = tuple(items)
+    if name in catalogue.LEGACY_SHAPES:
+        name, labels = catalogue.modernize(name, labels)
+    family = catalogue.BY_NAME.get(name)
+    if family is not None and labels and not family.labels.issuperset(k for k, _ in labels):
+        extra = sorted({k for k, _ in labels} - family.labels)
+        raise InvalidMessage(
+            f"{where}, {kind} #{index} ({name}): label(s) {', '.join(extra)} not allowed "
+            f"on the core metric {name} (allowed: {', '.join(sorted(family.labels)) or 'none'}"
+            "); send other dimensions under a metric name of your own",
+            seq,
+            "core_labels",
+        )
+    return name, labels
+
+
+class SeriesTableLike(Protocol):
+    """What :func:`decode_report` needs of a stream's series table."""
+
+    def decode(
+        self, msg: pb.Report, where: str, seq: int, named: set[tuple[str, Labels]] | None
+    ) -> list[tuple[str, Labels, float]]: ...
 
 
 def _context_bytes(context: pb.Context, where: str, seq: int) -> bytes:
@@ -387,10 +432,10 @@ _GOOD_LABELS: set[str] = set()
 _KNOWN_NAMES_MAX = 10_000
 
 
-def _check_metric_name(name: str, where: str, index: int, seq: int) -> None:
+def _check_metric_name(name: str, where: str, index: int, seq: int, kind: str = "sample") -> None:
     if len(name) > MAX_NAME or METRIC_NAME.fullmatch(name) is None:
         raise InvalidMessage(
-            f"{where}, sample #{index}: metric name {_shown(name)} is not a valid Prometheus "
+            f"{where}, {kind} #{index}: metric name {_shown(name)} is not a valid Prometheus "
             f"name ([a-z_][a-z0-9_]*, at most {MAX_NAME} characters)",
             seq,
             "metric_name",
@@ -398,7 +443,7 @@ def _check_metric_name(name: str, where: str, index: int, seq: int) -> None:
     problem = None if name in catalogue.BY_NAME else _lint_problem(name)
     if problem is not None:
         raise InvalidMessage(
-            f"{where}, sample #{index}: metric name {name!r} would fail promtool check "
+            f"{where}, {kind} #{index}: metric name {name!r} would fail promtool check "
             f"metrics: {problem}",
             seq,
             "metric_name",

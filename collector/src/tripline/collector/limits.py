@@ -88,6 +88,9 @@ def cap_series(known: Collection[SeriesKey], samples: Sequence[Sample], limit: i
     its last point is older than the live window, which frees its place under the cap.
     """
     room = limit - len(known)
+    if room >= len(samples):
+        # Nothing can be dropped: skip the per-sample membership test (the usual case).
+        return Capped(tuple(samples), 0)
     kept: list[Sample] = []
     dropped = 0
     for sample in samples:

@@ -25,6 +25,7 @@ from tripline.collector import convert, limits, snapshotconv, throttle, tls
 from tripline.collector.config import CollectorConfig
 from tripline.collector.pipeline import Pipeline
 from tripline.collector.selfmetrics import CollectorMetrics
+from tripline.collector.seriestable import SeriesTable
 from tripline.collector.sessions import ReportTimeRefused, Session
 from tripline.collector.store import AgentRecord, AgentRevoked, EnrollmentRefused, StoreUnavailable
 from tripline.v1 import tripline_pb2 as pb
@@ -289,10 +290,14 @@ class CollectorService(pb_grpc.CollectorServicer):
                         site=agent.site,
                         settings=self.settings(),
                         applied_seq=session.applied_seq,
+                        series_table_max=self.config.max_series_per_agent,
                     )
                 )
             )
-            reader = asyncio.create_task(self._read(request_iterator, session, stream))
+            # The series table is the stream's own: a reconnect starts an empty one.
+            limit = self.config.max_series_per_agent
+            table = SeriesTable(limit) if limit > 0 else None
+            reader = asyncio.create_task(self._read(request_iterator, session, stream, table))
             while True:
                 item = await stream.outgoing.get()
                 if item is _END:
@@ -315,6 +320,7 @@ class CollectorService(pb_grpc.CollectorServicer):
         requests: AsyncIterator[pb.AgentMessage],
         session: Session,
         stream: _Stream,
+        table: SeriesTable | None = None,
     ) -> None:
         capped_logged = False
         try:
@@ -377,6 +383,7 @@ class CollectorService(pb_grpc.CollectorServicer):
                         message.report,
                         instance_id=session.instance_id,
                         max_samples=self.config.max_samples_per_report,
+                        table=table,
                     )
                 except convert.InvalidMessage as exc:
                     self.metrics.reports_rejected.labels(exc.reason).inc()

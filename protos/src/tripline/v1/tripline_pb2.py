@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atripline/v1/tripline.proto\x12\x0btripline.v1\"\xa4\x02\n\x08HostInfo\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x12\n\nos_release\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x12\n\nmachine_id\x18\x05 \x01(\t\x12\x11\n\tcpu_count\x18\x06 \x01(\x05\x12\x1a\n\x12memory_total_bytes\x18\x07 \x01(\x04\x12\x19\n\x11\x62oot_time_seconds\x18\x08 \x01(\x01\x12\x16\n\x0epython_version\x18\t \x01(\t\x12-\n\x04tags\x18\n \x03(\x0b\x32\x1f.tripline.v1.HostInfo.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\\\n\rEnrollRequest\x12\x18\n\x10\x65nrollment_token\x18\x01 \x01(\t\x12#\n\x04host\x18\x02 \x01(\x0b\x32\x15.tripline.v1.HostInfo\x12\x0c\n\x04site\x18\x03 \x01(\t\"H\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\"\x8d\x01\n\x0c\x41gentMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.tripline.v1.HelloH\x00\x12%\n\x06report\x18\x02 \x01(\x0b\x32\x13.tripline.v1.ReportH\x00\x12)\n\x08snapshot\x18\x03 \x01(\x0b\x32\x15.tripline.v1.SnapshotH\x00\x42\x06\n\x04kind\"\xc9\x01\n\x10\x43ollectorMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.tripline.v1.WelcomeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.tripline.v1.AckH\x00\x12)\n\x08settings\x18\x03 \x01(\x0b\x32\x15.tripline.v1.SettingsH\x00\x12\x38\n\x10snapshot_request\x18\x04 \x01(\x0b\x32\x1c.tripline.v1.SnapshotRequestH\x00\x42\x06\n\x04kind\"q\n\x05Hello\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12#\n\x04host\x18\x03 \x01(\x0b\x32\x15.tripline.v1.HostInfo\x12\x17\n\x0fsent_at_seconds\x18\x04 \x01(\x01\"y\n\x07Welcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x02 \x01(\t\x12\x0c\n\x04site\x18\x03 \x01(\t\x12\'\n\x08settings\x18\x04 \x01(\x0b\x32\x15.tripline.v1.Settings\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\x04\"c\n\x08Settings\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\"\n\x1ainventory_interval_seconds\x18\x02 \x01(\x01\x12\x19\n\x11\x63ollect_processes\x18\x03 \x01(\x08\"\x85\x01\n\x06Sample\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x06labels\x18\x02 \x03(\x0b\x32\x1f.tripline.v1.Sample.LabelsEntry\x12\r\n\x05value\x18\x03 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"x\n\x0bProcessInfo\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x11\n\tcpu_ratio\x18\x04 \x01(\x01\x12\x18\n\x10memory_rss_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07\x63mdline\x18\x06 \x01(\t\"{\n\x07\x43ontext\x12)\n\x07top_cpu\x18\x01 \x03(\x0b\x32\x18.tripline.v1.ProcessInfo\x12,\n\ntop_memory\x18\x02 \x03(\x0b\x32\x18.tripline.v1.ProcessInfo\x12\x17\n\x0flogged_in_users\x18\x03 \x03(\t\"\xdf\x01\n\x06Report\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x1c\n\x14\x63ollected_at_seconds\x18\x03 \x01(\x01\x12$\n\x07samples\x18\x04 \x03(\x0b\x32\x13.tripline.v1.Sample\x12%\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x14.tripline.v1.Context\x12#\n\x1bspool_dropped_reports_total\x18\x06 \x01(\x04\x12#\n\x04host\x18\x07 \x01(\x0b\x32\x15.tripline.v1.HostInfo\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"%\n\x0fSnapshotRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x81\x01\n\x0e\x46ilesystemInfo\x12\x12\n\nmountpoint\x18\x01 \x01(\t\x12\x0e\n\x06\x66stype\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x13\n\x0b\x61vail_bytes\x18\x05 \x01(\x04\x12\x12\n\nused_ratio\x18\x06 \x01(\x01\"\xd5\x02\n\x08Snapshot\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10taken_at_seconds\x18\x02 \x01(\x01\x12\x18\n\x10\x63pu_span_seconds\x18\x03 \x01(\x01\x12)\n\x07top_cpu\x18\x04 \x03(\x0b\x32\x18.tripline.v1.ProcessInfo\x12,\n\ntop_memory\x18\x05 \x03(\x0b\x32\x18.tripline.v1.ProcessInfo\x12\x30\n\x0b\x66ilesystems\x18\x06 \x03(\x0b\x32\x1b.tripline.v1.FilesystemInfo\x12\x17\n\x0flogged_in_users\x18\x07 \x03(\t\x12\x16\n\x0euptime_seconds\x18\x08 \x01(\x01\x12\x17\n\x0f\x63pu_usage_ratio\x18\t \x01(\x01\x12\x19\n\x11memory_used_ratio\x18\n \x01(\x01\x12\x11\n\tprocesses\x18\x0b \x01(\r2\x97\x01\n\tCollector\x12\x41\n\x06\x45nroll\x12\x1a.tripline.v1.EnrollRequest\x1a\x1b.tripline.v1.EnrollResponse\x12G\n\x07\x43onnect\x12\x19.tripline.v1.AgentMessage\x1a\x1d.tripline.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atripline/v1/tripline.proto\x12\x0btripline.v1\"\xa4\x02\n\x08HostInfo\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x12\n\nos_release\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x12\n\nmachine_id\x18\x05 \x01(\t\x12\x11\n\tcpu_count\x18\x06 \x01(\x05\x12\x1a\n\x12memory_total_bytes\x18\x07 \x01(\x04\x12\x19\n\x11\x62oot_time_seconds\x18\x08 \x01(\x01\x12\x16\n\x0epython_version\x18\t \x01(\t\x12-\n\x04tags\x18\n \x03(\x0b\x32\x1f.tripline.v1.HostInfo.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\\\n\rEnrollRequest\x12\x18\n\x10\x65nrollment_token\x18\x01 \x01(\t\x12#\n\x04host\x18\x02 \x01(\x0b\x32\x15.tripline.v1.HostInfo\x12\x0c\n\x04site\x18\x03 \x01(\t\"H\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\"\x8d\x01\n\x0c\x41gentMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.tripline.v1.HelloH\x00\x12%\n\x06report\x18\x02 \x01(\x0b\x32\x13.tripline.v1.ReportH\x00\x12)\n\x08snapshot\x18\x03 \x01(\x0b\x32\x15.tripline.v1.SnapshotH\x00\x42\x06\n\x04kind\"\xc9\x01\n\x10\x43ollectorMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.tripline.v1.WelcomeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.tripline.v1.AckH\x00\x12)\n\x08settings\x18\x03 \x01(\x0b\x32\x15.tripline.v1.SettingsH\x00\x12\x38\n\x10snapshot_request\x18\x04 \x01(\x0b\x32\x1c.tripline.v1.SnapshotRequestH\x00\x42\x06\n\x04kind\"q\n\x05Hello\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12#\n\x04host\x18\x03 \x01(\x0b\x32\x15.tripline.v1.HostInfo\x12\x17\n\x0fsent_at_seconds\x18\x04 \x01(\x01\"\x93\x01\n\x07Welcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x02 \x01(\t\x12\x0c\n\x04site\x18\x03 \x01(\t\x12\'\n\x08settings\x18\x04 \x01(\x0b\x32\x15.tripline.v1.Settings\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\x04\x12\x18\n\x10series_table_max\x18\x06 \x01(\r\"c\n\x08Settings\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\"\n\x1ainventory_interval_seconds\x18\x02 \x01(\x01\x12\x19\n\x11\x63ollect_processes\x18\x03 \x01(\x08\"\x85\x01\n\x06Sample\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x06labels\x18\x02 \x03(\x0b\x32\x1f.tripline.v1.Sample.LabelsEntry\x12\r\n\x05value\x18\x03 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\tSeriesDef\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x32\n\x06labels\x18\x03 \x03(\x0b\x32\".tripline.v1.SeriesDef.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"x\n\x0bProcessInfo\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x11\n\tcpu_ratio\x18\x04 \x01(\x01\x12\x18\n\x10memory_rss_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07\x63mdline\x18\x06 \x01(\t\"{\n\x07\x43ontext\x12)\n\x07top_cpu\x18\x01 \x03(\x0b\x32\x18.tripline.v1.ProcessInfo\x12,\n\ntop_memory\x18\x02 \x03(\x0b\x32\x18.tripline.v1.ProcessInfo\x12\x17\n\x0flogged_in_users\x18\x03 \x03(\t\"\xb7\x02\n\x06Report\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x1c\n\x14\x63ollected_at_seconds\x18\x03 \x01(\x01\x12$\n\x07samples\x18\x04 \x03(\x0b\x32\x13.tripline.v1.Sample\x12%\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x14.tripline.v1.Context\x12#\n\x1bspool_dropped_reports_total\x18\x06 \x01(\x04\x12#\n\x04host\x18\x07 \x01(\x0b\x32\x15.tripline.v1.HostInfo\x12+\n\x0bseries_defs\x18\x08 \x03(\x0b\x32\x16.tripline.v1.SeriesDef\x12\x12\n\nseries_ids\x18\t \x03(\r\x12\x15\n\rseries_values\x18\n \x03(\x01\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"%\n\x0fSnapshotRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x81\x01\n\x0e\x46ilesystemInfo\x12\x12\n\nmountpoint\x18\x01 \x01(\t\x12\x0e\n\x06\x66stype\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x13\n\x0b\x61vail_bytes\x18\x05 \x01(\x04\x12\x12\n\nused_ratio\x18\x06 \x01(\x01\"\xd5\x02\n\x08Snapshot\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10taken_at_seconds\x18\x02 \x01(\x01\x12\x18\n\x10\x63pu_span_seconds\x18\x03 \x01(\x01\x12)\n\x07top_cpu\x18\x04 \x03(\x0b\x32\x18.tripline.v1.ProcessInfo\x12,\n\ntop_memory\x18\x05 \x03(\x0b\x32\x18.tripline.v1.ProcessInfo\x12\x30\n\x0b\x66ilesystems\x18\x06 \x03(\x0b\x32\x1b.tripline.v1.FilesystemInfo\x12\x17\n\x0flogged_in_users\x18\x07 \x03(\t\x12\x16\n\x0euptime_seconds\x18\x08 \x01(\x01\x12\x17\n\x0f\x63pu_usage_ratio\x18\t \x01(\x01\x12\x19\n\x11memory_used_ratio\x18\n \x01(\x01\x12\x11\n\tprocesses\x18\x0b \x01(\r2\x97\x01\n\tCollector\x12\x41\n\x06\x45nroll\x12\x1a.tripline.v1.EnrollRequest\x1a\x1b.tripline.v1.EnrollResponse\x12G\n\x07\x43onnect\x12\x19.tripline.v1.AgentMessage\x1a\x1d.tripline.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOSTINFO_TAGSENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLE_LABELSENTRY']._loaded_options = None
   _globals['_SAMPLE_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_SERIESDEF_LABELSENTRY']._loaded_options = None
+  _globals['_SERIESDEF_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_HOSTINFO']._serialized_start=44
   _globals['_HOSTINFO']._serialized_end=336
   _globals['_HOSTINFO_TAGSENTRY']._serialized_start=293
@@ -49,28 +51,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLLECTORMESSAGE']._serialized_end=852
   _globals['_HELLO']._serialized_start=854
   _globals['_HELLO']._serialized_end=967
-  _globals['_WELCOME']._serialized_start=969
-  _globals['_WELCOME']._serialized_end=1090
-  _globals['_SETTINGS']._serialized_start=1092
-  _globals['_SETTINGS']._serialized_end=1191
-  _globals['_SAMPLE']._serialized_start=1194
-  _globals['_SAMPLE']._serialized_end=1327
-  _globals['_SAMPLE_LABELSENTRY']._serialized_start=1282
-  _globals['_SAMPLE_LABELSENTRY']._serialized_end=1327
-  _globals['_PROCESSINFO']._serialized_start=1329
-  _globals['_PROCESSINFO']._serialized_end=1449
-  _globals['_CONTEXT']._serialized_start=1451
-  _globals['_CONTEXT']._serialized_end=1574
-  _globals['_REPORT']._serialized_start=1577
-  _globals['_REPORT']._serialized_end=1800
-  _globals['_ACK']._serialized_start=1802
-  _globals['_ACK']._serialized_end=1820
-  _globals['_SNAPSHOTREQUEST']._serialized_start=1822
-  _globals['_SNAPSHOTREQUEST']._serialized_end=1859
-  _globals['_FILESYSTEMINFO']._serialized_start=1862
-  _globals['_FILESYSTEMINFO']._serialized_end=1991
-  _globals['_SNAPSHOT']._serialized_start=1994
-  _globals['_SNAPSHOT']._serialized_end=2335
-  _globals['_COLLECTOR']._serialized_start=2338
-  _globals['_COLLECTOR']._serialized_end=2489
+  _globals['_WELCOME']._serialized_start=970
+  _globals['_WELCOME']._serialized_end=1117
+  _globals['_SETTINGS']._serialized_start=1119
+  _globals['_SETTINGS']._serialized_end=1218
+  _globals['_SAMPLE']._serialized_start=1221
+  _globals['_SAMPLE']._serialized_end=1354
+  _globals['_SAMPLE_LABELSENTRY']._serialized_start=1309
+  _globals['_SAMPLE_LABELSENTRY']._serialized_end=1354
+  _globals['_SERIESDEF']._serialized_start=1357
+  _globals['_SERIESDEF']._serialized_end=1493
+  _globals['_SERIESDEF_LABELSENTRY']._serialized_start=1309
+  _globals['_SERIESDEF_LABELSENTRY']._serialized_end=1354
+  _globals['_PROCESSINFO']._serialized_start=1495
+  _globals['_PROCESSINFO']._serialized_end=1615
+  _globals['_CONTEXT']._serialized_start=1617
+  _globals['_CONTEXT']._serialized_end=1740
+  _globals['_REPORT']._serialized_start=1743
+  _globals['_REPORT']._serialized_end=2054
+  _globals['_ACK']._serialized_start=2056
+  _globals['_ACK']._serialized_end=2074
+  _globals['_SNAPSHOTREQUEST']._serialized_start=2076
+  _globals['_SNAPSHOTREQUEST']._serialized_end=2113
+  _globals['_FILESYSTEMINFO']._serialized_start=2116
+  _globals['_FILESYSTEMINFO']._serialized_end=2245
+  _globals['_SNAPSHOT']._serialized_start=2248
+  _globals['_SNAPSHOT']._serialized_end=2589
+  _globals['_COLLECTOR']._serialized_start=2592
+  _globals['_COLLECTOR']._serialized_end=2743
 # @@protoc_insertion_point(module_scope)

@@ -92,18 +92,20 @@ class Hello(_message.Message):
     def __init__(self, agent_version: _Optional[str] = ..., instance_id: _Optional[str] = ..., host: _Optional[_Union[HostInfo, _Mapping]] = ..., sent_at_seconds: _Optional[float] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("agent_id", "customer", "site", "settings", "applied_seq")
+    __slots__ = ("agent_id", "customer", "site", "settings", "applied_seq", "series_table_max")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SERIES_TABLE_MAX_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     customer: str
     site: str
     settings: Settings
     applied_seq: int
-    def __init__(self, agent_id: _Optional[str] = ..., customer: _Optional[str] = ..., site: _Optional[str] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ..., applied_seq: _Optional[int] = ...) -> None: ...
+    series_table_max: int
+    def __init__(self, agent_id: _Optional[str] = ..., customer: _Optional[str] = ..., site: _Optional[str] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ..., applied_seq: _Optional[int] = ..., series_table_max: _Optional[int] = ...) -> None: ...
 
 class Settings(_message.Message):
     __slots__ = ("interval_seconds", "inventory_interval_seconds", "collect_processes")
@@ -132,6 +134,23 @@ class Sample(_message.Message):
     value: float
     def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., value: _Optional[float] = ...) -> None: ...
 
+class SeriesDef(_message.Message):
+    __slots__ = ("id", "name", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class ProcessInfo(_message.Message):
     __slots__ = ("pid", "name", "username", "cpu_ratio", "memory_rss_bytes", "cmdline")
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -159,7 +178,7 @@ class Context(_message.Message):
     def __init__(self, top_cpu: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., top_memory: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., logged_in_users: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("instance_id", "seq", "collected_at_seconds", "samples", "context", "spool_dropped_reports_total", "host")
+    __slots__ = ("instance_id", "seq", "collected_at_seconds", "samples", "context", "spool_dropped_reports_total", "host", "series_defs", "series_ids", "series_values")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     COLLECTED_AT_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +186,9 @@ class Report(_message.Message):
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     SPOOL_DROPPED_REPORTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
+    SERIES_DEFS_FIELD_NUMBER: _ClassVar[int]
+    SERIES_IDS_FIELD_NUMBER: _ClassVar[int]
+    SERIES_VALUES_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     seq: int
     collected_at_seconds: float
@@ -174,7 +196,10 @@ class Report(_message.Message):
     context: Context
     spool_dropped_reports_total: int
     host: HostInfo
-    def __init__(self, instance_id: _Optional[str] = ..., seq: _Optional[int] = ..., collected_at_seconds: _Optional[float] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., spool_dropped_reports_total: _Optional[int] = ..., host: _Optional[_Union[HostInfo, _Mapping]] = ...) -> None: ...
+    series_defs: _containers.RepeatedCompositeFieldContainer[SeriesDef]
+    series_ids: _containers.RepeatedScalarFieldContainer[int]
+    series_values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, instance_id: _Optional[str] = ..., seq: _Optional[int] = ..., collected_at_seconds: _Optional[float] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., spool_dropped_reports_total: _Optional[int] = ..., host: _Optional[_Union[HostInfo, _Mapping]] = ..., series_defs: _Optional[_Iterable[_Union[SeriesDef, _Mapping]]] = ..., series_ids: _Optional[_Iterable[int]] = ..., series_values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq",)
