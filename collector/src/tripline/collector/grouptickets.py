@@ -17,6 +17,7 @@ The PCs' own tickets fold into it: resolved with reason "folded into ticket #N" 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -99,8 +100,12 @@ def _context(spec: Grouping, key: GroupKey, pcs: Sequence[Firing], total: int) -
     }
 
 
-def _hostnames(pcs: Sequence[Firing]) -> str:
-    names = sorted({f.hostname for f in pcs})
+def pc_names(pcs: Sequence[Firing]) -> str:
+    """The PCs by host name; one name held by several PCs (a cloned image) names each
+    with its agent id, so three PCs never read as one."""
+    found = sorted({(f.hostname, f.key.agent_id) for f in pcs})
+    shared = Counter(hostname for hostname, _ in found)
+    names = [h if shared[h] == 1 else f"{h} ({agent_id})" for h, agent_id in found]
     listed = ", ".join(names[:20])
     return listed + (f" and {len(names) - 20} more" if len(names) > 20 else "")
 
@@ -136,7 +141,7 @@ def open_group(
         for firing in members
         if (folded_id := _fold(conn, firing, change.ticket_id, summary, now)) is not None
     ]
-    message = f"PCs: {_hostnames(members)}"
+    message = f"PCs: {pc_names(members)}"
     if folded:
         message += "; folded tickets " + ", ".join(f"#{t}" for t in folded)
     tickets.engine_note(conn, change.ticket_id, message=message, data={"folded": folded}, now=now)
@@ -190,7 +195,7 @@ def resolve_group(
     if action.still:
         reason = (
             f"{len(action.back)} PCs back; still firing, each with its own ticket now: "
-            + _hostnames(action.still)
+            + pc_names(action.still)
         )
     else:
         reason = f"all {len(action.back)} PCs back"
