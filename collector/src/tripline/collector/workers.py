@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tripline.collector import enrollment
 from tripline.collector.config import CollectorConfig
 from tripline.collector.lockfile import DataDirLock
 from tripline.common import files, logs
@@ -114,7 +115,8 @@ def prepare(config: CollectorConfig) -> DataDirLock | None:
             lock.acquire()
         store.migrate(lambda line: log.info(line, extra={"phase": "migrate"}))
         for customer, token in config.customers.items():
-            store.ensure_enrollment_token(customer, token, time.time())
+            with store.transaction() as conn:
+                enrollment.ensure_token(conn, customer, token, time.time())
     finally:
         store.close()
     return lock

@@ -10,8 +10,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from tripline.collector import delivery, maintenance, tickets
+from tripline.collector.agents_store import AgentNotFound
 from tripline.collector.api.encoding import Json
-from tripline.collector.store import AgentNotFound, EnrollmentTokenNotFound, StoreUnavailable
+from tripline.collector.enrollment import EnrollmentTokenNotFound
+from tripline.collector.store import StoreUnavailable
 from tripline.collector.urls import API_PREFIX  # re-exported: the API's home for it
 
 # What each error status means to a caller; the OpenAPI document lists them per route.
