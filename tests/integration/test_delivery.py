@@ -30,7 +30,8 @@ from prometheus_client import CollectorRegistry
 from tests.certs import CertAuthority
 from tests.conftest import T0, FakeClock, Receiver, async_eventually, free_port
 from tripline.collector import enrollment, tickets
-from tripline.collector.delivery import Deliverer, get_parked, list_parked, unpark
+from tripline.collector.delivery import Deliverer
+from tripline.collector.delivery_parking import get_parked, list_parked, unpark
 from tripline.collector.routes import Route, parse_routes
 from tripline.collector.selfmetrics import CollectorMetrics
 from tripline.collector.sinks import (

@@ -22,7 +22,8 @@ from tripline.collector import enrollment, limits, tls
 from tripline.collector.api import ApiContext
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig
-from tripline.collector.delivery import Deliverer, lease_owner
+from tripline.collector.delivery import Deliverer
+from tripline.collector.delivery_leases import lease_owner
 from tripline.collector.exposition import SeriesExposition
 from tripline.collector.http import HttpLimits, build_app, guarded_protocol
 from tripline.collector.liveness import Liveness
