@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tripline.collector import enrollment
 from tripline.collector.config import CollectorConfig
 from tripline.collector.lockfile import DataDirLock
 from tripline.common import files, logs
@@ -104,6 +103,7 @@ def _hold_port(host: str) -> tuple[socket.socket, int]:
 def prepare(config: CollectorConfig) -> DataDirLock | None:
     """What one collector does once before serving: lock, migrate, tokens. Returns the
     lock (or None on PostgreSQL); raises as a single collector's start would."""
+    from tripline.collector import enrollment
     from tripline.collector.store import Store
 
     store = Store(config.effective_database_url)

@@ -7,7 +7,6 @@ import json
 import time
 from typing import Any
 
-from tripline.collector import agents_store
 from tripline.collector.cli import snapshots
 from tripline.collector.cli.localstore import open_store
 from tripline.collector.cli.options import store_flags
@@ -30,6 +29,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
+    from tripline.collector import agents_store  # here: only this command pays for SQLAlchemy
+
     with open_store(args) as store:
         if args.agents_cmd == "revoke":
             with store.transaction() as conn:

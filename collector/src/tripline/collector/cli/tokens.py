@@ -6,7 +6,6 @@ import argparse
 import time
 from typing import Any
 
-from tripline.collector import enrollment
 from tripline.collector.cli.errors import CliError
 from tripline.collector.cli.localstore import open_store
 from tripline.collector.cli.options import is_name, store_flags
@@ -37,7 +36,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    from tripline.collector import entropy
+    from tripline.collector import enrollment, entropy
     from tripline.common.durations import parse_duration
 
     if args.tokens_cmd == "generate":
