@@ -18,8 +18,8 @@ import pytest
 from tests.conftest import Receiver, free_port, postgres_schema
 from tests.e2e.conftest import Cluster, eventually
 from tests.e2e.test_lifecycle import TOKEN, by_rule, write_rules
-from tripline.collector import tickets
-from tripline.collector.delivery import lease_owner
+from tripline.collector import enrollment, tickets
+from tripline.collector.delivery_leases import lease_owner
 from tripline.collector.store import Store
 
 pytestmark = pytest.mark.e2e
@@ -214,10 +214,12 @@ def test_two_collectors_on_postgresql_share_deliveries_without_races(
                 lambda: _scalar(store, "SELECT count(*) FROM delivery_routes") == 1,
                 what="route registered",
             )
-            _, token = store.create_enrollment_token("acme", now=time.time())
-            agent, _ = store.enroll_agent(
-                token, hostname="pc-01", site="", inventory={}, now=time.time()
-            )
+            with store.transaction() as conn:
+                _, token = enrollment.create_token(conn, "acme", now=time.time())
+            with store.transaction() as conn:
+                agent, _ = enrollment.enroll_agent(
+                    conn, token, hostname="pc-01", site="", inventory={}, now=time.time()
+                )
             # Many events, written while both collectors poll the outbox.
             opened: list[int] = []
             for batch in range(4):

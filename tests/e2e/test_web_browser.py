@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Cluster, Collector, eventually
-from tripline.collector import tickets
+from tripline.collector import enrollment, tickets
 from tripline.collector.store import Store
 
 pytestmark = pytest.mark.e2e
@@ -46,10 +46,12 @@ def _seed(data_dir: Path) -> dict[str, int]:
     found: dict[str, int] = {}
     agents = {}
     for customer, host in (("acme", HOSTILE), ("globex", "gx-pc-01")):
-        _, enrollment = store.create_enrollment_token(customer, now=now)
-        agents[customer], _ = store.enroll_agent(
-            enrollment, hostname=host, site="hq", inventory={"os": "Windows 11"}, now=now
-        )
+        with store.transaction() as conn:
+            _, secret = enrollment.create_token(conn, customer, now=now)
+        with store.transaction() as conn:
+            agents[customer], _ = enrollment.enroll_agent(
+                conn, secret, hostname=host, site="hq", inventory={"os": "Windows 11"}, now=now
+            )
     with store.transaction() as conn:
         for name, customer, rule, severity in (
             ("acme-disk", "acme", "DiskFull", "warning"),

@@ -11,9 +11,11 @@ import pytest
 
 from tests.conftest import postgres_schema
 from tripline.agent.config import load_agent_config
+from tripline.collector import enrollment
+from tripline.collector.agents_store import AgentRecord
 from tripline.collector.app import CollectorApp
 from tripline.collector.config import load_collector_config
-from tripline.collector.store import AgentRecord, Store
+from tripline.collector.store import Store
 
 
 @pytest.fixture(
@@ -51,10 +53,12 @@ T0 = 1_700_000_000.0
 @pytest.fixture
 def agent(store: Store) -> AgentRecord:
     """An agent enrolled for customer "acme"."""
-    _, token = store.create_enrollment_token("acme", now=T0)
-    record, _ = store.enroll_agent(
-        token, hostname="pc-01", site="hq", inventory={"os": "Windows 11"}, now=T0
-    )
+    with store.transaction() as conn:
+        _, token = enrollment.create_token(conn, "acme", now=T0)
+    with store.transaction() as conn:
+        record, _ = enrollment.enroll_agent(
+            conn, token, hostname="pc-01", site="hq", inventory={"os": "Windows 11"}, now=T0
+        )
     return record
 
 

@@ -22,11 +22,12 @@ from sqlalchemy import select
 from tests.conftest import async_eventually as eventually
 from tests.integration.conftest import agent_config, running_collector
 from tripline.agent.runner import AgentRunner
-from tripline.collector import apitokens, maintenance, tickets
+from tripline.collector import agents_store, apitokens, enrollment, maintenance, tickets
+from tripline.collector.agents_store import AgentRecord
 from tripline.collector.app import CollectorApp
 from tripline.collector.cli import main
 from tripline.collector.schema import api_tokens
-from tripline.collector.store import AgentRecord, Store
+from tripline.collector.store import Store
 
 T0 = 1_700_000_000.0
 ENROLLMENT = {
@@ -128,7 +129,7 @@ def test_a_token_for_one_customer_never_sees_or_changes_anothers(tmp_path: Path)
             theirs_agent = f.agents["globex"]
             before = f.ticket(theirs_ticket)
             with f.app.store.read() as conn:
-                theirs_token = f.app.store.list_enrollment_tokens("globex", conn=conn)[0].id
+                theirs_token = enrollment.list_tokens(conn, "globex")[0].id
 
             # Lists hold acme's objects only; naming globex is refused.
             listed = (await http.get("/tickets", headers=acme)).json()["items"]
@@ -177,8 +178,8 @@ def test_a_token_for_one_customer_never_sees_or_changes_anothers(tmp_path: Path)
             # Nothing of globex changed, and no write was recorded.
             assert f.ticket(theirs_ticket) == before
             with f.app.store.read() as conn:
-                assert f.app.store.get_agent(theirs_agent, conn=conn).revoked_at is None
-                globex_tokens = f.app.store.list_enrollment_tokens("globex", conn=conn)
+                assert agents_store.get_agent(conn, theirs_agent).revoked_at is None
+                globex_tokens = enrollment.list_tokens(conn, "globex")
             assert [t.revoked_at for t in globex_tokens] == [None]
             assert [e.action for e in f.audit()] == ["api_token.create"] * 2
 
@@ -244,9 +245,10 @@ def test_ticket_lifecycle_through_the_api_records_the_actor(tmp_path: Path) -> N
             assert created.status_code == 201
             new = created.json()
             assert new["expires_at"] == pytest.approx(new["created_at"] + 3600)
-            third, _ = f.app.store.enroll_agent(
-                new["token"], hostname="pc-3", site="", inventory={}, now=f.app.clock()
-            )
+            with f.app.store.transaction() as conn:
+                third, _ = enrollment.enroll_agent(
+                    conn, new["token"], hostname="pc-3", site="", inventory={}, now=f.app.clock()
+                )
             revoked = await http.post(f"/enrollment-tokens/{new['id']}/revoke", headers=acme)
             assert revoked.json()["revoked_at"] is not None
             gone = await http.post(f"/agents/{third.agent_id}/revoke", headers=acme)

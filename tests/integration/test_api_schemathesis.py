@@ -24,7 +24,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.integration.conftest import collector_config
-from tripline.collector import apitokens, tickets
+from tripline.collector import apitokens, enrollment, tickets
 from tripline.collector.app import CollectorApp
 from tripline.collector.openapi import openapi_document
 from tripline.collector.ticketcontext import ticket_policy
@@ -83,10 +83,17 @@ def seed(app: CollectorApp, now: float) -> None:
     store = app.store
     policy = ticket_policy(app.config)
     for customer in ("acme", "globex"):
-        _, secret = store.create_enrollment_token(customer, now)
-        agent, _ = store.enroll_agent(
-            secret, hostname=f"{customer}-pc", site="hq", inventory={"os": "Linux"}, now=now
-        )
+        with store.transaction() as conn:
+            _, secret = enrollment.create_token(conn, customer, now)
+        with store.transaction() as conn:
+            agent, _ = enrollment.enroll_agent(
+                conn,
+                secret,
+                hostname=f"{customer}-pc",
+                site="hq",
+                inventory={"os": "Linux"},
+                now=now,
+            )
         app.pipeline.track(agent)
         with store.transaction() as conn:
             for n, mount in enumerate(("/", "/home", "/var")):

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import running_collector
-from tripline.collector import apitokens, tickets
+from tripline.collector import apitokens, enrollment, tickets
 from tripline.collector.cli import main
 from tripline.collector.store import Store
 from tripline.collector.tickets import TicketPolicy
@@ -61,10 +61,12 @@ def test_each_ticket_command_does_the_same_locally_and_through_the_api(
         data_dir = tmp_path / "collector"
         async with running_collector(data_dir) as app:
             store = app.store
-            _, enrollment = store.create_enrollment_token("acme", now=time.time())
-            agent, _ = store.enroll_agent(
-                enrollment, hostname="pc-01", site="hq", inventory={}, now=time.time()
-            )
+            with store.transaction() as conn:
+                _, secret = enrollment.create_token(conn, "acme", now=time.time())
+            with store.transaction() as conn:
+                agent, _ = enrollment.enroll_agent(
+                    conn, secret, hostname="pc-01", site="hq", inventory={}, now=time.time()
+                )
             local_id = _open(store, agent.agent_id, "C:\\")
             api_id = _open(store, agent.agent_id, "D:\\")
             with store.transaction() as conn:

@@ -29,8 +29,9 @@ from prometheus_client import CollectorRegistry
 
 from tests.certs import CertAuthority
 from tests.conftest import T0, FakeClock, Receiver, async_eventually, free_port
-from tripline.collector import tickets
-from tripline.collector.delivery import Deliverer, get_parked, list_parked, unpark
+from tripline.collector import enrollment, tickets
+from tripline.collector.delivery import Deliverer
+from tripline.collector.delivery_parking import get_parked, list_parked, unpark
 from tripline.collector.routes import Route, parse_routes
 from tripline.collector.selfmetrics import CollectorMetrics
 from tripline.collector.sinks import (
@@ -56,8 +57,12 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def enrolled_agent(store: Store, customer: str = "acme") -> str:
-    _, token = store.create_enrollment_token(customer, now=T0)
-    agent, _ = store.enroll_agent(token, hostname="pc-01", site="hq", inventory={}, now=T0)
+    with store.transaction() as conn:
+        _, token = enrollment.create_token(conn, customer, now=T0)
+    with store.transaction() as conn:
+        agent, _ = enrollment.enroll_agent(
+            conn, token, hostname="pc-01", site="hq", inventory={}, now=T0
+        )
     return agent.agent_id
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.conftest import T0
 from tests.integration.test_delivery import clear, enrolled_agent, fire, store  # noqa: F401
-from tripline.collector import delivery, tickets, ticketsnapshots
+from tripline.collector import delivery_outbox, tickets, ticketsnapshots
 from tripline.collector.sinks import email_message
 from tripline.collector.store import Store
 
@@ -22,7 +22,7 @@ def test_an_opening_is_delivered_with_its_snapshot_and_history(store: Store) -> 
     snapshot = {"top_cpu": [{"pid": 42, "name": "backup.exe", "cpu_ratio": 0.9, "cmdline": "b"}]}
     with store.transaction() as conn:
         ticketsnapshots.replace(conn, now, snapshot, T0 + 86_401)
-        batch = delivery.pending(conn, "hook", 0)
+        batch = delivery_outbox.pending(conn, "hook", 0)
     opened = [d for d in batch if d.ticket["id"] == now and d.event["kind"] == "opened"]
     assert len(opened) == 1
     ticket = opened[0].ticket

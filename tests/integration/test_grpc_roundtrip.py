@@ -17,6 +17,7 @@ from tests.integration.conftest import TOKEN, agent_config, running_collector
 from tripline.agent.runner import AgentRunner
 from tripline.agent.spool import Spool
 from tripline.agent.transport import EnrollmentFailed
+from tripline.collector import agent_instances, agents_store
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
@@ -28,11 +29,13 @@ def test_agent_enrolls_streams_and_spool_drains(tmp_path: Path) -> None:
             stop = asyncio.Event()
             task = asyncio.create_task(runner.run(stop))
             await eventually(lambda: runner.transport.stats.acked_seq >= 3)
-            agents = app.store.list_agents()
+            with app.store.read() as conn:
+                agents = agents_store.list_agents(conn)
             assert [a.customer for a in agents] == ["acme"]
             agent_id = agents[0].agent_id
             instance = runner.spool.instance_id
-            assert app.store.applied_seq(agent_id, instance) >= 3
+            with app.store.read() as conn:
+                assert agent_instances.applied_seq(conn, agent_id, instance) >= 3
             live = app.state.agents[agent_id]
             assert live.value("memory_total_bytes") and live.value("memory_total_bytes") > 0
             async with httpx.AsyncClient() as client:
@@ -50,7 +53,8 @@ def test_agent_enrolls_streams_and_spool_drains(tmp_path: Path) -> None:
             # everything the collector applied is gone from the spool; what is left
             # (at most the reports collected after the last ack) is unacknowledged
             spool = Spool(tmp_path / "a" / "spool.db")
-            applied = app.store.applied_seq(agent_id, instance)
+            with app.store.read() as conn:
+                applied = agent_instances.applied_seq(conn, agent_id, instance)
             assert all(seq > applied for seq, _ in spool.pending(0, 1000))
             spool.close()
 
@@ -69,7 +73,8 @@ def test_wrong_enrollment_token_is_refused_unauthenticated(tmp_path: Path) -> No
             runner = AgentRunner(agent_config(tmp_path / "a", app.grpc_port, token="tle_wrong"))
             with pytest.raises(EnrollmentFailed):
                 await runner.run(asyncio.Event())
-            assert app.store.list_agents() == []
+            with app.store.read() as conn:
+                assert agents_store.list_agents(conn) == []
 
     asyncio.run(scenario())
 
@@ -113,7 +118,8 @@ def test_connect_without_credential_or_hello_is_refused(tmp_path: Path) -> None:
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "not a valid Prometheus name" in (err.value.details() or "")
             assert ("tripline-rejected-seq", "1") in tuple(err.value.trailing_metadata() or ())
-            assert app.store.applied_seq(enrolled.agent_id, "i") == 0
+            with app.store.read() as conn:
+                assert agent_instances.applied_seq(conn, enrolled.agent_id, "i") == 0
 
             # the collector keeps serving: a good report on a new stream is applied
             call = stub.Connect(metadata=meta)
@@ -130,7 +136,8 @@ def test_connect_without_credential_or_hello_is_refused(tmp_path: Path) -> None:
             await call.write(pb.AgentMessage(report=good))
             assert (await call.read()).ack.seq == 1
             await call.done_writing()
-            assert app.store.applied_seq(enrolled.agent_id, "i") == 1
+            with app.store.read() as conn:
+                assert agent_instances.applied_seq(conn, enrolled.agent_id, "i") == 1
             assert app.metrics.reports_duplicate._value.get() == 1
 
     asyncio.run(scenario())

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import TOKEN, agent_config, collector_config
 from tripline.agent.runner import AgentRunner
-from tripline.collector import tickets
+from tripline.collector import agent_instances, agents_store, alert_states, tickets
 from tripline.collector.app import CollectorApp
 from tripline.collector.convert import LABEL_NAME, METRIC_NAME
 from tripline.v1 import tripline_pb2 as pb
@@ -111,19 +111,21 @@ class Rig:
                 for t in tickets.list_tickets(conn, agent_id=self.hostile_id)
                 if t.rule == "Tripwire"
             ]
-        alerts = {
-            key: state
-            for key, state in self.app.store.load_alert_states().items()
-            if key.agent_id == self.hostile_id and key.rule == "Tripwire"
-        }
+        with self.app.store.read() as conn:
+            alerts = {
+                key: state
+                for key, state in alert_states.load(conn).items()
+                if key.agent_id == self.hostile_id and key.rule == "Tripwire"
+            }
         live = self.app.state.agents.get(self.hostile_id)
         series = frozenset(live.series) if live is not None else frozenset()
-        return (
-            tripped,
-            alerts,
-            self.app.store.applied_seq(self.hostile_id, INSTANCE),
-            series,
-        )
+        with self.app.store.read() as conn:
+            return (
+                tripped,
+                alerts,
+                agent_instances.applied_seq(conn, self.hostile_id, INSTANCE),
+                series,
+            )
 
     def rejected_count(self, reason: str) -> float:
         value = self.app.registry.get_sample_value(
@@ -237,7 +239,8 @@ def tripwire() -> pb.Sample:
 
 
 def next_seq(rig: Rig) -> int:
-    return rig.app.store.applied_seq(rig.hostile_id, INSTANCE) + 1
+    with rig.app.store.read() as conn:
+        return agent_instances.applied_seq(conn, rig.hostile_id, INSTANCE) + 1
 
 
 def assert_actionable(out: Outcome) -> None:
@@ -515,7 +518,8 @@ def test_seq_backwards_is_acked_not_applied_and_a_jump_is_accepted(rig: Rig) -> 
     assert out.code == grpc.StatusCode.OK, out
     # a jump is the agent's spool having dropped reports: accepted as the newest
     assert acks(out) == [first, first + 1000, first + 500, first]
-    assert rig.app.store.applied_seq(rig.hostile_id, INSTANCE) == first + 1000
+    with rig.app.store.read() as conn:
+        assert agent_instances.applied_seq(conn, rig.hostile_id, INSTANCE) == first + 1000
     assert rig.app.metrics.reports_duplicate._value.get() == duplicates + 2
     assert rig.app.state.agents[rig.hostile_id].value("jump_metric") == 2.0
 
@@ -628,7 +632,8 @@ def test_hello_host_strings_are_bounded_and_escaped(rig: Rig) -> None:
     assert out.code == grpc.StatusCode.OK, out
     live = rig.app.state.agents[rig.hostile_id]
     assert live.hostname == "h" * 253
-    stored = rig.app.store.get_agent(rig.hostile_id)
+    with rig.app.store.read() as conn:
+        stored = agents_store.get_agent(conn, rig.hostile_id)
     assert stored is not None
     assert stored.hostname == "h" * 253
     assert stored.inventory["os"] == "o" * 64
@@ -688,14 +693,16 @@ def test_bad_hello_fields_are_invalid_argument_naming_the_field(
 def test_bad_enroll_fields_are_invalid_argument_naming_the_field(
     rig: Rig, request_: pb.EnrollRequest, reason: str, fragment: str
 ) -> None:
-    agents = len(rig.app.store.list_agents())
+    with rig.app.store.read() as conn:
+        agents = len(agents_store.list_agents(conn))
     rejected = rig.rejected_count(reason)
     with pytest.raises(grpc.RpcError) as err:
         pb_grpc.CollectorStub(rig.channel).Enroll(request_, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert fragment in (err.value.details() or "")
     assert rig.rejected_count(reason) == rejected + 1
-    assert len(rig.app.store.list_agents()) == agents
+    with rig.app.store.read() as conn:
+        assert len(agents_store.list_agents(conn)) == agents
 
 
 def test_enroll_host_strings_are_escaped_and_bounded(rig: Rig) -> None:
@@ -704,7 +711,8 @@ def test_enroll_host_strings_are_escaped_and_bounded(rig: Rig) -> None:
         pb.EnrollRequest(enrollment_token=TOKEN, host=host, site="hq\n\x07" + "s" * 500),
         timeout=10,
     )
-    stored = rig.app.store.get_agent(enrolled.agent_id)
+    with rig.app.store.read() as conn:
+        stored = agents_store.get_agent(conn, enrolled.agent_id)
     assert stored is not None
     assert stored.hostname == ("pc\\x1b[2J" + "x" * 1000)[:253]
     assert stored.site == ("hq\\x0a\\x07" + "s" * 500)[:128]

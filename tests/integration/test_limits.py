@@ -15,6 +15,7 @@ from grpc import aio
 from tests.conftest import async_eventually as eventually
 from tests.integration.conftest import TOKEN, agent_config, running_collector
 from tripline.agent.runner import AgentRunner
+from tripline.collector import agent_instances, agents_store
 from tripline.collector.app import CollectorApp
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
@@ -97,7 +98,8 @@ def test_oversized_message_is_refused_by_grpc_with_its_size(tmp_path: Path) -> N
             err = await refused(call, big)
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert err.details() == f"SERVER: Received message larger than max ({size} vs. 65536)"
-            assert app.store.applied_seq(agent.agent_id, "i-1") == 1
+            with app.store.read() as conn:
+                assert agent_instances.applied_seq(conn, agent.agent_id, "i-1") == 1
             # the connection survives: the same agent reconnects and reports
             call = await agent.open()
             assert await acked(call, report(2, [sample("process_count", 8)])) == 2
@@ -121,7 +123,8 @@ def test_samples_per_report_over_the_limit_are_rejected_with_the_seq(tmp_path: P
             assert err.details() == "report seq 2: 101 samples, more than the limit of 100"
             assert ("tripline-rejected-seq", "2") in tuple(err.trailing_metadata() or ())
             assert count(app, "tripline_collector_reports_rejected_total", reason="size") == 1
-            assert app.store.applied_seq(agent.agent_id, "i-1") == 1
+            with app.store.read() as conn:
+                assert agent_instances.applied_seq(conn, agent.agent_id, "i-1") == 1
             assert "m100" not in {name for name, _ in app.state.agents[agent.agent_id].series}
 
     asyncio.run(scenario())
@@ -154,7 +157,8 @@ def test_series_per_agent_cap_drops_new_series_and_applies_the_rest(tmp_path: Pa
             # a duplicate seq is not applied, so nothing is counted as dropped for it
             assert await acked(call, report(3, [*eight, *five_new])) == 3
             assert count(app, "tripline_collector_series_dropped_total") == 6
-            assert app.store.applied_seq(agent.agent_id, "i-1") == 3
+            with app.store.read() as conn:
+                assert agent_instances.applied_seq(conn, agent.agent_id, "i-1") == 3
             # the cap is per agent: another agent has its own 10
             other_call = await other.open()
             assert await acked(other_call, report(1, [*eight, *five_new][:10])) == 1
@@ -226,12 +230,14 @@ def test_reports_per_second_over_the_bucket_get_resource_exhausted_and_retry_aft
                 "max_reports_per_second_per_agent=0.001 (burst 5); resend after 2500s"
             )
             assert ("retry-after", "2500") in tuple(err.trailing_metadata() or ())
-            assert app.store.applied_seq(agent.agent_id, "i-1") == 5
+            with app.store.read() as conn:
+                assert agent_instances.applied_seq(conn, agent.agent_id, "i-1") == 5
             # reconnecting does not refill the bucket
             call = await agent.open()
             err = await refused(call, report(6, [sample("process_count", 6)]))
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert app.store.applied_seq(agent.agent_id, "i-1") == 5
+            with app.store.read() as conn:
+                assert agent_instances.applied_seq(conn, agent.agent_id, "i-1") == 5
             assert (
                 count(app, "tripline_collector_limit_hits_total", limit="reports_per_second") == 2
             )
@@ -292,16 +298,24 @@ def test_agent_honours_retry_after_and_loses_no_report(tmp_path: Path) -> None:
             assert (
                 count(app, "tripline_collector_limit_hits_total", limit="reports_per_second") >= 2
             )
-            (agent,) = app.store.list_agents()
+            with app.store.read() as conn:
+                (agent,) = agents_store.list_agents(conn)
             # every seq up to the last applied one was applied exactly once (the count is
             # raised just after the commit the store shows, hence the wait)
-            await eventually(
-                lambda: (
-                    count(app, "tripline_collector_reports_applied_total")
-                    == app.store.applied_seq(agent.agent_id, runner.spool.instance_id)
+            with app.store.read() as conn:
+                await eventually(
+                    lambda: (
+                        count(app, "tripline_collector_reports_applied_total")
+                        == agent_instances.applied_seq(
+                            conn, agent.agent_id, runner.spool.instance_id
+                        )
+                    )
                 )
-            )
-            assert app.store.applied_seq(agent.agent_id, runner.spool.instance_id) >= 20
+            with app.store.read() as conn:
+                assert (
+                    agent_instances.applied_seq(conn, agent.agent_id, runner.spool.instance_id)
+                    >= 20
+                )
             assert count(app, "tripline_collector_reports_duplicate_total") == 0
 
     try:
@@ -352,7 +366,8 @@ def test_concurrent_streams_over_the_cap_get_resource_exhausted(tmp_path: Path) 
             call_c = await c.open()
             assert await acked(call_c, report(1)) == 1
             assert count(app, "tripline_collector_limit_hits_total", limit="streams") == 1
-            assert app.store.applied_seq(c.agent_id, "i-1") == 1
+            with app.store.read() as conn:
+                assert agent_instances.applied_seq(conn, c.agent_id, "i-1") == 1
             await call_a2.done_writing()
             await call_c.done_writing()
 

@@ -21,7 +21,8 @@ from sqlalchemy import select
 
 from tests.conftest import FakeClock
 from tripline.alerts.rules import parse_rules
-from tripline.collector import cli, maintenance, suppression, tickets
+from tripline.collector import cli, enrollment, maintenance, suppression, tickets
+from tripline.collector.agents_store import AgentRecord
 from tripline.collector.committer import Committer
 from tripline.collector.config import load_collector_config
 from tripline.collector.convert import decode_hello, decode_report
@@ -30,7 +31,7 @@ from tripline.collector.schema import suppressed_alerts
 from tripline.collector.selfmetrics import CollectorMetrics
 from tripline.collector.sessions import Session
 from tripline.collector.state import LiveState
-from tripline.collector.store import AgentRecord, Store
+from tripline.collector.store import Store
 from tripline.collector.tickets import Ticket
 from tripline.v1 import tripline_pb2 as pb
 
@@ -89,10 +90,12 @@ class Collector:
             self.store.close()
 
     def enroll(self, hostname: str, *, customer: str = "acme", site: str = "hq") -> AgentRecord:
-        _, token = self.store.create_enrollment_token(customer, now=self.clock())
-        record, _ = self.store.enroll_agent(
-            token, hostname=hostname, site=site, inventory={}, now=self.clock()
-        )
+        with self.store.transaction() as conn:
+            _, token = enrollment.create_token(conn, customer, now=self.clock())
+        with self.store.transaction() as conn:
+            record, _ = enrollment.enroll_agent(
+                conn, token, hostname=hostname, site=site, inventory={}, now=self.clock()
+            )
         return record
 
     async def connect(self, agent: AgentRecord, tags: dict[str, str] | None = None) -> Session:

@@ -20,7 +20,7 @@ from grpc import aio
 from sqlalchemy import event
 
 from tests.integration.conftest import TOKEN, running_collector
-from tripline.collector import tickets
+from tripline.collector import enrollment, tickets
 from tripline.collector.app import CollectorApp
 from tripline.collector.exposition import SeriesExposition
 from tripline.collector.metricspage import accepts_gzip
@@ -257,9 +257,13 @@ COUNT_LINE = 'tripline_collector_tickets{{severity="warning",status="{status}",t
 
 def open_tickets(store: Store, count: int) -> list[int]:
     """``count`` tickets opened by another process (as `tripline tickets` would write)."""
-    token, plain = store.create_enrollment_token("acme", now=time.time())
+    with store.transaction() as conn:
+        token, plain = enrollment.create_token(conn, "acme", now=time.time())
     del token
-    record, _ = store.enroll_agent(plain, hostname="pc-t", site="hq", inventory={}, now=time.time())
+    with store.transaction() as conn:
+        record, _ = enrollment.enroll_agent(
+            conn, plain, hostname="pc-t", site="hq", inventory={}, now=time.time()
+        )
     ids = []
     for i in range(count):
         with store.transaction() as conn:

@@ -15,7 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tripline.alerts.rules import parse_rules
-from tripline.collector import tickets
+from tripline.collector import agent_instances, agents_store, enrollment, tickets
+from tripline.collector.agents_store import AgentRecord, AgentRevoked
 from tripline.collector.committer import Committer
 from tripline.collector.config import load_collector_config
 from tripline.collector.convert import decode_hello, decode_report
@@ -24,7 +25,7 @@ from tripline.collector.pipeline import REVOCATION_CHECK_INTERVAL, Pipeline
 from tripline.collector.selfmetrics import CollectorMetrics
 from tripline.collector.sessions import ReportTimeRefused, Session
 from tripline.collector.state import LiveState
-from tripline.collector.store import AgentRecord, AgentRevoked, Store
+from tripline.collector.store import Store
 from tripline.collector.tickets import Ticket
 from tripline.v1 import tripline_pb2 as pb
 
@@ -93,10 +94,12 @@ class Parts:
             await asyncio.gather(task, return_exceptions=True)
 
     def enroll(self, hostname: str = "pc-01", now: float = T0) -> AgentRecord:
-        _, token = self.store.create_enrollment_token("acme", now=now)
-        record, _ = self.store.enroll_agent(
-            token, hostname=hostname, site="hq", inventory={}, now=now
-        )
+        with self.store.transaction() as conn:
+            _, token = enrollment.create_token(conn, "acme", now=now)
+        with self.store.transaction() as conn:
+            record, _ = enrollment.enroll_agent(
+                conn, token, hostname=hostname, site="hq", inventory={}, now=now
+            )
         return record
 
     async def connect(self, agent: AgentRecord, sent_at: float | None = None) -> Session:
@@ -295,7 +298,8 @@ def test_duplicate_seq_is_not_applied_twice(tmp_path: Path, clock: Any) -> None:
         assert await c.send(stale, 2, load1=8.0) is False
         assert stale.applied_seq == 2
 
-        assert c.store.applied_seq(agent.agent_id, INSTANCE) == 2
+        with c.store.read() as conn:
+            assert agent_instances.applied_seq(conn, agent.agent_id, INSTANCE) == 2
         assert c.metrics.reports_applied._value.get() == 2
         assert c.metrics.reports_duplicate._value.get() == 3
         assert c.metrics.reports_received._value.get() == 5
@@ -338,7 +342,8 @@ def test_restart_keeps_firing_alerts_firing_and_pending_clocks(tmp_path: Path, c
     assert phases == {"LoadHigh": "firing", "DiskAlmostFull": "pending"}
 
     async def after() -> None:
-        [agent] = second.store.list_agents()
+        with second.store.read() as conn:
+            [agent] = agents_store.list_agents(conn)
         session = await second.connect(agent)
         assert session.applied_seq == 2
         t.at(50)
@@ -409,7 +414,8 @@ def test_an_agent_revoked_elsewhere_is_retired_and_refused(tmp_path: Path, clock
         await c.pipeline.tick(t.at(60))
         [ticket] = c.tickets()
         assert (ticket.rule, ticket.status) == ("DiskAlmostFull", "open")
-        c.store.revoke_agent(agent.agent_id, t.at(61))  # the CLI, another process
+        with c.store.transaction() as conn:
+            agents_store.revoke_agent(conn, agent.agent_id, t.at(61))  # the CLI, another process
         # its next report does not commit, whatever the stream believed at connect
         with pytest.raises(AgentRevoked):
             await c.send(session, 8, root=0.9)
@@ -462,7 +468,8 @@ def test_agent_clock_cannot_date_tickets_before_enrollment_nor_hurry_a_for(
             await c.send(session, 3, collected_at=T0 + 1001 + 239, root=0.9)
         assert backwards.value.reason == "report_time_backwards"
         assert "collected_at_seconds goes back 1.000s" in str(backwards.value)
-        assert c.store.applied_seq(agent.agent_id, INSTANCE) == 2
+        with c.store.read() as conn:
+            assert agent_instances.applied_seq(conn, agent.agent_id, INSTANCE) == 2
         for seq, second in enumerate(range(1010, 1060, 10), start=3):
             t.at(second)
             await c.send(session, seq, collected_at=T0 + second + 241, root=0.9, load1=8.0)

@@ -9,8 +9,9 @@ from sqlalchemy import inspect
 
 from tests.conftest import FakeClock
 from tests.integration.test_tickets import POLICY, clear, fire
-from tripline.collector import tickets, ticketsnapshots
-from tripline.collector.store import AgentRecord, Store
+from tripline.collector import enrollment, tickets, ticketsnapshots
+from tripline.collector.agents_store import AgentRecord
+from tripline.collector.store import Store
 
 HOUR = 3600.0
 
@@ -107,12 +108,18 @@ def test_the_last_three_tickets_on_the_pc_say_how_they_ended(
 def test_without_history_on_the_pc_the_customers_other_pcs_count(
     store: Store, agent: AgentRecord, clock: FakeClock
 ) -> None:
-    _, token = store.create_enrollment_token("acme", now=clock.now)
-    other, _ = store.enroll_agent(token, hostname="pc-02", site="hq", inventory={}, now=clock.now)
-    _, globex_token = store.create_enrollment_token("globex", now=clock.now)
-    stranger, _ = store.enroll_agent(
-        globex_token, hostname="gx-01", site="hq", inventory={}, now=clock.now
-    )
+    with store.transaction() as conn:
+        _, token = enrollment.create_token(conn, "acme", now=clock.now)
+    with store.transaction() as conn:
+        other, _ = enrollment.enroll_agent(
+            conn, token, hostname="pc-02", site="hq", inventory={}, now=clock.now
+        )
+    with store.transaction() as conn:
+        _, globex_token = enrollment.create_token(conn, "globex", now=clock.now)
+    with store.transaction() as conn:
+        stranger, _ = enrollment.enroll_agent(
+            conn, globex_token, hostname="gx-01", site="hq", inventory={}, now=clock.now
+        )
     theirs = _episode(store, other, clock, took=600, how="carol", note="replaced the disk")
     _episode(store, stranger, clock, took=60, how="auto")  # another customer: never shown
     _episode(store, other, clock, took=60, how="auto", rule="CpuBusy")  # another rule

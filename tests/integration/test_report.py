@@ -15,10 +15,11 @@ import pytest
 from sqlalchemy import Connection
 
 from tests.conftest import FakeClock
-from tripline.collector import report, tickets
+from tripline.collector import enrollment, report, tickets
+from tripline.collector.agents_store import AgentRecord
 from tripline.collector.cli import main
 from tripline.collector.history import HistoryRecorder
-from tripline.collector.store import AgentRecord, Store
+from tripline.collector.store import Store
 
 START = 1_699_920_000.0  # 2023-11-14 00:00 UTC
 DAY, HOUR = 86400.0, 3600.0
@@ -30,14 +31,17 @@ MEMORY_RULES = frozenset({"MemoryHigh"})
 
 
 def enroll(store: Store, customer: str, hostname: str, site: str = "hq") -> AgentRecord:
-    _, token = store.create_enrollment_token(customer, now=START - DAY)
-    record, _ = store.enroll_agent(
-        token,
-        hostname=hostname,
-        site=site,
-        inventory={"os": "Windows", "os_release": "11"},
-        now=START - DAY,
-    )
+    with store.transaction() as conn:
+        _, token = enrollment.create_token(conn, customer, now=START - DAY)
+    with store.transaction() as conn:
+        record, _ = enrollment.enroll_agent(
+            conn,
+            token,
+            hostname=hostname,
+            site=site,
+            inventory={"os": "Windows", "os_release": "11"},
+            now=START - DAY,
+        )
     return record
 
 

@@ -31,7 +31,7 @@ from tests.integration.test_tls import (
     running,
     running_agent,
 )
-from tripline.collector import tickets
+from tripline.collector import agent_instances, agents_store, enrollment, tickets
 from tripline.collector.app import CollectorApp
 from tripline.collector.store import Store
 from tripline.common.logs import JsonFormatter
@@ -150,9 +150,12 @@ def test_revoked_or_expired_enrollment_token_is_refused(
     async def scenario() -> None:
         async with running(tls_config(tmp_path, server)) as app:
             now = time.time()
-            record, token = app.store.create_enrollment_token("acme", now)
-            _, expired = app.store.create_enrollment_token("acme", now - 100, now - 1)
-            _, later = app.store.create_enrollment_token("acme", now, now + 3600)
+            with app.store.transaction() as conn:
+                record, token = enrollment.create_token(conn, "acme", now)
+            with app.store.transaction() as conn:
+                _, expired = enrollment.create_token(conn, "acme", now - 100, now - 1)
+            with app.store.transaction() as conn:
+                _, later = enrollment.create_token(conn, "acme", now, now + 3600)
             target = f"127.0.0.1:{app.grpc_port}"
             async with aio.secure_channel(target, client_credentials(ca)) as channel:
                 client = Client(channel)
@@ -160,7 +163,8 @@ def test_revoked_or_expired_enrollment_token_is_refused(
                 assert (await client.enroll(later)).customer == "acme"
                 # Revoked by the operator's command, in another process's connection.
                 cli = Store(config_url(app))
-                cli.revoke_enrollment_token(record.id, time.time())
+                with cli.transaction() as conn:
+                    enrollment.revoke_token(conn, record.id, time.time())
                 cli.close()
                 assert await client.enroll_refused(token) == (
                     grpc.StatusCode.UNAUTHENTICATED,
@@ -169,7 +173,8 @@ def test_revoked_or_expired_enrollment_token_is_refused(
                 code, details = await client.enroll_refused(expired)
                 assert code == grpc.StatusCode.UNAUTHENTICATED
                 assert details.endswith("has expired")
-            assert len(app.store.list_agents()) == 2
+            with app.store.read() as conn:
+                assert len(agents_store.list_agents(conn)) == 2
             assert app.metrics.enrollments.labels("refused")._value.get() == 2
 
     asyncio.run(scenario())
@@ -195,7 +200,8 @@ def test_revoked_agent_is_refused_on_its_next_message_and_on_reconnect(
                 assert (await past_snapshot_requests(call)).ack.seq == 1
 
                 cli = Store(config_url(app))
-                cli.revoke_agent(enrolled.agent_id, time.time())
+                with cli.transaction() as conn:
+                    agents_store.revoke_agent(conn, enrolled.agent_id, time.time())
                 cli.close()
 
                 # The stream opened before the revocation: its next report is refused.
@@ -204,7 +210,8 @@ def test_revoked_agent_is_refused_on_its_next_message_and_on_reconnect(
                     await call.read()
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 assert err.value.details() == "agent credential revoked: re-enroll the agent"
-                assert app.store.applied_seq(enrolled.agent_id, "i-1") == 1
+                with app.store.read() as conn:
+                    assert agent_instances.applied_seq(conn, enrolled.agent_id, "i-1") == 1
 
                 assert await client.connect_refused(enrolled.credential) == (
                     grpc.StatusCode.UNAUTHENTICATED,
@@ -226,7 +233,8 @@ def test_running_agent_revoked_by_the_cli_keeps_its_reports(
             async with running_agent(config) as runner:
                 stats = runner.transport.stats
                 await eventually(lambda: stats.acked_seq >= 2)
-                (agent,) = app.store.list_agents()
+                with app.store.read() as conn:
+                    (agent,) = agents_store.list_agents(conn)
                 result = await asyncio.to_thread(
                     subprocess.run,
                     [*CLI, "agents", "revoke", agent.agent_id, "--data-dir", str(tmp_path / "c")],
@@ -295,7 +303,8 @@ def test_an_agent_cannot_report_for_another_agent_or_customer(
             assert live_a.customer == "acme"
             assert live_a.value("spoof_metric") == 1.0
             assert live_b.series == {}
-            assert app.store.applied_seq(b.agent_id, "i-1") == 0
+            with app.store.read() as conn:
+                assert agent_instances.applied_seq(conn, b.agent_id, "i-1") == 0
 
             async with httpx.AsyncClient() as http:
                 body = (await http.get(f"http://127.0.0.1:{app.http_port}/metrics")).text
@@ -403,12 +412,14 @@ def test_secrets_never_appear_in_logs_metrics_store_tickets_or_errors(
 
     async def scenario() -> dict[str, str]:
         async with running(tls_config(tmp_path, server, rules=rules)) as app:
-            record, created = app.store.create_enrollment_token("acme", time.time())
+            with app.store.transaction() as conn:
+                record, created = enrollment.create_token(conn, "acme", time.time())
             config = agent_config(tmp_path / "a", app.grpc_port, tls_ca=ca.path)
             config = type(config)(**{**config.__dict__, "enrollment_token": created})
             async with running_agent(config) as runner:
                 await eventually(lambda: runner.transport.stats.acked_seq >= 2)
-                (agent,) = app.store.list_agents()
+                with app.store.read() as conn:
+                    (agent,) = agents_store.list_agents(conn)
                 ident = json.loads((tmp_path / "a" / "identity.json").read_text())
                 credential = ident["credential"]
                 target = f"127.0.0.1:{app.grpc_port}"
@@ -416,10 +427,12 @@ def test_secrets_never_appear_in_logs_metrics_store_tickets_or_errors(
                 async with aio.secure_channel(target, client_credentials(ca)) as channel:
                     client = Client(channel)
                     await client.enroll_refused(wrong)
-                    app.store.revoke_enrollment_token(record.id, time.time())
+                    with app.store.transaction() as conn:
+                        enrollment.revoke_token(conn, record.id, time.time())
                     await client.enroll_refused(created)
                     await client.connect_refused("agt_0000000000000000." + credential[21:])
-                    app.store.revoke_agent(agent.agent_id, time.time())
+                    with app.store.transaction() as conn:
+                        agents_store.revoke_agent(conn, agent.agent_id, time.time())
                     await eventually(
                         lambda: runner.transport.stats.last_error.startswith("UNAUTHENTICATED")
                     )
@@ -496,7 +509,8 @@ def test_agent_process_opens_no_listening_port_and_runs_no_command(
 
                 def reported() -> bool:
                     assert proc.poll() is None, (tmp_path / "agent.log").read_text()
-                    agents = app.store.list_agents()
+                    with app.store.read() as conn:
+                        agents = agents_store.list_agents(conn)
                     return bool(agents) and delivery(app, agents[0].agent_id)[0] >= 1
 
                 await eventually(reported, deadline=30)
@@ -557,7 +571,8 @@ def test_report_times_ahead_of_the_collector_or_going_back_are_refused_with_thei
                 assert back.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert "collected_at_seconds goes back" in (back.details() or "")
                 assert ("tripline-rejected-seq", "3") in tuple(back.trailing_metadata() or ())
-                assert app.store.applied_seq(enrolled.agent_id, "i-1") == 2
+                with app.store.read() as conn:
+                    assert agent_instances.applied_seq(conn, enrolled.agent_id, "i-1") == 2
             rejected = app.metrics.reports_rejected
             assert rejected.labels("report_time_future")._value.get() == 1
             assert rejected.labels("report_time_backwards")._value.get() == 1
@@ -572,7 +587,8 @@ def test_a_token_enrolls_at_most_its_agents_and_unreported_agents_open_no_offlin
 
     async def scenario() -> None:
         async with running(tls_config(tmp_path, server)) as app:
-            record, token = app.store.create_enrollment_token("acme", time.time(), max_agents=3)
+            with app.store.transaction() as conn:
+                record, token = enrollment.create_token(conn, "acme", time.time(), max_agents=3)
             target = f"127.0.0.1:{app.grpc_port}"
             async with aio.secure_channel(target, client_credentials(ca)) as channel:
                 client = Client(channel)
@@ -584,9 +600,11 @@ def test_a_token_enrolls_at_most_its_agents_and_unreported_agents_open_no_offlin
                     "maximum of 3 agents"
                 )
                 # A revoked agent frees its place.
-                app.store.revoke_agent(minted[0].agent_id, time.time())
+                with app.store.transaction() as conn:
+                    agents_store.revoke_agent(conn, minted[0].agent_id, time.time())
                 minted.append(await client.enroll(token, "pc-3"))
-                assert app.store.agents_per_token() == {record.id: 3}
+                with app.store.read() as conn:
+                    assert enrollment.agents_per_token(conn) == {record.id: 3}
 
                 # One agent reports once, then falls silent like the rest.
                 reporter = await client.enroll(TOKEN, "pc-reporter")
@@ -618,7 +636,8 @@ def test_guessing_enrollment_tokens_is_slowed_per_address_and_per_refused_token(
         async with running(tls_config(tmp_path, server)) as app:
             clock = [1000.0]
             app.service.monotonic = lambda: clock[0]
-            _, expired = app.store.create_enrollment_token("acme", time.time() - 9, time.time())
+            with app.store.transaction() as conn:
+                _, expired = enrollment.create_token(conn, "acme", time.time() - 9, time.time())
             target = f"127.0.0.1:{app.grpc_port}"
             async with aio.secure_channel(target, client_credentials(ca)) as channel:
                 client = Client(channel)

@@ -17,7 +17,7 @@ from tests.conftest import async_eventually as eventually
 from tests.integration.conftest import TOKEN, running_collector
 from tripline.agent.config import load_agent_config
 from tripline.agent.runner import AgentRunner
-from tripline.collector import apitokens, tickets
+from tripline.collector import agents_store, apitokens, tickets
 from tripline.collector.app import CollectorApp
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
@@ -140,7 +140,8 @@ async def _api_token(app: CollectorApp, scope: list[str] | None) -> dict[str, st
 def test_an_operator_asks_through_the_api(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with _running(tmp_path, hold="1h", snapshot_min_interval=3600) as (app, runner):
-            agent_id = app.store.list_agents()[0].agent_id
+            with app.store.read() as conn:
+                agent_id = agents_store.list_agents(conn)[0].agent_id
             base = f"http://127.0.0.1:{app.http_port}/api/v1"
             ops = await _api_token(app, ["acme"])
             others = await _api_token(app, ["globex"])
@@ -175,7 +176,8 @@ def test_an_agent_that_does_not_answer_costs_a_504_and_nothing_else(tmp_path: Pa
     async def scenario() -> None:
         flags = {"snapshot_timeout": 1, "snapshot_min_interval": 0.01}
         async with _running(tmp_path, hold="1h", answer=False, **flags) as (app, runner):
-            agent_id = app.store.list_agents()[0].agent_id
+            with app.store.read() as conn:
+                agent_id = agents_store.list_agents(conn)[0].agent_id
             base = f"http://127.0.0.1:{app.http_port}/api/v1"
             ops = await _api_token(app, None)
             async with httpx.AsyncClient(base_url=base, timeout=30) as http:
@@ -202,7 +204,8 @@ def test_an_offline_agent_is_a_504_at_once(tmp_path: Path) -> None:
             await eventually(lambda: runner.transport.stats.acked_seq >= 1)
             stop.set()
             await task
-            agent_id = app.store.list_agents()[0].agent_id
+            with app.store.read() as conn:
+                agent_id = agents_store.list_agents(conn)[0].agent_id
             await eventually(lambda: not app.pipeline.snapshots.connected(agent_id))
             ops = await _api_token(app, None)
             base = f"http://127.0.0.1:{app.http_port}/api/v1"

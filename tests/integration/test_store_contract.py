@@ -12,20 +12,24 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tests.integration.conftest import collector_config
 from tripline.alerts.engine import AlertKey, AlertState
-from tripline.collector import migrations, schema, tickets
-from tripline.collector.lockfile import DataDirLock, DataDirLocked
-from tripline.collector.store import (
-    AgentNotFound,
-    AgentRecord,
+from tripline.collector import (
+    agent_instances,
+    agents_store,
+    alert_states,
+    enrollment,
+    migrations,
+    schema,
+    tickets,
+)
+from tripline.collector.agent_instances import SeqAlreadyApplied
+from tripline.collector.agents_store import AgentNotFound, AgentRecord
+from tripline.collector.enrollment import (
     EnrollmentRefused,
     EnrollmentTokenConflict,
     EnrollmentTokenNotFound,
-    SeqAlreadyApplied,
-    Store,
-    StoreCorrupt,
-    StoreFileGone,
-    StoreUnavailable,
 )
+from tripline.collector.lockfile import DataDirLock, DataDirLocked
+from tripline.collector.store import Store, StoreCorrupt, StoreFileGone, StoreUnavailable
 
 T0 = 1_700_000_000.0
 
@@ -92,7 +96,8 @@ def test_upgrade_from_v1_applies_the_next_step_and_keeps_data(
     lines: list[str] = []
     assert migrations.migrate(store.engine, lines.append, migrations=steps, now=T0) == new
     assert lines == [f"migration {new}/{new}: add agent notes and sites"]
-    assert store.get_agent(agent.agent_id) == agent
+    with store.read() as conn:
+        assert agents_store.get_agent(conn, agent.agent_id) == agent
     with store.read() as conn:
         assert conn.scalar(text("SELECT notes FROM agents")) == "migrated pc-01"
         assert inspect(conn).has_table("sites")
@@ -164,22 +169,33 @@ def test_a_second_active_ticket_for_a_problem_violates_the_index(
 
 
 def test_enrollment_binds_the_credential_to_agent_and_customer(store: Store) -> None:
-    record, token = store.create_enrollment_token("acme", now=T0, expires_at=T0 + 3600)
+    with store.transaction() as conn:
+        record, token = enrollment.create_token(conn, "acme", now=T0, expires_at=T0 + 3600)
     assert token.startswith("tle_")
     assert not hasattr(record, "token") and not hasattr(record, "token_hash")
-    agent, credential = store.enroll_agent(
-        token, hostname="pc-01", site="hq", inventory={"os": "linux", "cpus": 4}, now=T0 + 10
-    )
+    with store.transaction() as conn:
+        agent, credential = enrollment.enroll_agent(
+            conn,
+            token,
+            hostname="pc-01",
+            site="hq",
+            inventory={"os": "linux", "cpus": 4},
+            now=T0 + 10,
+        )
     assert agent.agent_id.startswith("agt_") and len(agent.agent_id) == 4 + 16
     assert agent.customer == "acme" and agent.inventory == {"os": "linux", "cpus": 4}
     assert credential.startswith(agent.agent_id + ".")
-    assert store.authenticate(credential) == agent
-    assert store.get_agent(agent.agent_id) == agent
-    other, other_credential = store.enroll_agent(
-        token, hostname="pc-02", site="hq", inventory={}, now=T0 + 20
-    )
+    with store.read() as conn:
+        assert agents_store.authenticate(conn, credential) == agent
+    with store.read() as conn:
+        assert agents_store.get_agent(conn, agent.agent_id) == agent
+    with store.transaction() as conn:
+        other, other_credential = enrollment.enroll_agent(
+            conn, token, hostname="pc-02", site="hq", inventory={}, now=T0 + 20
+        )
     assert other.agent_id != agent.agent_id
-    assert store.authenticate(other_credential) == other
+    with store.read() as conn:
+        assert agents_store.authenticate(conn, other_credential) == other
     with store.read() as conn:
         stored = conn.execute(select(schema.agents.c.credential_hash)).scalars().all()
     assert all(credential.split(".")[1] not in h for h in stored)
@@ -192,113 +208,173 @@ def test_enrollment_binds_the_credential_to_agent_and_customer(store: Store) -> 
 def test_bad_credentials_authenticate_nobody(
     store: Store, agent: AgentRecord, credential: str
 ) -> None:
-    assert store.authenticate(credential.format(agent_id=agent.agent_id)) is None
+    with store.read() as conn:
+        assert agents_store.authenticate(conn, credential.format(agent_id=agent.agent_id)) is None
 
 
 def test_a_revoked_agent_no_longer_authenticates(store: Store) -> None:
-    _, token = store.create_enrollment_token("acme", now=T0)
-    agent, credential = store.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0)
-    store.revoke_agent(agent.agent_id, now=T0 + 5)
-    store.revoke_agent(agent.agent_id, now=T0 + 9)
-    assert store.authenticate(credential) is None
-    assert store.get_agent(agent.agent_id).revoked_at == T0 + 5  # type: ignore[union-attr]
-    with pytest.raises(AgentNotFound):
-        store.revoke_agent("agt_missing", now=T0)
+    with store.transaction() as conn:
+        _, token = enrollment.create_token(conn, "acme", now=T0)
+    with store.transaction() as conn:
+        agent, credential = enrollment.enroll_agent(
+            conn, token, hostname="pc", site="", inventory={}, now=T0
+        )
+    with store.transaction() as conn:
+        agents_store.revoke_agent(conn, agent.agent_id, now=T0 + 5)
+    with store.transaction() as conn:
+        agents_store.revoke_agent(conn, agent.agent_id, now=T0 + 9)
+    with store.read() as conn:
+        assert agents_store.authenticate(conn, credential) is None
+    with store.read() as conn:
+        assert agents_store.get_agent(conn, agent.agent_id).revoked_at == T0 + 5  # type: ignore[union-attr]
+    with pytest.raises(AgentNotFound), store.transaction() as conn:
+        agents_store.revoke_agent(conn, "agt_missing", now=T0)
 
 
 def test_enrollment_is_refused_for_unknown_revoked_and_expired_tokens(store: Store) -> None:
-    revoked, revoked_token = store.create_enrollment_token("acme", now=T0)
-    store.revoke_enrollment_token(revoked.id, now=T0 + 1)
-    expired, expired_token = store.create_enrollment_token("acme", now=T0, expires_at=T0 + 60)
+    with store.transaction() as conn:
+        revoked, revoked_token = enrollment.create_token(conn, "acme", now=T0)
+    with store.transaction() as conn:
+        enrollment.revoke_token(conn, revoked.id, now=T0 + 1)
+    with store.transaction() as conn:
+        expired, expired_token = enrollment.create_token(conn, "acme", now=T0, expires_at=T0 + 60)
     cases = {
         "tle_never_issued": "unknown enrollment token",
         revoked_token: f"enrollment token {revoked.id} was revoked",
         expired_token: f"enrollment token {expired.id} has expired",
     }
     for token, reason in cases.items():
-        with pytest.raises(EnrollmentRefused) as caught:
-            store.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0 + 60)
+        with pytest.raises(EnrollmentRefused) as caught, store.transaction() as conn:
+            enrollment.enroll_agent(conn, token, hostname="pc", site="", inventory={}, now=T0 + 60)
         assert caught.value.reason == reason
         assert token not in str(caught.value)
-    assert store.list_agents() == []
+    with store.read() as conn:
+        assert agents_store.list_agents(conn) == []
     # Still valid one second before it expires.
-    store.enroll_agent(expired_token, hostname="pc", site="", inventory={}, now=T0 + 59)
+    with store.transaction() as conn:
+        enrollment.enroll_agent(
+            conn, expired_token, hostname="pc", site="", inventory={}, now=T0 + 59
+        )
 
 
 def test_operator_chosen_tokens_are_idempotent_per_customer(store: Store) -> None:
-    first = store.ensure_enrollment_token("acme", "acme-demo-token", now=T0)
-    again = store.ensure_enrollment_token("acme", "acme-demo-token", now=T0 + 100)
+    with store.transaction() as conn:
+        first = enrollment.ensure_token(conn, "acme", "acme-demo-token", now=T0)
+    with store.transaction() as conn:
+        again = enrollment.ensure_token(conn, "acme", "acme-demo-token", now=T0 + 100)
     assert again == first and first.created_at == T0
-    with pytest.raises(EnrollmentTokenConflict):
-        store.ensure_enrollment_token("globex", "acme-demo-token", now=T0)
-    store.create_enrollment_token("globex", now=T0)
-    assert [t.customer for t in store.list_enrollment_tokens()] == ["acme", "globex"]
-    assert store.list_enrollment_tokens("acme") == [first]
-    agent, _ = store.enroll_agent("acme-demo-token", hostname="pc", site="", inventory={}, now=T0)
+    with pytest.raises(EnrollmentTokenConflict), store.transaction() as conn:
+        enrollment.ensure_token(conn, "globex", "acme-demo-token", now=T0)
+    with store.transaction() as conn:
+        enrollment.create_token(conn, "globex", now=T0)
+    with store.read() as conn:
+        assert [t.customer for t in enrollment.list_tokens(conn)] == ["acme", "globex"]
+    with store.read() as conn:
+        assert enrollment.list_tokens(conn, "acme") == [first]
+    with store.transaction() as conn:
+        agent, _ = enrollment.enroll_agent(
+            conn, "acme-demo-token", hostname="pc", site="", inventory={}, now=T0
+        )
     assert agent.customer == "acme"
-    with pytest.raises(EnrollmentTokenNotFound):
-        store.revoke_enrollment_token(999, now=T0)
+    with pytest.raises(EnrollmentTokenNotFound), store.transaction() as conn:
+        enrollment.revoke_token(conn, 999, now=T0)
 
 
 def test_agents_are_listed_per_customer_and_keep_their_inventory(store: Store) -> None:
-    _, acme = store.create_enrollment_token("acme", now=T0)
-    _, globex = store.create_enrollment_token("globex", now=T0)
-    a, _ = store.enroll_agent(
-        acme, hostname="b-pc", site="hq", inventory={}, now=T0, tags={"role": "desk"}
-    )
-    b, _ = store.enroll_agent(acme, hostname="a-pc", site="hq", inventory={}, now=T0)
-    c, _ = store.enroll_agent(globex, hostname="c-pc", site="", inventory={}, now=T0)
-    assert [r.hostname for r in store.list_agents("acme")] == ["a-pc", "b-pc"]
-    assert {r.agent_id for r in store.list_agents()} == {a.agent_id, b.agent_id, c.agent_id}
-    assert store.get_agent(a.agent_id).tags == {"role": "desk"}  # type: ignore[union-attr]
-    store.update_inventory(
-        a.agent_id, "b-pc.acme.local", {"os": "Windows 11", "ram": 16}, now=T0 + 30
-    )
-    updated = store.get_agent(a.agent_id)
+    with store.transaction() as conn:
+        _, acme = enrollment.create_token(conn, "acme", now=T0)
+    with store.transaction() as conn:
+        _, globex = enrollment.create_token(conn, "globex", now=T0)
+    with store.transaction() as conn:
+        a, _ = enrollment.enroll_agent(
+            conn, acme, hostname="b-pc", site="hq", inventory={}, now=T0, tags={"role": "desk"}
+        )
+    with store.transaction() as conn:
+        b, _ = enrollment.enroll_agent(conn, acme, hostname="a-pc", site="hq", inventory={}, now=T0)
+    with store.transaction() as conn:
+        c, _ = enrollment.enroll_agent(conn, globex, hostname="c-pc", site="", inventory={}, now=T0)
+    with store.read() as conn:
+        assert [r.hostname for r in agents_store.list_agents(conn, "acme")] == ["a-pc", "b-pc"]
+    with store.read() as conn:
+        assert {r.agent_id for r in agents_store.list_agents(conn)} == {
+            a.agent_id,
+            b.agent_id,
+            c.agent_id,
+        }
+    with store.read() as conn:
+        assert agents_store.get_agent(conn, a.agent_id).tags == {"role": "desk"}  # type: ignore[union-attr]
+    with store.transaction() as conn:
+        agents_store.update_inventory(
+            conn, a.agent_id, "b-pc.acme.local", {"os": "Windows 11", "ram": 16}, now=T0 + 30
+        )
+    with store.read() as conn:
+        updated = agents_store.get_agent(conn, a.agent_id)
     assert updated is not None
     assert (updated.hostname, updated.inventory, updated.last_seen_at) == (
         "b-pc.acme.local", {"os": "Windows 11", "ram": 16}, T0 + 30,
     )  # fmt: skip
-    assert store.get_agent("agt_missing") is None
-    with pytest.raises(AgentNotFound):
-        store.update_inventory("agt_missing", "x", {}, now=T0)
+    with store.read() as conn:
+        assert agents_store.get_agent(conn, "agt_missing") is None
+    with pytest.raises(AgentNotFound), store.transaction() as conn:
+        agents_store.update_inventory(conn, "agt_missing", "x", {}, now=T0)
 
 
 # -- delivery bookkeeping ------------------------------------------------------------------
 
 
 def test_applied_seq_only_moves_forward(store: Store, agent: AgentRecord) -> None:
-    assert store.applied_seq(agent.agent_id, "boot-1") == 0
+    with store.read() as conn:
+        assert agent_instances.applied_seq(conn, agent.agent_id, "boot-1") == 0
     with store.transaction() as conn:
-        store.record_applied(conn, agent.agent_id, "boot-1", 5, dropped_total=0, now=T0 + 1)
-    assert store.applied_seq(agent.agent_id, "boot-1") == 5
+        agent_instances.record_applied(
+            conn, agent.agent_id, "boot-1", 5, dropped_total=0, now=T0 + 1
+        )
+    with store.read() as conn:
+        assert agent_instances.applied_seq(conn, agent.agent_id, "boot-1") == 5
     for stale in (5, 3):
         with pytest.raises(SeqAlreadyApplied) as caught, store.transaction() as conn:
-            store.record_applied(conn, agent.agent_id, "boot-1", stale, dropped_total=0, now=T0 + 2)
+            agent_instances.record_applied(
+                conn, agent.agent_id, "boot-1", stale, dropped_total=0, now=T0 + 2
+            )
         assert (caught.value.seq, caught.value.applied_seq) == (stale, 5)
     with store.transaction() as conn:
-        store.record_applied(conn, agent.agent_id, "boot-1", 9, dropped_total=2, now=T0 + 3)
-        store.record_applied(conn, agent.agent_id, "boot-2", 1, dropped_total=0, now=T0 + 4)
-    assert store.applied_seq(agent.agent_id, "boot-1") == 9
-    assert store.applied_seq(agent.agent_id, "boot-2") == 1
+        agent_instances.record_applied(
+            conn, agent.agent_id, "boot-1", 9, dropped_total=2, now=T0 + 3
+        )
+        agent_instances.record_applied(
+            conn, agent.agent_id, "boot-2", 1, dropped_total=0, now=T0 + 4
+        )
+    with store.read() as conn:
+        assert agent_instances.applied_seq(conn, agent.agent_id, "boot-1") == 9
+    with store.read() as conn:
+        assert agent_instances.applied_seq(conn, agent.agent_id, "boot-2") == 1
     with store.read() as conn:
         row = conn.execute(
             select(schema.agent_instances).where(schema.agent_instances.c.instance_id == "boot-1")
         ).one()
     assert (row.dropped_reports_total, row.first_seen_at, row.last_seen_at) == (2, T0 + 1, T0 + 3)
-    assert store.last_seen_all() == {agent.agent_id: T0 + 4}
+    with store.read() as conn:
+        assert agents_store.last_seen_all(conn) == {agent.agent_id: T0 + 4}
 
 
 def test_only_the_newest_instances_of_an_agent_are_kept(store: Store, agent: AgentRecord) -> None:
     keep = 16  # MAX_INSTANCES_PER_AGENT, the number docs/limits.md states
 
-    _, token = store.create_enrollment_token("globex", now=T0)
-    other_agent, _ = store.enroll_agent(token, hostname="pc-02", site="", inventory={}, now=T0)
     with store.transaction() as conn:
-        store.record_applied(conn, other_agent.agent_id, "theirs", 1, dropped_total=0, now=T0)
+        _, token = enrollment.create_token(conn, "globex", now=T0)
+    with store.transaction() as conn:
+        other_agent, _ = enrollment.enroll_agent(
+            conn, token, hostname="pc-02", site="", inventory={}, now=T0
+        )
+    with store.transaction() as conn:
+        agent_instances.record_applied(
+            conn, other_agent.agent_id, "theirs", 1, dropped_total=0, now=T0
+        )
     for i in range(keep + 40):  # an agent inventing a spool instance per report
         with store.transaction() as conn:
-            store.record_applied(conn, agent.agent_id, f"i-{i}", 3, dropped_total=0, now=T0 + i)
+            agent_instances.record_applied(
+                conn, agent.agent_id, f"i-{i}", 3, dropped_total=0, now=T0 + i
+            )
     with store.read() as conn:
         rows = conn.execute(
             select(schema.agent_instances.c.instance_id).where(
@@ -306,9 +382,14 @@ def test_only_the_newest_instances_of_an_agent_are_kept(store: Store, agent: Age
             )
         ).all()
     assert sorted(r.instance_id for r in rows) == sorted(f"i-{i}" for i in range(40, keep + 40))
-    assert store.applied_seq(agent.agent_id, f"i-{keep + 39}") == 3
-    assert store.applied_seq(agent.agent_id, "i-0") == 0  # forgotten: would apply afresh
-    assert store.applied_seq(other_agent.agent_id, "theirs") == 1
+    with store.read() as conn:
+        assert agent_instances.applied_seq(conn, agent.agent_id, f"i-{keep + 39}") == 3
+    with store.read() as conn:
+        assert (
+            agent_instances.applied_seq(conn, agent.agent_id, "i-0") == 0
+        )  # forgotten: would apply afresh
+    with store.read() as conn:
+        assert agent_instances.applied_seq(conn, other_agent.agent_id, "theirs") == 1
 
 
 def test_record_applied_rolls_back_with_the_effects_it_guards(
@@ -318,23 +399,39 @@ def test_record_applied_rolls_back_with_the_effects_it_guards(
         pass
 
     with pytest.raises(EffectFailed), store.transaction() as conn:
-        store.record_applied(conn, agent.agent_id, "boot-1", 1, dropped_total=0, now=T0 + 1)
+        agent_instances.record_applied(
+            conn, agent.agent_id, "boot-1", 1, dropped_total=0, now=T0 + 1
+        )
         raise EffectFailed
-    assert store.applied_seq(agent.agent_id, "boot-1") == 0
-    assert store.last_seen_all() == {}
+    with store.read() as conn:
+        assert agent_instances.applied_seq(conn, agent.agent_id, "boot-1") == 0
+    with store.read() as conn:
+        assert agents_store.last_seen_all(conn) == {}
     with pytest.raises(AgentNotFound), store.transaction() as conn:
-        store.record_applied(conn, "agt_missing", "boot-1", 1, dropped_total=0, now=T0)
+        agent_instances.record_applied(conn, "agt_missing", "boot-1", 1, dropped_total=0, now=T0)
 
 
 def test_last_seen_skips_revoked_and_never_seen_agents(store: Store, agent: AgentRecord) -> None:
-    _, token = store.create_enrollment_token("acme", now=T0)
-    quiet, _ = store.enroll_agent(token, hostname="quiet", site="", inventory={}, now=T0)
-    gone, _ = store.enroll_agent(token, hostname="gone", site="", inventory={}, now=T0)
-    store.update_inventory(agent.agent_id, "pc-01", {}, now=T0 + 7)
-    store.update_inventory(gone.agent_id, "gone", {}, now=T0 + 8)
-    store.revoke_agent(gone.agent_id, now=T0 + 9)
-    assert store.last_seen_all() == {agent.agent_id: T0 + 7}
-    assert quiet.agent_id not in store.last_seen_all()
+    with store.transaction() as conn:
+        _, token = enrollment.create_token(conn, "acme", now=T0)
+    with store.transaction() as conn:
+        quiet, _ = enrollment.enroll_agent(
+            conn, token, hostname="quiet", site="", inventory={}, now=T0
+        )
+    with store.transaction() as conn:
+        gone, _ = enrollment.enroll_agent(
+            conn, token, hostname="gone", site="", inventory={}, now=T0
+        )
+    with store.transaction() as conn:
+        agents_store.update_inventory(conn, agent.agent_id, "pc-01", {}, now=T0 + 7)
+    with store.transaction() as conn:
+        agents_store.update_inventory(conn, gone.agent_id, "gone", {}, now=T0 + 8)
+    with store.transaction() as conn:
+        agents_store.revoke_agent(conn, gone.agent_id, now=T0 + 9)
+    with store.read() as conn:
+        assert agents_store.last_seen_all(conn) == {agent.agent_id: T0 + 7}
+    with store.read() as conn:
+        assert quiet.agent_id not in agents_store.last_seen_all(conn)
 
 
 # -- alert state ---------------------------------------------------------------------------
@@ -350,14 +447,16 @@ def test_alert_states_round_trip_across_a_restart(
     )
     firing = AlertState("firing", T0 - 600, T0 - 300, clear_since=T0, value=0.5, last_eval=T0)
     with store.transaction() as conn:
-        store.save_alert_states(conn, {disk: pending, cpu: firing})
-    assert store.load_alert_states() == {disk: pending, cpu: firing}
+        alert_states.save(conn, {disk: pending, cpu: firing})
+    with store.read() as conn:
+        assert alert_states.load(conn) == {disk: pending, cpu: firing}
     later = AlertState("firing", T0, T0 + 300, None, 0.97, T0 + 300)
     with store.transaction() as conn:
-        store.save_alert_states(conn, {disk: later, cpu: None})
+        alert_states.save(conn, {disk: later, cpu: None})
     store.close()
     restarted = Store(store_url)
-    assert restarted.load_alert_states() == {disk: later}
+    with restarted.read() as conn:
+        assert alert_states.load(conn) == {disk: later}
     restarted.close()
 
 
@@ -383,21 +482,31 @@ def test_data_dir_store_is_a_wal_file_with_foreign_keys(tmp_path: Path) -> None:
 
 def test_a_read_only_database_is_unavailable_for_writes(tmp_path: Path) -> None:
     writable = _sqlite_store(tmp_path)
-    _, token = writable.create_enrollment_token("acme", now=T0)
+    with writable.transaction() as conn:
+        _, token = enrollment.create_token(conn, "acme", now=T0)
     writable.close()
     read_only = Store(f"sqlite:///file:{tmp_path / 'tripline.db'}?mode=ro&uri=true")
-    assert [t.customer for t in read_only.list_enrollment_tokens()] == ["acme"]
-    with pytest.raises(StoreUnavailable, match=r"readonly|read-only|read only"):
-        read_only.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0)
+    with read_only.read() as conn:
+        assert [t.customer for t in enrollment.list_tokens(conn)] == ["acme"]
+    with (
+        pytest.raises(StoreUnavailable, match=r"readonly|read-only|read only"),
+        read_only.transaction() as conn,
+    ):
+        enrollment.enroll_agent(conn, token, hostname="pc", site="", inventory={}, now=T0)
     read_only.close()
 
 
 def test_a_locked_database_is_unavailable(tmp_path: Path) -> None:
     holder = _sqlite_store(tmp_path)
     waiter = Store(f"sqlite:///{tmp_path / 'tripline.db'}", busy_timeout=0.05)
-    with holder.transaction(), pytest.raises(StoreUnavailable, match="locked"):
-        waiter.create_enrollment_token("acme", now=T0)
-    waiter.create_enrollment_token("acme", now=T0)
+    with (
+        holder.transaction(),
+        pytest.raises(StoreUnavailable, match="locked"),
+        waiter.transaction() as conn,
+    ):
+        enrollment.create_token(conn, "acme", now=T0)
+    with waiter.transaction() as conn:
+        enrollment.create_token(conn, "acme", now=T0)
     holder.close()
     waiter.close()
 
@@ -408,14 +517,18 @@ def test_a_full_database_is_unavailable(tmp_path: Path) -> None:
         pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
         conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
         for n in range(2000):
-            store.create_enrollment_token(f"customer-{n:04d}-" + "x" * 150, now=T0, conn=conn)
+            enrollment.create_token(conn, f"customer-{n:04d}-" + "x" * 150, now=T0)
     store.close()
 
 
 def test_a_full_database_is_unavailable_inside_a_ticket_savepoint(tmp_path: Path) -> None:
     store = _sqlite_store(tmp_path)
-    _, token = store.create_enrollment_token("acme", now=T0)
-    agent, _ = store.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0)
+    with store.transaction() as conn:
+        _, token = enrollment.create_token(conn, "acme", now=T0)
+    with store.transaction() as conn:
+        agent, _ = enrollment.enroll_agent(
+            conn, token, hostname="pc", site="", inventory={}, now=T0
+        )
     with pytest.raises(StoreUnavailable, match="full"), store.transaction() as conn:
         pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
         conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
@@ -437,8 +550,8 @@ def test_bugs_are_not_disguised_as_unavailability(tmp_path: Path) -> None:
 def test_an_unreachable_postgresql_is_unavailable() -> None:
     pytest.importorskip("psycopg", reason="needs psycopg (pip install .[postgres])")
     store = Store("postgresql+psycopg://tripline@127.0.0.1:1/tripline?connect_timeout=2")
-    with pytest.raises(StoreUnavailable):
-        store.list_agents()
+    with pytest.raises(StoreUnavailable), store.read() as conn:
+        agents_store.list_agents(conn)
     store.close()
 
 
@@ -449,7 +562,7 @@ def test_a_store_can_be_shared_by_threads(store: Store, agent: AgentRecord) -> N
         try:
             for seq in range(1, 21):
                 with store.transaction() as conn:
-                    store.record_applied(
+                    agent_instances.record_applied(
                         conn, agent.agent_id, instance, seq, dropped_total=0, now=T0 + seq
                     )
         except BaseException as error:  # handed to the main thread's assertion
@@ -461,7 +574,10 @@ def test_a_store_can_be_shared_by_threads(store: Store, agent: AgentRecord) -> N
     for thread in threads:
         thread.join()
     assert errors == []
-    assert [store.applied_seq(agent.agent_id, f"boot-{n}") for n in range(4)] == [20] * 4
+    with store.read() as conn:
+        assert [
+            agent_instances.applied_seq(conn, agent.agent_id, f"boot-{n}") for n in range(4)
+        ] == [20] * 4
 
 
 def test_collectors_starting_together_register_a_flag_token_once(
@@ -474,7 +590,8 @@ def test_collectors_starting_together_register_a_flag_token_once(
     def start(racer: Store) -> None:
         try:
             barrier.wait(timeout=10)
-            results.append(racer.ensure_enrollment_token("acme", "acme-flag-token", now=T0))
+            with racer.transaction() as conn:
+                results.append(enrollment.ensure_token(conn, "acme", "acme-flag-token", now=T0))
         except BaseException as error:  # handed to the main thread's assertion
             results.append(error)
 
@@ -483,8 +600,10 @@ def test_collectors_starting_together_register_a_flag_token_once(
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(store.list_enrollment_tokens()) == 1
-    assert results == [store.list_enrollment_tokens()[0]] * 3
+    with store.read() as conn:
+        assert len(enrollment.list_tokens(conn)) == 1
+    with store.read() as conn:
+        assert results == [enrollment.list_tokens(conn)[0]] * 3
     for racer in racers:
         racer.close()
 
@@ -492,9 +611,14 @@ def test_collectors_starting_together_register_a_flag_token_once(
 def test_an_in_memory_store_works_for_quick_demos() -> None:
     store = Store("sqlite://")
     store.migrate()
-    _, token = store.create_enrollment_token("acme", now=T0)
-    agent, credential = store.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0)
-    assert store.authenticate(credential) == agent
+    with store.transaction() as conn:
+        _, token = enrollment.create_token(conn, "acme", now=T0)
+    with store.transaction() as conn:
+        agent, credential = enrollment.enroll_agent(
+            conn, token, hostname="pc", site="", inventory={}, now=T0
+        )
+    with store.read() as conn:
+        assert agents_store.authenticate(conn, credential) == agent
     store.close()
 
 
@@ -540,7 +664,8 @@ def test_a_failing_write_marks_the_store_unhealthy(tmp_path: Path) -> None:
     with holder.transaction(), pytest.raises(StoreUnavailable, match="locked"):
         waiter.probe(T0)
     assert not waiter.health.healthy and "locked" in waiter.health.reason
-    waiter.create_enrollment_token("acme", now=T0)  # real work heals
+    with waiter.transaction() as conn:
+        enrollment.create_token(conn, "acme", now=T0)  # real work heals
     assert waiter.health.healthy
     holder.close()
     waiter.close()
@@ -549,23 +674,25 @@ def test_a_failing_write_marks_the_store_unhealthy(tmp_path: Path) -> None:
 def test_a_deleted_database_file_refuses_commits_and_is_not_recreated(tmp_path: Path) -> None:
     store = _sqlite_store(tmp_path)
     db = tmp_path / "tripline.db"
-    _, token = store.create_enrollment_token("acme", now=T0)
+    with store.transaction() as conn:
+        _, token = enrollment.create_token(conn, "acme", now=T0)
     moved = tmp_path / "moved.db"
     db.rename(moved)
-    with pytest.raises(StoreFileGone, match="deleted") as caught:
-        store.enroll_agent(token, hostname="pc", site="", inventory={}, now=T0)
+    with pytest.raises(StoreFileGone, match="deleted") as caught, store.transaction() as conn:
+        enrollment.enroll_agent(conn, token, hostname="pc", site="", inventory={}, now=T0)
     assert caught.value.path == db and str(db) in str(caught.value)
     assert not store.health.healthy
     # A connection the pool opens now must not create an empty database at the path.
     store.close()
-    with pytest.raises(StoreFileGone):
-        store.create_enrollment_token("beta", now=T0)
+    with pytest.raises(StoreFileGone), store.transaction() as conn:
+        enrollment.create_token(conn, "beta", now=T0)
     assert not db.exists()
     # The same file back at its path (same inode): writes go on.
     moved.rename(db)
     store.probe(T0)
     assert store.health.healthy
-    assert [t.customer for t in store.list_enrollment_tokens()] == ["acme"]
+    with store.read() as conn:
+        assert [t.customer for t in enrollment.list_tokens(conn)] == ["acme"]
     store.close()
 
 

@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from tripline.collector import tickets
+from tripline.collector import agent_instances, enrollment, tickets
+from tripline.collector.agents_store import AgentRecord
 from tripline.collector.schema import ticket_events
 from tripline.collector.schema import tickets as tickets_table
-from tripline.collector.store import AgentRecord, Store
+from tripline.collector.store import Store
 from tripline.collector.tickets import (
     InvalidTicketTransition,
     Ticket,
@@ -287,8 +288,12 @@ def test_operators_cannot_act_on_a_resolved_ticket_twice(store: Store, agent: Ag
 
 
 def test_lists_and_counts(store: Store, agent: AgentRecord) -> None:
-    _, token = store.create_enrollment_token("globex", now=T0)
-    other, _ = store.enroll_agent(token, hostname="gx-01", site="", inventory={}, now=T0)
+    with store.transaction() as conn:
+        _, token = enrollment.create_token(conn, "globex", now=T0)
+    with store.transaction() as conn:
+        other, _ = enrollment.enroll_agent(
+            conn, token, hostname="gx-01", site="", inventory={}, now=T0
+        )
     disk = fire(store, agent, T0).ticket_id
     cpu = fire(
         store, agent, T0 + 1, rule="CpuHigh", labels=(), severity="critical", tier=2
@@ -400,7 +405,9 @@ def test_the_loser_of_an_insert_race_keeps_its_transaction(
                     summary="s", runbook=None, value=0.97, threshold=0.9, context={},
                     now=T0, policy=POLICY,
                 )  # fmt: skip
-                loser.record_applied(conn, agent.agent_id, "boot-1", 7, dropped_total=0, now=T0)
+                agent_instances.record_applied(
+                    conn, agent.agent_id, "boot-1", 7, dropped_total=0, now=T0
+                )
         except BaseException as error:  # handed to the main thread's assertion
             outcome["error"] = error
 
@@ -418,6 +425,7 @@ def test_the_loser_of_an_insert_race_keeps_its_transaction(
     assert "error" not in outcome, outcome.get("error")
     assert won.kind == "opened"
     assert outcome["change"] == TicketChange(won.ticket_id, "unchanged")
-    assert store.applied_seq(agent.agent_id, "boot-1") == 7
+    with store.read() as conn:
+        assert agent_instances.applied_seq(conn, agent.agent_id, "boot-1") == 7
     winner.close()
     loser.close()

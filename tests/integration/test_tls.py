@@ -23,7 +23,7 @@ from tripline.agent import identity as identity_file
 from tripline.agent.config import AgentConfig, load_agent_config
 from tripline.agent.identity import Identity
 from tripline.agent.runner import AgentRunner
-from tripline.collector import tls
+from tripline.collector import agents_store, enrollment, tls
 from tripline.collector.app import CollectorApp
 from tripline.collector.config import CollectorConfig, load_collector_config
 from tripline.collector.schema import agent_instances
@@ -97,9 +97,10 @@ async def running_agent(config: AgentConfig) -> AsyncIterator[AgentRunner]:
 
 def enroll_directly(app: CollectorApp, state_dir: Path) -> Identity:
     """Enroll through the store and write the agent's identity file, as a past run would."""
-    agent, credential = app.store.enroll_agent(
-        TOKEN, hostname="pc-01", site="hq", inventory={}, now=time.time()
-    )
+    with app.store.transaction() as conn:
+        agent, credential = enrollment.enroll_agent(
+            conn, TOKEN, hostname="pc-01", site="hq", inventory={}, now=time.time()
+        )
     ident = Identity(agent_id=agent.agent_id, credential=credential, customer=agent.customer)
     identity_file.save(state_dir / "identity.json", ident)
     return ident
@@ -138,7 +139,8 @@ def test_agent_with_the_right_ca_enrolls_and_reports(
             agent = agent_config(tmp_path / "a", app.grpc_port, tls_ca=ca.path)
             async with running_agent(agent) as runner:
                 await eventually(lambda: runner.transport.stats.acked_seq >= 3)
-            (record,) = app.store.list_agents()
+            with app.store.read() as conn:
+                (record,) = agents_store.list_agents(conn)
             applied, count = delivery(app, record.agent_id)
             assert applied >= 3
             assert count == applied  # every seq from 1 applied once
@@ -150,7 +152,8 @@ def test_agent_with_the_right_ca_enrolls_and_reports(
                         pb.EnrollRequest(enrollment_token=TOKEN), timeout=5
                     )
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert len(app.store.list_agents()) == 1
+            with app.store.read() as conn:
+                assert len(agents_store.list_agents(conn)) == 1
 
     asyncio.run(scenario())
 
@@ -298,9 +301,10 @@ def test_mtls_client_certificate_bound_to_the_agent_id(
                 enrolled = await pb_grpc.CollectorStub(ch).Enroll(
                     pb.EnrollRequest(enrollment_token=TOKEN, host=pb.HostInfo(hostname="pc-01"))
                 )
-            other = app.store.enroll_agent(
-                TOKEN, hostname="pc-02", site="", inventory={}, now=time.time()
-            )[0]
+            with app.store.transaction() as conn:
+                other = enrollment.enroll_agent(
+                    conn, TOKEN, hostname="pc-02", site="", inventory={}, now=time.time()
+                )[0]
             ident = Identity(enrolled.agent_id, enrolled.credential, enrolled.customer)
             identity_file.save(tmp_path / "a" / "identity.json", ident)
 

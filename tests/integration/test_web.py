@@ -15,7 +15,7 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from tests.integration.conftest import running_collector
-from tripline.collector import apitokens, tickets
+from tripline.collector import apitokens, enrollment, tickets
 from tripline.collector.app import CollectorApp
 from tripline.collector.tickets import TicketPolicy
 from tripline.collector.web.session import MAX_FORM_BYTES
@@ -48,10 +48,12 @@ async def site(tmp_path: Path, runbook: str = "Empty the temp folders.") -> Asyn
         now = app.clock()
         found: dict[str, int] = {}
         for customer, host in (("acme", HOSTILE), ("globex", "gx-pc-01")):
-            _, enrollment = app.store.create_enrollment_token(customer, now=now)
-            agent, _ = app.store.enroll_agent(
-                enrollment, hostname=host, site="hq", inventory={"os": HOSTILE}, now=now
-            )
+            with app.store.transaction() as conn:
+                _, secret = enrollment.create_token(conn, customer, now=now)
+            with app.store.transaction() as conn:
+                agent, _ = enrollment.enroll_agent(
+                    conn, secret, hostname=host, site="hq", inventory={"os": HOSTILE}, now=now
+                )
             with app.store.transaction() as conn:
                 found[customer] = tickets.on_alert_firing(
                     conn,

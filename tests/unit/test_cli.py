@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tripline.collector import entropy, tickets
+from tripline.collector import enrollment, entropy, tickets
 from tripline.collector.cli import main
 from tripline.collector.store import Store
 from tripline.collector.tickets import TicketPolicy
@@ -136,7 +136,10 @@ def test_tokens_create_then_list(store_dir: Path, capsys: pytest.CaptureFixture[
     assert token.startswith("tle_")
     # the secret works for enrollment and is not stored in the clear
     store = Store(f"sqlite:///{store_dir / 'tripline.db'}")
-    record, _ = store.enroll_agent(token, hostname="pc-01", site="", inventory={}, now=T0)
+    with store.transaction() as conn:
+        record, _ = enrollment.enroll_agent(
+            conn, token, hostname="pc-01", site="", inventory={}, now=T0
+        )
     store.close()
     assert record.customer == "acme"
     assert token.encode() not in (store_dir / "tripline.db").read_bytes()
@@ -180,10 +183,14 @@ def test_tokens_create_with_an_agent_limit_and_expiry_shows_them_in_the_list(
     heading, token = out.splitlines()
     assert heading.startswith("enrollment token for customer 'acme' (id 1, at most 2 agents, ")
     store = Store(f"sqlite:///{store_dir / 'tripline.db'}")
-    (record,) = store.list_enrollment_tokens()
+    with store.read() as conn:
+        (record,) = enrollment.list_tokens(conn)
     assert record.max_agents == 2
     assert record.expires_at is not None and record.expires_at - time.time() > 29.9 * 86400
-    store.enroll_agent(token, hostname="pc-01", site="", inventory={}, now=time.time())
+    with store.transaction() as conn:
+        enrollment.enroll_agent(
+            conn, token, hostname="pc-01", site="", inventory={}, now=time.time()
+        )
     store.close()
     code, out, _ = run(capsys, "tokens", "list", "--data-dir", store_dir)
     assert code == 0
@@ -246,8 +253,12 @@ def test_collector_bad_config_value(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def _open_ticket(store_dir: Path) -> int:
     store = Store(f"sqlite:///{store_dir / 'tripline.db'}")
-    _, token = store.create_enrollment_token("acme", now=T0)
-    agent, _ = store.enroll_agent(token, hostname="pc-01", site="hq", inventory={}, now=T0)
+    with store.transaction() as conn:
+        _, token = enrollment.create_token(conn, "acme", now=T0)
+    with store.transaction() as conn:
+        agent, _ = enrollment.enroll_agent(
+            conn, token, hostname="pc-01", site="hq", inventory={}, now=T0
+        )
     with store.transaction() as conn:
         change = tickets.on_alert_firing(
             conn,

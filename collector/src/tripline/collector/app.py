@@ -18,11 +18,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tripline.alerts.rules import RuleFileError, RuleSet, default_rules, load_rules
-from tripline.collector import limits, tls
+from tripline.collector import enrollment, limits, tls
 from tripline.collector.api import ApiContext
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig
-from tripline.collector.delivery import Deliverer, lease_owner
+from tripline.collector.delivery import Deliverer
+from tripline.collector.delivery_leases import lease_owner
 from tripline.collector.exposition import SeriesExposition
 from tripline.collector.http import HttpLimits, build_app, guarded_protocol
 from tripline.collector.liveness import Liveness
@@ -195,7 +196,7 @@ class CollectorApp:
         )
         now = self.clock()
         for customer, token in config.customers.items():
-            await asyncio.to_thread(self.store.ensure_enrollment_token, customer, token, now)
+            await asyncio.to_thread(self._ensure_enrollment_token, customer, token, now)
         # Ready only once a write reached the database; if it cannot, the collector serves
         # NOT_SERVING and the ticker probes until it can.
         await self._probe_store(now)
@@ -438,6 +439,10 @@ class CollectorApp:
             if not self.store.health.healthy and now >= self._next_probe:
                 await self._probe_store(now)
             await self._set_health(self.store.health.healthy)
+
+    def _ensure_enrollment_token(self, customer: str, token: str, now: float) -> None:
+        with self.store.transaction() as conn:
+            enrollment.ensure_token(conn, customer, token, now)
 
     async def _probe_store(self, now: float) -> None:
         """Write the probe row; a success marks the store healthy (Store.health)."""

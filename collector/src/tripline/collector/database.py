@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
@@ -212,3 +213,13 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, file: SqliteFile | None 
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def insert_ignoring_conflict(conn: Connection, table: Any, **values: Any) -> int:
+    """INSERT that does nothing when the key exists (another collector got there first);
+    returns the number of rows inserted. A conflict must never kill a delivery loop."""
+    if conn.dialect.name == "postgresql":
+        stmt: Any = postgresql.insert(table).values(**values).on_conflict_do_nothing()
+    else:
+        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+    return int(conn.execute(stmt).rowcount or 0)

@@ -1,4 +1,5 @@
-"""Deliver ticket events to every route: at least once, across restarts, in order per ticket.
+"""The delivery loop: ticket events to every route, at least once, across restarts, in
+order per ticket.
 
 The outbox is the ``ticket_events`` table, written in the same transaction as the ticket
 change. Each route records every event it has handled in ``deliveries``; what is not there
@@ -18,361 +19,41 @@ Collectors sharing one database take turns per route through a lease row with an
 (``delivery_leases``): the holder drains the route, renews as it goes, and a holder that
 dies leaves the route to another once the lease expires. A lease rather than per-row
 locks keeps order per ticket across collectors and works the same on SQLite.
+
+This module holds the loop (one supervised task per route, retries, backoff, parking
+decisions); what it reads and writes lives in `delivery_outbox`, `delivery_parking` and
+`delivery_leases`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
-import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from tripline.collector import previously
-from tripline.collector.schema import (
-    deliveries,
-    delivery_leases,
-    delivery_parked,
-    delivery_routes,
-    ticket_events,
-    ticket_snapshots,
-    tickets,
+from tripline.collector.delivery_leases import lease_owner, release_lease, take_lease
+from tripline.collector.delivery_outbox import (
+    delivered_before,
+    open_tickets,
+    pending,
+    record,
+    register_route,
 )
+from tripline.collector.delivery_parking import ERROR_MAX, park
 from tripline.collector.selfmetrics import CollectorMetrics
 from tripline.collector.sinks import AlertmanagerSink, Delivery, DeliveryFailed, Sink
 from tripline.collector.store import Store, StoreUnavailable
 from tripline.common.backoff import Backoff
 
 log = logging.getLogger(__name__)
-
-BATCH = 100
-ERROR_MAX = 1000
-
-
-def _insert_ignoring_conflict(conn: Connection, table: Any, **values: Any) -> int:
-    """INSERT that does nothing when the key exists (another collector got there first);
-    returns the number of rows inserted. A conflict must never kill a delivery loop."""
-    if conn.dialect.name == "postgresql":
-        stmt: Any = postgresql.insert(table).values(**values).on_conflict_do_nothing()
-    else:
-        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-    return int(conn.execute(stmt).rowcount or 0)
-
-
-def register_route(conn: Connection, route: str, now: float) -> int:
-    """The route's first event id; registering a new route starts it at the present."""
-    query = select(delivery_routes.c.first_event_id).where(delivery_routes.c.route == route)
-    row = conn.execute(query).one_or_none()
-    if row is not None:
-        return int(row.first_event_id)
-    first = int(conn.scalar(select(func.coalesce(func.max(ticket_events.c.id), 0))) or 0)
-    _insert_ignoring_conflict(
-        conn, delivery_routes, route=route, first_event_id=first, created_at=now
-    )
-    return int(conn.execute(query).scalar_one())
-
-
-def take_lease(conn: Connection, route: str, owner: str, now: float, ttl: float) -> bool:
-    """Take or renew the route's lease; False while another collector holds it."""
-    renewed = conn.execute(
-        update(delivery_leases)
-        .where(
-            delivery_leases.c.route == route,
-            or_(delivery_leases.c.owner == owner, delivery_leases.c.expires_at <= now),
-        )
-        .values(owner=owner, expires_at=now + ttl)
-    ).rowcount
-    if renewed:
-        return True
-    return (
-        _insert_ignoring_conflict(
-            conn, delivery_leases, route=route, owner=owner, expires_at=now + ttl
-        )
-        == 1
-    )
-
-
-def release_lease(conn: Connection, route: str, owner: str) -> None:
-    conn.execute(
-        delete(delivery_leases).where(
-            delivery_leases.c.route == route, delivery_leases.c.owner == owner
-        )
-    )
-
-
-def _ticket_dict(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.ticket_id,
-        "status": row.status,
-        "customer": row.customer,
-        "agent_id": row.agent_id,
-        "hostname": row.hostname,
-        "rule": row.rule,
-        "labels": row.labels,
-        "severity": row.severity,
-        "tier": row.tier,
-        "summary": row.summary,
-        "runbook": row.runbook,
-        "value": row.value,
-        "threshold": row.threshold,
-        "context": row.context,
-        "opened_at": row.opened_at,
-        "acknowledged_at": row.acknowledged_at,
-        "acknowledged_by": row.acknowledged_by,
-        "resolved_at": row.resolved_at,
-        "resolved_value": row.resolved_value,
-        "resolved_by": row.resolved_by,
-        "reopen_count": row.reopen_count,
-        "flapping": row.flapping,
-    }
-
-
-_TICKET_COLUMNS = [c for c in tickets.c if c.name not in ("id", "event_seq", "problem_key")]
-
-
-def _with_history(conn: Connection, row: Any) -> dict[str, Any]:
-    """The ticket as delivered: its snapshot as it is now, and for an opening (or
-    reopening) what ended its earlier tickets (one bounded, indexed query)."""
-    ticket = _ticket_dict(row)
-    ticket["snapshot"] = row.snapshot if isinstance(row.snapshot, dict) else None
-    ticket["snapshot_taken_at"] = row.snapshot_taken_at
-    if row.kind in ("opened", "reopened"):
-        ticket["previously"] = previously.previous_tickets(
-            conn,
-            ticket_id=row.ticket_id,
-            customer=row.customer,
-            agent_id=row.agent_id,
-            rule=row.rule,
-        )
-    return ticket
-
-
-def pending(
-    conn: Connection, route: str, first_event_id: int, limit: int = BATCH
-) -> list[Delivery]:
-    """Events this route has neither handled nor parked, oldest first, with their ticket's
-    state now."""
-    handled = exists().where(
-        and_(deliveries.c.route == route, deliveries.c.event_id == ticket_events.c.id)
-    )
-    parked = exists().where(
-        and_(delivery_parked.c.route == route, delivery_parked.c.event_id == ticket_events.c.id)
-    )
-    query = (
-        select(
-            ticket_events.c.id.label("event_id"),
-            ticket_events.c.ticket_id,
-            ticket_events.c.seq,
-            ticket_events.c.at,
-            ticket_events.c.kind,
-            ticket_events.c.actor,
-            ticket_events.c.message,
-            *_TICKET_COLUMNS,
-            ticket_snapshots.c.snapshot,
-            ticket_snapshots.c.taken_at.label("snapshot_taken_at"),
-        )
-        .join(tickets, tickets.c.id == ticket_events.c.ticket_id)
-        .outerjoin(ticket_snapshots, ticket_snapshots.c.ticket_id == tickets.c.id)
-        .where(ticket_events.c.id > first_event_id, ~handled, ~parked)
-        .order_by(ticket_events.c.id)
-        .limit(limit)
-    )
-    return [
-        Delivery(
-            event_id=row.event_id,
-            ticket=_with_history(conn, row),
-            event={
-                "seq": row.seq,
-                "kind": row.kind,
-                "at": row.at,
-                "actor": row.actor,
-                "message": row.message,
-            },
-        )
-        for row in conn.execute(query)
-    ]
-
-
-def record(
-    conn: Connection,
-    route: str,
-    event_id: int,
-    status: str,
-    attempts: int,
-    now: float,
-    error: str | None = None,
-) -> None:
-    """The route handled the event; a second record of it (a collector that took over the
-    route after a lease expired mid-delivery) is ignored."""
-    _insert_ignoring_conflict(
-        conn,
-        deliveries,
-        route=route,
-        event_id=event_id,
-        status=status,
-        attempts=attempts,
-        at=now,
-        error=error,
-    )
-
-
-def park(
-    conn: Connection, route: str, event_id: int, attempts: int, now: float, error: str
-) -> None:
-    _insert_ignoring_conflict(
-        conn,
-        delivery_parked,
-        route=route,
-        event_id=event_id,
-        attempts=attempts,
-        parked_at=now,
-        error=error[:ERROR_MAX],
-    )
-
-
-def delivered_before(conn: Connection, route: str, ticket_id: int, event_id: int) -> bool:
-    """Whether the route delivered an earlier event of the ticket."""
-    query = (
-        select(deliveries.c.event_id)
-        .join(ticket_events, ticket_events.c.id == deliveries.c.event_id)
-        .where(
-            deliveries.c.route == route,
-            deliveries.c.status == "delivered",
-            ticket_events.c.ticket_id == ticket_id,
-            ticket_events.c.id < event_id,
-        )
-        .limit(1)
-    )
-    return conn.execute(query).first() is not None
-
-
-@dataclass(frozen=True)
-class ParkedEvent:
-    route: str
-    event_id: int
-    ticket_id: int
-    seq: int
-    kind: str
-    customer: str
-    attempts: int
-    parked_at: float
-    error: str
-
-    @property
-    def idempotency_key(self) -> str:
-        return f"{self.ticket_id}-{self.seq}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "route": self.route,
-            "event_id": self.event_id,
-            "ticket_id": self.ticket_id,
-            "seq": self.seq,
-            "kind": self.kind,
-            "customer": self.customer,
-            "idempotency_key": self.idempotency_key,
-            "attempts": self.attempts,
-            "parked_at": self.parked_at,
-            "error": self.error,
-        }
-
-
-class ParkedEventNotFound(LookupError):
-    def __init__(self, route: str, event_id: int) -> None:
-        super().__init__(f"no parked event {event_id} on route {route!r}")
-        self.route = route
-        self.event_id = event_id
-
-
-def _parked_query() -> Any:
-    return (
-        select(
-            delivery_parked,
-            ticket_events.c.ticket_id,
-            ticket_events.c.seq,
-            ticket_events.c.kind,
-            tickets.c.customer,
-        )
-        .join(ticket_events, ticket_events.c.id == delivery_parked.c.event_id)
-        .join(tickets, tickets.c.id == ticket_events.c.ticket_id)
-    )
-
-
-def _parked(row: Any) -> ParkedEvent:
-    return ParkedEvent(
-        route=row.route,
-        event_id=row.event_id,
-        ticket_id=row.ticket_id,
-        seq=row.seq,
-        kind=row.kind,
-        customer=row.customer,
-        attempts=row.attempts,
-        parked_at=row.parked_at,
-        error=row.error,
-    )
-
-
-def list_parked(
-    conn: Connection,
-    *,
-    route: str | None = None,
-    customers: Iterable[str] | None = None,
-    limit: int = 100,
-    offset: int = 0,
-) -> list[ParkedEvent]:
-    """Parked events, oldest first; ``customers`` None means every customer."""
-    query = _parked_query()
-    if route is not None:
-        query = query.where(delivery_parked.c.route == route)
-    if customers is not None:
-        query = query.where(tickets.c.customer.in_(list(customers)))
-    query = query.order_by(delivery_parked.c.event_id, delivery_parked.c.route)
-    return [_parked(r) for r in conn.execute(query.limit(limit).offset(offset))]
-
-
-def get_parked(conn: Connection, route: str, event_id: int) -> ParkedEvent:
-    query = _parked_query().where(
-        delivery_parked.c.route == route, delivery_parked.c.event_id == event_id
-    )
-    row = conn.execute(query).one_or_none()
-    if row is None:
-        raise ParkedEventNotFound(route, event_id)
-    return _parked(row)
-
-
-def unpark(conn: Connection, route: str, event_id: int) -> ParkedEvent:
-    """Make a parked event pending again: the route sends it next (before newer events)."""
-    event = get_parked(conn, route, event_id)
-    conn.execute(
-        delete(delivery_parked).where(
-            delivery_parked.c.route == route, delivery_parked.c.event_id == event_id
-        )
-    )
-    return event
-
-
-def open_tickets(conn: Connection) -> list[dict[str, Any]]:
-    query = select(tickets.c.id.label("ticket_id"), *_TICKET_COLUMNS).where(
-        tickets.c.status != "resolved"
-    )
-    return [_ticket_dict(row) for row in conn.execute(query)]
-
-
-def lease_owner(instance: str = "") -> str:
-    """This collector's name in lease rows: its host and an instance name (its data
-    directory). Stable across restarts, so a collector restarted after a crash takes its
-    routes back at once instead of waiting for its own lease to expire."""
-    digest = hashlib.sha256(instance.encode()).hexdigest()[:12]
-    return f"{socket.gethostname()[:48]}:{digest}"
 
 
 @dataclass

@@ -103,6 +103,7 @@ def _hold_port(host: str) -> tuple[socket.socket, int]:
 def prepare(config: CollectorConfig) -> DataDirLock | None:
     """What one collector does once before serving: lock, migrate, tokens. Returns the
     lock (or None on PostgreSQL); raises as a single collector's start would."""
+    from tripline.collector import enrollment
     from tripline.collector.store import Store
 
     store = Store(config.effective_database_url)
@@ -114,7 +115,8 @@ def prepare(config: CollectorConfig) -> DataDirLock | None:
             lock.acquire()
         store.migrate(lambda line: log.info(line, extra={"phase": "migrate"}))
         for customer, token in config.customers.items():
-            store.ensure_enrollment_token(customer, token, time.time())
+            with store.transaction() as conn:
+                enrollment.ensure_token(conn, customer, token, time.time())
     finally:
         store.close()
     return lock

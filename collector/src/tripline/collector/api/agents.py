@@ -7,14 +7,14 @@ from typing import Any
 from sqlalchemy import Connection
 from starlette.responses import Response
 
-from tripline.collector import apitokens
+from tripline.collector import agents_store, apitokens
+from tripline.collector.agents_store import AgentNotFound, AgentRecord
 from tripline.collector.api.body import Body
 from tripline.collector.api.context import ApiContext
 from tripline.collector.api.encoding import Json
 from tripline.collector.api.jsonschema import array_of, obj, or_null, page_of, ref
 from tripline.collector.api.params import CUSTOMER, PAGING, Text, page
 from tripline.collector.api.routing import Call, operation
-from tripline.collector.store import AgentNotFound, AgentRecord
 
 AGENT_ID = Text(
     name="agent_id",
@@ -62,7 +62,7 @@ def agent_json(ctx: ApiContext, agent: AgentRecord, *, detail: bool = False) -> 
 async def list_agents(call: Call) -> Response:
     q, token, ctx = call.query, call.token, call.ctx
     limit, offset, customer, site = q["limit"], q["offset"], q["customer"], q["site"]
-    agents = await ctx.read(lambda conn: ctx.store.list_agents(customer, conn=conn))
+    agents = await ctx.read(lambda conn: agents_store.list_agents(conn, customer))
     visible = [a for a in agents if token.allows(a.customer) and (site is None or a.site == site)]
     found = visible[offset : offset + limit + 1]
     return Json(page([agent_json(ctx, a) for a in found], limit, offset))
@@ -80,7 +80,7 @@ async def list_agents(call: Call) -> Response:
 async def show_agent(call: Call) -> Response:
     ctx = call.ctx
     agent_id = call.path("agent_id")
-    agent = await ctx.read(lambda conn: ctx.store.get_agent(agent_id, conn=conn))
+    agent = await ctx.read(lambda conn: agents_store.get_agent(conn, agent_id))
     if agent is None or not call.token.allows(agent.customer):
         raise AgentNotFound(agent_id)
     return Json(agent_json(ctx, agent, detail=True))
@@ -101,14 +101,13 @@ async def revoke_agent(call: Call) -> Response:
     agent_id = call.path("agent_id")
     token, ctx = call.token, call.ctx
     now = ctx.clock()
-    store = ctx.store
 
     def work(conn: Connection) -> AgentRecord:
-        agent = store.get_agent(agent_id, conn=conn)
+        agent = agents_store.get_agent(conn, agent_id)
         if agent is None or not token.allows(agent.customer):
             raise AgentNotFound(agent_id)
         if agent.revoked_at is None:
-            store.revoke_agent(agent_id, now, conn=conn)
+            agents_store.revoke_agent(conn, agent_id, now)
             apitokens.record(
                 conn,
                 actor=token.name,
@@ -118,7 +117,7 @@ async def revoke_agent(call: Call) -> Response:
                 data={"hostname": agent.hostname},
                 now=now,
             )
-        revoked = store.get_agent(agent_id, conn=conn)
+        revoked = agents_store.get_agent(conn, agent_id)
         assert revoked is not None
         return revoked
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection
 from starlette.responses import Response
 
-from tripline.collector import apitokens, delivery
+from tripline.collector import apitokens, delivery_parking
 from tripline.collector.api.auth import scope
 from tripline.collector.api.body import Body
 from tripline.collector.api.encoding import Json
@@ -42,7 +42,7 @@ async def list_parked(call: Call) -> Response:
     limit, offset, route = q["limit"], q["offset"], q["route"]
     customers = scope(call.token, q["customer"])
     rows = await call.ctx.read(
-        lambda conn: delivery.list_parked(
+        lambda conn: delivery_parking.list_parked(
             conn, route=route, customers=customers, limit=limit + 1, offset=offset
         )
     )
@@ -66,11 +66,11 @@ async def retry_parked(call: Call) -> Response:
     token, ctx = call.token, call.ctx
     now = ctx.clock()
 
-    def work(conn: Connection) -> delivery.ParkedEvent:
-        parked = delivery.get_parked(conn, route, event_id)
+    def work(conn: Connection) -> delivery_parking.ParkedEvent:
+        parked = delivery_parking.get_parked(conn, route, event_id)
         if not token.allows(parked.customer):  # answered as a missing one
-            raise delivery.ParkedEventNotFound(route, event_id)
-        delivery.unpark(conn, route, event_id)
+            raise delivery_parking.ParkedEventNotFound(route, event_id)
+        delivery_parking.unpark(conn, route, event_id)
         apitokens.record(
             conn,
             actor=token.name,

@@ -8,14 +8,14 @@ from typing import Any
 from sqlalchemy import Connection
 from starlette.responses import Response
 
-from tripline.collector import apitokens
+from tripline.collector import apitokens, enrollment
 from tripline.collector.api.auth import act_for
 from tripline.collector.api.body import Body, IntField, TextField
 from tripline.collector.api.encoding import Json
 from tripline.collector.api.jsonschema import array_of, obj, or_null, ref
 from tripline.collector.api.params import CUSTOMER, MAX_EXPIRES_IN, NAME, path_id
 from tripline.collector.api.routing import Call, operation
-from tripline.collector.store import EnrollmentToken, EnrollmentTokenNotFound
+from tripline.collector.enrollment import EnrollmentToken, EnrollmentTokenNotFound
 
 
 def token_json(token: EnrollmentToken) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def token_json(token: EnrollmentToken) -> dict[str, Any]:
 )
 async def list_enrollment_tokens(call: Call) -> Response:
     ctx, customer = call.ctx, call.query["customer"]
-    rows = await ctx.read(lambda conn: ctx.store.list_enrollment_tokens(customer, conn=conn))
+    rows = await ctx.read(lambda conn: enrollment.list_tokens(conn, customer))
     return Json({"items": [token_json(t) for t in rows if call.token.allows(t.customer)]})
 
 
@@ -69,7 +69,7 @@ async def create_enrollment_token(call: Call) -> Response:
     expires_at = None if expires_in is None else now + expires_in
 
     def work(conn: Connection) -> tuple[EnrollmentToken, str]:
-        record, secret = ctx.store.create_enrollment_token(customer, now, expires_at, conn=conn)
+        record, secret = enrollment.create_token(conn, customer, now, expires_at)
         apitokens.record(
             conn,
             actor=token.name,
@@ -100,14 +100,13 @@ async def revoke_enrollment_token(call: Call) -> Response:
     token_id = call.path("token_id")
     token, ctx = call.token, call.ctx
     now = ctx.clock()
-    store = ctx.store
 
     def work(conn: Connection) -> EnrollmentToken:
-        found = [t for t in store.list_enrollment_tokens(conn=conn) if t.id == token_id]
+        found = [t for t in enrollment.list_tokens(conn) if t.id == token_id]
         if not found or not token.allows(found[0].customer):
             raise EnrollmentTokenNotFound(token_id)
         if found[0].revoked_at is None:
-            store.revoke_enrollment_token(token_id, now, conn=conn)
+            enrollment.revoke_token(conn, token_id, now)
             apitokens.record(
                 conn,
                 actor=token.name,
@@ -117,7 +116,7 @@ async def revoke_enrollment_token(call: Call) -> Response:
                 data={},
                 now=now,
             )
-        return next(t for t in store.list_enrollment_tokens(conn=conn) if t.id == token_id)
+        return next(t for t in enrollment.list_tokens(conn) if t.id == token_id)
 
     return Json(token_json(await ctx.write(work)))
 

@@ -9,9 +9,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from tripline.collector import delivery, maintenance, tickets
+from tripline.collector import delivery_parking, maintenance, tickets
+from tripline.collector.agents_store import AgentNotFound
 from tripline.collector.api.encoding import Json
-from tripline.collector.store import AgentNotFound, EnrollmentTokenNotFound, StoreUnavailable
+from tripline.collector.enrollment import EnrollmentTokenNotFound
+from tripline.collector.store import StoreUnavailable
 from tripline.collector.urls import API_PREFIX  # re-exported: the API's home for it
 
 # What each error status means to a caller; the OpenAPI document lists them per route.
@@ -88,7 +90,7 @@ EXCEPTION_HANDLERS: dict[Any, Handler] = {
     AgentNotFound: _not_found,
     EnrollmentTokenNotFound: _not_found,
     maintenance.WindowNotFound: _not_found,
-    delivery.ParkedEventNotFound: _not_found,
+    delivery_parking.ParkedEventNotFound: _not_found,
     maintenance.InvalidWindow: _bad_input,
     tickets.InvalidTicketTransition: _conflict,
     StoreUnavailable: _unavailable,

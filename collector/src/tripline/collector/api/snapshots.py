@@ -14,7 +14,8 @@ from typing import Any
 
 from starlette.responses import Response
 
-from tripline.collector import apitokens
+from tripline.collector import agents_store, apitokens
+from tripline.collector.agents_store import AgentNotFound
 from tripline.collector.api.agents import AGENT_ID
 from tripline.collector.api.body import Body
 from tripline.collector.api.encoding import Json
@@ -22,7 +23,6 @@ from tripline.collector.api.errors import ApiError
 from tripline.collector.api.jsonschema import obj, ref
 from tripline.collector.api.routing import Call, operation
 from tripline.collector.snapshots import SnapshotUnavailable, TakenSnapshot
-from tripline.collector.store import AgentNotFound
 
 
 def snapshot_json(agent_id: str, hostname: str, taken: TakenSnapshot) -> dict[str, Any]:
@@ -50,7 +50,7 @@ async def take_snapshot(call: Call) -> Response:
     await call.body()
     agent_id = call.path("agent_id")
     token, ctx = call.token, call.ctx
-    agent = await ctx.read(lambda conn: ctx.store.get_agent(agent_id, conn=conn))
+    agent = await ctx.read(lambda conn: agents_store.get_agent(conn, agent_id))
     if agent is None or not token.allows(agent.customer):
         raise AgentNotFound(agent_id)
     if agent.revoked_at is not None:

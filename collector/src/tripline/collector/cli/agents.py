@@ -29,12 +29,16 @@ def register(sub: Any) -> None:
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
+    from tripline.collector import agents_store  # here: only this command pays for SQLAlchemy
+
     with open_store(args) as store:
         if args.agents_cmd == "revoke":
-            store.revoke_agent(args.agent_id, time.time())
+            with store.transaction() as conn:
+                agents_store.revoke_agent(conn, args.agent_id, time.time())
             print(f"agent {args.agent_id} revoked; it is refused on its next message")
             return 0
-        agents = store.list_agents(args.customer)
+        with store.read() as conn:
+            agents = agents_store.list_agents(conn, args.customer)
         if args.json:
             print(json.dumps([a.__dict__ for a in agents], indent=2, default=str))
             return 0

@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    from tripline.collector import delivery
+    from tripline.collector import delivery_parking
 
     api = api_client(args)
     if args.deliveries_cmd == "parked":
@@ -45,7 +45,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
             rows = api.call("GET", "/deliveries/parked", params=params)["items"]
         else:
             with open_store(args) as store, store.read() as conn:
-                parked = delivery.list_parked(
+                parked = delivery_parking.list_parked(
                     conn,
                     route=args.route,
                     customers=None if args.customer is None else [args.customer],
@@ -63,8 +63,8 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
         try:
             # the collector sees the event pending at its next poll (a second at most)
             with open_store(args) as store, store.transaction() as conn:
-                retried.append(delivery.unpark(conn, args.route, event_id).to_dict())
-        except delivery.ParkedEventNotFound as exc:
+                retried.append(delivery_parking.unpark(conn, args.route, event_id).to_dict())
+        except delivery_parking.ParkedEventNotFound as exc:
             raise CliError(str(exc)) from None
     if args.json:
         print_json(retried)

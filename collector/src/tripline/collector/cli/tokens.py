@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    from tripline.collector import entropy
+    from tripline.collector import enrollment, entropy
     from tripline.common.durations import parse_duration
 
     if args.tokens_cmd == "generate":
@@ -59,9 +59,10 @@ def cmd_tokens(args: argparse.Namespace) -> int:
                     raise CliError(f"--expires-in: {exc}") from None
             if args.max_agents is not None and args.max_agents < 1:
                 raise CliError(f"--max-agents must be at least 1, got {args.max_agents}")
-            record, token = store.create_enrollment_token(
-                args.customer, now, expires, max_agents=args.max_agents
-            )
+            with store.transaction() as conn:
+                record, token = enrollment.create_token(
+                    conn, args.customer, now, expires, max_agents=args.max_agents
+                )
             limits = []
             if record.max_agents is not None:
                 limits.append(f"at most {record.max_agents} agents")
@@ -74,11 +75,14 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             print(token)
             return 0
         if args.tokens_cmd == "revoke":
-            store.revoke_enrollment_token(args.id, now)
+            with store.transaction() as conn:
+                enrollment.revoke_token(conn, args.id, now)
             print(f"token {args.id} revoked")
             return 0
-        enrolled = store.agents_per_token()
-        for t in store.list_enrollment_tokens(args.customer):
+        with store.read() as conn:
+            enrolled = enrollment.agents_per_token(conn)
+            tokens = enrollment.list_tokens(conn, args.customer)
+        for t in tokens:
             state = "revoked" if t.revoked_at else "active"
             if t.revoked_at is None and t.expires_at is not None and t.expires_at <= now:
                 state = "expired"
