@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.conftest import FakeClock
 from tripline.alerts.rules import parse_rules
-from tripline.collector import tickets
+from tripline.collector import enrollment, tickets
 from tripline.collector.committer import Committer
 from tripline.collector.config import load_collector_config
 from tripline.collector.convert import decode_hello, decode_report
@@ -79,7 +79,8 @@ class Collector:
             await asyncio.gather(task, return_exceptions=True)
 
     def enroll(self, hostname: str, *, customer: str = "acme", site: str = "hq") -> AgentRecord:
-        _, token = self.store.create_enrollment_token(customer, now=self.clock())
+        with self.store.transaction() as conn:
+            _, token = enrollment.create_token(conn, customer, now=self.clock())
         record, _ = self.store.enroll_agent(
             token, hostname=hostname, site=site, inventory={}, now=self.clock()
         )

@@ -24,7 +24,14 @@ from tests.integration.test_hostile_input import (  # noqa: F401  (fixtures)
     report_msg,
     rig,
 )
+from tripline.collector import agent_instances
+from tripline.collector.store import Store
 from tripline.v1 import tripline_pb2 as pb
+
+
+def _applied_seq(store: Store, agent_id: str, instance_id: str) -> int:
+    with store.read() as conn:
+        return agent_instances.applied_seq(conn, agent_id, instance_id)
 
 
 def acks(out: Any) -> list[int]:
@@ -159,7 +166,7 @@ def test_hostile_tables_are_refused_with_their_reason_and_earlier_reports_stay(
     assert rig.rejected_count(reason) == before + 1
     # the stream's earlier report was applied and acknowledged; nothing of the refused one
     assert acks(out) == [seq]
-    assert rig.app.store.applied_seq(rig.hostile_id, "hostile-1") == seq
+    assert _applied_seq(rig.app.store, rig.hostile_id, "hostile-1") == seq
     live = rig.app.state.agents[rig.hostile_id]
     assert live.value("hostile_table", i="0") == 0.25
     assert live.value(TRIPWIRE) is None
@@ -175,4 +182,4 @@ def test_a_table_beyond_the_series_cap_is_refused(rig: Rig) -> None:
     assert out.code == grpc.StatusCode.INVALID_ARGUMENT
     assert f"the table would hold more than {cap} series" in out.details
     assert rig.rejected_count("series_table") == before + 1
-    assert rig.app.store.applied_seq(rig.hostile_id, "hostile-1") == seq - 1
+    assert _applied_seq(rig.app.store, rig.hostile_id, "hostile-1") == seq - 1

@@ -11,7 +11,14 @@ from tests.conftest import async_eventually as eventually
 from tests.integration.conftest import agent_config, running_collector
 from tripline.agent import identity
 from tripline.agent.runner import AgentRunner
+from tripline.collector import agent_instances
 from tripline.collector.app import CollectorApp
+from tripline.collector.store import Store
+
+
+def _applied_seq(store: Store, agent_id: str, instance_id: str) -> int:
+    with store.read() as conn:
+        return agent_instances.applied_seq(conn, agent_id, instance_id)
 
 
 def _rejected(app: CollectorApp) -> float:
@@ -58,7 +65,7 @@ def test_interning_and_named_agents_side_by_side_through_a_spooled_backlog(
             )
             for runner in (new, old):
                 instance = runner.spool.instance_id
-                assert app.store.applied_seq(ids[runner], instance) >= newest[runner]
+                assert _applied_seq(app.store, ids[runner], instance) >= newest[runner]
             # the backlog went out on a new stream, so its series were defined again
             assert new.transport.stats.series_defined > defined_first_stream
             assert old.transport.stats.series_defined == 0
