@@ -26,6 +26,7 @@ from tripline.collector.database import (
     DatabaseFileChanged,
     SqliteFile,
     find_outage,
+    is_busy,
     is_corruption,
     make_engine,
     rows_written,
@@ -52,6 +53,12 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The database is locked, read-only, full or unreachable: answer UNAVAILABLE, retry later."""
+
+
+class StoreContended(StoreUnavailable):
+    """The write lock stayed busy past the busy timeout while other writers kept
+    committing (another worker of ``--workers N`` at saturation): back-pressure, not an
+    outage. The store stays healthy; retry (the committer does)."""
 
 
 class StoreFileGone(StoreUnavailable):
@@ -321,8 +328,9 @@ class Store:
 
         Raises StoreUnavailable (StoreFileGone, StoreCorrupt...) when it cannot commit; each
         such failure marks `health` unhealthy, and only a commit that changed rows marks it
-        healthy again.
+        healthy again. Except StoreContended: the lock stayed busy while others committed.
         """
+        mark = self.file.write_mark() if self.file is not None else None
         try:
             with self._unavailable_on_outage(), self._engine.connect() as conn:
                 before = rows_written(conn)
@@ -333,6 +341,9 @@ class Store:
                         self.file.check()
                 wrote = rows_written(conn) != before
         except StoreUnavailable as error:
+            others_wrote = self.file is not None and self.file.write_mark() != mark
+            if mark is not None and others_wrote and is_busy(error):
+                raise StoreContended(f"write lock contended: {error}") from error
             self.health.failed(error)
             raise
         if wrote:
