@@ -2,7 +2,8 @@
 
 Runs ``bench.loadgen`` once per worker count, one after the other, with the same
 arguments (same generator, same offered load; no baseline, no idle /metrics comparison)
-and prints one row per count and the ratio of applied reports/s to the first count::
+and prints one row per count and the ratio of applied reports/s to one worker's (to the
+first count's without 1; give ``--counts 2,1`` to run them the other way round)::
 
     python -m bench.workers_compare --counts 1,2 -- --agents 5000 --interval 5 --duration 40
 
@@ -65,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs.append(figures)
     print("| " + " | ".join(title for _, title, _ in COLUMNS) + " | ratio |")
     print("|" + " --- |" * (len(COLUMNS) + 1))
-    first = runs[0]["reports_per_second"]
+    # against one worker when it ran (counts may come in any order), else the first count
+    first = next((f for f in runs if f["workers"] == 1), runs[0])["reports_per_second"]
     for f in runs:
         cells = ["-" if f.get(key) is None else fmt.format(f[key]) for key, _, fmt in COLUMNS]
         ratio = f["reports_per_second"] / first if first else float("nan")
