@@ -715,6 +715,24 @@ def _drive(
     return figures
 
 
+def offline_tickets(database: Path | None, until: float) -> int | None:
+    """AgentOffline tickets opened by wall time `until` (the window's end: the PCs stop
+    reporting after it) in the collector's SQLite file; None when not readable."""
+    if database is None or not database.exists():
+        return None
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+        ) as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM tickets WHERE rule = 'AgentOffline' AND opened_at <= ?",
+                (until,),
+            ).fetchone()
+    except sqlite3.Error:
+        return None
+    return int(row[0])
+
+
 def _collector_figures(
     args: argparse.Namespace,
     hooks: CollectorHooks,
@@ -742,6 +760,18 @@ def _collector_figures(
     )
     if hooks.scraper is not None:
         out.update(hooks.scraper.stats.figures())
+    # What saturation did to the store and to liveness (all of them false here: every
+    # simulated PC reports steadily through the window).
+    out["store_contended"] = scrape_b.value("tripline_collector_store_contended_total")
+    out["store_errors"] = scrape_b.value("tripline_collector_store_errors_total")
+    out["store_went_unhealthy"] = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in scrape_b.text.splitlines()
+        if line.startswith("tripline_collector_store_health_changes_total{")
+        and 'to="unhealthy"' in line
+    )
+    window_end = time.time() - (time.monotonic() - scrape_b.started)
+    out["offline_tickets"] = offline_tickets(hooks.database, window_end)
     out["ticket_probe_for"] = probe_for
     out["tickets_expected"] = len(coord.got.crossed)
     out["tickets_seen"] = len(coord.got.ticket_seen)
@@ -830,6 +860,12 @@ def report(f: dict[str, Any]) -> None:
         f"max={f['ack_max_ms']:.1f}  (acked {f['client_acked']} of {f['client_sent']} sent "
         f"in the window; stream errors {f['client_stream_errors']}, lost {f['client_lost']})"
     )
+    if "offline_tickets" in f:
+        _line(
+            f"store: {f['store_contended']:.0f} commits waited out a contended lock, "
+            f"{f['store_errors']:.0f} failed, went unhealthy {f['store_went_unhealthy']:.0f} "
+            f"times; AgentOffline tickets {f['offline_tickets']} (every PC kept reporting)"
+        )
     if "collector_cpu_percent" in f:
         _line(
             f"collector CPU: {f['collector_cpu_percent']:.1f}% of one core, "

@@ -126,6 +126,25 @@ def test_loadgen_still_measures_the_multiplexed_plaintext_shape() -> None:
     assert "bare_reports_per_second" not in f and "ratio_cpu_ms_per_report" not in f, out
 
 
+def test_workers_compare_runs_loadgen_per_worker_count_and_prints_the_ratio() -> None:
+    out, runs = _run(
+        "bench.workers_compare",
+        "--counts=1,2",
+        "--",
+        "--agents=10",
+        "--plaintext",
+        "--duration=2",
+        "--warmup=1",
+        "--interval=1",
+        timeout=240,
+    )
+    assert [f["workers"] for f in runs] == [1, 2], out
+    for f in runs:
+        _every_report_acked(f, "", out)
+        assert f["offline_tickets"] == 0 and f["store_went_unhealthy"] == 0, out
+    assert "| workers | reports/s applied |" in out and "| 1.00x |" in out, out
+
+
 def test_agent_overhead_runs_and_prints_its_figures() -> None:
     out, f = _run("bench.agent_overhead", "--duration=8", "--interval=2", "--warmup=2", timeout=120)
     assert out.splitlines()[1].startswith("agent: "), out

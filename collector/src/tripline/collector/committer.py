@@ -4,6 +4,12 @@ Submitted units of work run in one shared transaction; when one fails, the batch
 retried unit by unit so the failure rolls back alone while the others commit. Callers
 await their own result; a report is acknowledged only after the transaction holding its
 effects commits.
+
+A batch that waited past the busy timeout on a lock other writers kept committing under
+(`StoreContended`: the other workers of ``--workers N`` at saturation) is retried, with
+whatever arrived meanwhile: contention slows acknowledgements, it does not fail them
+(failing them would end every waiting stream, and the agents would reconnect and resend
+into the same contention).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Connection
 
 from tripline.collector.selfmetrics import CollectorMetrics
-from tripline.collector.store import Store, StoreUnavailable
+from tripline.collector.store import Store, StoreContended, StoreUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -58,7 +64,16 @@ class Committer:
                 continue
             started = time.perf_counter()
             try:
-                results = await asyncio.to_thread(self._commit, batch)
+                while True:
+                    try:
+                        results = await asyncio.to_thread(self._commit, batch)
+                        break
+                    except StoreContended as exc:
+                        self._metrics.store_contended.inc()
+                        log.debug("write lock contended, batch retried", extra={"error": str(exc)})
+                        batch = [unit for unit in batch if not unit.future.cancelled()]
+                        while len(batch) < self._max_batch and not self._queue.empty():
+                            batch.append(self._queue.get_nowait())
             except StoreUnavailable as exc:
                 self._metrics.store_errors.inc()
                 # The store logs each healthy/unhealthy transition once; a line per failed
@@ -95,10 +110,14 @@ class Committer:
         return [self._alone(unit) for unit in batch]
 
     def _alone(self, unit: _Unit[Any]) -> tuple[bool, Any]:
-        try:
-            with self._store.transaction() as conn:
-                return True, unit.work(conn)
-        except StoreUnavailable:
-            raise
-        except Exception as exc:  # the caller's future gets it
-            return False, exc
+        while True:
+            try:
+                with self._store.transaction() as conn:
+                    return True, unit.work(conn)
+            except StoreContended:
+                # Retried here, not with the batch: the units before this one committed.
+                self._metrics.store_contended.inc()
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # the caller's future gets it
+                return False, exc

@@ -25,6 +25,8 @@ WRITES = "tripline_rows_written"
 # SQLite primary result codes meaning "the database cannot take this now": busy, locked,
 # out of memory, read-only, I/O error, full, cannot open, lock protocol.
 _SQLITE_OUTAGE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+# SQLITE_BUSY and SQLITE_LOCKED: another connection holds the lock (the busy timeout ran out).
+_SQLITE_BUSY_CODES = frozenset({5, 6})
 # "database disk image is malformed" and "file is not a database".
 _SQLITE_CORRUPT_CODES = frozenset({11, 26})
 
@@ -72,6 +74,18 @@ class SqliteFile:
             if self._identity is None:
                 self._identity = self._now()
 
+    def write_mark(self) -> tuple[int, int, int] | None:
+        """Changes whenever any connection writes the database (WAL mode: every commit
+        appends to, or restarts, the ``-wal`` file); None while there is no WAL file.
+        Compared before and after a wait for the write lock, it tells a lock held by
+        writers that keep committing (contention) from one held by a writer that is
+        stuck or gone (an outage)."""
+        try:
+            st = os.stat(f"{self.path}-wal")
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
     def check(self) -> None:
         """Raise DatabaseFileChanged unless the path still names the file first opened."""
         with self._lock:
@@ -109,6 +123,19 @@ def is_corruption(error: BaseException) -> sqlite3.Error | None:
                 return orig
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def is_busy(error: BaseException) -> bool:
+    """Whether `error` comes from SQLite's busy timeout running out on a held lock."""
+    seen: BaseException | None = error
+    while seen is not None:
+        orig = seen.orig if isinstance(seen, exc.DBAPIError) else seen
+        if isinstance(orig, sqlite3.OperationalError):
+            code = getattr(orig, "sqlite_errorcode", None)
+            if code is not None and (code & 0xFF) in _SQLITE_BUSY_CODES:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def rows_written(conn: Connection) -> int:

@@ -7,6 +7,12 @@ reported (a token could otherwise mint hundreds of silent agents, each a critica
 ticket), and an office PC outside its customer's business hours. Several collectors
 sharing one store each read the last-seen times every collector writes (`sync`).
 
+With ``--workers N`` the worker holding an agent's stream judges it by the reports it
+receives; another worker sees them only once that worker has committed them and it has
+synced, which at saturation is seconds behind. So an agent last heard by another worker
+(`elsewhere`) gets `peer_lag` more silence before this worker calls it offline: the
+holder opens the ticket on time, and this worker does only if the holder cannot.
+
 The pipeline owns one `Liveness`; the exposition and the HTTP API ask it through
 `Pipeline.is_up`, so a dashboard and a ticket never disagree about an agent.
 """
@@ -48,6 +54,9 @@ class Liveness:
         self._always_on: set[str] = set()  # agent ids with an always-on tag
         # Enrolled, never reported: their silence opens no offline ticket.
         self.unreported: set[str] = set()
+        # Last heard by another worker (see the module docstring): judged `peer_lag` later.
+        self.elsewhere: set[str] = set()
+        self.peer_lag = max(self.offline_after, RECONNECT_GRACE) if config.workers > 1 else 0.0
         self._next_sync = 0.0
 
     # -- tracking ---------------------------------------------------------------------
@@ -88,9 +97,15 @@ class Liveness:
         live.last_seen = now
         live.grace_until = 0.0
         self.unreported.discard(live.agent_id)
+        self.elsewhere.discard(live.agent_id)
+
+    def held(self, agent_id: str) -> None:
+        """The agent's stream (or a report) is here now: this process judges it on time."""
+        self.elsewhere.discard(agent_id)
 
     def forget(self, agent_id: str) -> None:
         self.unreported.discard(agent_id)
+        self.elsewhere.discard(agent_id)
         self._always_on.discard(agent_id)
 
     def note_tags(self, agent_id: str, tags: Mapping[str, Any]) -> None:
@@ -104,7 +119,14 @@ class Liveness:
     def is_up(self, live: AgentLive, now: float | None = None) -> bool:
         now = self.clock() if now is None else now
         seen = self.seen(live)
-        return seen is not None and now - seen < self.offline_after
+        return seen is not None and now - seen < self.threshold(live)
+
+    def threshold(self, live: AgentLive) -> float:
+        """The silence after which this process calls the agent offline: the offline
+        threshold, plus `peer_lag` for an agent another worker heard last."""
+        if live.agent_id in self.elsewhere:
+            return self.offline_after + self.peer_lag
+        return self.offline_after
 
     def seen(self, live: AgentLive) -> float | None:
         """Last seen, for liveness: within the restart grace every agent counts as seen."""
@@ -122,7 +144,7 @@ class Liveness:
         if since is None:
             return False
         seen = since if live.last_seen is None else max(live.last_seen, since)
-        return now - seen >= self.offline_after
+        return now - seen >= self.threshold(live)
 
     # -- several collectors -----------------------------------------------------------------
 
@@ -159,3 +181,5 @@ class Liveness:
             if live is not None and (live.last_seen is None or at > live.last_seen):
                 live.last_seen = at
                 live.grace_until = 0.0  # reported to another collector since
+                if not live.connected:  # (its stream here writes last-seen too)
+                    self.elsewhere.add(agent_id)

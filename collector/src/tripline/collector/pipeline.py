@@ -186,6 +186,7 @@ class Pipeline:
             if not reported:
                 self.liveness.unreported.add(agent.agent_id)
         live = self.track(agent)
+        self.liveness.held(agent.agent_id)
         if live.last_seen is None:
             live.last_seen = now  # new to this process: not offline before its first report
         # The agent may come from another collector sharing the store (a load balancer
@@ -237,6 +238,7 @@ class Pipeline:
             self.state.record(live, at, report.samples, received=now)
             live.last_seen = now
             live.grace_until = 0.0  # heard from: silence from now on is real
+            self.liveness.held(agent.agent_id)
             live.last_collected_at = report.collected_at
             self._contexts[agent.agent_id] = report.context
             if report.host is not None:
@@ -483,7 +485,7 @@ class Pipeline:
             host=live.hostname,
             site=live.site,
             last_seen=self.liveness.seen(live),
-            offline_after=self.liveness.offline_after,
+            offline_after=self.liveness.threshold(live),
         )
         new, transitions = evaluate_agent(
             self.rules, target, self.state.series_data(live, self._rule_metrics), old, now

@@ -76,6 +76,12 @@ class CollectorMetrics:
             "Store transactions that failed (reports stay unacknowledged and are resent).",
             registry=registry,
         )
+        self.store_contended = Counter(
+            "tripline_collector_store_contended_total",
+            "Commits that waited past the busy timeout while other writers (the other "
+            "workers) kept committing; retried, not failed: acknowledgements slow down.",
+            registry=registry,
+        )
         self.evaluation_errors = Counter(
             "tripline_collector_evaluation_errors_total",
             "Unexpected failures in the evaluation loop (logged with a traceback).",

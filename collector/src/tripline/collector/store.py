@@ -24,6 +24,7 @@ from tripline.collector.database import (
     DatabaseFileChanged,
     SqliteFile,
     find_outage,
+    is_busy,
     is_corruption,
     make_engine,
     rows_written,
@@ -31,7 +32,13 @@ from tripline.collector.database import (
 )
 from tripline.collector.enrollment import EnrollmentRefused
 from tripline.collector.schema import store_probe
-from tripline.collector.storeerrors import StoreCorrupt, StoreError, StoreFileGone, StoreUnavailable
+from tripline.collector.storeerrors import (
+    StoreContended,
+    StoreCorrupt,
+    StoreError,
+    StoreFileGone,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:  # imported where used: `tripline tickets list` has no use for the engine
     from tripline.alerts.engine import AlertKey, AlertState
@@ -45,6 +52,7 @@ __all__ = [
     "InstancePosition",
     "SeqAlreadyApplied",
     "Store",
+    "StoreContended",
     "StoreCorrupt",
     "StoreError",
     "StoreFileGone",
@@ -136,8 +144,9 @@ class Store:
 
         Raises StoreUnavailable (StoreFileGone, StoreCorrupt...) when it cannot commit; each
         such failure marks `health` unhealthy, and only a commit that changed rows marks it
-        healthy again.
+        healthy again. Except StoreContended: the lock stayed busy while others committed.
         """
+        mark = self.file.write_mark() if self.file is not None else None
         try:
             with self._unavailable_on_outage(), self._engine.connect() as conn:
                 before = rows_written(conn)
@@ -148,6 +157,9 @@ class Store:
                         self.file.check()
                 wrote = rows_written(conn) != before
         except StoreUnavailable as error:
+            others_wrote = self.file is not None and self.file.write_mark() != mark
+            if mark is not None and others_wrote and is_busy(error):
+                raise StoreContended(f"write lock contended: {error}") from error
             self.health.failed(error)
             raise
         if wrote:

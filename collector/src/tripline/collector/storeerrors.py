@@ -18,6 +18,12 @@ class StoreUnavailable(StoreError):
     """The database is locked, read-only, full or unreachable: answer UNAVAILABLE, retry later."""
 
 
+class StoreContended(StoreUnavailable):
+    """The write lock stayed busy past the busy timeout while other writers kept
+    committing (another worker of ``--workers N`` at saturation): back-pressure, not an
+    outage. The store stays healthy; retry (the committer does)."""
+
+
 class StoreFileGone(StoreUnavailable):
     """The SQLite file was deleted or replaced under the running collector. Nothing more is
     committed (it would go into a file nobody will ever read) until the original file is

@@ -6,7 +6,8 @@ N worker processes, each a whole :class:`~tripline.collector.app.CollectorApp`:
 
 - every worker listens on the same gRPC port: grpc-core sets ``SO_REUSEPORT`` on Linux
   and the kernel spreads new connections over the workers (measured in
-  docs/scale-out.md); with port 0 the supervisor picks the port and holds it;
+  docs/scale-out.md); the supervisor holds the port (picks it, with port 0) and refuses
+  to start when another process serves it;
 - worker 0 serves the HTTP port (/metrics, /readyz, the API); the others serve a
   private loopback port whose address they write to ``<data_dir>/workers/<index>.port``,
   from which worker 0 builds one page (:mod:`collector.metricsmerge`);
@@ -90,13 +91,40 @@ def _worker_main(config: CollectorConfig, role: WorkerRole) -> None:
     asyncio.run(serve(config, role))
 
 
-def _hold_port(host: str) -> tuple[socket.socket, int]:
-    """A bound, not listening, SO_REUSEPORT socket: the port stays ours for the workers."""
+class PortInUse(Exception):
+    """Another process already serves the gRPC port: the workers would share it with it."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        super().__init__(
+            f"listen {host}:{port}: the port is already in use ({error.strerror}); another "
+            "collector serves it? Stop it, or give this one another port"
+        )
+
+
+def _hold_port(host: str, port: int = 0) -> tuple[socket.socket, int]:
+    """A bound, not listening, SO_REUSEPORT socket: the port stays ours for the workers.
+
+    First a probe listens on the port without SO_REUSEPORT: that fails while any
+    process listens there (a single collector, another ``--workers`` collector's
+    workers), so a collector started by mistake on a served port fails at start, as a
+    single collector does, instead of silently taking half the agents. (A bound socket
+    that does not listen, like this one, does not stop the probe: two supervisors
+    started in the same second can still both start.)"""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port != 0:
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            probe.bind((host, port))
+            probe.listen(1)  # the kernel checks for listeners here
+        except OSError as exc:
+            raise PortInUse(host, port, exc) from None
+        finally:
+            probe.close()
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, 0))
+    sock.bind((host, port))
     return sock, int(sock.getsockname()[1])
 
 
@@ -125,11 +153,13 @@ def prepare(config: CollectorConfig) -> DataDirLock | None:
 def run_workers(config: CollectorConfig) -> int:
     """Run ``config.workers`` workers until SIGTERM/SIGINT; 0 when they stopped cleanly."""
     count = config.workers
-    lock = prepare(config)
     host, port = parse_hostport(config.listen, "listen")
-    holder = None
-    if port == 0:
-        holder, port = _hold_port(host)
+    holder, port = _hold_port(host, port)  # before the lock: nothing to undo when it fails
+    try:
+        lock = prepare(config)
+    except BaseException:
+        holder.close()
+        raise
     run_dir = config.data_dir / "workers"
     files.private_dir(run_dir, "data_dir")
     for stale in run_dir.glob("*.port"):
@@ -183,8 +213,7 @@ def run_workers(config: CollectorConfig) -> int:
                 proc.kill()
                 proc.join(5)
             codes.append(proc.exitcode)
-        if holder is not None:
-            holder.close()
+        holder.close()
         if lock is not None:
             lock.release()
     return 0 if all(code == 0 for code in codes) else 1

@@ -103,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     from tripline.collector.lockfile import DataDirLocked
     from tripline.collector.migrations import MigrationError
     from tripline.collector.store import StoreCorrupt, StoreUnavailable
+    from tripline.collector.workers import PortInUse
     from tripline.common import logs
 
     config = _collector_config(args)
@@ -115,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
 
             return run_workers(config)
         asyncio.run(serve(config))
-    except (DataDirLocked, StoreCorrupt, MigrationError) as exc:
+    except (DataDirLocked, StoreCorrupt, MigrationError, PortInUse) as exc:
         # Refused for good until a person acts: another collector owns the database, the
         # file is damaged, or its schema is newer than this code.
         # One line naming the file and the next step; a traceback would bury both.

@@ -1,0 +1,145 @@
+"""A write lock busy past the busy timeout while other writers keep committing (the other
+workers of ``--workers N`` at saturation) is back-pressure: acknowledgements slow down,
+the store stays healthy, no stream is ended. A lock held by a writer that commits nothing
+stays an outage (tests/integration/test_store_contract.py, tests/e2e/test_faults.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from grpc import aio
+
+from tests.integration.conftest import TOKEN, running_collector
+from tripline.collector.store import Store, StoreContended, StoreUnavailable
+from tripline.v1 import tripline_pb2 as pb
+from tripline.v1 import tripline_pb2_grpc as pb_grpc
+
+
+class Hog(threading.Thread):
+    """Another writer on the same file that holds the write lock `hold` seconds per
+    transaction, commits, and takes the lock again at once, for `seconds`: SQLite's
+    busy handler polls (every 100 ms once it has waited a while), so a waiter almost
+    never finds the lock free in the gap and waits out its busy timeout."""
+
+    def __init__(self, path: Path, seconds: float, hold: float = 0.15) -> None:
+        super().__init__(daemon=True)
+        self.path, self.seconds, self.hold = path, seconds, hold
+        self.commits = 0
+        self.started_holding = threading.Event()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            end = time.monotonic() + self.seconds
+            while time.monotonic() < end:
+                conn.execute("BEGIN IMMEDIATE")
+                self.started_holding.set()
+                conn.execute("UPDATE store_probe SET writes = writes + 1 WHERE id = 1")
+                time.sleep(self.hold)
+                conn.execute("COMMIT")
+                self.commits += 1
+        finally:
+            conn.close()
+
+
+def _probe_writes(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT writes FROM store_probe WHERE id = 1").fetchone()[0])
+
+
+def test_a_lock_busy_under_other_writers_commits_is_contention_not_an_outage(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tripline.db"
+    Store(f"sqlite:///{path}").migrate()
+    waiter = Store(f"sqlite:///{path}", busy_timeout=0.4)
+    try:
+        hog = Hog(path, seconds=1.5)
+        hog.start()
+        assert hog.started_holding.wait(10)
+        with pytest.raises(StoreContended, match="locked"):
+            waiter.probe(time.time())
+        assert waiter.health.healthy, waiter.health.reason
+        hog.join()
+        waiter.probe(time.time())  # the lock is free again: the write goes through
+        assert waiter.health.healthy
+    finally:
+        waiter.close()
+
+
+def test_a_lock_held_without_commits_is_still_an_outage(tmp_path: Path) -> None:
+    path = tmp_path / "tripline.db"
+    Store(f"sqlite:///{path}").migrate()
+    waiter = Store(f"sqlite:///{path}", busy_timeout=0.3)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable, match="locked") as raised:
+            waiter.probe(time.time())
+        assert not isinstance(raised.value, StoreContended)
+        assert not waiter.health.healthy and "locked" in waiter.health.reason
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        waiter.close()
+
+
+def test_reports_wait_out_a_contended_lock_and_every_one_is_acknowledged(tmp_path: Path) -> None:
+    """Another writer keeps committing under the lock for longer than the collector's
+    5 s busy timeout: the agent's stream stays open, every report is acknowledged once
+    the lock frees, the store never turns unhealthy, and the wait is counted."""
+
+    async def scenario() -> None:
+        async with (
+            running_collector(tmp_path / "c") as app,
+            aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel,
+        ):
+            stub = pb_grpc.CollectorStub(channel)
+            enrolled = await stub.Enroll(pb.EnrollRequest(enrollment_token=TOKEN))
+            meta = (("authorization", f"Bearer {enrolled.credential}"),)
+            call = stub.Connect(metadata=meta)
+            await call.write(
+                pb.AgentMessage(hello=pb.Hello(instance_id="i", sent_at_seconds=time.time()))
+            )
+            assert (await call.read()).WhichOneof("kind") == "welcome"
+            path = app.config.database_file
+            hog = Hog(path, seconds=6.5)
+            hog.start()
+            await asyncio.to_thread(hog.started_holding.wait, 10)
+            unhealthy = []
+
+            async def watch_health() -> None:
+                while hog.is_alive():
+                    if not app.store.health.healthy:
+                        unhealthy.append(app.store.health.reason)
+                    await asyncio.sleep(0.05)
+
+            watcher = asyncio.create_task(watch_health())
+            sent = 0
+            while hog.is_alive():  # one report every 0.2 s while the hog holds the lock
+                sent += 1
+                report = pb.Report(instance_id="i", seq=sent, collected_at_seconds=time.time())
+                report.samples.add(name="process_count", value=float(sent))
+                await call.write(pb.AgentMessage(report=report))
+                await asyncio.sleep(0.2)
+            acked = []
+            while not acked or acked[-1] < sent:
+                message = await asyncio.wait_for(call.read(), 20)
+                assert message.WhichOneof("kind") == "ack", message
+                acked.append(message.ack.seq)
+            await watcher
+            assert acked == list(range(1, sent + 1))
+            assert unhealthy == []
+            assert app.metrics.store_contended._value.get() >= 1
+            assert app.metrics.store_errors._value.get() == 0
+            assert app.service.streams  # still open
+            assert hog.commits >= 6.5 / 0.15 * 0.8  # the other writer did hold the lock
+            assert _probe_writes(path) >= hog.commits
+            call.cancel()
+
+    asyncio.run(scenario())
