@@ -115,6 +115,18 @@ def login(browser: Any, site: Site, token: str) -> None:
         raise
 
 
+def text_of(browser: Any, element_id: str) -> str:
+    """The element's text, "" while the page is between documents (a form's POST, its
+    redirect, the next GET): polled during a navigation, the element may be gone."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return str(browser.find_element(By.ID, element_id).text)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
 def queue_rows(browser: Any) -> set[int]:
     from selenium.webdriver.common.by import By
 
@@ -174,7 +186,7 @@ def test_an_ack_on_the_page_shows_in_the_cli_and_hostile_text_stays_text(
     comment = f"<script>document.title='pwned'</script>{HOSTILE}"
     browser.find_element(By.ID, "comment-text").send_keys(comment)
     browser.find_element(By.ID, "comment").click()
-    eventually(lambda: comment in browser.find_element(By.ID, "timeline").text, 15, "comment")
+    eventually(lambda: comment in text_of(browser, "timeline"), 15, "comment")
     assert browser.title != "pwned"
     assert len(browser.find_elements(By.TAG_NAME, "script")) == 1
     assert browser.find_elements(By.CSS_SELECTOR, "main img") == []
