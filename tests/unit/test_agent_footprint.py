@@ -35,3 +35,10 @@ def test_an_agent_reading_textfiles_imports_the_parser_when_it_parses(tmp_path: 
     (textfiles / "backup.prom").write_text("backup_last_success_timestamp_seconds 1.7e9\n")
     modules = _once(tmp_path, f"textfile_dir: {textfiles}\n")
     assert "prometheus_client.parser" in modules
+
+
+def test_the_agents_channel_does_not_probe_bandwidth() -> None:
+    # BDP pings on every received ack cost gRPC-thread CPU each interval (bench/README.md)
+    from tripline.agent.transport import channel_options
+
+    assert ("grpc.http2.bdp_probe", 0) in channel_options(4 * 2**20)
