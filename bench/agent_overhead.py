@@ -77,6 +77,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="install: a cached venv with only protos+agent, as on a PC (default); "
         "checkout: this Python with the checkout on its path",
     )
+    p.add_argument(
+        "--agent-source",
+        type=Path,
+        default=ROOT,
+        help="with --agent-from install: the checkout whose protos/ and agent/ are installed "
+        "(default this one; another, e.g. `git worktree add /tmp/old COMMIT`, for a "
+        "before/after pair)",
+    )
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     p.add_argument("--keep", action="store_true", help="keep the logs and data directories")
     args = p.parse_args(argv)
@@ -146,7 +154,7 @@ def agent_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str], 
     if args.agent_from == "checkout":
         return [sys.executable, "-m", "tripline.collector.cli", "agent"], child_env(), ROOT
     try:
-        venv, built = agent_venv()
+        venv, built = agent_venv(args.agent_source.resolve())
     except VenvFailed as exc:
         raise BenchError(str(exc)) from None
     _line(f"agent: agent-only install {venv} ({'built now' if built else 'cached'})")
