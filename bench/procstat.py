@@ -2,7 +2,8 @@
 
 CPU comes from /proc/PID/stat (utime + stime of every thread, in clock ticks, so its
 resolution is 1/CLK_TCK, 10 ms on Linux); memory from /proc/PID/status (VmRSS now,
-VmHWM the peak since the process started).
+VmHWM the peak since the process started); proportional and unique set sizes from
+/proc/PID/smaps_rollup (see ``memory``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,48 @@ def snapshot(pid: int) -> Snapshot:
         elif line.startswith("VmHWM:"):
             peak = int(line.split()[1]) * 1024
     return Snapshot(time.monotonic(), (utime + stime) / CLK_TCK, rss, peak)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One process's memory in three measures, from /proc/PID/smaps_rollup (bytes).
+
+    - ``rss``: resident pages mapped by the process, counted whole even when other
+      processes map the same page (shared libraries: libpython, gRPC's core, libcrypto).
+    - ``pss``: proportional set size, each resident page divided by the number of
+      processes mapping it; summed over all processes it is the machine's real use.
+    - ``uss``: unique set size, the pages only this process maps (private clean + dirty):
+      what the machine gets back when the process exits.
+
+    ``rss_anon``/``rss_file`` split RSS into anonymous memory (heap, stacks) and
+    file-backed pages (mapped executables and libraries).
+    """
+
+    rss: int
+    pss: int
+    uss: int
+    rss_anon: int
+    rss_file: int
+
+
+def memory(pid: int) -> Memory:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(pid) from None
+    kib: dict[str, int] = {}
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+            kib[parts[0][:-1]] = int(parts[1]) * 1024
+    anon = kib.get("Anonymous", 0)
+    return Memory(
+        rss=kib.get("Rss", 0),
+        pss=kib.get("Pss", 0),
+        uss=kib.get("Private_Clean", 0) + kib.get("Private_Dirty", 0),
+        rss_anon=anon,
+        rss_file=kib.get("Rss", 0) - anon,
+    )
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -151,10 +194,15 @@ def machine_busy_seconds() -> tuple[float, float]:
 
 class Sampler:
     """Samples one process every ``period`` seconds on a thread, keeping the RSS maximum
-    (with ``tree``, of the process and its descendants together)."""
+    (with ``tree``, of the process and its descendants together) and, with ``history``,
+    every sample."""
 
-    def __init__(self, pid: int, period: float = 1.0, *, tree: bool = False) -> None:
+    def __init__(
+        self, pid: int, period: float = 1.0, *, tree: bool = False, history: bool = False
+    ) -> None:
         self.pid = pid
+        # with ``history``: every (monotonic time, RSS) sampled, for an RSS-over-time trace
+        self.history: list[tuple[float, int]] | None = [] if history else None
         self.tree = tree
         self.period = period
         self.max_rss = 0
@@ -182,6 +230,8 @@ class Sampler:
             return
         self.last = snap
         self.max_rss = max(self.max_rss, snap.rss_bytes)
+        if self.history is not None:
+            self.history.append((snap.at, snap.rss_bytes))
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from tripline.agent import checks
+from tripline.agent import checks, procscan
 from tripline.agent.checks import ProcessCheck
 from tripline.agent.redact import Redaction
 from tripline.agent.textfile import Textfile
@@ -153,6 +153,8 @@ class Prober:
         textfile: Textfile | None = None,
     ) -> None:
         self._ps: Any = psutil_module
+        # Linux with the real psutil: the context scan reads one /proc file per process
+        self._fast_scan = procscan.default_scanner(psutil_module, psutil)
         self._process_checks = tuple(process_checks)
         self._service_checks = tuple(service_checks)
         self._textfile = textfile
@@ -417,6 +419,8 @@ class Prober:
     def _scan(
         self, out: list[Sample], now: float
     ) -> tuple[tuple[ProcessSample, ...], tuple[ProcessSample, ...]]:
+        if self._fast_scan is not None and not self._process_checks:
+            return self._scan_proc(out, now, self._fast_scan())
         # username costs a uid lookup per process: fetched for the top ones only.
         attrs = ["pid", "name", "cpu_times", "memory_info"]
         rows = list(self._iter_processes(attrs))
@@ -442,6 +446,64 @@ class Prober:
             reverse=True,
         )[: self._top_n]
         return self._finish(by_cpu, ratios), self._finish(by_mem, ratios)
+
+    def _scan_proc(
+        self, out: list[Sample], now: float, stats: list[procscan.ProcStat]
+    ) -> tuple[tuple[ProcessSample, ...], tuple[ProcessSample, ...]]:
+        """``_scan`` from /proc/PID/stat figures: the same lists, psutil asked only about
+        the processes that make them."""
+        out.append(Sample("processes", (), len(stats)))
+        spent = {s.pid: s.cpu_seconds for s in stats}
+        rss = {s.pid: s.rss_bytes for s in stats}
+        prev, self._prev_procs = self._prev_procs, (now, spent)
+        by_mem = sorted(rss, key=rss.__getitem__, reverse=True)
+        mem_rows = sorted(self._top_rows(by_mem, rss), key=lambda r: _rss(r[1]), reverse=True)
+        if prev is None or now <= prev[0]:
+            return (), self._finish(mem_rows, {})
+        ceiling = float(self._ps.cpu_count() or 1)
+        ratios = {
+            pid: process_cpu_ratio(prev[1].get(pid), after, now - prev[0], ceiling)
+            for pid, after in spent.items()
+        }
+        by_cpu = sorted(
+            (pid for pid in spent if ratios[pid] > 0),  # idle ones are noise
+            key=ratios.__getitem__,
+            reverse=True,
+        )
+        return (
+            self._finish(self._top_rows(by_cpu, rss), ratios),
+            self._finish(mem_rows, ratios),
+        )
+
+    def _top_rows(
+        self, pids: Iterable[int], rss: Mapping[int, int]
+    ) -> list[tuple[Any, dict[str, Any]]]:
+        """``(process, info)`` rows as process_iter gives them, for the first ``top_n`` of
+        ``pids`` still running (one that exited since the scan makes room for the next)."""
+        rows: list[tuple[Any, dict[str, Any]]] = []
+        for pid in pids:
+            if len(rows) == self._top_n:
+                break
+            try:
+                proc = self._ps.Process(pid)
+            except self._ps.NoSuchProcess:
+                continue
+            try:
+                name = proc.name()
+            except (self._ps.ZombieProcess, self._ps.AccessDenied):
+                name = None  # as process_iter's ad_value=None
+            except self._ps.NoSuchProcess:
+                continue
+            try:
+                # stat's rss field is the kernel's approximate counter (it can trail statm's,
+                # which psutil reads, by a few pages): good for ranking, not for the figure
+                memory = proc.memory_info()
+            except (self._ps.ZombieProcess, self._ps.AccessDenied):
+                memory = _Rss(rss[pid])
+            except self._ps.NoSuchProcess:
+                continue
+            rows.append((proc, {"pid": pid, "name": name, "memory_info": memory}))
+        return rows
 
     @property
     def psutil(self) -> Any:
@@ -498,6 +560,13 @@ class Prober:
                 )
             )
         return tuple(result)
+
+
+@dataclass(frozen=True)
+class _Rss:
+    """What ``_rss`` reads of psutil's memory_info, for rows made from /proc/PID/stat."""
+
+    rss: int
 
 
 def _rss(info: Mapping[str, Any]) -> int:

@@ -26,8 +26,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from tripline.common import catalogue, names
 from tripline.common.labels import Labels
 from tripline.common.terminal import escape
@@ -76,6 +74,10 @@ def parse(text: str) -> tuple[Series, ...]:
         # The format ends every line with a line feed; a file that does not is still
         # being written (or was cut short) and its last value may be cut too.
         raise TextfileError("malformed", "does not end with a newline (half-written?)")
+    # Imported on first use: prometheus_client brings http.server, urllib, multiprocessing
+    # and more (~2-3 MiB of the agent's heap), and most PCs set no textfile_dir.
+    from prometheus_client.parser import text_string_to_metric_families
+
     try:
         families = list(text_string_to_metric_families(text))
     except (ValueError, IndexError, KeyError) as exc:

@@ -72,6 +72,10 @@ def channel_options(
         # our own backoff decides reconnect timing; keep gRPC's short
         ("grpc.initial_reconnect_backoff_ms", 500),
         ("grpc.max_reconnect_backoff_ms", 5_000),
+        # No BDP probing: it pings on received data to size the flow-control window for
+        # bulk transfers; one small report per interval never needs more than the default
+        # window, and the pings cost the PC CPU in gRPC's threads (bench/README.md).
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 
