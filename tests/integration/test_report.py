@@ -131,9 +131,19 @@ def known(store: Store, clock: FakeClock) -> Store:
     return store
 
 
-def build(store: Store, customer: str = "acme") -> report.Report:
+def build(store: Store, customer: str = "acme", *, now: float = END + DAY) -> report.Report:
     with store.read() as conn:
-        return report.build_report(conn, customer, PERIOD, memory_rules=MEMORY_RULES, gap=GAP)
+        return report.build_report(
+            conn, customer, PERIOD, memory_rules=MEMORY_RULES, gap=GAP, now=now
+        )
+
+
+def test_a_period_still_running_expects_reports_only_until_now(known: Store) -> None:
+    # Made at the end of the period's second day: pc-01 reported all of it so far and is
+    # fully available, rather than short of the five days still to come.
+    pcs = {pc.hostname: pc for pc in build(known, now=START + 2 * DAY).fleet.pcs}
+    assert pcs["pc-01"].expected_hours == pytest.approx(2 * 24, abs=0.2)
+    assert pcs["pc-01"].availability == pytest.approx(1.0, abs=600 / (2 * DAY))
 
 
 def test_ticket_figures(known: Store) -> None:

@@ -83,12 +83,13 @@ async def _show_report(call: Call) -> Response:
         raise ApiError(400, f"field {exc.field!r} (query): {exc}") from None
     token, pipeline = call.token, call.ctx.pipeline
     memory_rules = report.memory_rule_names(pipeline.rules)
+    now = call.ctx.clock()
 
     def work(conn: Connection) -> report.Report | None:
         if not token.allows(customer) or not report.customer_known(conn, customer):
             return None
         return report.build_report(
-            conn, customer, period, memory_rules=memory_rules, gap=pipeline.offline_after
+            conn, customer, period, memory_rules=memory_rules, gap=pipeline.offline_after, now=now
         )
 
     built = await call.ctx.read(work)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -63,6 +64,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 period,
                 memory_rules=report.memory_rule_names(rules),
                 gap=config.effective_offline_after,
+                now=time.time(),
             )
         text = report.render(built, args.format)
     if args.output is None:

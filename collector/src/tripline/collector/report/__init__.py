@@ -2,7 +2,8 @@
 
     with store.read() as conn:
         report = build_report(conn, "acme", parse_period("2024-01-01", "2024-02-01"),
-                              memory_rules=memory_rule_names(rules), gap=30.0)
+                              memory_rules=memory_rule_names(rules), gap=30.0,
+                              now=time.time())
     html = render(report, "html")
 
 `compute` is pure (a `ReportInput` in, a `Report` out); `read_input` is the only part
@@ -55,8 +56,11 @@ def build_report(
     *,
     memory_rules: Collection[str],
     gap: float,
+    now: float,
 ) -> Report:
     """Read and compute `customer`'s report for `period`. `gap`: the collector's offline
-    threshold (a longer silence ends a presence span)."""
-    data = read_input(conn, customer, period.start, period.end, memory_rules=memory_rules, gap=gap)
+    threshold (a longer silence ends a presence span); `now`: when the report is made."""
+    data = read_input(
+        conn, customer, period.start, period.end, memory_rules=memory_rules, gap=gap, now=now
+    )
     return compute(data)

@@ -85,9 +85,11 @@ def _fleet(data: ReportInput) -> tuple[Fleet, dict[str, float]]:
     offline: dict[str, float] = {}
     for agent in data.agents:
         # Expected to report from enrollment (and from when presence was first kept) to
-        # revocation, within the period.
-        begin = max(data.start, agent.created_at, data.history_since or data.end)
-        finish = min(data.end, agent.revoked_at if agent.revoked_at is not None else data.end)
+        # revocation, within the period as far as it has happened (a report made mid-month
+        # expects nothing of the days still to come).
+        until = min(data.end, data.now)
+        begin = max(data.start, agent.created_at, data.history_since or until)
+        finish = min(until, agent.revoked_at if agent.revoked_at is not None else until)
         expected = max(0.0, finish - begin)
         online = _overlap(_union(spans[agent.agent_id], data.gap), begin, finish)
         pcs.append(

@@ -46,6 +46,7 @@ def read_input(
     *,
     memory_rules: Collection[str],
     gap: float,
+    now: float,
 ) -> ReportInput:
     """Everything `compute.compute` needs for `customer` from `start` to `end`."""
     agent_rows = [
@@ -166,6 +167,7 @@ def read_input(
         memory_rules=frozenset(memory_rules),
         history_since=None if since is None else float(since),
         gap=gap,
+        now=now,
     )
 
 

@@ -75,6 +75,8 @@ class ReportInput:
     # presence spans are kept from then on (migration 5); None: not at all
     history_since: float | None
     gap: float  # silence that ends a presence span (the offline threshold)
+    # when the report is made: a period still running expects reports only until then
+    now: float
 
 
 # -- output ---------------------------------------------------------------------------
