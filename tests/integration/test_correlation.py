@@ -81,9 +81,9 @@ class Collector:
     def enroll(self, hostname: str, *, customer: str = "acme", site: str = "hq") -> AgentRecord:
         with self.store.transaction() as conn:
             _, token = enrollment.create_token(conn, customer, now=self.clock())
-        record, _ = self.store.enroll_agent(
-            token, hostname=hostname, site=site, inventory={}, now=self.clock()
-        )
+            record, _ = enrollment.enroll_agent(
+                conn, token, hostname=hostname, site=site, inventory={}, now=self.clock()
+            )
         return record
 
     async def connect(self, agents: list[AgentRecord]) -> None:

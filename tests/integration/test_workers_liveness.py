@@ -91,7 +91,9 @@ def _run(db: Path, scenario: Callable[[Worker, Worker, AgentRecord], Awaitable[N
         a, b = Worker(db, workers=2), Worker(db, workers=2)
         with a.store.transaction() as conn:
             _, token = enrollment.create_token(conn, "acme", now=T0)
-        agent, _ = a.store.enroll_agent(token, hostname="pc-01", site="hq", inventory={}, now=T0)
+            agent, _ = enrollment.enroll_agent(
+                conn, token, hostname="pc-01", site="hq", inventory={}, now=T0
+            )
         tasks = [asyncio.create_task(w.committer.run()) for w in (a, b)]
         try:
             a.pipeline.restore(T0)

@@ -25,6 +25,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sqlalchemy import Connection
+
+from tripline.collector import agent_instances, agents_store
 from tripline.collector.business_hours import BusinessHoursWatch
 from tripline.collector.config import CollectorConfig
 from tripline.collector.state import AgentLive, LiveState
@@ -67,9 +70,11 @@ class Liveness:
         that was down for an hour must not open an offline ticket for every PC it could
         not hear, and agents come back on their reconnect backoff."""
         grace_until = now + max(self.offline_after, RECONNECT_GRACE)
-        last_seen = self.store.last_seen_all()
-        reported = self.store.reported_agent_ids()
-        for agent in self.store.list_agents():
+        with self.store.read() as conn:
+            last_seen = agents_store.last_seen_all(conn)
+            reported = agent_instances.reported_agent_ids(conn)
+            agents = agents_store.list_agents(conn)
+        for agent in agents:
             if agent.revoked_at is not None:
                 continue
             if agent.agent_id not in reported:
@@ -158,15 +163,20 @@ class Liveness:
         if now < self._next_sync:
             return
         self._next_sync = now + self.offline_after / 4
+        known = set(self.state.agents)
+        # Agents that may have reported to another collector since.
+        unreported = set(self.unreported)
+
+        def load(conn: Connection) -> tuple[dict[str, float], list[AgentRecord | None], set[str]]:
+            seen = agents_store.last_seen_all(conn)
+            unknown = [a for a in seen if a not in known]
+            records = [agents_store.get_agent(conn, a) for a in unknown]
+            unsure = unreported | set(unknown)
+            reported = agent_instances.reported_agent_ids(conn, unsure) if unsure else set()
+            return seen, records, reported
+
         try:
-            seen = await asyncio.to_thread(self.store.last_seen_all)
-            unknown = [a for a in seen if a not in self.state.agents]
-            records = [await asyncio.to_thread(self.store.get_agent, a) for a in unknown]
-            # Agents that may have reported to another collector since.
-            unsure = self.unreported | set(unknown)
-            reported = (
-                await asyncio.to_thread(self.store.reported_agent_ids, unsure) if unsure else set()
-            )
+            seen, records, reported = await asyncio.to_thread(self.store.run_read, load)
         except StoreUnavailable as exc:
             log.warning("last-seen times not synced", extra={"error": str(exc)})
             return

@@ -25,7 +25,15 @@ from sqlalchemy import Connection
 from tripline.alerts.engine import AlertKey, AlertState, Target, Transition, evaluate_agent
 from tripline.alerts.grouping import Firing
 from tripline.alerts.rules import RuleSet
-from tripline.collector import faults, suppression, tickets, ticketsnapshots
+from tripline.collector import (
+    agent_instances,
+    agents_store,
+    alert_states,
+    faults,
+    suppression,
+    tickets,
+    ticketsnapshots,
+)
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig
 from tripline.collector.convert import Hello, Report
@@ -154,7 +162,7 @@ class Pipeline:
     def restore(self, now: float) -> None:
         """Load agents, liveness, alert states and held-back alerts from the store after a
         (re)start (see `Liveness.restore` for the grace every agent gets)."""
-        for key, alert in self.store.load_alert_states().items():
+        for key, alert in self.store.run_read(alert_states.load).items():
             self.alert_states.setdefault(key.agent_id, {})[key] = alert
         self.liveness.restore(now)
         with self.store.read() as conn:
@@ -178,11 +186,15 @@ class Pipeline:
     async def open_session(self, agent: AgentRecord, hello: Hello) -> Session:
         now = self.clock()
         position = await asyncio.to_thread(
-            self.store.instance_position, agent.agent_id, hello.instance_id
+            self.store.run_read,
+            lambda c: agent_instances.instance_position(c, agent.agent_id, hello.instance_id),
         )
         if position.applied_seq == 0 and position.report_at is None:
             # A new instance; perhaps a new agent, perhaps enrolled by another collector.
-            reported = await asyncio.to_thread(self.store.reported_agent_ids, {agent.agent_id})
+            reported = await asyncio.to_thread(
+                self.store.run_read,
+                lambda c: agent_instances.reported_agent_ids(c, {agent.agent_id}),
+            )
             if not reported:
                 self.liveness.unreported.add(agent.agent_id)
         live = self.track(agent)
@@ -193,15 +205,15 @@ class Pipeline:
         # moved it): its alert clocks are the store's, not what this process saw last.
         async with self._lock(agent.agent_id):
             self.alert_states[agent.agent_id] = await asyncio.to_thread(
-                functools.partial(self.store.load_alert_states, agent_id=agent.agent_id)
+                self.store.run_read, lambda c: alert_states.load(c, agent_id=agent.agent_id)
             )
         live.instance_id = hello.instance_id
         self.liveness.note_tags(agent.agent_id, hello.host.get("tags") or {})
         hostname = str(hello.host.get("hostname") or agent.hostname)
         if hostname != agent.hostname or hello.host != agent.inventory:
             await self.committer.submit(
-                lambda conn: self.store.update_inventory(
-                    agent.agent_id, hostname, hello.host, now, conn=conn
+                lambda conn: agents_store.update_inventory(
+                    conn, agent.agent_id, hostname, hello.host, now
                 )
             )
             live.hostname = hostname
@@ -250,7 +262,7 @@ class Pipeline:
             firings, taken = self._grouping(live, transitions, at)
 
             def work(conn: Connection) -> dict[AlertKey, Suppressed | None]:
-                self.store.record_applied(
+                agent_instances.record_applied(
                     conn,
                     agent.agent_id,
                     report.instance_id,
@@ -262,9 +274,7 @@ class Pipeline:
                 )
                 if report.host is not None:
                     hostname = str(report.host.get("hostname") or live.hostname)
-                    self.store.update_inventory(
-                        agent.agent_id, hostname, report.host, now, conn=conn
-                    )
+                    agents_store.update_inventory(conn, agent.agent_id, hostname, report.host, now)
                 self.history.record(
                     conn, agent.agent_id, report.samples, received_at=now, report_at=at
                 )
@@ -308,7 +318,7 @@ class Pipeline:
         await self.liveness.sync(now)
         if now >= self._next_revocation_check:
             self._next_revocation_check = now + REVOCATION_CHECK_INTERVAL
-            revoked = await asyncio.to_thread(self.store.revoked_agent_ids)
+            revoked = await asyncio.to_thread(self.store.run_read, agents_store.revoked_agent_ids)
             for agent_id in revoked & self.state.agents.keys():
                 await self.retire(agent_id, now)
         for live in list(self.state.agents.values()):
@@ -383,7 +393,7 @@ class Pipeline:
             firing = [key for key, state in states.items() if state.phase == "firing"]
 
             def work(conn: Connection) -> None:
-                self.store.save_alert_states(conn, {key: None for key in states})
+                alert_states.save(conn, {key: None for key in states})
                 for key in firing:
                     tickets.on_alert_resolved(
                         conn,
@@ -528,7 +538,7 @@ class Pipeline:
         """Returns the suppression bookkeeping to apply once committed (see `_hold`).
         Firing alerts in `taken` belong to a group ticket (see `correlation.py`)."""
         if changes:
-            self.store.save_alert_states(conn, changes)
+            alert_states.save(conn, changes)
         held: dict[AlertKey, Suppressed | None] = {}
         for tr in transitions:
             window = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -21,8 +22,9 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from tripline.collector import convert, limits, snapshotconv, throttle, tls
+from tripline.collector import agents_store, convert, limits, snapshotconv, throttle, tls
 from tripline.collector.config import CollectorConfig
+from tripline.collector.enrollment import enroll_agent
 from tripline.collector.pipeline import Pipeline
 from tripline.collector.selfmetrics import CollectorMetrics
 from tripline.collector.seriestable import SeriesTable
@@ -140,13 +142,16 @@ class CollectorService(pb_grpc.CollectorServicer):
         hostname = enrollment.hostname
         try:
             agent, credential = await asyncio.to_thread(
-                self.pipeline.store.enroll_agent,
-                enrollment.token,
-                hostname=hostname,
-                site=enrollment.site,
-                inventory=enrollment.host,
-                tags=enrollment.tags,
-                now=self.pipeline.clock(),
+                self.pipeline.store.run_write,
+                functools.partial(
+                    enroll_agent,
+                    token=enrollment.token,
+                    hostname=hostname,
+                    site=enrollment.site,
+                    inventory=enrollment.host,
+                    tags=enrollment.tags,
+                    now=self.pipeline.clock(),
+                ),
             )
         except EnrollmentRefused as exc:
             self.metrics.enrollments.labels("refused").inc()
@@ -537,7 +542,9 @@ class CollectorService(pb_grpc.CollectorServicer):
                 "missing 'authorization: Bearer <agent credential>' metadata; enroll first",
             )
         try:
-            agent = await asyncio.to_thread(self.pipeline.store.authenticate, credential)
+            agent = await asyncio.to_thread(
+                self.pipeline.store.run_read, lambda c: agents_store.authenticate(c, credential)
+            )
         except StoreUnavailable:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "store unavailable, retry later")
         if agent is None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, exc
 
-from tripline.collector import agent_instances, agents_store, alert_states, enrollment, migrations
+from tripline.collector import migrations
 from tripline.collector.agent_instances import InstancePosition, SeqAlreadyApplied
 from tripline.collector.agents_store import AgentRecord, AgentRevoked
 from tripline.collector.database import (
@@ -40,9 +40,6 @@ from tripline.collector.storeerrors import (
     StoreUnavailable,
 )
 
-if TYPE_CHECKING:  # imported where used: `tripline tickets list` has no use for the engine
-    from tripline.alerts.engine import AlertKey, AlertState
-
 # The store's errors are imported from here by most callers; the record types and errors
 # of the table modules below stay importable from here for callers not yet moved to them.
 __all__ = [
@@ -61,6 +58,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class StoreHealth:
@@ -190,126 +189,13 @@ class Store:
     def close(self) -> None:
         self._engine.dispose()
 
-    @contextmanager
-    def _write(self, conn: Connection | None) -> Iterator[Connection]:
-        if conn is not None:
-            yield conn
-        else:
-            with self.transaction() as own:
-                yield own
+    def run_read(self, work: Callable[[Connection], T]) -> T:
+        """`work` on a `read()` snapshot; for `asyncio.to_thread(store.run_read, ...)`."""
+        with self.read() as conn:
+            return work(conn)
 
-    @contextmanager
-    def _read(self, conn: Connection | None) -> Iterator[Connection]:
-        if conn is not None:
-            yield conn
-        else:
-            with self.read() as own:
-                yield own
-
-    # -- delegations -----------------------------------------------------------------------
-    # Kept only for call sites in pipeline.py, server.py and liveness.py, which other
-    # changes are editing at the same time; new code calls the table modules with a
-    # connection. Each runs in its own transaction unless given `conn=`.
-
-    def enroll_agent(
-        self,
-        token: str,
-        *,
-        hostname: str,
-        site: str,
-        inventory: dict[str, Any],
-        now: float,
-        tags: dict[str, Any] | None = None,
-        conn: Connection | None = None,
-    ) -> tuple[AgentRecord, str]:
-        """See `enrollment.enroll_agent`."""
-        with self._write(conn) as c:
-            return enrollment.enroll_agent(
-                c, token, hostname=hostname, site=site, inventory=inventory, now=now, tags=tags
-            )
-
-    def authenticate(
-        self, credential: str, *, conn: Connection | None = None
-    ) -> AgentRecord | None:
-        """See `agents_store.authenticate`."""
-        with self._read(conn) as c:
-            return agents_store.authenticate(c, credential)
-
-    def get_agent(self, agent_id: str, *, conn: Connection | None = None) -> AgentRecord | None:
-        with self._read(conn) as c:
-            return agents_store.get_agent(c, agent_id)
-
-    def list_agents(
-        self, customer: str | None = None, *, conn: Connection | None = None
-    ) -> list[AgentRecord]:
-        with self._read(conn) as c:
-            return agents_store.list_agents(c, customer)
-
-    def revoked_agent_ids(self, *, conn: Connection | None = None) -> set[str]:
-        with self._read(conn) as c:
-            return agents_store.revoked_agent_ids(c)
-
-    def update_inventory(
-        self,
-        agent_id: str,
-        hostname: str,
-        inventory: dict[str, Any],
-        now: float,
-        *,
-        conn: Connection | None = None,
-    ) -> None:
-        """See `agents_store.update_inventory`."""
-        with self._write(conn) as c:
-            agents_store.update_inventory(c, agent_id, hostname, inventory, now)
-
-    def last_seen_all(self, *, conn: Connection | None = None) -> dict[str, float]:
-        with self._read(conn) as c:
-            return agents_store.last_seen_all(c)
-
-    def instance_position(
-        self, agent_id: str, instance_id: str, *, conn: Connection | None = None
-    ) -> InstancePosition:
-        """See `agent_instances.instance_position`."""
-        with self._read(conn) as c:
-            return agent_instances.instance_position(c, agent_id, instance_id)
-
-    def record_applied(
-        self,
-        conn: Connection,
-        agent_id: str,
-        instance_id: str,
-        seq: int,
-        *,
-        dropped_total: int,
-        now: float,
-        collected_at: float | None = None,
-        report_at: float | None = None,
-    ) -> None:
-        """See `agent_instances.record_applied`."""
-        agent_instances.record_applied(
-            conn,
-            agent_id,
-            instance_id,
-            seq,
-            dropped_total=dropped_total,
-            now=now,
-            collected_at=collected_at,
-            report_at=report_at,
-        )
-
-    def reported_agent_ids(
-        self, among: Collection[str] | None = None, *, conn: Connection | None = None
-    ) -> set[str]:
-        with self._read(conn) as c:
-            return agent_instances.reported_agent_ids(c, among)
-
-    def load_alert_states(
-        self, *, agent_id: str | None = None, conn: Connection | None = None
-    ) -> dict[AlertKey, AlertState]:
-        with self._read(conn) as c:
-            return alert_states.load(c, agent_id=agent_id)
-
-    def save_alert_states(
-        self, conn: Connection, changes: Mapping[AlertKey, AlertState | None]
-    ) -> None:
-        alert_states.save(conn, changes)
+    def run_write(self, work: Callable[[Connection], T]) -> T:
+        """`work` in its own `transaction()` (not batched with others: the pipeline's
+        writes go through its committer); for `asyncio.to_thread(store.run_write, ...)`."""
+        with self.transaction() as conn:
+            return work(conn)
