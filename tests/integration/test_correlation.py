@@ -5,26 +5,17 @@ one site ticket when a site's PCs go offline together, one group ticket when a r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
-from prometheus_client import CollectorRegistry
+import pytest
 
 from tests.conftest import FakeClock
-from tripline.alerts.rules import parse_rules
-from tripline.collector import enrollment, tickets
-from tripline.collector.committer import Committer
-from tripline.collector.config import load_collector_config
-from tripline.collector.convert import decode_hello, decode_report
-from tripline.collector.pipeline import Pipeline
-from tripline.collector.selfmetrics import CollectorMetrics
+from tests.integration.conftest import MakeRig, PipelineRig
 from tripline.collector.sessions import Session
-from tripline.collector.state import LiveState
-from tripline.collector.store import AgentRecord, Store
+from tripline.collector.store import AgentRecord
 from tripline.collector.tickets import Ticket
-from tripline.v1 import tripline_pb2 as pb
 
-ROOT = {"mountpoint": "/", "fstype": "ext4", "device": "/dev/sda1"}
 RULES = """\
 rules:
   - name: DiskAlmostFull
@@ -41,70 +32,19 @@ rules:
 CONFIG = "collector:\n  interval: 10\n"
 
 
-class Collector:
-    """Store, committer and pipeline as collector/app.py builds them."""
+class Collector(PipelineRig):
+    """The rig with PCs sending by hostname and a clock stepped a second at a time."""
 
-    def __init__(self, tmp: Path, clock: FakeClock, config_text: str = CONFIG) -> None:
-        self.clock = clock
-        path = tmp / "collector.yaml"
-        path.write_text(config_text, encoding="utf-8")
-        self.config = load_collector_config(path, environ={}, flags={"data_dir": tmp})
-        self.store = Store(self.config.effective_database_url)
-        self.store.migrate()
-        self.metrics = CollectorMetrics(CollectorRegistry())
-        self.pipeline = self.new_pipeline()
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.sessions: dict[str, Session] = {}
-        self.seq: dict[str, int] = {}
 
-    def new_pipeline(self) -> Pipeline:
-        """A collector process's pipeline (a restart builds a new one on the same store)."""
-        # asyncio.run makes a loop per call; the committer's queue belongs to one loop
-        self.committer = Committer(self.store, self.metrics)
-        return Pipeline(
-            store=self.store,
-            state=LiveState(window=900.0),
-            rules=parse_rules(RULES, "rules.yaml"),
-            config=self.config,
-            metrics=self.metrics,
-            committer=self.committer,
-            clock=self.clock,
-        )
-
-    async def run(self, scenario: Callable[[], Awaitable[None]]) -> None:
-        task = asyncio.create_task(self.committer.run())
-        try:
-            await scenario()
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    def enroll(self, hostname: str, *, customer: str = "acme", site: str = "hq") -> AgentRecord:
-        with self.store.transaction() as conn:
-            _, token = enrollment.create_token(conn, customer, now=self.clock())
-            record, _ = enrollment.enroll_agent(
-                conn, token, hostname=hostname, site=site, inventory={}, now=self.clock()
-            )
-        return record
-
-    async def connect(self, agents: list[AgentRecord]) -> None:
+    async def connect_all(self, agents: list[AgentRecord]) -> None:
         for agent in agents:
-            hello = pb.Hello(
-                agent_version="test",
-                instance_id="i-1",
-                sent_at_seconds=self.clock(),
-                host=pb.HostInfo(hostname=agent.hostname),
-            )
-            self.sessions[agent.hostname] = await self.pipeline.open_session(
-                agent, decode_hello(hello)
-            )
+            self.sessions[agent.hostname] = await self.connect(agent)
 
     async def send(self, hostname: str, root: float) -> None:
-        session = self.sessions[hostname]
-        seq = self.seq[hostname] = self.seq.get(hostname, 0) + 1
-        msg = pb.Report(instance_id="i-1", seq=seq, collected_at_seconds=self.clock())
-        msg.samples.add(name="filesystem_used_ratio", labels=ROOT, value=root)
-        report = decode_report(msg, instance_id="i-1", max_samples=100)
-        assert await self.pipeline.apply(session, report)
+        await self.send_root(self.sessions[hostname], root)
 
     async def run_until(
         self, until: float, reporting: dict[str, float], *, every: float = 10.0
@@ -118,13 +58,22 @@ class Collector:
                     await self.send(hostname, root)
             await self.pipeline.tick()
 
-    def tickets(self) -> list[Ticket]:
-        with self.store.read() as conn:
-            listed = tickets.list_tickets(conn, limit=1000)
-            return [tickets.get_ticket(conn, t.id) for t in reversed(listed)]
-
     def open_tickets(self) -> list[Ticket]:
         return [t for t in self.tickets() if t.status != "resolved"]
+
+
+MakeCollector = Callable[..., Collector]
+
+
+@pytest.fixture
+def collector(pipeline_rig: MakeRig, clock: FakeClock) -> MakeCollector:
+    """Makes a collector on tmp_path with RULES and `config_text` (CONFIG by default)."""
+
+    def make(config_text: str = CONFIG) -> Collector:
+        rig: Collector = pipeline_rig(clock, rules=RULES, config_text=config_text, rig=Collector)
+        return rig
+
+    return make
 
 
 def pcs(ticket: Ticket) -> list[str]:
@@ -132,15 +81,15 @@ def pcs(ticket: Ticket) -> list[str]:
 
 
 def test_four_of_five_pcs_offline_together_open_one_site_ticket(
-    tmp_path: Path, clock: FakeClock
+    collector: MakeCollector, clock: FakeClock
 ) -> None:
-    c = Collector(tmp_path, clock)
+    c = collector()
     hq = [c.enroll(f"pc-0{i}") for i in range(1, 6)]
     branch = c.enroll("br-01", site="branch")
     everyone = {a.hostname: 0.1 for a in [*hq, branch]}
 
     async def scenario() -> None:
-        await c.connect([*hq, branch])
+        await c.connect_all([*hq, branch])
         await c.run_until(clock() + 40, everyone)
         # hq loses its link: pc-01..pc-04 fall silent, pc-05 (on 4G) and branch report on
         await c.run_until(clock() + 60, {"pc-05": 0.1, "br-01": 0.1})
@@ -166,14 +115,14 @@ def test_four_of_five_pcs_offline_together_open_one_site_ticket(
 
 
 def test_site_ticket_resolves_when_pcs_return_and_stragglers_get_their_own(
-    tmp_path: Path, clock: FakeClock
+    collector: MakeCollector, clock: FakeClock
 ) -> None:
-    c = Collector(tmp_path, clock)
+    c = collector()
     hq = [c.enroll(f"pc-0{i}") for i in range(1, 5)]
     names = [a.hostname for a in hq]
 
     async def scenario() -> None:
-        await c.connect(hq)
+        await c.connect_all(hq)
         await c.run_until(clock() + 40, dict.fromkeys(names, 0.1))
         await c.run_until(clock() + 60, {})  # the whole site is dark
         [site] = c.open_tickets()
@@ -193,13 +142,13 @@ def test_site_ticket_resolves_when_pcs_return_and_stragglers_get_their_own(
     assert site.resolved_at is not None and own.opened_at == site.resolved_at
 
 
-def test_all_pcs_back_resolves_the_site_ticket(tmp_path: Path, clock: FakeClock) -> None:
-    c = Collector(tmp_path, clock)
+def test_all_pcs_back_resolves_the_site_ticket(collector: MakeCollector, clock: FakeClock) -> None:
+    c = collector()
     hq = [c.enroll(f"pc-0{i}") for i in range(1, 4)]
     everyone = {a.hostname: 0.1 for a in hq}
 
     async def scenario() -> None:
-        await c.connect(hq)
+        await c.connect_all(hq)
         await c.run_until(clock() + 40, everyone)
         await c.run_until(clock() + 60, {})
         await c.run_until(clock() + 30, everyone)
@@ -211,14 +160,14 @@ def test_all_pcs_back_resolves_the_site_ticket(tmp_path: Path, clock: FakeClock)
 
 
 def test_too_few_or_too_small_a_share_opens_tickets_per_pc(
-    tmp_path: Path, clock: FakeClock
+    collector: MakeCollector, clock: FakeClock
 ) -> None:
-    c = Collector(tmp_path, clock)
+    c = collector()
     hq = [c.enroll(f"pc-{i:02}") for i in range(1, 8)]  # 7 PCs: 3 silent is under half
     everyone = {a.hostname: 0.1 for a in hq}
 
     async def scenario() -> None:
-        await c.connect(hq)
+        await c.connect_all(hq)
         await c.run_until(clock() + 40, everyone)
         await c.run_until(clock() + 60, {n: 0.1 for n in list(everyone)[3:]})
 
@@ -227,13 +176,15 @@ def test_too_few_or_too_small_a_share_opens_tickets_per_pc(
     assert {t.rule for t in c.tickets()} == {"AgentOffline"}
 
 
-def test_pcs_offline_further_apart_than_within_stay_apart(tmp_path: Path, clock: FakeClock) -> None:
-    c = Collector(tmp_path, clock, CONFIG + "  site_outage: {within: 30s}\n")
+def test_pcs_offline_further_apart_than_within_stay_apart(
+    collector: MakeCollector, clock: FakeClock
+) -> None:
+    c = collector(CONFIG + "  site_outage: {within: 30s}\n")
     hq = [c.enroll(f"pc-0{i}") for i in range(1, 5)]
     names = [a.hostname for a in hq]
 
     async def scenario() -> None:
-        await c.connect(hq)
+        await c.connect_all(hq)
         await c.run_until(clock() + 40, dict.fromkeys(names, 0.1))
         # one PC goes every 40s: never three within 30s
         for left in (3, 2, 1):
@@ -245,12 +196,12 @@ def test_pcs_offline_further_apart_than_within_stay_apart(tmp_path: Path, clock:
     assert len(c.open_tickets()) == 4
 
 
-def test_site_outage_can_be_turned_off(tmp_path: Path, clock: FakeClock) -> None:
-    c = Collector(tmp_path, clock, CONFIG + "  site_outage: {enabled: false}\n")
+def test_site_outage_can_be_turned_off(collector: MakeCollector, clock: FakeClock) -> None:
+    c = collector(CONFIG + "  site_outage: {enabled: false}\n")
     hq = [c.enroll(f"pc-0{i}") for i in range(1, 5)]
 
     async def scenario() -> None:
-        await c.connect(hq)
+        await c.connect_all(hq)
         await c.run_until(clock() + 40, {a.hostname: 0.1 for a in hq})
         await c.run_until(clock() + 60, {})
 
@@ -258,13 +209,13 @@ def test_site_outage_can_be_turned_off(tmp_path: Path, clock: FakeClock) -> None
     assert sorted(t.hostname for t in c.open_tickets()) == ["pc-01", "pc-02", "pc-03", "pc-04"]
 
 
-def test_site_ticket_survives_a_restart(tmp_path: Path, clock: FakeClock) -> None:
-    c = Collector(tmp_path, clock)
+def test_site_ticket_survives_a_restart(collector: MakeCollector, clock: FakeClock) -> None:
+    c = collector()
     hq = [c.enroll(f"pc-0{i}") for i in range(1, 4)]
     everyone = {a.hostname: 0.1 for a in hq}
 
     async def first() -> None:
-        await c.connect(hq)
+        await c.connect_all(hq)
         await c.run_until(clock() + 40, everyone)
         await c.run_until(clock() + 60, {})
 
@@ -275,7 +226,7 @@ def test_site_ticket_survives_a_restart(tmp_path: Path, clock: FakeClock) -> Non
     assert list(c.pipeline.correlation.correlator.groups) == [("AgentOffline", "acme", "hq")]
 
     async def second() -> None:
-        await c.connect(hq)
+        await c.connect_all(hq)
         await c.run_until(clock() + 30, everyone)
 
     asyncio.run(c.run(second))
@@ -284,14 +235,16 @@ def test_site_ticket_survives_a_restart(tmp_path: Path, clock: FakeClock) -> Non
     assert next(t for t in c.tickets() if t.id == site.id).resolve_reason == "all 3 PCs back"
 
 
-def test_rule_group_one_ticket_for_many_pcs_of_a_customer(tmp_path: Path, clock: FakeClock) -> None:
-    c = Collector(tmp_path, clock)
+def test_rule_group_one_ticket_for_many_pcs_of_a_customer(
+    collector: MakeCollector, clock: FakeClock
+) -> None:
+    c = collector()
     hq = [c.enroll(f"pc-0{i}") for i in range(1, 4)]
     other = c.enroll("pc-09", site="branch")
     names = [a.hostname for a in [*hq, other]]
 
     async def scenario() -> None:
-        await c.connect([*hq, other])
+        await c.connect_all([*hq, other])
         await c.run_until(clock() + 20, dict.fromkeys(names, 0.1))
         # a bad update fills the disks of four PCs of two sites at once
         await c.run_until(clock() + 60, dict.fromkeys(names, 0.9))

@@ -9,34 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
 from tests.conftest import FakeClock
-from tripline.alerts.rules import parse_rules
-from tripline.collector import cli, enrollment, maintenance, suppression, tickets
+from tests.integration.conftest import ROOT, MakeRig, PipelineRig
+from tripline.collector import cli, maintenance, suppression, tickets
 from tripline.collector.agents_store import AgentRecord
-from tripline.collector.committer import Committer
-from tripline.collector.config import load_collector_config
-from tripline.collector.convert import decode_hello, decode_report
-from tripline.collector.pipeline import Pipeline
 from tripline.collector.schema import suppressed_alerts
-from tripline.collector.selfmetrics import CollectorMetrics
 from tripline.collector.sessions import Session
-from tripline.collector.state import LiveState
 from tripline.collector.store import Store
-from tripline.collector.tickets import Ticket
-from tripline.v1 import tripline_pb2 as pb
 
 BERLIN = ZoneInfo("Europe/Berlin")
-ROOT = {"mountpoint": "/", "fstype": "ext4", "device": "/dev/sda1"}
 RULES = """\
 rules:
   - name: DiskAlmostFull
@@ -57,62 +47,11 @@ def berlin(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=BERLIN).timestamp()
 
 
-class Collector:
-    """Store, committer and pipeline as collector/app.py builds them."""
-
-    def __init__(self, tmp: Path, clock: FakeClock, config_text: str = "") -> None:
-        self.clock = clock
-        path = tmp / "collector.yaml"
-        path.write_text(config_text or "collector: {}\n", encoding="utf-8")
-        self.config = load_collector_config(path, environ={}, flags={"data_dir": tmp})
-        self.store = Store(self.config.effective_database_url)
-        self.store.migrate()
-        self.metrics = CollectorMetrics(CollectorRegistry())
-        self.committer = Committer(self.store, self.metrics)
-        self.pipeline = Pipeline(
-            store=self.store,
-            state=LiveState(window=900.0),
-            rules=parse_rules(RULES, "rules.yaml"),
-            config=self.config,
-            metrics=self.metrics,
-            committer=self.committer,
-            clock=clock,
-        )
-        self.seq: dict[str, int] = {}
-
-    async def run(self, scenario: Callable[[], Awaitable[None]]) -> None:
-        task = asyncio.create_task(self.committer.run())
-        try:
-            await scenario()
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            self.store.close()
-
-    def enroll(self, hostname: str, *, customer: str = "acme", site: str = "hq") -> AgentRecord:
-        with self.store.transaction() as conn:
-            _, token = enrollment.create_token(conn, customer, now=self.clock())
-        with self.store.transaction() as conn:
-            record, _ = enrollment.enroll_agent(
-                conn, token, hostname=hostname, site=site, inventory={}, now=self.clock()
-            )
-        return record
-
-    async def connect(self, agent: AgentRecord, tags: dict[str, str] | None = None) -> Session:
-        hello = pb.Hello(
-            agent_version="test",
-            instance_id="i-1",
-            sent_at_seconds=self.clock(),
-            host=pb.HostInfo(hostname=agent.hostname, tags=tags or {}),
-        )
-        return await self.pipeline.open_session(agent, decode_hello(hello))
+class Collector(PipelineRig):
+    """The rig with maintenance windows written as the CLI and the API write them."""
 
     async def send(self, session: Session, root: float = 0.1) -> None:
-        seq = self.seq[session.agent.agent_id] = self.seq.get(session.agent.agent_id, 0) + 1
-        msg = pb.Report(instance_id="i-1", seq=seq, collected_at_seconds=self.clock())
-        msg.samples.add(name="filesystem_used_ratio", labels=ROOT, value=root)
-        report = decode_report(msg, instance_id="i-1", max_samples=100)
-        assert await self.pipeline.apply(session, report)
+        await self.send_root(session, root)
 
     async def report_until(
         self, sessions: list[Session], until: float, *, root: float, every: float = 10.0
@@ -127,21 +66,30 @@ class Collector:
         with self.store.transaction() as conn:
             return maintenance.create_window(conn, actor="alice", now=self.clock(), **fields)
 
-    def tickets(self) -> list[Ticket]:
-        with self.store.read() as conn:
-            listed = tickets.list_tickets(conn)
-            return [tickets.get_ticket(conn, t.id) for t in reversed(listed)]
-
     def suppressed(self) -> list[suppression.Suppressed]:
         with self.store.read() as conn:
             return list(reversed(suppression.list_suppressed(conn)))
 
 
+MakeCollector = Callable[..., Collector]
+
+
+@pytest.fixture
+def collector(pipeline_rig: MakeRig, clock: FakeClock) -> MakeCollector:
+    """Makes a collector on tmp_path with RULES and `config_text` (no settings by default)."""
+
+    def make(config_text: str = "collector: {}\n") -> Collector:
+        made: Collector = pipeline_rig(clock, rules=RULES, config_text=config_text, rig=Collector)
+        return made
+
+    return make
+
+
 # -- maintenance windows -------------------------------------------------------------------
 
 
-def test_window_suppresses_and_records(tmp_path: Path, clock: FakeClock) -> None:
-    c = Collector(tmp_path, clock)
+def test_window_suppresses_and_records(collector: MakeCollector, clock: FakeClock) -> None:
+    c = collector()
     pc = c.enroll("pc-01")
     window = c.add_window(agent_id=pc.agent_id, starts_at=clock(), ends_at=clock() + 3600)
 
@@ -166,9 +114,9 @@ def test_window_suppresses_and_records(tmp_path: Path, clock: FakeClock) -> None
 
 
 def test_still_firing_at_window_end_opens_the_ticket_at_that_tick(
-    tmp_path: Path, clock: FakeClock
+    collector: MakeCollector, clock: FakeClock
 ) -> None:
-    c = Collector(tmp_path, clock)
+    c = collector()
     pc = c.enroll("pc-01")
     end = clock() + 600
     window = c.add_window(customer="acme", starts_at=clock(), ends_at=end)
@@ -191,8 +139,10 @@ def test_still_firing_at_window_end_opens_the_ticket_at_that_tick(
     assert c.pipeline.suppression.held == {}
 
 
-def test_cleared_during_the_window_leaves_no_ticket(tmp_path: Path, clock: FakeClock) -> None:
-    c = Collector(tmp_path, clock)
+def test_cleared_during_the_window_leaves_no_ticket(
+    collector: MakeCollector, clock: FakeClock
+) -> None:
+    c = collector()
     pc = c.enroll("pc-01")
     end = clock() + 600
     c.add_window(site="hq", starts_at=clock(), ends_at=end)
@@ -212,8 +162,10 @@ def test_cleared_during_the_window_leaves_no_ticket(tmp_path: Path, clock: FakeC
     assert held.released_at is None
 
 
-def test_a_ticket_opened_before_the_window_still_resolves(tmp_path: Path, clock: FakeClock) -> None:
-    c = Collector(tmp_path, clock)
+def test_a_ticket_opened_before_the_window_still_resolves(
+    collector: MakeCollector, clock: FakeClock
+) -> None:
+    c = collector()
     pc = c.enroll("pc-01")
 
     async def scenario() -> None:
@@ -230,8 +182,10 @@ def test_a_ticket_opened_before_the_window_still_resolves(tmp_path: Path, clock:
     assert c.suppressed() == []
 
 
-def test_a_window_for_one_agent_does_not_touch_another(tmp_path: Path, clock: FakeClock) -> None:
-    c = Collector(tmp_path, clock)
+def test_a_window_for_one_agent_does_not_touch_another(
+    collector: MakeCollector, clock: FakeClock
+) -> None:
+    c = collector()
     held_pc, other_pc = c.enroll("pc-01"), c.enroll("pc-02")
     c.add_window(agent_id=held_pc.agent_id, starts_at=clock(), ends_at=clock() + 3600)
 
@@ -247,10 +201,12 @@ def test_a_window_for_one_agent_does_not_touch_another(tmp_path: Path, clock: Fa
     assert held.agent_id == held_pc.agent_id
 
 
-def test_weekly_window_across_midnight_and_the_dst_jump(tmp_path: Path, clock: FakeClock) -> None:
+def test_weekly_window_across_midnight_and_the_dst_jump(
+    collector: MakeCollector, clock: FakeClock
+) -> None:
     # Saturday 22:00 (winter time) to Sunday 04:00 (summer time): five real hours
     clock.now = berlin("2024-03-30 22:30")
-    c = Collector(tmp_path, clock, "collector:\n  offline_after: 2h\n")
+    c = collector("collector:\n  offline_after: 2h\n")
     pc = c.enroll("pc-01")
     c.add_window(customer="acme", weekly="Sat 22:00-Sun 04:00", timezone="Europe/Berlin")
     end = berlin("2024-03-31 04:00")
@@ -275,8 +231,10 @@ def test_weekly_window_across_midnight_and_the_dst_jump(tmp_path: Path, clock: F
     )
 
 
-def test_held_alerts_survive_a_collector_restart(tmp_path: Path, clock: FakeClock) -> None:
-    first = Collector(tmp_path, clock)
+def test_held_alerts_survive_a_collector_restart(
+    collector: MakeCollector, clock: FakeClock
+) -> None:
+    first = collector()
     pc = first.enroll("pc-01")
     end = clock() + 600
     first.add_window(agent_id=pc.agent_id, starts_at=clock(), ends_at=end)
@@ -288,7 +246,7 @@ def test_held_alerts_survive_a_collector_restart(tmp_path: Path, clock: FakeCloc
 
     asyncio.run(first.run(before))
     clock.advance(60)
-    second = Collector(tmp_path, clock)
+    second = collector()
     second.pipeline.restore(clock())
     assert len(second.pipeline.suppression.held) == 1
 
@@ -303,8 +261,10 @@ def test_held_alerts_survive_a_collector_restart(tmp_path: Path, clock: FakeCloc
     assert ticket.opened_at == end + 1  # the first tick after the window's end
 
 
-def test_deleting_a_window_releases_what_it_held(tmp_path: Path, clock: FakeClock) -> None:
-    c = Collector(tmp_path, clock)
+def test_deleting_a_window_releases_what_it_held(
+    collector: MakeCollector, clock: FakeClock
+) -> None:
+    c = collector()
     pc = c.enroll("pc-01")
     window = c.add_window(agent_id=pc.agent_id, starts_at=clock(), ends_at=clock() + 3600)
 
@@ -335,9 +295,11 @@ collector:
 """
 
 
-def test_business_hours_decide_when_silence_counts(tmp_path: Path, clock: FakeClock) -> None:
+def test_business_hours_decide_when_silence_counts(
+    collector: MakeCollector, clock: FakeClock
+) -> None:
     clock.now = berlin("2024-03-04 16:00")  # a Monday
-    c = Collector(tmp_path, clock, BUSINESS_HOURS)
+    c = collector(BUSINESS_HOURS)
     pc_on, pc_off, server = c.enroll("pc-on"), c.enroll("pc-off"), c.enroll("srv-01")
 
     def offline() -> dict[str, float]:
@@ -380,9 +342,11 @@ def test_business_hours_decide_when_silence_counts(tmp_path: Path, clock: FakeCl
     assert ticket.value == berlin("2024-03-05 09:05") - berlin("2024-03-04 17:30")
 
 
-def test_pc_silent_during_hours_still_opens_its_ticket(tmp_path: Path, clock: FakeClock) -> None:
+def test_pc_silent_during_hours_still_opens_its_ticket(
+    collector: MakeCollector, clock: FakeClock
+) -> None:
     clock.now = berlin("2024-03-04 10:00")
-    c = Collector(tmp_path, clock, BUSINESS_HOURS)
+    c = collector(BUSINESS_HOURS)
     pc = c.enroll("pc-01")
 
     async def scenario() -> None:
@@ -404,10 +368,10 @@ def test_pc_silent_during_hours_still_opens_its_ticket(tmp_path: Path, clock: Fa
 
 
 def test_customers_without_business_hours_are_watched_around_the_clock(
-    tmp_path: Path, clock: FakeClock
+    collector: MakeCollector, clock: FakeClock
 ) -> None:
     clock.now = berlin("2024-03-04 22:00")
-    c = Collector(tmp_path, clock, BUSINESS_HOURS)
+    c = collector(BUSINESS_HOURS)
     pc = c.enroll("pc-01", customer="globex")
 
     async def scenario() -> None:
@@ -519,9 +483,9 @@ def test_suppression_records_one_pending_row_per_problem(store: Store, agent: Ag
 
 
 def test_cli_add_list_delete(
-    tmp_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, collector: MakeCollector, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    Collector(tmp_path, clock).store.close()  # a data dir with a migrated store
+    collector().store.close()  # a data dir with a migrated store
     data = ["--data-dir", str(tmp_path)]
 
     def run(*argv: str) -> tuple[int, str, str]:

@@ -7,31 +7,19 @@ decodes them, and time moves only when a test moves it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from tripline.alerts.rules import parse_rules
-from tripline.collector import agent_instances, agents_store, enrollment, tickets
+from tests.integration.conftest import INSTANCE, ROOT, MakeRig, PipelineRig, add_root_filesystem
+from tripline.collector import agent_instances, agents_store
 from tripline.collector.agents_store import AgentRecord, AgentRevoked
-from tripline.collector.committer import Committer
-from tripline.collector.config import load_collector_config
-from tripline.collector.convert import decode_hello, decode_report
 from tripline.collector.liveness import RECONNECT_GRACE
-from tripline.collector.pipeline import REVOCATION_CHECK_INTERVAL, Pipeline
-from tripline.collector.selfmetrics import CollectorMetrics
+from tripline.collector.pipeline import REVOCATION_CHECK_INTERVAL
 from tripline.collector.sessions import ReportTimeRefused, Session
-from tripline.collector.state import LiveState
-from tripline.collector.store import Store
-from tripline.collector.tickets import Ticket
-from tripline.v1 import tripline_pb2 as pb
 
 T0 = 1_700_000_000.0
-INSTANCE = "i-1"
-ROOT = {"mountpoint": "/", "fstype": "ext4", "device": "/dev/sda1"}
 DATA = {"mountpoint": "/data", "fstype": "ext4", "device": "/dev/sdb1"}
 CONTEXT = {
     "top_cpu": [{"pid": 4242, "name": "backup.exe", "cpu_ratio": 0.71}],
@@ -63,53 +51,12 @@ rules:
 """
 
 
-class Parts:
-    """Store, state, committer and pipeline as collector/app.py builds them."""
+class Parts(PipelineRig):
+    """The rig with reports that carry a process context and a few filesystems."""
 
-    def __init__(self, db: Path, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.config = load_collector_config(
-            None, environ={}, flags={"data_dir": db.parent, "interval": 10}
-        )
-        self.store = Store(f"sqlite:///{db}")
-        self.store.migrate()
-        self.metrics = CollectorMetrics(CollectorRegistry())
-        self.committer = Committer(self.store, self.metrics)
-        self.pipeline = Pipeline(
-            store=self.store,
-            state=LiveState(window=900.0),
-            rules=parse_rules(RULES, "rules.yaml"),
-            config=self.config,
-            metrics=self.metrics,
-            committer=self.committer,
-            clock=clock,
-        )
-
-    async def run(self, scenario: Callable[[], Awaitable[None]]) -> None:
-        task = asyncio.create_task(self.committer.run())
-        try:
-            await scenario()
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    def enroll(self, hostname: str = "pc-01", now: float = T0) -> AgentRecord:
-        with self.store.transaction() as conn:
-            _, token = enrollment.create_token(conn, "acme", now=now)
-        with self.store.transaction() as conn:
-            record, _ = enrollment.enroll_agent(
-                conn, token, hostname=hostname, site="hq", inventory={}, now=now
-            )
-        return record
-
-    async def connect(self, agent: AgentRecord, sent_at: float | None = None) -> Session:
-        hello = pb.Hello(
-            agent_version="test",
-            instance_id=INSTANCE,
-            sent_at_seconds=self.clock() if sent_at is None else sent_at,
-            host=pb.HostInfo(hostname=agent.hostname),
-        )
-        return await self.pipeline.open_session(agent, decode_hello(hello))
+    def enroll(self, hostname: str = "pc-01", *, now: float | None = T0, **who: str) -> AgentRecord:
+        """Enrolled at T0 unless told when, whatever the clock says."""
+        return super().enroll(hostname, now=now, **who)
 
     async def send(
         self,
@@ -122,30 +69,35 @@ class Parts:
         collected_at: float | None = None,
     ) -> bool:
         """One report collected now (agent clock == collector clock) unless told when."""
-        when = self.clock() if collected_at is None else collected_at
-        msg = pb.Report(instance_id=INSTANCE, seq=seq, collected_at_seconds=when)
+        msg = self.message(seq, collected_at=collected_at)
         msg.context.top_cpu.add(pid=4242, name="backup.exe", cpu_ratio=0.71)
         msg.context.top_memory.add(pid=77, name="chrome.exe", memory_rss_bytes=3 * 2**30)
         msg.context.logged_in_users.append("alice")
         msg.samples.add(name="uptime_seconds", value=86400.0)
         if root is not None:
-            msg.samples.add(name="filesystem_used_ratio", labels=ROOT, value=root)
-            msg.samples.add(name="filesystem_avail_bytes", labels=ROOT, value=(1 - root) * 1e11)
-            msg.samples.add(name="filesystem_size_bytes", labels=ROOT, value=1e11)
+            add_root_filesystem(msg, root)
         if data is not None:
             msg.samples.add(name="filesystem_used_ratio", labels=DATA, value=data)
         if load1 is not None:
             msg.samples.add(name="load1", value=load1)
-        report = decode_report(msg, instance_id=INSTANCE, max_samples=100)
-        return await self.pipeline.apply(session, report)
-
-    def tickets(self, **filters: Any) -> list[Ticket]:
-        with self.store.read() as conn:
-            listed = tickets.list_tickets(conn, **filters)
-            return [tickets.get_ticket(conn, t.id) for t in reversed(listed)]
+        return await self.apply(session, msg)
 
     def rules_with_tickets(self) -> list[tuple[str, str]]:
         return [(t.rule, t.status) for t in self.tickets()]
+
+
+MakeParts = Callable[[], Parts]
+
+
+@pytest.fixture
+def parts(pipeline_rig: MakeRig, clock: Any) -> MakeParts:
+    """Makes a collector's parts on tmp_path (interval 10 s: offline after 30 s)."""
+
+    def make() -> Parts:
+        made: Parts = pipeline_rig(clock, rules=RULES, rig=Parts, interval=10)
+        return made
+
+    return make
 
 
 class Timeline:
@@ -160,9 +112,9 @@ class Timeline:
 
 
 def test_threshold_rule_fires_after_for_and_resolves_after_clear(
-    tmp_path: Path, clock: Any
+    parts: MakeParts, clock: Any
 ) -> None:
-    c = Parts(tmp_path / "tripline.db", clock)
+    c = parts()
     t = Timeline(clock)
 
     async def scenario() -> None:
@@ -224,9 +176,9 @@ def test_threshold_rule_fires_after_for_and_resolves_after_clear(
 
 
 def test_silent_agent_goes_offline_at_exactly_offline_after_and_freezes_rules(
-    tmp_path: Path, clock: Any
+    parts: MakeParts, clock: Any
 ) -> None:
-    c = Parts(tmp_path / "tripline.db", clock)
+    c = parts()
     t = Timeline(clock)
     assert c.config.effective_offline_after == 30.0
 
@@ -270,8 +222,8 @@ def test_silent_agent_goes_offline_at_exactly_offline_after_and_freezes_rules(
     asyncio.run(c.run(scenario))
 
 
-def test_duplicate_seq_is_not_applied_twice(tmp_path: Path, clock: Any) -> None:
-    c = Parts(tmp_path / "tripline.db", clock)
+def test_duplicate_seq_is_not_applied_twice(parts: MakeParts, clock: Any) -> None:
+    c = parts()
     t = Timeline(clock)
 
     async def scenario() -> None:
@@ -310,9 +262,10 @@ def test_duplicate_seq_is_not_applied_twice(tmp_path: Path, clock: Any) -> None:
     asyncio.run(c.run(scenario))
 
 
-def test_restart_keeps_firing_alerts_firing_and_pending_clocks(tmp_path: Path, clock: Any) -> None:
-    db = tmp_path / "tripline.db"
-    first = Parts(db, clock)
+def test_restart_keeps_firing_alerts_firing_and_pending_clocks(
+    parts: MakeParts, clock: Any
+) -> None:
+    first = parts()
     t = Timeline(clock)
     agent_id = ""
 
@@ -330,7 +283,7 @@ def test_restart_keeps_firing_alerts_firing_and_pending_clocks(tmp_path: Path, c
     first.store.close()
     assert first.rules_with_tickets() == [("LoadHigh", "open")]
 
-    second = Parts(db, clock)
+    second = parts()
     # down 25 s: short of the offline threshold after the restart grace
     second.pipeline.restore(t.at(45))
     live = second.pipeline.state.agents[agent_id]
@@ -371,10 +324,9 @@ def test_restart_keeps_firing_alerts_firing_and_pending_clocks(tmp_path: Path, c
 
 
 def test_restore_gives_a_grace_period_instead_of_offline_tickets(
-    tmp_path: Path, clock: Any
+    parts: MakeParts, clock: Any
 ) -> None:
-    db = tmp_path / "tripline.db"
-    first = Parts(db, clock)
+    first = parts()
     t = Timeline(clock)
 
     async def before() -> None:
@@ -386,7 +338,7 @@ def test_restore_gives_a_grace_period_instead_of_offline_tickets(
     first.store.close()
 
     # the collector was down for an hour
-    second = Parts(db, clock)
+    second = parts()
     second.pipeline.restore(t.at(3600))
 
     # Agents reconnect on a backoff that grows to a minute during an outage, so the grace
@@ -401,8 +353,8 @@ def test_restore_gives_a_grace_period_instead_of_offline_tickets(
     second.store.close()
 
 
-def test_an_agent_revoked_elsewhere_is_retired_and_refused(tmp_path: Path, clock: Any) -> None:
-    c = Parts(tmp_path / "tripline.db", clock)
+def test_an_agent_revoked_elsewhere_is_retired_and_refused(parts: MakeParts, clock: Any) -> None:
+    c = parts()
     t = Timeline(clock)
 
     async def scenario() -> None:
@@ -434,9 +386,9 @@ def test_an_agent_revoked_elsewhere_is_retired_and_refused(tmp_path: Path, clock
 
 
 def test_agent_clock_cannot_date_tickets_before_enrollment_nor_hurry_a_for(
-    tmp_path: Path, clock: Any
+    parts: MakeParts, clock: Any
 ) -> None:
-    c = Parts(tmp_path / "tripline.db", clock)
+    c = parts()
     t = Timeline(clock)
     assert c.config.max_clock_skew == 300.0
 
@@ -488,11 +440,11 @@ def test_agent_clock_cannot_date_tickets_before_enrollment_nor_hurry_a_for(
 
 
 def test_stepping_timestamps_while_heard_cannot_make_a_for_elapse_sooner(
-    tmp_path: Path, clock: Any
+    parts: MakeParts, clock: Any
 ) -> None:
     """An agent heard every interval keeps claiming its reports are from T0, then claims a
     crossing at T0 and one a second later "at now": 5 minutes of history it never had."""
-    c = Parts(tmp_path / "tripline.db", clock)
+    c = parts()
     t = Timeline(clock)
 
     async def scenario() -> None:
@@ -521,9 +473,9 @@ def test_stepping_timestamps_while_heard_cannot_make_a_for_elapse_sooner(
 
 
 def test_backlog_of_a_ten_minute_outage_replays_at_its_times_and_escalates_from_now(
-    tmp_path: Path, clock: Any
+    parts: MakeParts, clock: Any
 ) -> None:
-    c = Parts(tmp_path / "tripline.db", clock)
+    c = parts()
     t = Timeline(clock)
 
     async def scenario() -> None:

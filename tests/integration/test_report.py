@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection
 
-from tests.conftest import FakeClock
+from tests.conftest import T0, FakeClock
+from tests.integration.conftest import MakeRig, add_root_filesystem
 from tripline.collector import enrollment, report, tickets
 from tripline.collector.agents_store import AgentRecord
 from tripline.collector.cli import main
@@ -302,15 +303,14 @@ async def _api_report_is_scoped(tmp_path: Path) -> None:
         assert sample(name, {"format": "-", "outcome": "refused"}) == 5
 
 
-def test_applied_reports_write_presence_and_daily_disk_samples(tmp_path: Path) -> None:
+def test_applied_reports_write_presence_and_daily_disk_samples(pipeline_rig: MakeRig) -> None:
     """The apply path feeds the report: a span per stretch of reports, a sample per day."""
     from sqlalchemy import select
 
-    from tests.integration.test_pipeline import T0, Parts
     from tripline.collector.schema import agent_presence, filesystem_usage
 
     clock = FakeClock(T0)
-    c = Parts(tmp_path / "tripline.db", clock)  # interval 10 s: offline after 30 s
+    c = pipeline_rig(clock, rules="rules: []\n", interval=10)  # offline after 30 s
 
     async def scenario() -> None:
         agent = c.enroll()
@@ -322,7 +322,9 @@ def test_applied_reports_write_presence_and_daily_disk_samples(tmp_path: Path) -
             end = clock.now + seconds
             while clock.now <= end:
                 seq += 1
-                assert await c.send(session, seq, root=0.2 + (clock.now - T0) / DAY * 0.01)
+                msg = c.message(seq)
+                add_root_filesystem(msg, 0.2 + (clock.now - T0) / DAY * 0.01)
+                assert await c.apply(session, msg)
                 clock.now += 10
         with c.store.read() as conn:
             spans = conn.execute(select(agent_presence).order_by("started_at")).all()
