@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.certs import CertAuthority, Issued
 from tests.conftest import FakeClock, postgres_schema
-from tripline.agent.config import load_agent_config
+from tripline.agent.config import AgentConfig, load_agent_config
+from tripline.agent.runner import AgentRunner
 from tripline.alerts.rules import parse_rules
 from tripline.collector import enrollment, tickets
 from tripline.collector.agents_store import AgentRecord
@@ -113,13 +116,39 @@ def agent_config(state_dir: Path, port: int, token: str = TOKEN):
 
 
 @contextlib.asynccontextmanager
-async def running_collector(data_dir: Path, **flags: object) -> AsyncIterator[CollectorApp]:
-    app = CollectorApp(collector_config(data_dir, **flags))
+async def running_app(config: CollectorConfig) -> AsyncIterator[CollectorApp]:
+    """A collector started in this process, stopped when the block ends."""
+    app = CollectorApp(config)
     await app.start()
     try:
         yield app
     finally:
         await app.stop(grace=0.1)
+
+
+def running_collector(data_dir: Path, **flags: object) -> AbstractAsyncContextManager[CollectorApp]:
+    """`running_app` with `collector_config(data_dir, **flags)`: plaintext, loopback."""
+    return running_app(collector_config(data_dir, **flags))
+
+
+@contextlib.asynccontextmanager
+async def running_agent(config: AgentConfig) -> AsyncIterator[AgentRunner]:
+    """An agent running in this process until the block ends."""
+    runner = AgentRunner(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        yield runner
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> tuple[CertAuthority, Issued]:
+    """A CA in tmp_path and a server certificate it issued for loopback."""
+    ca = CertAuthority(tmp_path / "pki")
+    return ca, ca.server()
 
 
 # -- the pipeline without gRPC ----------------------------------------------------------

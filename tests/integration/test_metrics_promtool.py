@@ -8,11 +8,10 @@ values; the scraped body goes through promtool and Prometheus' own parser.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.conftest import running_collector
 from tripline.agent.probes import Prober
 from tripline.collector.app import CollectorApp
-from tripline.collector.config import load_collector_config
 from tripline.collector.convert import InvalidMessage, decode_report
 from tripline.collector.exposition import SeriesExposition
 from tripline.collector.state import LiveState
@@ -64,34 +63,21 @@ EXTRA: list[tuple[str, dict[str, str], float]] = [
 ]
 
 
-@contextlib.asynccontextmanager
-async def running_collector(
+def promtool_collector(
     data_dir: Path, customers: dict[str, str] | None = None, interval: float = 1
-) -> AsyncIterator[CollectorApp]:
-    config = load_collector_config(
-        None,
-        environ={},
-        flags={
-            "listen": "127.0.0.1:0",
-            "http_listen": "127.0.0.1:0",
-            "data_dir": data_dir,
-            "customers": customers or {"acme": TOKEN},
-            "interval": interval,
-            "plaintext": True,
-            # The hostile agent opens a stream per case on purpose: Hello rate limits have
-            # their own tests (test_limits.py) and would only refuse the cases here.
-            "max_hellos_per_second_per_agent": 1e6,
-            "max_hello_burst_per_agent": 1_000_000,
-            "max_connects_per_second_per_peer": 1e6,
-            "max_connect_burst_per_peer": 1_000_000,
-        },
+) -> AbstractAsyncContextManager[CollectorApp]:
+    return running_collector(
+        data_dir,
+        customers=customers or {"acme": TOKEN},
+        interval=interval,
+        evaluation_interval=1.0,  # the default
+        # The hostile agent opens a stream per case on purpose: Hello rate limits have
+        # their own tests (test_limits.py) and would only refuse the cases here.
+        max_hellos_per_second_per_agent=1e6,
+        max_hello_burst_per_agent=1_000_000,
+        max_connects_per_second_per_peer=1e6,
+        max_connect_burst_per_peer=1_000_000,
     )
-    app = CollectorApp(config)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop(grace=0.1)
 
 
 def esc(value: str) -> str:
@@ -137,7 +123,7 @@ async def stream_one_report(app: CollectorApp) -> str:
 
 
 async def scrape(tmp_path: Path) -> tuple[str, str]:
-    async with running_collector(tmp_path / "collector") as app:
+    async with promtool_collector(tmp_path / "collector") as app:
         agent_id = await stream_one_report(app)
         async with httpx.AsyncClient() as client:
             response = await client.get(f"http://127.0.0.1:{app.http_port}/metrics")
@@ -313,7 +299,7 @@ def test_a_hostile_agent_cannot_break_metrics_or_hide_another_customers_series(
     tmp_path: Path, promtool: str
 ) -> None:
     async def scenario() -> tuple[str, str, list[str], str]:
-        async with running_collector(
+        async with promtool_collector(
             tmp_path / "collector", customers={"acme": TOKEN, "globex": GOOD_TOKEN}
         ) as app:
             return await _hostile_and_good(app)
@@ -377,7 +363,7 @@ def test_a_real_prometheus_scrapes_the_page_a_hostile_agent_reports_to(tmp_path:
 
     async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         # agents stay up (and their series exposed) for the minutes Prometheus may take
-        async with running_collector(
+        async with promtool_collector(
             tmp_path / "collector", customers={"acme": TOKEN, "globex": GOOD_TOKEN}, interval=60
         ) as app:
             _, good_id, _, _ = await _hostile_and_good(app)

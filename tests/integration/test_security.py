@@ -21,15 +21,14 @@ from grpc import aio
 from sqlalchemy import MetaData, select
 
 from tests.certs import CertAuthority, Issued
-from tests.integration.test_tls import (
+from tests.conftest import async_eventually as eventually
+from tests.integration.conftest import running_agent, running_app
+from tests.integration.tls_helpers import (
     TOKEN,
     agent_config,
     client_credentials,
     collector_config,
     delivery,
-    eventually,
-    running,
-    running_agent,
 )
 from tripline.collector import agent_instances, agents_store, enrollment, tickets
 from tripline.collector.app import CollectorApp
@@ -71,12 +70,6 @@ rules:
     tier: 1
     summary: "{host} up"
 """
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> tuple[CertAuthority, Issued]:
-    ca = CertAuthority(tmp_path / "pki")
-    return ca, ca.server()
 
 
 def tls_config(tmp_path: Path, server: Issued, **flags: object):  # type: ignore[no-untyped-def]
@@ -148,7 +141,7 @@ def test_revoked_or_expired_enrollment_token_is_refused(
     ca, server = pki
 
     async def scenario() -> None:
-        async with running(tls_config(tmp_path, server)) as app:
+        async with running_app(tls_config(tmp_path, server)) as app:
             now = time.time()
             with app.store.transaction() as conn:
                 record, token = enrollment.create_token(conn, "acme", now)
@@ -190,7 +183,7 @@ def test_revoked_agent_is_refused_on_its_next_message_and_on_reconnect(
     ca, server = pki
 
     async def scenario() -> None:
-        async with running(tls_config(tmp_path, server)) as app:
+        async with running_app(tls_config(tmp_path, server)) as app:
             target = f"127.0.0.1:{app.grpc_port}"
             async with aio.secure_channel(target, client_credentials(ca)) as channel:
                 client = Client(channel)
@@ -228,7 +221,7 @@ def test_running_agent_revoked_by_the_cli_keeps_its_reports(
     ca, server = pki
 
     async def scenario() -> None:
-        async with running(tls_config(tmp_path, server)) as app:
+        async with running_app(tls_config(tmp_path, server)) as app:
             config = agent_config(tmp_path / "a", app.grpc_port, tls_ca=ca.path)
             async with running_agent(config) as runner:
                 stats = runner.transport.stats
@@ -262,7 +255,7 @@ def test_an_agent_cannot_report_for_another_agent_or_customer(
     rules.write_text(SPOOF_RULES)
 
     async def scenario() -> None:
-        async with running(tls_config(tmp_path, server, rules=rules)) as app:
+        async with running_app(tls_config(tmp_path, server, rules=rules)) as app:
             target = f"127.0.0.1:{app.grpc_port}"
             async with aio.secure_channel(target, client_credentials(ca)) as channel:
                 client = Client(channel)
@@ -338,7 +331,7 @@ def test_refusal_at_stream_open_always_arrives_as_unauthenticated(tmp_path: Path
         config = collector_config(
             tmp_path / "c", plaintext=True, max_connects_per_second_per_peer=1e6
         )
-        async with running(config) as app:
+        async with running_app(config) as app:
             codes = []
             for i in range(300):
                 # a fresh connection each time: the race shows on a connection's first call
@@ -411,7 +404,7 @@ def test_secrets_never_appear_in_logs_metrics_store_tickets_or_errors(
     root.setLevel(logging.DEBUG)
 
     async def scenario() -> dict[str, str]:
-        async with running(tls_config(tmp_path, server, rules=rules)) as app:
+        async with running_app(tls_config(tmp_path, server, rules=rules)) as app:
             with app.store.transaction() as conn:
                 record, created = enrollment.create_token(conn, "acme", time.time())
             config = agent_config(tmp_path / "a", app.grpc_port, tls_ca=ca.path)
@@ -492,7 +485,7 @@ def test_agent_process_opens_no_listening_port_and_runs_no_command(
     ca, server = pki
 
     async def scenario() -> None:
-        async with running(tls_config(tmp_path, server)) as app:
+        async with running_app(tls_config(tmp_path, server)) as app:
             log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - closed below
             proc = subprocess.Popen(
                 [
@@ -539,7 +532,7 @@ def test_report_times_ahead_of_the_collector_or_going_back_are_refused_with_thei
     ca, server = pki
 
     async def scenario() -> None:
-        async with running(tls_config(tmp_path, server)) as app:
+        async with running_app(tls_config(tmp_path, server)) as app:
             target = f"127.0.0.1:{app.grpc_port}"
             async with aio.secure_channel(target, client_credentials(ca)) as channel:
                 client = Client(channel)
@@ -586,7 +579,7 @@ def test_a_token_enrolls_at_most_its_agents_and_unreported_agents_open_no_offlin
     ca, server = pki
 
     async def scenario() -> None:
-        async with running(tls_config(tmp_path, server)) as app:
+        async with running_app(tls_config(tmp_path, server)) as app:
             with app.store.transaction() as conn:
                 record, token = enrollment.create_token(conn, "acme", time.time(), max_agents=3)
             target = f"127.0.0.1:{app.grpc_port}"
@@ -633,7 +626,7 @@ def test_guessing_enrollment_tokens_is_slowed_per_address_and_per_refused_token(
     ca, server = pki
 
     async def scenario() -> None:
-        async with running(tls_config(tmp_path, server)) as app:
+        async with running_app(tls_config(tmp_path, server)) as app:
             clock = [1000.0]
             app.service.monotonic = lambda: clock[0]
             with app.store.transaction() as conn:

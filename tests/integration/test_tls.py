@@ -3,96 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc import aio
-from sqlalchemy import select
 
 from tests.certs import CertAuthority, Issued
 from tests.conftest import async_eventually as eventually
 from tests.conftest import free_port
+from tests.integration.conftest import running_agent, running_app
+from tests.integration.tls_helpers import (
+    TOKEN,
+    agent_config,
+    client_credentials,
+    collector_config,
+    delivery,
+)
 from tripline.agent import identity as identity_file
-from tripline.agent.config import AgentConfig, load_agent_config
 from tripline.agent.identity import Identity
-from tripline.agent.runner import AgentRunner
 from tripline.collector import agents_store, enrollment, tls
 from tripline.collector.app import CollectorApp
-from tripline.collector.config import CollectorConfig, load_collector_config
-from tripline.collector.schema import agent_instances
 from tripline.common.tls import PLAINTEXT_WARNING
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
-
-TOKEN = "tle_acme_tls_WWBUjJXFCaKNGkk8mKUE_tK7NA1IThon"
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> tuple[CertAuthority, Issued]:
-    ca = CertAuthority(tmp_path / "pki")
-    return ca, ca.server()
-
-
-def collector_config(data_dir: Path, **flags: object) -> CollectorConfig:
-    return load_collector_config(
-        None,
-        environ={},
-        flags={
-            "listen": "127.0.0.1:0",
-            "http_listen": "127.0.0.1:0",
-            "data_dir": data_dir,
-            "customers": {"acme": TOKEN},
-            "interval": 1,
-            "evaluation_interval": 0.2,
-            **flags,
-        },
-    )
-
-
-def agent_config(state_dir: Path, port: int, **flags: object) -> AgentConfig:
-    return load_agent_config(
-        None,
-        environ={},
-        flags={
-            "collector": f"127.0.0.1:{port}",
-            "enrollment_token": TOKEN,
-            "state_dir": state_dir,
-            "interval": 0.2,
-            "backoff_initial": 0.05,
-            "backoff_max": 0.3,
-            "collect_processes": False,
-            **flags,
-        },
-    )
-
-
-@contextlib.asynccontextmanager
-async def running(config: CollectorConfig) -> AsyncIterator[CollectorApp]:
-    app = CollectorApp(config)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop(grace=0.1)
-
-
-@contextlib.asynccontextmanager
-async def running_agent(config: AgentConfig) -> AsyncIterator[AgentRunner]:
-    runner = AgentRunner(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        yield runner
-    finally:
-        stop.set()
-        await task
 
 
 def enroll_directly(app: CollectorApp, state_dir: Path) -> Identity:
@@ -106,25 +44,6 @@ def enroll_directly(app: CollectorApp, state_dir: Path) -> Identity:
     return ident
 
 
-def delivery(app: CollectorApp, agent_id: str) -> tuple[int, int]:
-    """(applied_seq, reports_applied) summed over the agent's instances."""
-    with app.store.read() as conn:
-        rows = conn.execute(
-            select(agent_instances.c.applied_seq, agent_instances.c.reports_applied).where(
-                agent_instances.c.agent_id == agent_id
-            )
-        ).all()
-    return sum(r.applied_seq for r in rows), sum(r.reports_applied for r in rows)
-
-
-def client_credentials(ca: CertAuthority, client: Issued | None = None) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca.path.read_bytes(),
-        private_key=client.key.read_bytes() if client else None,
-        certificate_chain=client.cert.read_bytes() if client else None,
-    )
-
-
 # -- server TLS -------------------------------------------------------------------------
 
 
@@ -135,7 +54,7 @@ def test_agent_with_the_right_ca_enrolls_and_reports(
 
     async def scenario() -> None:
         config = collector_config(tmp_path / "c", tls_cert=server.cert, tls_key=server.key)
-        async with running(config) as app:
+        async with running_app(config) as app:
             agent = agent_config(tmp_path / "a", app.grpc_port, tls_ca=ca.path)
             async with running_agent(agent) as runner:
                 await eventually(lambda: runner.transport.stats.acked_seq >= 3)
@@ -166,7 +85,7 @@ def test_wrong_ca_fails_keeps_retrying_and_loses_no_report(
 
     async def scenario() -> None:
         config = collector_config(tmp_path / "c", tls_cert=server.cert, tls_key=server.key)
-        async with running(config) as app:
+        async with running_app(config) as app:
             ident = enroll_directly(app, tmp_path / "a")
             wrong = agent_config(tmp_path / "a", app.grpc_port, tls_ca=impostor_ca.path)
             async with running_agent(wrong) as runner:
@@ -196,7 +115,7 @@ def test_plaintext_agent_against_a_tls_collector_fails(
 
     async def scenario() -> None:
         config = collector_config(tmp_path / "c", tls_cert=server.cert, tls_key=server.key)
-        async with running(config) as app:
+        async with running_app(config) as app:
             ident = enroll_directly(app, tmp_path / "a")
             agent = agent_config(tmp_path / "a", app.grpc_port, plaintext=True)
             async with running_agent(agent) as runner:
@@ -253,7 +172,7 @@ def test_plaintext_is_explicit_and_logs_a_warning(
 ) -> None:
     async def scenario() -> None:
         caplog.set_level(logging.INFO)
-        async with running(collector_config(tmp_path / "c", plaintext=True)) as app:
+        async with running_app(collector_config(tmp_path / "c", plaintext=True)) as app:
             collector_warnings = [
                 r
                 for r in caplog.records
@@ -293,7 +212,7 @@ def test_mtls_client_certificate_bound_to_the_agent_id(
             tls_key=server.key,
             tls_client_ca=agents_ca.path,
         )
-        async with running(config) as app:
+        async with running_app(config) as app:
             target = f"127.0.0.1:{app.grpc_port}"
             # Enrolling needs a certificate from the agents' CA; its name is not bound yet.
             bootstrap = agents_ca.issue("bootstrap-pc-01")
