@@ -208,6 +208,39 @@ class Cluster:
             proc.kill()
 
 
+# -- a rule set that trips on any machine (shared by the lifecycle, delivery and redaction
+# tests) ----------------------------------------------------------------------------------
+
+TOKEN = "tle_e2e_acme_l___XobGYjIO9VZgA_pb86uTiLHUN-cykd"
+
+# Trips on any machine: every PC has memory. Clears when the threshold is out of reach.
+TRIPPING = """
+rules:
+  - name: MemoryPresent
+    metric: memory_total_bytes
+    op: ">"
+    threshold: {threshold}
+    for: 2s
+    severity: warning
+    tier: 1
+    summary: "{{host}} has {{value:.0f}} bytes of memory"
+    runbook: "Nothing to do: an end-to-end test rule."
+  - name: AgentOffline
+    builtin: offline
+    severity: critical
+    tier: 1
+    summary: "{{host}} stopped reporting"
+"""
+
+
+def write_rules(path: Path, threshold: float) -> None:
+    path.write_text(TRIPPING.format(threshold=threshold))
+
+
+def by_rule(tickets: list[dict[str, Any]], rule: str) -> list[dict[str, Any]]:
+    return [t for t in tickets if t["rule"] == rule]
+
+
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     c = Cluster(tmp_path)

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Receiver, free_port, postgres_schema
-from tests.e2e.conftest import Cluster, eventually
-from tests.e2e.test_lifecycle import TOKEN, by_rule, write_rules
+from tests.e2e.conftest import TOKEN, Cluster, by_rule, eventually, write_rules
 from tripline.collector import enrollment, tickets
 from tripline.collector.delivery_leases import lease_owner
 from tripline.collector.store import Store

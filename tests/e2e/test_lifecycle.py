@@ -6,42 +6,12 @@ from __future__ import annotations
 import signal
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Cluster, eventually
+from tests.e2e.conftest import TOKEN, Cluster, by_rule, eventually, write_rules
 
 pytestmark = pytest.mark.e2e
-
-TOKEN = "tle_e2e_acme_l___XobGYjIO9VZgA_pb86uTiLHUN-cykd"
-
-# Trips on any machine: every PC has memory. Clears when the threshold is out of reach.
-TRIPPING = """
-rules:
-  - name: MemoryPresent
-    metric: memory_total_bytes
-    op: ">"
-    threshold: {threshold}
-    for: 2s
-    severity: warning
-    tier: 1
-    summary: "{{host}} has {{value:.0f}} bytes of memory"
-    runbook: "Nothing to do: an end-to-end test rule."
-  - name: AgentOffline
-    builtin: offline
-    severity: critical
-    tier: 1
-    summary: "{{host}} stopped reporting"
-"""
-
-
-def write_rules(path: Path, threshold: float) -> None:
-    path.write_text(TRIPPING.format(threshold=threshold))
-
-
-def by_rule(tickets: list[dict[str, Any]], rule: str) -> list[dict[str, Any]]:
-    return [t for t in tickets if t["rule"] == rule]
 
 
 def test_ticket_opens_resolves_on_sighup_and_offline_opens(

@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Cluster, eventually
-from tests.e2e.test_lifecycle import by_rule, write_rules
+from tests.e2e.conftest import Cluster, by_rule, eventually, write_rules
 
 pytestmark = pytest.mark.e2e
 

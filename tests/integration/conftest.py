@@ -63,6 +63,18 @@ def store(store_url: str) -> Iterator[Store]:
         opened.close()
 
 
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    """A migrated store in one SQLite file, for tests about something other than the
+    backend."""
+    opened = Store(f"sqlite:///{tmp_path / 'tripline.db'}")
+    opened.migrate()
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
 T0 = 1_700_000_000.0
 
 

@@ -29,7 +29,8 @@ from prometheus_client import CollectorRegistry
 
 from tests.certs import CertAuthority
 from tests.conftest import T0, FakeClock, Receiver, async_eventually, free_port
-from tripline.collector import enrollment, tickets
+from tests.integration.delivery_helpers import clear, enrolled_agent, fire
+from tripline.collector import tickets
 from tripline.collector.delivery import Deliverer
 from tripline.collector.delivery_parking import get_parked, list_parked, unpark
 from tripline.collector.routes import Route, parse_routes
@@ -49,57 +50,10 @@ SECRET = "whsec_test_secret"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'tripline.db'}")
-    s.migrate()
-    yield s
-    s.close()
-
-
-def enrolled_agent(store: Store, customer: str = "acme") -> str:
-    with store.transaction() as conn:
-        _, token = enrollment.create_token(conn, customer, now=T0)
-    with store.transaction() as conn:
-        agent, _ = enrollment.enroll_agent(
-            conn, token, hostname="pc-01", site="hq", inventory={}, now=T0
-        )
-    return agent.agent_id
-
-
-def fire(store: Store, agent_id: str, rule: str, at: float, customer: str = "acme") -> int:
-    with store.transaction() as conn:
-        change = tickets.on_alert_firing(
-            conn,
-            customer=customer,
-            agent_id=agent_id,
-            hostname="pc-01",
-            rule=rule,
-            labels=(("mountpoint", "C:"),),
-            severity="warning",
-            tier=1,
-            summary=f"pc-01: {rule}",
-            runbook="clean up",
-            value=0.97,
-            threshold=0.9,
-            context={"filesystems": [{"mountpoint": "C:", "used_ratio": 0.97}]},
-            now=at,
-            policy=tickets.TicketPolicy(),
-        )
-    return change.ticket_id
-
-
-def clear(store: Store, agent_id: str, rule: str, at: float, customer: str = "acme") -> None:
-    with store.transaction() as conn:
-        tickets.on_alert_resolved(
-            conn,
-            customer=customer,
-            agent_id=agent_id,
-            rule=rule,
-            labels=(("mountpoint", "C:"),),
-            value=0.5,
-            reason="cleared",
-            now=at,
-        )
+def store(sqlite_store: Store) -> Store:
+    """Delivery is the same on every backend (the outbox is covered by the contract
+    tests): one SQLite file."""
+    return sqlite_store
 
 
 def deliverer(

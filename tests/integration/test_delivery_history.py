@@ -4,13 +4,13 @@ earlier tickets on the PC: in the webhook payload and the mail, on a real SQLite
 from __future__ import annotations
 
 from tests.conftest import T0
-from tests.integration.test_delivery import clear, enrolled_agent, fire, store  # noqa: F401
+from tests.integration.delivery_helpers import enrolled_agent, fire
 from tripline.collector import delivery_outbox, tickets, ticketsnapshots
 from tripline.collector.sinks import email_message
 from tripline.collector.store import Store
 
 
-def test_an_opening_is_delivered_with_its_snapshot_and_history(store: Store) -> None:  # noqa: F811
+def test_an_opening_is_delivered_with_its_snapshot_and_history(store: Store) -> None:
     agent_id = enrolled_agent(store)
     earlier = fire(store, agent_id, "DiskFull", T0)
     with store.transaction() as conn:

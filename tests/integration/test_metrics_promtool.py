@@ -355,7 +355,7 @@ def test_a_real_prometheus_scrapes_the_page_a_hostile_agent_reports_to(tmp_path:
     """Debian's Prometheus, with the shipped scrape job, scrapes the collector after the
     hostile battery: the target is up without a scrape error and the good customer's
     series are queryable."""
-    from tests.e2e.test_prometheus import Prometheus, prometheus_binary
+    from tests.prometheus_server import Prometheus, prometheus_binary
 
     binary = prometheus_binary()
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import inspect
 
 from tests.conftest import FakeClock
-from tests.integration.test_tickets import POLICY, clear, fire
+from tests.integration.ticket_helpers import POLICY, clear, fire
 from tripline.collector import enrollment, tickets, ticketsnapshots
 from tripline.collector.agents_store import AgentRecord
 from tripline.collector.store import Store

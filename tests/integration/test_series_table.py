@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.integration.test_hostile_input import (  # noqa: F401  (fixtures)
+from tests.integration.hostile_rig import (  # noqa: F401  (fixtures)
     TRIPWIRE,
     Rig,
     assert_actionable,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.unit.test_cli_imports import imported, loaded
+from tests.importtime import imported, loaded
 
 
 def _once(tmp_path: Path, extra: str = "") -> set[str]:

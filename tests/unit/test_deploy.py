@@ -4,53 +4,26 @@ agent/service.py writes."""
 
 from __future__ import annotations
 
-import json
 import plistlib
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
+from tests.deployfiles import (
+    DEPLOY,
+    RULES,
+    VARIABLES,
+    analyze_problems,
+    dashboard,
+    panel_queries,
+    query_panels,
+    substitute,
+)
 from tripline.agent import service
 from tripline.agent.service import ServiceSpec
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-DASHBOARD = DEPLOY / "grafana-dashboard.json"
-RULES = DEPLOY / "tripline.rules.yml"
-
-# What Grafana puts in for the template variables, for checks outside Grafana.
-VARIABLES = {"$__rate_interval": "5s", "$__interval": "1s"}
-
-
-def dashboard() -> dict[str, Any]:
-    return dict(json.loads(DASHBOARD.read_text()))
-
-
-def query_panels(board: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every panel that is not a row, including those nested in collapsed rows."""
-    out = []
-    for panel in board["panels"]:
-        if panel["type"] == "row":
-            out.extend(panel.get("panels", []))
-        else:
-            out.append(panel)
-    return out
-
-
-def panel_queries(board: dict[str, Any]) -> list[tuple[str, str]]:
-    """(panel title, PromQL expression) for every target of every panel."""
-    return [(p["title"], t["expr"]) for p in query_panels(board) for t in p["targets"]]
-
-
-def substitute(expr: str, values: dict[str, str]) -> str:
-    # longest names first: $host must not eat into $hostname-like names
-    for name in sorted(values, key=len, reverse=True):
-        expr = expr.replace("${" + name.lstrip("$") + "}", values[name])
-        expr = expr.replace(name, values[name])
-    return expr
 
 
 def recorded_names() -> set[str]:
@@ -224,8 +197,6 @@ def test_collector_unit_holds_a_fleets_connections() -> None:
 
 def test_collector_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     import shutil
-
-    from tests.unit.test_service import analyze_problems
 
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze not installed (apt-get install systemd)")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.deployfiles import analyze_problems
 from tripline.agent import cli, service
 from tripline.agent.service import ServiceError, ServiceSpec, install_service, uninstall_service
 
@@ -28,17 +29,6 @@ def unit_values(text: str) -> dict[str, str]:
             assert key not in values, f"{key} repeated"
             values[key] = value
     return values
-
-
-def analyze_problems(unit: Path) -> list[str]:
-    """What systemd-analyze verify says about the unit (it warns on bad values with rc 0)."""
-    result = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
-    )
-    lines = [line for line in result.stderr.splitlines() if unit.name in line]
-    if result.returncode != 0:
-        lines.append(f"exit {result.returncode}: {result.stderr.strip()}")
-    return lines
 
 
 def forbid(command: tuple[str, ...]) -> None:
