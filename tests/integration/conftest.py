@@ -110,7 +110,7 @@ def collector_config(data_dir: Path, **flags: object):
     )
 
 
-def agent_config(state_dir: Path, port: int, token: str = TOKEN):
+def agent_config(state_dir: Path, port: int, token: str = TOKEN, **flags: object):
     return load_agent_config(
         None,
         environ={},
@@ -123,6 +123,7 @@ def agent_config(state_dir: Path, port: int, token: str = TOKEN):
             "backoff_max": 0.5,
             "collect_processes": False,
             "plaintext": True,
+            **flags,
         },
     )
 

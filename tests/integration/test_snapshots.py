@@ -14,8 +14,7 @@ import httpx
 from grpc import aio
 
 from tests.conftest import async_eventually as eventually
-from tests.integration.conftest import TOKEN, running_collector
-from tripline.agent.config import load_agent_config
+from tests.integration.conftest import TOKEN, agent_config, running_collector
 from tripline.agent.runner import AgentRunner
 from tripline.collector import agents_store, apitokens, tickets
 from tripline.collector.app import CollectorApp
@@ -36,20 +35,7 @@ rules:
 
 
 def _agent_config(state_dir: Path, port: int) -> Any:
-    return load_agent_config(
-        None,
-        environ={},
-        flags={
-            "collector": f"127.0.0.1:{port}",
-            "enrollment_token": TOKEN,
-            "state_dir": state_dir,
-            "interval": 0.2,
-            "backoff_initial": 0.05,
-            "backoff_max": 0.5,
-            "collect_processes": True,
-            "plaintext": True,
-        },
-    )
+    return agent_config(state_dir, port, collect_processes=True)
 
 
 @contextlib.asynccontextmanager

@@ -9,45 +9,27 @@ import grpc
 from sqlalchemy import select
 
 from tests.certs import CertAuthority, Issued
-from tripline.agent.config import AgentConfig, load_agent_config
+from tests.integration.conftest import agent_config as plaintext_agent_config
+from tests.integration.conftest import collector_config as plaintext_collector_config
+from tripline.agent.config import AgentConfig
 from tripline.collector.app import CollectorApp
-from tripline.collector.config import CollectorConfig, load_collector_config
+from tripline.collector.config import CollectorConfig
 from tripline.collector.schema import agent_instances
 
 TOKEN = "tle_acme_tls_WWBUjJXFCaKNGkk8mKUE_tK7NA1IThon"
 
 
 def collector_config(data_dir: Path, **flags: object) -> CollectorConfig:
-    """A collector on loopback ports the OS picks; TLS unless `flags` say otherwise."""
-    return load_collector_config(
-        None,
-        environ={},
-        flags={
-            "listen": "127.0.0.1:0",
-            "http_listen": "127.0.0.1:0",
-            "data_dir": data_dir,
-            "customers": {"acme": TOKEN},
-            "interval": 1,
-            "evaluation_interval": 0.2,
-            **flags,
-        },
+    """conftest's collector, with this module's token and TLS unless `flags` say otherwise."""
+    return plaintext_collector_config(
+        data_dir, **{"customers": {"acme": TOKEN}, "plaintext": False, **flags}
     )
 
 
 def agent_config(state_dir: Path, port: int, **flags: object) -> AgentConfig:
-    return load_agent_config(
-        None,
-        environ={},
-        flags={
-            "collector": f"127.0.0.1:{port}",
-            "enrollment_token": TOKEN,
-            "state_dir": state_dir,
-            "interval": 0.2,
-            "backoff_initial": 0.05,
-            "backoff_max": 0.3,
-            "collect_processes": False,
-            **flags,
-        },
+    """conftest's agent, with this module's token and TLS unless `flags` say otherwise."""
+    return plaintext_agent_config(
+        state_dir, port, TOKEN, **{"plaintext": False, "backoff_max": 0.3, **flags}
     )
 
 
