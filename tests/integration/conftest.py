@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.certs import CertAuthority, Issued
+from bench.tlsfiles import CertAuthority, Issued
 from tests.conftest import FakeClock, postgres_schema
 from tripline.agent.config import AgentConfig, load_agent_config
 from tripline.agent.runner import AgentRunner

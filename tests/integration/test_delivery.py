@@ -27,7 +27,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.certs import CertAuthority
+from bench.tlsfiles import CertAuthority
 from tests.conftest import T0, FakeClock, Receiver, async_eventually, free_port
 from tests.integration.delivery_helpers import clear, enrolled_agent, fire
 from tripline.collector import tickets

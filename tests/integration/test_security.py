@@ -20,7 +20,7 @@ from google.protobuf.descriptor import Descriptor
 from grpc import aio
 from sqlalchemy import MetaData, select
 
-from tests.certs import CertAuthority, Issued
+from bench.tlsfiles import CertAuthority, Issued
 from tests.conftest import async_eventually as eventually
 from tests.integration.conftest import running_agent, running_app
 from tests.integration.tls_helpers import (

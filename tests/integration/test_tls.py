@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc import aio
 
-from tests.certs import CertAuthority, Issued
+from bench.tlsfiles import CertAuthority, Issued
 from tests.conftest import async_eventually as eventually
 from tests.conftest import free_port
 from tests.integration.conftest import running_agent, running_app

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 from sqlalchemy import select
 
-from tests.certs import CertAuthority, Issued
+from bench.tlsfiles import CertAuthority, Issued
 from tests.integration.conftest import agent_config as plaintext_agent_config
 from tests.integration.conftest import collector_config as plaintext_collector_config
 from tripline.agent.config import AgentConfig

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.certs import CertAuthority
+from bench.tlsfiles import CertAuthority
 from tripline.agent import cli as agent_cli
 from tripline.agent import tls as agent_tls
 from tripline.agent.config import AgentConfig, load_agent_config
