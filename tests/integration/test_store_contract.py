@@ -47,6 +47,25 @@ def test_migrated_database_matches_the_schema_module(store: Store) -> None:
         assert migrations.current_version(conn) == len(migrations.MIGRATIONS)
 
 
+def test_partial_unique_indexes_are_partial_on_every_backend(store: Store) -> None:
+    """One active ticket, one pending suppression per problem: resolved tickets and
+    released suppressions must stay outside the unique indexes, on each backend alike."""
+    where: dict[str, str] = {}
+    with store.read() as conn:
+        found = inspect(conn)
+        for table in ("tickets", "suppressed_alerts"):
+            for index in found.get_indexes(table):
+                options: dict[str, object] = dict(index.get("dialect_options") or {})
+                clause = options.get(f"{conn.dialect.name}_where")
+                if clause is not None:
+                    where[str(index["name"])] = " ".join(str(clause).split())
+    assert set(where) == {"uq_tickets_active_problem", "uq_suppressed_alerts_pending"}
+    assert "status" in where["uq_tickets_active_problem"]
+    assert "'resolved'" in where["uq_tickets_active_problem"]
+    pending = where["uq_suppressed_alerts_pending"]
+    assert "cleared_at IS NULL" in pending and "released_at IS NULL" in pending
+
+
 def test_migrate_reports_progress_then_nothing_when_up_to_date(store_url: str) -> None:
     store = Store(store_url)
     lines: list[str] = []

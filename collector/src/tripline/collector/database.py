@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
@@ -246,6 +246,9 @@ def insert_ignoring_conflict(conn: Connection, table: Any, **values: Any) -> int
     """INSERT that does nothing when the key exists (another collector got there first);
     returns the number of rows inserted. A conflict must never kill a delivery loop."""
     if conn.dialect.name == "postgresql":
+        # Imported here: the engine has loaded this dialect; a SQLite process never needs it.
+        from sqlalchemy.dialects import postgresql
+
         stmt: Any = postgresql.insert(table).values(**values).on_conflict_do_nothing()
     else:
         stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()

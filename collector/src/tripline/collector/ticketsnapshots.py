@@ -11,19 +11,18 @@ from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import Connection, and_, exists, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from tripline.collector.database import insert_ignoring_conflict
 from tripline.collector.schema import ticket_snapshots, tickets
 
 
 def _insert_if_absent(conn: Connection, ticket_id: int, taken_at: float, data: Any) -> bool:
-    values = {"ticket_id": ticket_id, "taken_at": taken_at, "snapshot": data}
     # Another collector may attach one at the same moment: the first one stays.
-    if conn.dialect.name == "postgresql":
-        stmt: Any = postgresql.insert(ticket_snapshots).values(**values).on_conflict_do_nothing()
-    else:
-        stmt = sqlite.insert(ticket_snapshots).values(**values).on_conflict_do_nothing()
-    return bool(conn.execute(stmt).rowcount)
+    return bool(
+        insert_ignoring_conflict(
+            conn, ticket_snapshots, ticket_id=ticket_id, taken_at=taken_at, snapshot=data
+        )
+    )
 
 
 def replace(conn: Connection, ticket_id: int, data: dict[str, Any], taken_at: float) -> None:
