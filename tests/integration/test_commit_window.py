@@ -118,9 +118,7 @@ def test_reports_of_several_streams_in_one_tick_share_a_commit_and_each_is_acked
             agent_ids = []
             for n in range(streams):
                 enrolled = await stub.Enroll(
-                    pb.EnrollRequest(
-                        enrollment_token=TOKEN, host=pb.HostInfo(hostname=f"pc-{n}")
-                    ),
+                    pb.EnrollRequest(enrollment_token=TOKEN, host=pb.HostInfo(hostname=f"pc-{n}")),
                     timeout=10,
                 )
                 agent_ids.append(enrolled.agent_id)

@@ -135,8 +135,7 @@ class CollectorMetrics:
         )
         self.commit_batch_units = Histogram(
             "tripline_collector_commit_batch_units",
-            "Units of work (mostly reports) committed in one store transaction; see "
-            "commit_window.",
+            "Units of work (mostly reports) committed in one store transaction; see commit_window.",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500),
             registry=registry,
         )
