@@ -34,9 +34,6 @@ STATED = {
     "collector/src/tripline/collector/pipeline.py": (
         "not yet split: site outage correlation being added (issue 13)"
     ),
-    "collector/src/tripline/collector/server.py": (
-        "not yet split: wire format being changed (issue 13)"
-    ),
     "collector/src/tripline/collector/tickets.py": (
         "not yet split: site outage correlation being added (issue 13)"
     ),
