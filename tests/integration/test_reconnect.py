@@ -14,7 +14,7 @@ from grpc import aio
 from tests.conftest import async_eventually as eventually
 from tests.integration.conftest import TOKEN, agent_config, running_collector
 from tripline.agent.runner import AgentRunner
-from tripline.collector import server
+from tripline.collector import reportstream
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
@@ -84,7 +84,7 @@ def test_agent_reconnects_total_counts_reconnects_not_the_first_connect(tmp_path
             assert _reconnects(runner) == 0.0
             # the collector ends the stream (as it does on shutdown); the agent comes back
             (stream,) = app.service.streams.values()
-            stream.send(server._END)
+            stream.send(reportstream.END)
             await eventually(lambda: stats.disconnects >= 1 and stats.connected)
             assert _reconnects(runner) == 1.0
             stop.set()

@@ -21,7 +21,7 @@ from tripline.collector.config import (
 )
 
 COLLECTOR_KEYS = (
-    "always_on_tags, business_hours, connection_idle_timeout, customers, data_dir, "
+    "always_on_tags, business_hours, commit_window, connection_idle_timeout, customers, data_dir, "
     "database_url, delivery_lease, delivery_max_attempts, delivery_park_after, "
     "evaluation_interval, hello_timeout, http_body_timeout, http_header_timeout, "
     "http_keepalive_timeout, http_listen, http_max_connections, interval, "

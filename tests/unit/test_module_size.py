@@ -32,10 +32,9 @@ STATED = {
         "not yet split: wire format being changed (issue 13)"
     ),
     "collector/src/tripline/collector/pipeline.py": (
-        "not yet split: site outage correlation being added (issue 13)"
-    ),
-    "collector/src/tripline/collector/server.py": (
-        "not yet split: wire format being changed (issue 13)"
+        "apply, tick, retire and release share one per-agent lock and one order (evaluate,"
+        " commit, then memory and Ack) that exactly-once apply and ack-only-what-is-durable"
+        " rest on; what each transition writes is in alertwrites.py"
     ),
     "collector/src/tripline/collector/tickets.py": (
         "not yet split: site outage correlation being added (issue 13)"

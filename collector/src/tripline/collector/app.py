@@ -200,7 +200,7 @@ class CollectorApp:
         # Ready only once a write reached the database; if it cannot, the collector serves
         # NOT_SERVING and the ticker probes until it can.
         await self._probe_store(now)
-        self.committer = Committer(self.store, self.metrics)
+        self.committer = Committer(self.store, self.metrics, window=config.commit_window)
         liveness = Liveness(store=self.store, state=self.state, config=config, clock=self.clock)
         self._truncated_logged: set[str] = set()
         self.exposition = SeriesExposition(

@@ -105,6 +105,9 @@ class CollectorConfig:
     # at most snapshot_timeout (the agent measures CPU over 1.5 s of it)
     snapshot_min_interval: float = 60.0
     snapshot_timeout: float = 10.0
+    # reports arriving within this tick of each other commit in one store transaction
+    # (and are acknowledged once it commits); 0 commits each batch as soon as it can
+    commit_window: float = 0.02
     tickets: TicketSettings = field(default_factory=TicketSettings)
     site_outage: SiteOutageSettings = field(default_factory=SiteOutageSettings)
     # where ticket events are delivered (webhook, e-mail, Alertmanager); file only
@@ -260,6 +263,7 @@ SCHEMA = Schema(
             "http_keepalive_timeout",
             "snapshot_min_interval",
             "snapshot_timeout",
+            "commit_window",
         }
     ),
     paths=frozenset({"rules", "tls_cert", "tls_key", "tls_client_ca"}),
@@ -289,6 +293,8 @@ def load_collector_config(
     parse_hostport(config.listen, "listen")
     parse_hostport(config.http_listen, "http_listen")
     check_logging(config.log_format, config.log_level)
+    if not 0 <= config.commit_window <= 1:
+        raise ConfigError("commit_window", f"expected 0s..1s, got {config.commit_window:g}s")
     if not 1 <= config.workers <= MAX_WORKERS:
         raise ConfigError("workers", f"expected 1..{MAX_WORKERS}, got {config.workers}")
     for customer, token in config.customers.items():

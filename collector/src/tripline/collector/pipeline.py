@@ -6,9 +6,12 @@ returns (alert states and ticket changes, in the transaction that records the re
 seq) and only then lets the caller acknowledge.
 
 What each step decides lives elsewhere (liveness.py, suppression.py, correlation.py,
-sessions.py, ticketcontext.py); this module stays at ~550 lines because what is left is
-one piece: the order of evaluation, per-agent locks and commits that the delivery
-contract (acknowledge only what is durable) depends on, best read in one place.
+sessions.py, ticketcontext.py, and alertwrites.py for what a transition writes); this
+module stays at ~550 lines because what is left is one piece: apply, the timer's tick,
+retire and the held-back release take the same per-agent lock, evaluate, commit through
+the committer and only then update memory and let the caller acknowledge. The delivery
+contract (acknowledge only what is durable, apply exactly once) rests on that order
+being the same in each, best read side by side.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from tripline.collector import (
     agents_store,
     alert_states,
     faults,
-    suppression,
     tickets,
     ticketsnapshots,
 )
+from tripline.collector.alertwrites import AlertWriter
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig
 from tripline.collector.convert import Hello, Report
@@ -140,6 +143,15 @@ class Pipeline:
         self.liveness = liveness or Liveness(store=store, state=state, config=config, clock=clock)
         # Maintenance windows hold alerts back.
         self.suppression = Suppression()
+        # What each transition becomes in the store (alertwrites.py).
+        self.writer = AlertWriter(
+            store=store,
+            rules=rules,
+            suppression=self.suppression,
+            snapshots=self.snapshots,
+            policy=self.policy,
+            clock=clock,
+        )
         self.history = HistoryRecorder(gap=self.offline_after)  # for the service report
         # One ticket for many PCs: a site outage, a rule tripping across a customer.
         self.correlation = Correlation(
@@ -179,6 +191,7 @@ class Pipeline:
         """Swap the rule set; alert state is keyed by rule name, so clocks carry over."""
         self.rules = rules
         self._rule_metrics = frozenset(rule.metric for rule in rules.threshold_rules)
+        self.writer.rules = rules
         self.correlation.set_rules(rules)
 
     # -- sessions and reports ---------------------------------------------------
@@ -257,7 +270,7 @@ class Pipeline:
                 self.liveness.note_tags(agent.agent_id, report.host.get("tags") or {})
             old_states = self.alert_states.get(agent.agent_id, {})
             new_states, changes, transitions = self._evaluate(live, at)
-            self._want_snapshot(live, old_states, new_states, transitions)
+            self.writer.want_snapshot(live, old_states, new_states, transitions)
             context = ticket_context(live, report.context) if transitions else {}
             firings, taken = self._grouping(live, transitions, at)
 
@@ -278,7 +291,7 @@ class Pipeline:
                 self.history.record(
                     conn, agent.agent_id, report.samples, received_at=now, report_at=at
                 )
-                held = self._commit_alerts(conn, live, changes, transitions, context, taken)
+                held = self.writer.write(conn, live, changes, transitions, context, taken)
                 faults.hit("before_commit")
                 return held
 
@@ -345,7 +358,7 @@ class Pipeline:
                 new_states, changes, transitions = self._evaluate(live, now)
                 if not changes:
                     continue
-                self._want_snapshot(live, old_states, new_states, transitions)
+                self.writer.want_snapshot(live, old_states, new_states, transitions)
                 context = (
                     ticket_context(live, self._contexts.get(live.agent_id, {}))
                     if transitions
@@ -354,7 +367,7 @@ class Pipeline:
                 firings, taken = self._grouping(live, transitions, now)
                 held = await self.committer.submit(
                     functools.partial(
-                        self._commit_alerts,
+                        self.writer.write,
                         live=live,
                         changes=changes,
                         transitions=transitions,
@@ -419,39 +432,6 @@ class Pipeline:
             self.on_ticket_change()
 
     # -- snapshots ----------------------------------------------------------------
-
-    def _want_snapshot(
-        self,
-        live: AgentLive,
-        old: Mapping[AlertKey, AlertState],
-        new: Mapping[AlertKey, AlertState],
-        transitions: Sequence[Transition],
-    ) -> None:
-        """Ask the agent for a snapshot when one of its rules went pending or fired (not
-        the offline rule: a silent PC cannot answer)."""
-        offline = self.rules.offline_rule.name
-        pending = any(
-            key.rule != offline
-            and state.phase == "pending"
-            and (key not in old or old[key].phase != "pending")
-            for key, state in new.items()
-        )
-        firing = any(t.kind == "firing" and t.rule.name != offline for t in transitions)
-        if pending or firing:
-            self.snapshots.want(live.agent_id, "pending" if pending else "firing")
-
-    def _give_snapshot(
-        self, conn: Connection, agent_id: str, ticket_id: int, tr: Transition
-    ) -> None:
-        """An opened or reopened ticket gets the latest snapshot taken since the
-        condition began to hold; a reopened one loses its earlier occurrence's."""
-        taken = None
-        if tr.rule.name != self.rules.offline_rule.name:
-            taken = self.snapshots.latest(agent_id, since=tr.at - tr.rule.for_seconds)
-        if taken is None:
-            ticketsnapshots.clear(conn, ticket_id)  # one may still arrive: it attaches then
-        else:
-            ticketsnapshots.replace(conn, ticket_id, taken.data, taken.taken_at)
 
     async def snapshot_arrived(self, agent_id: str, request_id: str, data: dict[str, Any]) -> None:
         """An agent's answer: kept for tickets opening later, and attached now to its
@@ -525,87 +505,6 @@ class Pipeline:
     def _context_for(self, agent_id: str) -> dict[str, Any]:
         live = self.state.agents.get(agent_id)
         return {} if live is None else ticket_context(live, self._contexts.get(agent_id, {}))
-
-    def _commit_alerts(
-        self,
-        conn: Connection,
-        live: AgentLive,
-        changes: Mapping[AlertKey, AlertState | None],
-        transitions: list[Transition],
-        context: dict[str, Any],
-        taken: set[AlertKey] = frozenset(),  # type: ignore[assignment]
-    ) -> dict[AlertKey, Suppressed | None]:
-        """Returns the suppression bookkeeping to apply once committed (see `_hold`).
-        Firing alerts in `taken` belong to a group ticket (see `correlation.py`)."""
-        if changes:
-            alert_states.save(conn, changes)
-        held: dict[AlertKey, Suppressed | None] = {}
-        for tr in transitions:
-            window = None
-            if tr.kind == "firing":
-                window = self.suppression.window_for(live, tr.rule.name, tr.at)
-            if window is not None:
-                held[tr.key] = self.suppression.suppress(conn, live, tr, window)
-                continue
-            if tr.key in taken:
-                continue  # the group ticket lists it (correlation.py commits that)
-            change: tickets.TicketChange | None
-            if tr.kind == "firing":
-                change = tickets.on_alert_firing(
-                    conn,
-                    customer=live.customer,
-                    agent_id=live.agent_id,
-                    hostname=live.hostname,
-                    rule=tr.rule.name,
-                    labels=tr.key.labels,
-                    severity=tr.rule.severity,
-                    tier=tr.rule.tier,
-                    summary=tr.summary,
-                    runbook=tr.rule.runbook,
-                    value=tr.value,
-                    threshold=tr.rule.threshold,
-                    context=context,
-                    now=tr.at,
-                    policy=self.policy,
-                    seen_at=self.clock(),
-                )
-            else:
-                # Held back and now clear: it leaves no ticket.
-                if suppression.clear_suppressed(
-                    conn,
-                    customer=live.customer,
-                    agent_id=live.agent_id,
-                    rule=tr.rule.name,
-                    labels=tr.key.labels,
-                    now=tr.at,
-                ):
-                    held[tr.key] = None
-                change = tickets.on_alert_resolved(
-                    conn,
-                    customer=live.customer,
-                    agent_id=live.agent_id,
-                    rule=tr.rule.name,
-                    labels=tr.key.labels,
-                    value=tr.value,
-                    reason=tr.reason,
-                    now=tr.at,
-                )
-            if change is not None and change.kind in ("opened", "reopened"):
-                self._give_snapshot(conn, live.agent_id, change.ticket_id, tr)
-            if change is not None:
-                log.info(
-                    "ticket %s",
-                    change.kind,
-                    extra={
-                        "ticket_id": change.ticket_id,
-                        "agent_id": live.agent_id,
-                        "customer": live.customer,
-                        "rule": tr.rule.name,
-                        "labels": dict(tr.key.labels),
-                        "value": tr.value,
-                    },
-                )
-        return held
 
     def _count(self, transitions: list[Transition]) -> None:
         for tr in transitions:

@@ -133,6 +133,12 @@ class CollectorMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=registry,
         )
+        self.commit_batch_units = Histogram(
+            "tripline_collector_commit_batch_units",
+            "Units of work (mostly reports) committed in one store transaction; see commit_window.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500),
+            registry=registry,
+        )
         self.store_healthy = Gauge(
             "tripline_collector_store_healthy",
             "1 while the store takes writes (the last write that changed rows succeeded and "

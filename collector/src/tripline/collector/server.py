@@ -1,35 +1,46 @@
-"""The gRPC servicer: authenticate, decode, call the pipeline, encode. Nothing else.
+"""The gRPC servicer: enrollment, and each Connect stream up to its Hello.
 
 Each Connect stream has one writer (this handler) draining an outgoing queue, and one
-reader task that applies reports in order and queues acks, so settings can be pushed
-and an older stream of the same agent closed without two tasks writing at once.
+reader task (reportstream.py) that applies reports in order and queues acks, so settings
+can be pushed and an older stream of the same agent closed without two tasks writing at
+once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import hashlib
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from tripline.collector import agents_store, convert, limits, snapshotconv, throttle, tls
+from tripline.collector import (
+    agents_store,
+    convert,
+    limits,
+    reportstream,
+    throttle,
+    tls,
+)
 from tripline.collector.config import CollectorConfig
 from tripline.collector.enrollment import enroll_agent
 from tripline.collector.pipeline import Pipeline
+from tripline.collector.reportstream import (
+    END,
+    RETRY_AFTER_SECONDS,
+    Abort,
+    Stream,
+)
 from tripline.collector.selfmetrics import CollectorMetrics
 from tripline.collector.seriestable import SeriesTable
-from tripline.collector.sessions import ReportTimeRefused, Session
-from tripline.collector.store import AgentRecord, AgentRevoked, EnrollmentRefused, StoreUnavailable
+from tripline.collector.store import AgentRecord, EnrollmentRefused, StoreUnavailable
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
@@ -39,35 +50,6 @@ if TYPE_CHECKING:
     # The servicer's context whatever the RPC's messages: the handlers abort, read the
     # metadata and the peer, and (Connect) read and write.
     Context = aio.ServicerContext[Any, Any]
-
-# Agents wait at least this long before resending after UNAVAILABLE from a busy store.
-RETRY_AFTER_SECONDS = "5"
-
-
-@dataclass(frozen=True)
-class _Abort:
-    code: grpc.StatusCode
-    details: str
-    trailers: tuple[tuple[str, str], ...] = ()
-
-
-_END = object()
-
-
-def _undecodable(exc: DecodeError) -> str:
-    # Invalid UTF-8 in a string field is the usual cause: protobuf refuses it at parse.
-    return (
-        f"message is not a valid tripline.v1.AgentMessage ({exc}); nothing from it was "
-        "applied: check the agent's version and that label values are valid UTF-8"
-    )
-
-
-class _Stream:
-    def __init__(self) -> None:
-        self.outgoing: asyncio.Queue[object] = asyncio.Queue()
-
-    def send(self, item: object) -> None:
-        self.outgoing.put_nowait(item)
 
 
 class CollectorService(pb_grpc.CollectorServicer):
@@ -81,7 +63,7 @@ class CollectorService(pb_grpc.CollectorServicer):
         self.pipeline = pipeline
         self.config = config
         self.metrics = metrics
-        self.streams: dict[str, _Stream] = {}
+        self.streams: dict[str, Stream] = {}
         self.monotonic = monotonic
         self.rate = limits.ReportRateLimiter(
             config.max_reports_per_second_per_agent, config.max_report_burst_per_agent
@@ -93,6 +75,10 @@ class CollectorService(pb_grpc.CollectorServicer):
             config.max_hellos_per_second_per_agent, config.max_hello_burst_per_agent
         )
         self._refusal_log = limits.LogThrottle(every=10.0)
+        # Through a lambda: a test may replace `monotonic` on the servicer.
+        self.reader = reportstream.ReportReader(
+            pipeline, config, metrics, self.rate, lambda: self.monotonic()
+        )
         self.enroll_throttle = throttle.FailureThrottle()
 
     def settings(self) -> pb.Settings:
@@ -214,7 +200,9 @@ class CollectorService(pb_grpc.CollectorServicer):
         )
         if undecodable is not None:
             self.metrics.reports_rejected.labels("invalid_argument").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(undecodable))
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, reportstream.undecodable(undecodable)
+            )
         if first is None:
             self.metrics.reports_rejected.labels("failed_precondition").inc()
             await context.abort(
@@ -257,11 +245,11 @@ class CollectorService(pb_grpc.CollectorServicer):
                 "store unavailable, retry later",
                 trailing_metadata=(("retry-after", RETRY_AFTER_SECONDS),),
             )
-        stream = _Stream()
+        stream = Stream()
         older = self.streams.get(agent.agent_id)
         if older is not None:
             older.send(
-                _Abort(grpc.StatusCode.ALREADY_EXISTS, "superseded by a newer stream of this agent")
+                Abort(grpc.StatusCode.ALREADY_EXISTS, "superseded by a newer stream of this agent")
             )
         self.streams[agent.agent_id] = stream
 
@@ -302,12 +290,12 @@ class CollectorService(pb_grpc.CollectorServicer):
             # The series table is the stream's own: a reconnect starts an empty one.
             limit = self.config.max_series_per_agent
             table = SeriesTable(limit) if limit > 0 else None
-            reader = asyncio.create_task(self._read(request_iterator, session, stream, table))
+            reader = asyncio.create_task(self.reader.run(request_iterator, session, stream, table))
             while True:
                 item = await stream.outgoing.get()
-                if item is _END:
+                if item is END:
                     return
-                if isinstance(item, _Abort):
+                if isinstance(item, Abort):
                     await context.abort(item.code, item.details, trailing_metadata=item.trailers)
                 await context.write(item)
         finally:
@@ -319,181 +307,6 @@ class CollectorService(pb_grpc.CollectorServicer):
                 del self.streams[agent.agent_id]
                 session.live.connected = False
             log.info("agent disconnected", extra={"agent_id": agent.agent_id})
-
-    async def _read(
-        self,
-        requests: AsyncIterator[pb.AgentMessage],
-        session: Session,
-        stream: _Stream,
-        table: SeriesTable | None = None,
-    ) -> None:
-        capped_logged = False
-        try:
-            async for message in requests:
-                kind = message.WhichOneof("kind")
-                if kind == "snapshot":
-                    # Answers count against the agent's message budget like reports, so
-                    # a flood of them costs as little as a flood of reports.
-                    try:
-                        self.rate.take(session.agent.agent_id, self.monotonic())
-                    except limits.RateLimited as exc:
-                        self.metrics.limit_hits.labels("reports_per_second").inc()
-                        self.metrics.snapshots.labels("rate_limited").inc()
-                        stream.send(
-                            _Abort(
-                                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                "snapshots and reports arrive faster than "
-                                f"max_reports_per_second_per_agent={self.rate.rate:g} "
-                                f"(burst {self.rate.burst}); reconnect after {exc.retry_after}s",
-                                (("retry-after", str(exc.retry_after)),),
-                            )
-                        )
-                        return
-                    await self._snapshot(session, message.snapshot)
-                    continue
-                if kind != "report":
-                    self.metrics.reports_rejected.labels("failed_precondition").inc()
-                    stream.send(
-                        _Abort(
-                            grpc.StatusCode.FAILED_PRECONDITION,
-                            "Hello sent twice on one stream"
-                            if kind == "hello"
-                            else "empty AgentMessage: set hello or report",
-                        )
-                    )
-                    return
-                try:
-                    # Before decoding: a flood must cost the collector as little as possible.
-                    self.rate.take(session.agent.agent_id, self.monotonic())
-                except limits.RateLimited as exc:
-                    self.metrics.limit_hits.labels("reports_per_second").inc()
-                    self.metrics.reports_rejected.labels("resource_exhausted").inc()
-                    log.warning(
-                        "report rate limited",
-                        extra={"agent_id": exc.agent_id, "retry_after": exc.retry_after},
-                    )
-                    stream.send(
-                        _Abort(
-                            grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"report seq {message.report.seq} not applied: this agent sends "
-                            "more than max_reports_per_second_per_agent="
-                            f"{self.rate.rate:g} (burst {self.rate.burst}); "
-                            f"resend after {exc.retry_after}s",
-                            (("retry-after", str(exc.retry_after)),),
-                        )
-                    )
-                    return
-                try:
-                    report = convert.decode_report(
-                        message.report,
-                        instance_id=session.instance_id,
-                        max_samples=self.config.max_samples_per_report,
-                        table=table,
-                    )
-                except convert.InvalidMessage as exc:
-                    self.metrics.reports_rejected.labels(exc.reason).inc()
-                    log.warning(
-                        "report rejected",
-                        extra={
-                            "agent_id": session.agent.agent_id,
-                            "reason": exc.reason,
-                            "error": str(exc),
-                        },
-                    )
-                    trailers = (("tripline-rejected-seq", str(exc.seq)),) if exc.seq else ()
-                    stream.send(_Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailers))
-                    return
-                capped = limits.cap_series(
-                    session.live.series, report.samples, self.config.max_series_per_agent
-                )
-                if capped.dropped:
-                    report = dataclasses.replace(report, samples=capped.samples)
-                try:
-                    # Revocation is checked in the transaction applying each report, so
-                    # a revoked agent is refused on its next message, not only at connect.
-                    applied = await self.pipeline.apply(session, report)
-                except AgentRevoked:
-                    self.metrics.reports_rejected.labels("unauthenticated").inc()
-                    log.warning("revoked agent refused", extra={"agent_id": session.agent.agent_id})
-                    stream.send(
-                        _Abort(
-                            grpc.StatusCode.UNAUTHENTICATED,
-                            "agent credential revoked: re-enroll the agent",
-                        )
-                    )
-                    return
-                except ReportTimeRefused as exc:
-                    self.metrics.reports_rejected.labels(exc.reason).inc()
-                    log.warning(
-                        "report rejected",
-                        extra={"agent_id": session.agent.agent_id, "error": str(exc)},
-                    )
-                    # The trailer makes the agent drop this report and go on with the next,
-                    # after a reconnect that measures its clock offset again.
-                    stream.send(
-                        _Abort(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            str(exc),
-                            (("tripline-rejected-seq", str(exc.seq)),),
-                        )
-                    )
-                    return
-                except StoreUnavailable:
-                    stream.send(
-                        _Abort(
-                            grpc.StatusCode.UNAVAILABLE,
-                            "store unavailable: report not applied, resend later",
-                            (("retry-after", RETRY_AFTER_SECONDS),),
-                        )
-                    )
-                    return
-                if applied and capped.dropped:
-                    self.metrics.limit_hits.labels("series_per_agent").inc()
-                    self.metrics.series_dropped.inc(capped.dropped)
-                    if not capped_logged:  # once per stream: the agent sends it every report
-                        capped_logged = True
-                        log.warning(
-                            "new series dropped: agent at max_series_per_agent",
-                            extra={
-                                "agent_id": session.agent.agent_id,
-                                "limit": self.config.max_series_per_agent,
-                                "dropped": capped.dropped,
-                            },
-                        )
-                stream.send(pb.CollectorMessage(ack=pb.Ack(seq=report.seq)))
-        except asyncio.CancelledError:
-            raise
-        except (aio.AioRpcError, aio.AbortError):
-            # The client went away mid-read, or the handler already aborted this stream
-            # (superseded by the agent's reconnect, or refused): a routine end, and the
-            # handler ends the stream.
-            pass
-        except DecodeError as exc:
-            self.metrics.reports_rejected.labels("invalid_argument").inc()
-            log.warning(
-                "undecodable message", extra={"agent_id": session.agent.agent_id, "error": str(exc)}
-            )
-            stream.send(_Abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(exc)))
-            return
-        except Exception:
-            # Keep serving everyone else; this stream ends and the agent reconnects.
-            log.exception("stream failed", extra={"agent_id": session.agent.agent_id})
-            self.metrics.evaluation_errors.inc()
-            stream.send(_Abort(grpc.StatusCode.INTERNAL, "internal error; see collector log"))
-            return
-        stream.send(_END)
-
-    async def _snapshot(self, session: Session, message: pb.Snapshot) -> None:
-        """An answer to a snapshot request. A bad one is refused and counted; the stream
-        goes on, since reports matter more than the snapshot."""
-        agent_id = session.agent.agent_id
-        try:
-            request_id, data = snapshotconv.decode_snapshot(message)
-        except convert.InvalidMessage as exc:
-            self.metrics.snapshots.labels("invalid").inc()
-            log.warning("snapshot rejected", extra={"agent_id": agent_id, "error": str(exc)})
-            return
-        await self.pipeline.snapshot_arrived(agent_id, request_id, data)
 
     async def _throttle(
         self,
