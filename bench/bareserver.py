@@ -22,7 +22,7 @@ import multiprocessing
 import multiprocessing.sharedctypes
 import queue
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +39,16 @@ SERIES_TABLE_MAX = 2000
 MAX_MESSAGE_BYTES = 4 * 2**20
 
 
-def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
-    """The collector's gRPC server options (collector/app.py grpc_server_options, copied:
-    importing it would load the collector into the baseline and inflate its RSS)."""
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_ping_strikes", 5),
-    ]
+def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> tuple[tuple[str, int], ...]:
+    """The collector's own gRPC server options (collector.grpcserver) at its defaults, with
+    its message size limit set to ``max_message_bytes``. No SO_REUSEPORT setting: the
+    baseline binds a port of its own. Called in the benchmark's process (BareSpec), so the
+    baseline's process never imports collector code and its RSS stays gRPC's alone."""
+    from tripline.collector.config import CollectorConfig
+    from tripline.collector.grpcserver import grpc_server_options
+
+    config = CollectorConfig(max_message_bytes=max_message_bytes)
+    return tuple(grpc_server_options(config, share_port=None))
 
 
 class BareCollector(pb_grpc.CollectorServicer):
@@ -92,10 +90,12 @@ class BareSpec:
     interval: float
     tls_cert: Path | None  # None: plaintext (for comparison runs)
     tls_key: Path | None
+    # built where the spec is made (the benchmark's process): see server_options
+    options: tuple[tuple[str, int], ...] = field(default_factory=server_options)
 
 
 async def _serve(spec: BareSpec, acked: Any, ready: Any) -> None:
-    server = aio.server(options=server_options())
+    server = aio.server(options=spec.options)
     pb_grpc.add_CollectorServicer_to_server(BareCollector(acked, spec.interval), server)
     address = "127.0.0.1:0"
     if spec.tls_cert is not None and spec.tls_key is not None:

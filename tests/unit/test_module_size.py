@@ -27,7 +27,6 @@ STATED = {
     "alerts/src/tripline/alerts/rules.py": (
         "the rule file format, validated in one pass that reports every problem at once"
     ),
-    "collector/src/tripline/collector/app.py": "not yet split: wiring of every part (issue 13)",
     "collector/src/tripline/collector/convert.py": (
         "not yet split: wire format being changed (issue 13)"
     ),

@@ -5,37 +5,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import uvicorn
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tripline.alerts.rules import RuleFileError, RuleSet, default_rules, load_rules
+from tripline.alerts.rules import RuleFileError
 from tripline.collector import enrollment, limits, tls
 from tripline.collector.api import ApiContext
+from tripline.collector.background import count_tickets, evaluation_ticker
 from tripline.collector.committer import Committer
 from tripline.collector.config import CollectorConfig
 from tripline.collector.delivery import Deliverer
 from tripline.collector.delivery_leases import lease_owner
 from tripline.collector.exposition import SeriesExposition
-from tripline.collector.http import HttpLimits, build_app, guarded_protocol
+from tripline.collector.grpcserver import (
+    bind_address,
+    connection_budget,
+    grpc_server_options,
+    raise_open_file_limit,
+)
+from tripline.collector.http import build_app
+from tripline.collector.httpserver import EmbeddedUvicorn, bound_port, embedded_uvicorn
 from tripline.collector.liveness import Liveness
 from tripline.collector.lockfile import DataDirLock
 from tripline.collector.metricsmerge import MergedRenderer, internal_routes
 from tripline.collector.metricspage import MetricsPage
 from tripline.collector.pipeline import Pipeline
+from tripline.collector.readiness import Readiness
+from tripline.collector.ruleset import load_rule_set, series_retention, series_window
 from tripline.collector.selfmetrics import CollectorMetrics, TicketCountCollector
 from tripline.collector.server import CollectorService
 from tripline.collector.sinks import build_sink
 from tripline.collector.state import AgentLive, LiveState
-from tripline.collector.store import Store, StoreUnavailable
+from tripline.collector.store import Store
 from tripline.collector.ticketcounts import TicketCounts
 from tripline.collector.workers import WorkerRole, watch_supervisor
 from tripline.common import files
@@ -44,93 +51,6 @@ from tripline.common.tls import PLAINTEXT_WARNING
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = "tripline.v1.Collector"
-
-# While the store refuses writes, a probe row is written this often (seconds), so health
-# comes back even when no report arrives to show the store takes writes again.
-STORE_PROBE_INTERVAL = 2.0
-
-
-# Descriptors kept for everything but client connections: the store (SQLite WAL holds
-# three, a PostgreSQL pool a few), log files, the rule file on reload, gRPC's own pipes.
-RESERVED_FILES = 64
-
-
-def grpc_server_options(
-    config: CollectorConfig, max_connections: int | None = None, share_port: bool = False
-) -> list[tuple[str, int]]:
-    # Agents ping every 30 s; allow pings down to 10 s apart without calls so a
-    # client's keepalive never earns a GOAWAY "too_many_pings".
-    options = [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_ping_strikes", 5),
-        # A TCP connection that has not finished TLS and the HTTP/2 preface within the
-        # Hello timeout is closed (gRPC's default is 120 s): an idle socket costs little.
-        ("grpc.server_handshake_timeout_ms", int(config.hello_timeout * 1000)),
-        # A connection with no call open (handshaken, but no stream) is sent GOAWAY and
-        # closed; an agent keeps its Connect stream open, so this never touches one.
-        ("grpc.max_connection_idle_ms", int(config.connection_idle_timeout * 1000)),
-    ]
-    # grpc-core sets SO_REUSEPORT on Linux by default: a second collector started by
-    # mistake on the same port would bind it too and silently take half the agents.
-    # Only --workers shares the port, on purpose (collector.workers).
-    options.append(("grpc.so_reuseport", 1 if share_port else 0))
-    if max_connections is not None:
-        # Past it gRPC closes new connections at accept, before any handshake, so gRPC
-        # clients can never take the descriptors the HTTP port and the store need.
-        options.append(("grpc.max_allowed_incoming_connections", max_connections))
-    return options
-
-
-def raise_open_file_limit() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (one connection is one descriptor,
-    and a fleet is thousands); return (soft, hard) as they are now. Without the
-    ``resource`` module (Windows) or permission, the limit stays and is returned."""
-    try:
-        import resource
-    except ImportError:  # Windows: no per-process descriptor limit of this kind
-        return (-1, -1)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open-file limit", extra={"error": str(exc)})
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def connection_budget(open_files: int, http_max_connections: int) -> int | None:
-    """gRPC connections the descriptor limit leaves after the HTTP port and the rest;
-    None when the limit is unknown (no limit to protect)."""
-    if open_files < 0:
-        return None
-    return max(16, open_files - http_max_connections - RESERVED_FILES)
-
-
-def load_rule_set(path: Path | None) -> RuleSet:
-    return default_rules() if path is None else load_rules(path)
-
-
-def series_retention(rules: RuleSet) -> dict[str, float]:
-    """History each metric needs: its longest rule window (a bare threshold needs none)."""
-    retention: dict[str, float] = {}
-    for rule in rules.threshold_rules:
-        if rule.window is not None:
-            retention[rule.metric] = max(retention.get(rule.metric, 0.0), rule.window.over)
-    return retention
-
-
-def series_window(rules: RuleSet) -> float:
-    """History to keep per series: the longest rule window, at least 15 minutes."""
-    longest = max((r.window.over for r in rules.threshold_rules if r.window), default=0.0)
-    return max(900.0, longest + 60.0)
 
 
 class CollectorApp:
@@ -151,7 +71,6 @@ class CollectorApp:
         # a worker's supervisor holds the lock for all of them
         file = self.store.file
         self._owner = DataDirLock(file.path) if file is not None and worker is None else None
-        self._next_probe = 0.0
         self.state = LiveState(
             window=series_window(self.rules),
             staleness=3 * config.interval,
@@ -161,12 +80,9 @@ class CollectorApp:
         self.http_port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._server: aio.Server | None = None
-        self._http: uvicorn.Server | None = None
-        self._health = health.aio.HealthServicer()
-        self._health_tasks: set[asyncio.Future[None]] = set()
-        self._stopping = False
+        self._http: EmbeddedUvicorn | None = None
         # Until start() has finished, /readyz says "starting" and gRPC health NOT_SERVING.
-        self._started = False
+        self.readiness = Readiness(self.store, self.metrics)
         self._accept_log = limits.LogThrottle(every=10.0)
         self._open_files = -1
 
@@ -188,7 +104,7 @@ class CollectorApp:
         loop = asyncio.get_running_loop()
 
         def health_changed(healthy: bool, _reason: str) -> None:
-            loop.call_soon_threadsafe(self._store_health_changed, healthy)
+            loop.call_soon_threadsafe(self.readiness.store_health_changed, healthy)
 
         self.store.health.on_change = health_changed
         await asyncio.to_thread(
@@ -199,7 +115,7 @@ class CollectorApp:
             await asyncio.to_thread(self._ensure_enrollment_token, customer, token, now)
         # Ready only once a write reached the database; if it cannot, the collector serves
         # NOT_SERVING and the ticker probes until it can.
-        await self._probe_store(now)
+        await self.readiness.probe_store(now)
         self.committer = Committer(self.store, self.metrics, window=config.commit_window)
         liveness = Liveness(store=self.store, state=self.state, config=config, clock=self.clock)
         self._truncated_logged: set[str] = set()
@@ -223,6 +139,7 @@ class CollectorApp:
                     + ("" if worker is None else f"#worker{worker.index}")
                 ),
             )
+            self.readiness.deliverer = self.deliverer
         # Counted now, so the first scrape after a restart is right; then off the loop
         # when tickets change (_count_tickets), never per scrape.
         self.ticket_counts = TicketCounts(self.store)
@@ -272,13 +189,14 @@ class CollectorApp:
         self._server = aio.server(
             options=grpc_server_options(config, grpc_connections, share_port=worker is not None)
         )
+        self.readiness.listening = True
         pb_grpc.add_CollectorServicer_to_server(self.service, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.readiness.servicer, self._server)
         # Known, and not serving, from the first connection: a health check between the
         # port opening and the end of start() gets NOT_SERVING, never NOT_FOUND.
-        await self._set_health(False)
+        await self.readiness.set_health(False)
         host, port = parse_hostport(config.listen, "listen")
-        address = f"{_bracket(host)}:{port}"
+        address = bind_address(host, port)
         if tls_files is None:
             log.warning(PLAINTEXT_WARNING, extra={"grpc": config.listen})
             self.grpc_port = self._server.add_insecure_port(address)
@@ -290,7 +208,7 @@ class CollectorApp:
         http_host, http_port = parse_hostport(config.http_listen, "http_listen")
         app = build_app(
             self.registry,
-            self._ready,
+            self.readiness.ready,
             page=self.metrics_page,
             extra_routes=(
                 internal_routes(self.exposition, self.registry, worker.index, worker.secret)
@@ -300,41 +218,33 @@ class CollectorApp:
             api=ApiContext(store=self.store, pipeline=self.pipeline, clock=self.clock),
             web_refused=lambda why: self.metrics.web_refusals.labels(why).inc(),
         )
-        http_limits = HttpLimits(
-            max_connections=config.http_max_connections,
-            header_timeout=config.http_header_timeout,
-            body_timeout=config.http_body_timeout,
+        self._http = embedded_uvicorn(
+            app,
+            http_host,
+            http_port,
+            config,
+            lambda why: self.metrics.http_connections_closed.labels(why).inc(),
         )
-        self._http = _EmbeddedUvicorn(
-            uvicorn.Config(
-                app,
-                host=http_host,
-                port=http_port,
-                log_level="warning",
-                lifespan="off",
-                http=guarded_protocol(
-                    http_limits, lambda why: self.metrics.http_connections_closed.labels(why).inc()
-                ),
-                timeout_keep_alive=max(1, math.ceil(config.http_keepalive_timeout)),
-            )
-        )
+        # first in _tasks: stop() lets it finish (should_exit) rather than cancel it
         self._tasks.append(asyncio.create_task(self._http.serve()))
-        while not self._http.started:
-            if self._tasks[-1].done():
-                self._tasks[-1].result()  # raises the bind error
-            await asyncio.sleep(0.01)
-        self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
+        self.http_port = await bound_port(self._http, self._tasks[-1])
         if worker is not None and worker.index > 0:
             worker.announce(self.http_port)
 
         self._tasks.append(asyncio.create_task(self.committer.run()))
-        self._tasks.append(asyncio.create_task(self._ticker()))
-        self._tasks.append(asyncio.create_task(self._count_tickets()))
+        self._tasks.append(
+            asyncio.create_task(
+                evaluation_ticker(self.pipeline, self.readiness, self.metrics, config, self.clock)
+            )
+        )
+        self._tasks.append(
+            asyncio.create_task(count_tickets(self.ticket_counts, self.metrics, config, self.clock))
+        )
         if config.routes:
             self._tasks.append(asyncio.create_task(self.deliverer.run()))
         serving = self.store.health.healthy
-        await self._set_health(serving)
-        self._started = True
+        await self.readiness.set_health(serving)
+        self.readiness.started = True
         log.info(
             "collector ready" if serving else "collector started, store not writable",
             extra={
@@ -404,8 +314,8 @@ class CollectorApp:
         return True
 
     async def stop(self, grace: float = 2.0) -> None:
-        self._stopping = True
-        await self._set_health(False)
+        self.readiness.stopping = True
+        await self.readiness.set_health(False)
         if self._server is not None:
             await self._server.stop(grace)
         if self._http is not None:
@@ -420,71 +330,9 @@ class CollectorApp:
         if self._owner is not None:
             self._owner.release()
 
-    async def _ticker(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.evaluation_interval)
-            try:
-                await self.pipeline.tick()
-            except asyncio.CancelledError:
-                raise
-            except StoreUnavailable as exc:
-                # Expected while the store is locked or full: the health status says so,
-                # the store logs the transition once and the committer counts failures.
-                log.debug("evaluation tick skipped: store unavailable", extra={"error": str(exc)})
-            except Exception:
-                # The loop must survive anything; the failure is logged and counted.
-                self.metrics.evaluation_errors.inc()
-                log.exception("evaluation tick failed")
-            now = self.clock()
-            if not self.store.health.healthy and now >= self._next_probe:
-                await self._probe_store(now)
-            await self._set_health(self.store.health.healthy)
-
     def _ensure_enrollment_token(self, customer: str, token: str, now: float) -> None:
         with self.store.transaction() as conn:
             enrollment.ensure_token(conn, customer, token, now)
-
-    async def _probe_store(self, now: float) -> None:
-        """Write the probe row; a success marks the store healthy (Store.health)."""
-        self._next_probe = now + STORE_PROBE_INTERVAL
-        try:
-            await asyncio.to_thread(self.store.probe, now)
-        except StoreUnavailable:
-            self.metrics.store_probes.labels("failed").inc()
-        else:
-            self.metrics.store_probes.labels("ok").inc()
-        self.metrics.store_healthy.set(1 if self.store.health.healthy else 0)
-
-    def _store_health_changed(self, healthy: bool) -> None:
-        """In the loop, right when a transaction changes the store's health: gRPC health
-        follows at once rather than at the next tick."""
-        self.metrics.store_healthy.set(1 if healthy else 0)
-        self.metrics.store_health_changes.labels("healthy" if healthy else "unhealthy").inc()
-        if self._server is not None and not self._stopping:
-            # The state now, not `healthy`: several changes may be queued, the last one wins.
-            task = asyncio.ensure_future(self._set_health(self.store.health.healthy))
-            self._health_tasks.add(task)
-            task.add_done_callback(self._health_tasks.discard)
-
-    async def _set_health(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        await self._health.set("", status)
-        await self._health.set(SERVICE_NAME, status)
-
-    def _ready(self) -> tuple[bool, str]:
-        if not self._started:
-            return False, "starting"
-        health = self.store.health
-        if not health.healthy:
-            return False, health.reason
-        deliverer = getattr(self, "deliverer", None)
-        if deliverer is not None and deliverer.problems():
-            return False, "; ".join(deliverer.problems())
-        return True, "ready"
 
     def _tickets_changed(self) -> None:
         """A ticket change this process committed: recount, and wake delivery."""
@@ -498,43 +346,11 @@ class CollectorApp:
         # agents' series are prepared as reports arrive; the registry holds our own
         return self.exposition.render() + generate_latest(self.registry)
 
-    async def _count_tickets(self) -> None:
-        """Keep the ticket counts /metrics shows current, off the loop (collector.ticketcounts)."""
-        while True:
-            await asyncio.sleep(self.config.evaluation_interval)
-            try:
-                await asyncio.to_thread(self.ticket_counts.refresh, self.clock())
-            except asyncio.CancelledError:
-                raise
-            except StoreUnavailable as exc:
-                # the counts stay as they were; store health reports the outage
-                log.debug("ticket counts not refreshed", extra={"error": str(exc)})
-            except Exception:
-                # The loop must survive anything; the old counts stay, the failure is
-                # logged and counted.
-                self.metrics.ticket_count_errors.inc()
-                log.exception("ticket count refresh failed")
-
-
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn inside our loop: the collector owns signal handling, not uvicorn."""
-
-    def install_signal_handlers(self) -> None:
-        pass
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
-        yield
-
 
 def _tls_mode(files: tls.ServerFiles | None) -> str:
     if files is None:
         return "off (plaintext)"
     return "mutual" if files.client_ca is not None else "server"
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _redact(url: str) -> str:
