@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import Receiver, free_port, postgres_schema
 from tests.e2e.conftest import TOKEN, Cluster, by_rule, eventually, write_rules
-from tripline.collector import enrollment, tickets
+from tripline.collector import enrollment, ticketmodel, tickets
 from tripline.collector.delivery_leases import lease_owner
 from tripline.collector.store import Store
 
@@ -170,7 +170,7 @@ def _fire_and_clear(store: Store, agent_id: str, rules: list[str], at: float) ->
                     threshold=0.5,
                     context={},
                     now=at,
-                    policy=tickets.TicketPolicy(),
+                    policy=ticketmodel.TicketPolicy(),
                 ).ticket_id
             )
         with store.transaction() as conn:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Cluster, Collector, eventually
-from tripline.collector import enrollment, tickets
+from tripline.collector import enrollment, ticketmodel, tickets
 from tripline.collector.store import Store
 
 pytestmark = pytest.mark.e2e
@@ -74,7 +74,7 @@ def _seed(data_dir: Path) -> dict[str, int]:
                 threshold=0.9,
                 context={"top_cpu": [{"pid": 4, "name": "backup.exe", "cpu_ratio": 0.8}]},
                 now=now,
-                policy=tickets.TicketPolicy(),
+                policy=ticketmodel.TicketPolicy(),
             ).ticket_id
         tickets.acknowledge(conn, found["acme-memory"], actor="night-shift", now=now)
     store.close()

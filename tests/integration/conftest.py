@@ -19,7 +19,7 @@ from tests.conftest import FakeClock, postgres_schema
 from tripline.agent.config import AgentConfig, load_agent_config
 from tripline.agent.runner import AgentRunner
 from tripline.alerts.rules import parse_rules
-from tripline.collector import enrollment, tickets
+from tripline.collector import enrollment, ticketqueries
 from tripline.collector.agents_store import AgentRecord
 from tripline.collector.app import CollectorApp
 from tripline.collector.committer import Committer
@@ -30,7 +30,7 @@ from tripline.collector.selfmetrics import CollectorMetrics
 from tripline.collector.sessions import Session
 from tripline.collector.state import LiveState
 from tripline.collector.store import Store
-from tripline.collector.tickets import Ticket
+from tripline.collector.ticketmodel import Ticket
 from tripline.v1 import tripline_pb2 as pb
 
 
@@ -278,8 +278,8 @@ class PipelineRig:
         """Tickets with their events, oldest first (up to 1000 unless `limit` says)."""
         filters.setdefault("limit", 1000)
         with self.store.read() as conn:
-            listed = tickets.list_tickets(conn, **filters)
-            return [tickets.get_ticket(conn, t.id) for t in reversed(listed)]
+            listed = ticketqueries.list_tickets(conn, **filters)
+            return [ticketqueries.get_ticket(conn, t.id) for t in reversed(listed)]
 
 
 # pipeline_rig(clock, *, rules, config_text=None, data_dir=None, rig=PipelineRig, **flags)

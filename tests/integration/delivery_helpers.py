@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from tests.conftest import T0
-from tripline.collector import enrollment, tickets
+from tripline.collector import enrollment, ticketmodel, tickets
 from tripline.collector.store import Store
 
 
@@ -35,7 +35,7 @@ def fire(store: Store, agent_id: str, rule: str, at: float, customer: str = "acm
             threshold=0.9,
             context={"filesystems": [{"mountpoint": "C:", "used_ratio": 0.97}]},
             now=at,
-            policy=tickets.TicketPolicy(),
+            policy=ticketmodel.TicketPolicy(),
         )
     return change.ticket_id
 

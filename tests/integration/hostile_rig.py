@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.conftest import TOKEN, agent_config, collector_config
 from tripline.agent.runner import AgentRunner
-from tripline.collector import agent_instances, alert_states, tickets
+from tripline.collector import agent_instances, alert_states, ticketqueries
 from tripline.collector.app import CollectorApp
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
@@ -98,7 +98,7 @@ class Rig:
         with self.app.store.read() as conn:
             tripped = [
                 (t.id, t.status)
-                for t in tickets.list_tickets(conn, agent_id=self.hostile_id)
+                for t in ticketqueries.list_tickets(conn, agent_id=self.hostile_id)
                 if t.rule == "Tripwire"
             ]
         with self.app.store.read() as conn:

@@ -22,7 +22,15 @@ from sqlalchemy import select
 from tests.conftest import async_eventually as eventually
 from tests.integration.conftest import agent_config, running_collector
 from tripline.agent.runner import AgentRunner
-from tripline.collector import agents_store, apitokens, enrollment, maintenance, tickets
+from tripline.collector import (
+    agents_store,
+    apitokens,
+    enrollment,
+    maintenance,
+    ticketmodel,
+    ticketqueries,
+    tickets,
+)
 from tripline.collector.agents_store import AgentRecord
 from tripline.collector.app import CollectorApp
 from tripline.collector.cli import main
@@ -71,9 +79,9 @@ class Fleet:
     def auth(self, name: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secrets[name]}"}
 
-    def ticket(self, ticket_id: int) -> tickets.Ticket:
+    def ticket(self, ticket_id: int) -> ticketmodel.Ticket:
         with self.app.store.read() as conn:
-            return tickets.get_ticket(conn, ticket_id)
+            return ticketqueries.get_ticket(conn, ticket_id)
 
     def audit(self) -> list[apitokens.AuditEntry]:
         with self.app.store.read() as conn:
@@ -95,9 +103,9 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
         ]
         try:
 
-            def open_tickets() -> dict[str, tickets.Ticket]:
+            def open_tickets() -> dict[str, ticketmodel.Ticket]:
                 with app.store.read() as conn:
-                    found = tickets.list_tickets(conn, status="open")
+                    found = ticketqueries.list_tickets(conn, status="open")
                 return {t.customer: t for t in found if t.rule == "MemoryPresent"}
 
             await eventually(lambda: set(open_tickets()) == set(ENROLLMENT))
@@ -476,7 +484,7 @@ def test_api_tokens_are_stored_hashed_scoped_and_audited(store: Store) -> None:
 
 def test_ticket_filters_and_manual_tier_change(store: Store, agent: AgentRecord) -> None:
     """list_tickets' scope and filters, and reassign_tier, on every store backend."""
-    policy = tickets.TicketPolicy()
+    policy = ticketmodel.TicketPolicy()
     ids = {}
     with store.transaction() as conn:
         for customer, severity, tier in (("acme", "warning", 1), ("globex", "critical", 2)):
@@ -488,7 +496,7 @@ def test_ticket_filters_and_manual_tier_change(store: Store, agent: AgentRecord)
     with store.read() as conn:
 
         def found(**filters: Any) -> set[int]:
-            return {t.id for t in tickets.list_tickets(conn, **filters)}
+            return {t.id for t in ticketqueries.list_tickets(conn, **filters)}
 
         assert found(customers=["acme"]) == {ids["acme"]}
         assert found(customers=[]) == set()
@@ -499,12 +507,12 @@ def test_ticket_filters_and_manual_tier_change(store: Store, agent: AgentRecord)
         moved = tickets.reassign_tier(conn, ids["acme"], tier=3, actor="ops", now=T0 + 5)
         assert (moved.tier, moved.tier_since) == (3, T0 + 5)
         assert moved.events[-1].data == {"from_tier": 1, "to_tier": 3, "manual": True}
-        with pytest.raises(tickets.InvalidTicketTransition, match="it is at tier 3"):
+        with pytest.raises(ticketmodel.InvalidTicketTransition, match="it is at tier 3"):
             tickets.reassign_tier(conn, ids["acme"], tier=3, actor="ops", now=T0 + 6)
         tickets.resolve(conn, ids["acme"], actor="ops", now=T0 + 7)
-        with pytest.raises(tickets.InvalidTicketTransition, match="it is resolved"):
+        with pytest.raises(ticketmodel.InvalidTicketTransition, match="it is resolved"):
             tickets.reassign_tier(conn, ids["acme"], tier=2, actor="ops", now=T0 + 8)
-        with pytest.raises(tickets.TicketNotFound):
+        with pytest.raises(ticketmodel.TicketNotFound):
             tickets.reassign_tier(conn, 999, tier=2, actor="ops", now=T0)
 
 
@@ -691,9 +699,9 @@ def test_a_window_created_through_the_api_suppresses_until_deleted(tmp_path: Pat
                     None,
                 )
 
-                def tickets_of(agent_id: str) -> list[tickets.Ticket]:
+                def tickets_of(agent_id: str) -> list[ticketmodel.Ticket]:
                     with f.app.store.read() as conn:
-                        return tickets.list_tickets(conn, agent_id=agent_id)
+                        return ticketqueries.list_tickets(conn, agent_id=agent_id)
 
                 assert tickets_of(new_agent) == []
                 globex = f.auth("ops-all")

@@ -18,7 +18,7 @@ from tests.integration.conftest import running_collector
 from tripline.collector import apitokens, enrollment, tickets
 from tripline.collector.cli import main
 from tripline.collector.store import Store
-from tripline.collector.tickets import TicketPolicy
+from tripline.collector.ticketmodel import TicketPolicy
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from tests.conftest import FakeClock
 from tests.integration.conftest import MakeRig, PipelineRig
 from tripline.collector.sessions import Session
 from tripline.collector.store import AgentRecord
-from tripline.collector.tickets import Ticket
+from tripline.collector.ticketmodel import Ticket
 
 RULES = """\
 rules:

@@ -38,7 +38,7 @@ from tests.integration.hostile_rig import (  # noqa: F401  (fixtures)
     tripwire,
     wait_until,
 )
-from tripline.collector import agent_instances, agents_store, tickets
+from tripline.collector import agent_instances, agents_store, ticketqueries
 from tripline.collector.convert import LABEL_NAME, METRIC_NAME
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
@@ -530,7 +530,7 @@ def test_a_huge_process_context_is_bounded_before_it_reaches_a_ticket(rig: Rig) 
     with rig.app.store.read() as conn:
         (ticket,) = [
             t
-            for t in tickets.list_tickets(conn, agent_id=rig.hostile_id)
+            for t in ticketqueries.list_tickets(conn, agent_id=rig.hostile_id)
             if t.rule == "Tripwire" and t.status != "resolved"
         ]
     ctx = ticket.context

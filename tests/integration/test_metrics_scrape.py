@@ -27,7 +27,7 @@ from tripline.collector.metricspage import accepts_gzip
 from tripline.collector.state import AgentLive
 from tripline.collector.store import Store
 from tripline.collector.ticketcounts import TicketCounts
-from tripline.collector.tickets import TicketPolicy
+from tripline.collector.ticketmodel import TicketPolicy
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
 

@@ -9,16 +9,16 @@ from sqlalchemy import inspect
 
 from tests.conftest import FakeClock
 from tests.integration.ticket_helpers import POLICY, clear, fire
-from tripline.collector import enrollment, tickets, ticketsnapshots
+from tripline.collector import enrollment, ticketmodel, ticketqueries, tickets, ticketsnapshots
 from tripline.collector.agents_store import AgentRecord
 from tripline.collector.store import Store
 
 HOUR = 3600.0
 
 
-def _show(store: Store, ticket_id: int) -> tickets.Ticket:
+def _show(store: Store, ticket_id: int) -> ticketmodel.Ticket:
     with store.read() as conn:
-        return tickets.get_ticket(conn, ticket_id)
+        return ticketqueries.get_ticket(conn, ticket_id)
 
 
 def _episode(

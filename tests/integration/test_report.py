@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 
 from tests.conftest import T0, FakeClock
 from tests.integration.conftest import MakeRig, add_root_filesystem
-from tripline.collector import enrollment, report, tickets
+from tripline.collector import enrollment, report, ticketmodel, tickets
 from tripline.collector.agents_store import AgentRecord
 from tripline.collector.cli import main
 from tripline.collector.history import HistoryRecorder
@@ -27,7 +27,7 @@ DAY, HOUR = 86400.0, 3600.0
 END = START + 7 * DAY  # the period 2023-11-14 .. 2023-11-21
 PERIOD = report.parse_period("2023-11-14", "2023-11-21")
 GAP = 600.0  # the offline threshold
-POLICY = tickets.TicketPolicy(escalate_after={1: 1800.0, 2: 3600.0})
+POLICY = ticketmodel.TicketPolicy(escalate_after={1: 1800.0, 2: 3600.0})
 MEMORY_RULES = frozenset({"MemoryHigh"})
 
 

@@ -30,7 +30,13 @@ from tests.integration.tls_helpers import (
     collector_config,
     delivery,
 )
-from tripline.collector import agent_instances, agents_store, enrollment, tickets
+from tripline.collector import (
+    agent_instances,
+    agents_store,
+    enrollment,
+    ticketmodel,
+    ticketqueries,
+)
 from tripline.collector.app import CollectorApp
 from tripline.collector.store import Store
 from tripline.common.logs import JsonFormatter
@@ -307,15 +313,15 @@ def test_an_agent_cannot_report_for_another_agent_or_customer(
             assert 'customer="acme"' in spoof[0]
             assert b.agent_id not in spoof[0] and "globex" not in spoof[0]
 
-            def spoof_tickets() -> list[tickets.Ticket]:
+            def spoof_tickets() -> list[ticketmodel.Ticket]:
                 with app.store.read() as conn:
-                    return [t for t in tickets.list_tickets(conn) if t.rule == "SpoofSeen"]
+                    return [t for t in ticketqueries.list_tickets(conn) if t.rule == "SpoofSeen"]
 
             await eventually(lambda: bool(spoof_tickets()))
             (ticket,) = spoof_tickets()
             assert (ticket.customer, ticket.agent_id) == ("acme", a.agent_id)
             with app.store.read() as conn:
-                assert tickets.list_tickets(conn, customer="globex") == []
+                assert ticketqueries.list_tickets(conn, customer="globex") == []
 
     asyncio.run(scenario())
 
@@ -434,7 +440,7 @@ def test_secrets_never_appear_in_logs_metrics_store_tickets_or_errors(
             async with httpx.AsyncClient() as http:
                 metrics = (await http.get(f"http://127.0.0.1:{app.http_port}/metrics")).text
             with app.store.read() as conn:
-                ticket_json = json.dumps([t.to_dict() for t in tickets.list_tickets(conn)])
+                ticket_json = json.dumps([t.to_dict() for t in ticketqueries.list_tickets(conn)])
             db_texts = _database_text(app, tmp_path / "c" / "tripline.db")
             assert '"rule": "Up"' in ticket_json  # a ticket exists to be searched
         return {
@@ -608,7 +614,7 @@ def test_a_token_enrolls_at_most_its_agents_and_unreported_agents_open_no_offlin
 
             def offline() -> list[str]:
                 with app.store.read() as conn:
-                    found = tickets.list_tickets(conn)
+                    found = ticketqueries.list_tickets(conn)
                 return [t.agent_id for t in found if t.rule == "AgentOffline"]
 
             await eventually(lambda: offline() == [reporter.agent_id])

@@ -16,7 +16,7 @@ from grpc import aio
 from tests.conftest import async_eventually as eventually
 from tests.integration.conftest import TOKEN, agent_config, running_collector
 from tripline.agent.runner import AgentRunner
-from tripline.collector import agents_store, apitokens, tickets
+from tripline.collector import agents_store, apitokens, ticketmodel, ticketqueries
 from tripline.collector.app import CollectorApp
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
@@ -59,10 +59,10 @@ async def _running(
             await task
 
 
-def _ticket(app: CollectorApp) -> tickets.Ticket | None:
+def _ticket(app: CollectorApp) -> ticketmodel.Ticket | None:
     with app.store.read() as conn:
-        found = tickets.list_tickets(conn, status="open")
-        return tickets.get_ticket(conn, found[0].id) if found else None
+        found = ticketqueries.list_tickets(conn, status="open")
+        return ticketqueries.get_ticket(conn, found[0].id) if found else None
 
 
 def _snapshotted(app: CollectorApp) -> bool:

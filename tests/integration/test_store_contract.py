@@ -19,6 +19,7 @@ from tripline.collector import (
     enrollment,
     migrations,
     schema,
+    ticketmodel,
     tickets,
 )
 from tripline.collector.agent_instances import SeqAlreadyApplied
@@ -554,7 +555,8 @@ def test_a_full_database_is_unavailable_inside_a_ticket_savepoint(tmp_path: Path
         tickets.on_alert_firing(
             conn, customer="acme", agent_id=agent.agent_id, hostname="pc", rule="DiskFull",
             labels=(), severity="critical", tier=1, summary="full", runbook=None, value=1.0,
-            threshold=0.9, context={"log": "x" * 100_000}, now=T0, policy=tickets.TicketPolicy(),
+            threshold=0.9, context={"log": "x" * 100_000}, now=T0,
+            policy=ticketmodel.TicketPolicy(),
         )  # fmt: skip
     store.close()
 

@@ -12,12 +12,12 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from tests.integration.ticket_helpers import CONTEXT, LABELS, POLICY, clear, fire
-from tripline.collector import agent_instances, enrollment, tickets
+from tripline.collector import agent_instances, enrollment, ticketmodel, ticketqueries, tickets
 from tripline.collector.agents_store import AgentRecord
 from tripline.collector.schema import ticket_events
 from tripline.collector.schema import tickets as tickets_table
 from tripline.collector.store import Store
-from tripline.collector.tickets import (
+from tripline.collector.ticketmodel import (
     InvalidTicketTransition,
     Ticket,
     TicketChange,
@@ -30,19 +30,19 @@ T0 = 1_700_000_000.0
 
 def get(store: Store, ticket_id: int) -> Ticket:
     with store.read() as conn:
-        return tickets.get_ticket(conn, ticket_id)
+        return ticketqueries.get_ticket(conn, ticket_id)
 
 
 def test_problem_key_ignores_label_order_and_separates_problems() -> None:
-    key = tickets.problem_key("acme", "agt_1", "DiskFull", (("a", "1"), ("b", "2")))
-    assert key == tickets.problem_key("acme", "agt_1", "DiskFull", (("b", "2"), ("a", "1")))
+    key = ticketmodel.problem_key("acme", "agt_1", "DiskFull", (("a", "1"), ("b", "2")))
+    assert key == ticketmodel.problem_key("acme", "agt_1", "DiskFull", (("b", "2"), ("a", "1")))
     assert len(key) == 64
     others = {
-        tickets.problem_key("globex", "agt_1", "DiskFull", (("a", "1"), ("b", "2"))),
-        tickets.problem_key("acme", "agt_2", "DiskFull", (("a", "1"), ("b", "2"))),
-        tickets.problem_key("acme", "agt_1", "CpuHigh", (("a", "1"), ("b", "2"))),
-        tickets.problem_key("acme", "agt_1", "DiskFull", (("a", "1"),)),
-        tickets.problem_key("acme", "agt_1|DiskFull", "", (("a", "1"), ("b", "2"))),
+        ticketmodel.problem_key("globex", "agt_1", "DiskFull", (("a", "1"), ("b", "2"))),
+        ticketmodel.problem_key("acme", "agt_2", "DiskFull", (("a", "1"), ("b", "2"))),
+        ticketmodel.problem_key("acme", "agt_1", "CpuHigh", (("a", "1"), ("b", "2"))),
+        ticketmodel.problem_key("acme", "agt_1", "DiskFull", (("a", "1"),)),
+        ticketmodel.problem_key("acme", "agt_1|DiskFull", "", (("a", "1"), ("b", "2"))),
     }
     assert key not in others and len(others) == 5
 
@@ -244,7 +244,7 @@ def test_operators_cannot_act_on_a_resolved_ticket_twice(store: Store, agent: Ag
     assert get(store, ticket_id).event_seq == 3
     for act in (
         lambda conn: tickets.acknowledge(conn, 999, actor="bob", now=T0),
-        lambda conn: tickets.get_ticket(conn, 999),
+        lambda conn: ticketqueries.get_ticket(conn, 999),
         lambda conn: tickets.comment(conn, 999, actor="bob", text="hi", now=T0),
     ):
         with pytest.raises(TicketNotFound), store.transaction() as conn:
@@ -267,22 +267,24 @@ def test_lists_and_counts(store: Store, agent: AgentRecord) -> None:
         tickets.acknowledge(conn, cpu, actor="alice", now=T0 + 3)
         tickets.resolve(conn, gx, actor="alice", now=T0 + 4)
     with store.read() as conn:
-        assert [t.id for t in tickets.list_tickets(conn)] == [gx, cpu, disk]
-        assert [t.id for t in tickets.list_tickets(conn, customer="acme")] == [cpu, disk]
-        assert [t.id for t in tickets.list_tickets(conn, status="open")] == [disk]
-        assert [t.id for t in tickets.list_tickets(conn, status=("open", "acknowledged"))] == [
+        assert [t.id for t in ticketqueries.list_tickets(conn)] == [gx, cpu, disk]
+        assert [t.id for t in ticketqueries.list_tickets(conn, customer="acme")] == [cpu, disk]
+        assert [t.id for t in ticketqueries.list_tickets(conn, status="open")] == [disk]
+        assert [
+            t.id for t in ticketqueries.list_tickets(conn, status=("open", "acknowledged"))
+        ] == [
             cpu,
             disk,
         ]
-        assert [t.id for t in tickets.list_tickets(conn, agent_id=other.agent_id)] == [gx]
-        assert [t.id for t in tickets.list_tickets(conn, limit=1, offset=1)] == [cpu]
-        assert tickets.list_tickets(conn)[0].events == ()
-        assert tickets.count_by_state(conn) == {
+        assert [t.id for t in ticketqueries.list_tickets(conn, agent_id=other.agent_id)] == [gx]
+        assert [t.id for t in ticketqueries.list_tickets(conn, limit=1, offset=1)] == [cpu]
+        assert ticketqueries.list_tickets(conn)[0].events == ()
+        assert ticketqueries.count_by_state(conn) == {
             ("open", "warning", 1): 1, ("acknowledged", "critical", 2): 1,
             ("resolved", "warning", 1): 1,
         }  # fmt: skip
         with pytest.raises(ValueError, match="closed"):
-            tickets.list_tickets(conn, status="closed")  # type: ignore[arg-type]
+            ticketqueries.list_tickets(conn, status="closed")  # type: ignore[arg-type]
 
 
 def test_bad_input_is_refused_not_swallowed(store: Store, agent: AgentRecord) -> None:

@@ -15,9 +15,9 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from tests.integration.conftest import running_collector
-from tripline.collector import apitokens, enrollment, tickets
+from tripline.collector import apitokens, enrollment, ticketmodel, ticketqueries, tickets
 from tripline.collector.app import CollectorApp
-from tripline.collector.tickets import TicketPolicy
+from tripline.collector.ticketmodel import TicketPolicy
 from tripline.collector.web.session import MAX_FORM_BYTES
 
 HOSTILE = '<script>alert("pwned")</script>'
@@ -30,9 +30,9 @@ class Site:
     tickets: dict[str, int]  # customer -> its open ticket
     secrets: dict[str, str]  # token name -> secret
 
-    def ticket(self, ticket_id: int) -> tickets.Ticket:
+    def ticket(self, ticket_id: int) -> ticketmodel.Ticket:
         with self.app.store.read() as conn:
-            return tickets.get_ticket(conn, ticket_id)
+            return ticketqueries.get_ticket(conn, ticket_id)
 
     def refusals(self, reason: str) -> float:
         registry: CollectorRegistry = self.app.registry

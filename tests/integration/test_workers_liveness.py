@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from tests.conftest import T0, FakeClock
 from tests.integration.conftest import MakeRig, PipelineRig
-from tripline.collector import tickets
+from tripline.collector import ticketmodel, ticketqueries
 from tripline.collector.liveness import RECONNECT_GRACE
 from tripline.collector.sessions import Session
 from tripline.collector.store import AgentRecord
@@ -29,9 +29,9 @@ RULES = "rules: []\n"
 class Worker(PipelineRig):
     """A worker process's pipeline; its clock is its own."""
 
-    def offline_tickets(self) -> list[tickets.Ticket]:
+    def offline_tickets(self) -> list[ticketmodel.Ticket]:
         with self.store.read() as conn:
-            return [t for t in tickets.list_tickets(conn) if t.rule == "AgentOffline"]
+            return [t for t in ticketqueries.list_tickets(conn) if t.rule == "AgentOffline"]
 
 
 async def _report(worker: Worker, session: Session, seq: int, received_at: float) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from tripline.collector import tickets
 from tripline.collector.agents_store import AgentRecord
 from tripline.collector.store import Store
-from tripline.collector.tickets import TicketChange, TicketPolicy
+from tripline.collector.ticketmodel import TicketChange, TicketPolicy
 
 POLICY = TicketPolicy(reopen_window=3600.0, flap_count=3, flap_window=6 * 3600.0)
 CONTEXT = {

@@ -15,7 +15,7 @@ import pytest
 from tripline.collector import enrollment, entropy, tickets
 from tripline.collector.cli import main
 from tripline.collector.store import Store
-from tripline.collector.tickets import TicketPolicy
+from tripline.collector.ticketmodel import TicketPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0

@@ -54,7 +54,7 @@ def test_tickets_list_imports_the_store_but_not_the_server_nor_the_pipeline(
         "-m", "tripline.collector.cli", "tickets", "list", "--data-dir", data, cwd=tmp_path
     )
     assert result.stdout == "no tickets\n"
-    assert "sqlalchemy" in modules and "tripline.collector.tickets" in modules
+    assert "sqlalchemy" in modules and "tripline.collector.ticketqueries" in modules
     assert loaded(modules, *SERVER, *COLLECTOR_RUNTIME) == []
     # nor the rule parser or the alert engine: a ticket listing evaluates nothing
     assert loaded(modules, "tripline.alerts.rules", "tripline.alerts.engine") == []

@@ -186,8 +186,8 @@ def unit_settings(path: Path) -> dict[str, str]:
 def test_collector_unit_holds_a_fleets_connections() -> None:
     """One descriptor per agent: the documented fleet (max_streams), the HTTP port's cap
     and the reserve must fit under LimitNOFILE."""
-    from tripline.collector.grpcserver import RESERVED_FILES
     from tripline.collector.config import CollectorConfig
+    from tripline.collector.grpcserver import RESERVED_FILES
 
     defaults = CollectorConfig()
     limit = int(unit_settings(DEPLOY / "tripline-collector.service")["LimitNOFILE"])

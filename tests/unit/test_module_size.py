@@ -35,9 +35,6 @@ STATED = {
         " commit, then memory and Ack) that exactly-once apply and ack-only-what-is-durable"
         " rest on; what each transition writes is in alertwrites.py"
     ),
-    "collector/src/tripline/collector/tickets.py": (
-        "not yet split: site outage correlation being added (issue 13)"
-    ),
 }
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 
 from tripline.alerts.engine import AlertKey, AlertState, Transition
 from tripline.alerts.rules import RuleSet
-from tripline.collector import alert_states, suppression, tickets, ticketsnapshots
+from tripline.collector import alert_states, suppression, ticketmodel, tickets, ticketsnapshots
 from tripline.collector.snapshots import SnapshotBroker
 from tripline.collector.state import AgentLive
 from tripline.collector.store import Store
@@ -38,7 +38,7 @@ class AlertWriter:
         rules: RuleSet,
         suppression: Suppression,
         snapshots: SnapshotBroker,
-        policy: tickets.TicketPolicy,
+        policy: ticketmodel.TicketPolicy,
         clock: Callable[[], float],
     ) -> None:
         self.store = store
@@ -104,7 +104,7 @@ class AlertWriter:
                 continue
             if tr.key in taken:
                 continue  # the group ticket lists it (correlation.py commits that)
-            change: tickets.TicketChange | None
+            change: ticketmodel.TicketChange | None
             if tr.kind == "firing":
                 change = tickets.on_alert_firing(
                     conn,

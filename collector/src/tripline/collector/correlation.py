@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 from tripline.alerts.engine import AlertKey, AlertState, Transition
 from tripline.alerts.grouping import Action, Correlator, Firing, Join, Open, Own, Resolve
 from tripline.alerts.model import Grouping, Rule, RuleSet
-from tripline.collector import grouptickets, tickets
+from tripline.collector import grouptickets, ticketmodel
 from tripline.collector.committer import Committer
 from tripline.collector.config import SiteOutageSettings
 from tripline.collector.selfmetrics import CollectorMetrics
@@ -58,7 +58,7 @@ class Correlation:
         unreported: set[str],
         committer: Committer,
         metrics: CollectorMetrics,
-        policy: tickets.TicketPolicy,
+        policy: ticketmodel.TicketPolicy,
     ) -> None:
         self.site_outage = site_outage
         self.state = state

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, select
 from tripline.alerts.engine import AlertKey
 from tripline.alerts.grouping import Correlator, Firing, Group, GroupKey, Join, Open, Own, Resolve
 from tripline.alerts.model import OFFLINE, Grouping, Rule
-from tripline.collector import tickets
+from tripline.collector import ticketmodel, tickets
 from tripline.collector.schema import tickets as tickets_table
 
 SITE_OFFLINE = "SiteOffline"
@@ -50,7 +50,7 @@ def ticket_labels(rule: Rule, key: GroupKey) -> tuple[tuple[str, str], ...]:
 
 
 def group_problem_key(rule: Rule, key: GroupKey) -> str:
-    return tickets.problem_key(key[1], "", ticket_rule(rule), ticket_labels(rule, key))
+    return ticketmodel.problem_key(key[1], "", ticket_rule(rule), ticket_labels(rule, key))
 
 
 def _summary(rule: Rule, key: GroupKey, count: int, total: int) -> str:
@@ -111,8 +111,8 @@ def pc_names(pcs: Sequence[Firing]) -> str:
 
 
 def open_group(
-    conn: Connection, action: Open, rule: Rule, *, now: float, policy: tickets.TicketPolicy
-) -> tickets.TicketChange:
+    conn: Connection, action: Open, rule: Rule, *, now: float, policy: ticketmodel.TicketPolicy
+) -> ticketmodel.TicketChange:
     """Open (or reopen) the group ticket and fold the members' own tickets into it."""
     key = action.key
     members = action.members
@@ -188,9 +188,9 @@ def resolve_group(
     rule: Rule,
     *,
     now: float,
-    policy: tickets.TicketPolicy,
+    policy: ticketmodel.TicketPolicy,
     context_for: ContextFor,
-) -> list[tickets.TicketChange]:
+) -> list[ticketmodel.TicketChange]:
     """Resolve the group ticket; members still firing get their own tickets."""
     if action.still:
         reason = (
@@ -227,9 +227,9 @@ def own_ticket(
     rule: Rule,
     *,
     now: float,
-    policy: tickets.TicketPolicy,
+    policy: ticketmodel.TicketPolicy,
     context_for: ContextFor,
-) -> tickets.TicketChange:
+) -> ticketmodel.TicketChange:
     """The ticket a PC would have had without the group, opened now."""
     return tickets.on_alert_firing(
         conn,
@@ -256,9 +256,9 @@ def apply_own(
     rule: Rule,
     *,
     now: float,
-    policy: tickets.TicketPolicy,
+    policy: ticketmodel.TicketPolicy,
     context_for: ContextFor,
-) -> tickets.TicketChange:
+) -> ticketmodel.TicketChange:
     return own_ticket(conn, action.firing, rule, now=now, policy=policy, context_for=context_for)
 
 

@@ -20,12 +20,12 @@ from typing import Any
 from sqlalchemy import Connection, Row, select
 
 from tripline.alerts.engine import AlertKey, AlertState, Transition
-from tripline.collector import tickets
+from tripline.collector import ticketmodel, tickets
 from tripline.collector.maintenance import MaintenanceWindow
 from tripline.collector.schema import suppressed_alerts
 from tripline.collector.state import AgentLive
 from tripline.collector.store import Store, StoreUnavailable
-from tripline.collector.tickets import problem_key
+from tripline.collector.ticketmodel import problem_key
 from tripline.collector.windowcache import WindowCache
 from tripline.common.labels import Labels
 
@@ -290,8 +290,8 @@ class Suppression:
         state: AlertState | None,
         context: dict[str, Any],
         now: float,
-        policy: tickets.TicketPolicy,
-    ) -> tickets.TicketChange | None:
+        policy: ticketmodel.TicketPolicy,
+    ) -> ticketmodel.TicketChange | None:
         """Open the ticket of a held-back alert still firing (`live` set), else mark the
         record cleared (its agent was revoked, or the alert ended unseen)."""
         if live is None or state is None:

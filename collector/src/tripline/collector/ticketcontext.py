@@ -6,14 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tripline.collector import convert, tickets
+from tripline.collector import convert, ticketmodel
 from tripline.collector.config import CollectorConfig
 from tripline.collector.state import AgentLive
 
 
-def ticket_policy(config: CollectorConfig) -> tickets.TicketPolicy:
+def ticket_policy(config: CollectorConfig) -> ticketmodel.TicketPolicy:
     t = config.tickets
-    return tickets.TicketPolicy(
+    return ticketmodel.TicketPolicy(
         reopen_window=t.reopen_window,
         flap_count=t.flap_count,
         flap_window=t.flap_window,

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 from sqlalchemy import func, select
 
-from tripline.collector import tickets
+from tripline.collector import ticketqueries
 from tripline.collector.schema import ticket_events
 from tripline.collector.store import Store
 
@@ -70,7 +70,7 @@ class TicketCounts:
                     newest = conn.scalar(select(func.max(ticket_events.c.id)))
                     if not dirty and newest == self._newest_event and now < self._next_recount:
                         return False
-                    counts = tickets.count_by_state(conn)
+                    counts = ticketqueries.count_by_state(conn)
             except BaseException:
                 self._dirty = self._dirty or dirty
                 raise

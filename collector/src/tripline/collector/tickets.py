@@ -3,127 +3,28 @@
 Every function runs on a connection inside the caller's transaction (`Store.transaction()`)
 and takes `now`; none commits. Each change bumps the ticket's `event_seq` and appends an
 event to its timeline, with the actor: "tripline" for the engine, else the operator.
+The ticket's types are in ticketmodel.py; reading tickets is in ticketqueries.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import Connection, Row, exc, func, select
 
-from tripline.collector import previously, ticketsnapshots
-from tripline.collector.schema import TICKET_STATUSES, ticket_events, tickets
+from tripline.collector.schema import ticket_events, tickets
+from tripline.collector.ticketmodel import (
+    ENGINE_ACTOR,
+    InvalidTicketTransition,
+    Ticket,
+    TicketChange,
+    TicketNotFound,
+    TicketPolicy,
+    problem_key,
+)
+from tripline.collector.ticketqueries import get_ticket
 from tripline.common.labels import Labels
-
-ENGINE_ACTOR = "tripline"
-
-TicketStatus = Literal["open", "acknowledged", "resolved"]
-
-
-def _default_escalation() -> dict[int, float]:
-    return {1: 1800.0, 2: 3600.0}
-
-
-@dataclass(frozen=True)
-class TicketPolicy:
-    reopen_window: float = 3600.0
-    """A problem back within this many seconds of its resolution reopens its ticket."""
-    flap_count: int = 3
-    """This many reopens within `flap_window` mark the ticket flapping."""
-    flap_window: float = 6 * 3600.0
-    escalate_after: Mapping[int, float] = field(default_factory=_default_escalation)
-    """tier -> seconds an open, unacknowledged ticket waits before moving up a tier."""
-
-
-@dataclass(frozen=True)
-class TicketEvent:
-    seq: int
-    at: float
-    kind: str
-    actor: str
-    message: str
-    data: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Ticket:
-    id: int
-    problem_key: str
-    customer: str
-    agent_id: str
-    hostname: str
-    rule: str
-    labels: Labels
-    status: TicketStatus
-    severity: str
-    tier: int
-    summary: str
-    runbook: str | None
-    value: float
-    threshold: float | None
-    context: dict[str, Any]
-    opened_at: float
-    tier_since: float
-    acknowledged_at: float | None
-    acknowledged_by: str | None
-    resolved_at: float | None
-    resolved_by: str | None
-    resolved_value: float | None
-    resolve_reason: str | None
-    reopen_count: int
-    flapping: bool
-    updated_at: float
-    event_seq: int
-    events: tuple[TicketEvent, ...] = ()
-    # Filled in by get_ticket only (a list of tickets leaves them empty): the snapshot
-    # taken while the problem held and when the collector received it; the earlier
-    # tickets of this rule on this PC (else this customer) and how they ended.
-    snapshot: dict[str, Any] | None = None
-    snapshot_taken_at: float | None = None
-    previously: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: labels as an object, events as a list of objects."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["labels"] = dict(self.labels)
-        out["events"] = [{f.name: getattr(e, f.name) for f in fields(e)} for e in self.events]
-        return out
-
-
-@dataclass(frozen=True)
-class TicketChange:
-    ticket_id: int
-    kind: str  # "opened" | "reopened" | "resolved" | "escalated" | "unchanged"
-
-
-class TicketError(Exception):
-    """Base of the ticket lifecycle's named errors."""
-
-
-class TicketNotFound(TicketError):
-    def __init__(self, ticket_id: int) -> None:
-        super().__init__(f"no ticket {ticket_id}")
-        self.ticket_id = ticket_id
-
-
-class InvalidTicketTransition(TicketError):
-    def __init__(self, ticket_id: int, action: str, why: str) -> None:
-        super().__init__(f"cannot {action} ticket {ticket_id}: {why}")
-        self.ticket_id = ticket_id
-        self.action = action
-        self.why = why
-
-
-def problem_key(customer: str, agent_id: str, rule: str, labels: Labels) -> str:
-    """Stable id of a problem: the same customer, agent, rule and series labels (in any
-    order) give the same key."""
-    canonical = json.dumps([customer, agent_id, rule, sorted(labels)], separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _duration(seconds: float) -> str:
@@ -131,17 +32,6 @@ def _duration(seconds: float) -> str:
     hours, minutes = divmod(minutes, 60)
     parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
     return "".join(parts) or "0s"
-
-
-def _ticket(row: Row[Any], events: tuple[TicketEvent, ...] = ()) -> Ticket:
-    values = row._asdict()
-    # A row written by an older or broken collector, or by hand, may hold other JSON:
-    # reading a ticket must not fail on it (tickets show, the API, delivery).
-    labels = row.labels if isinstance(row.labels, dict) else {}
-    values["labels"] = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
-    values["context"] = dict(row.context) if isinstance(row.context, dict) else {}
-    values["flapping"] = bool(row.flapping)
-    return Ticket(**values, events=events)
 
 
 def _locked(conn: Connection, ticket_id: int) -> Row[Any]:
@@ -451,81 +341,3 @@ def reassign_tier(conn: Connection, ticket_id: int, *, tier: int, actor: str, no
     data = {"from_tier": row.tier, "to_tier": tier, "manual": True}
     _change(conn, row, now, {"tier": tier, "tier_since": now}, ("escalated", actor, message, data))
     return get_ticket(conn, ticket_id)
-
-
-def get_ticket(conn: Connection, ticket_id: int) -> Ticket:
-    """The ticket with its timeline, oldest event first."""
-    row = conn.execute(select(tickets).where(tickets.c.id == ticket_id)).one_or_none()
-    if row is None:
-        raise TicketNotFound(ticket_id)
-    events = tuple(
-        TicketEvent(e.seq, e.at, e.kind, e.actor, e.message, dict(e.data))
-        for e in conn.execute(
-            select(ticket_events)
-            .where(ticket_events.c.ticket_id == ticket_id)
-            .order_by(ticket_events.c.seq)
-        )
-    )
-    ticket = _ticket(row, events)
-    snap = ticketsnapshots.get(conn, ticket_id)
-    earlier = previously.previous_tickets(
-        conn,
-        ticket_id=ticket_id,
-        customer=ticket.customer,
-        agent_id=ticket.agent_id,
-        rule=ticket.rule,
-        engine_actor=ENGINE_ACTOR,
-    )
-    return dataclasses.replace(
-        ticket,
-        snapshot=None if snap is None else snap[0],
-        snapshot_taken_at=None if snap is None else snap[1],
-        previously=earlier,
-    )
-
-
-def list_tickets(
-    conn: Connection,
-    *,
-    status: TicketStatus | tuple[TicketStatus, ...] | None = None,
-    customer: str | None = None,
-    agent_id: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
-    customers: Collection[str] | None = None,
-    severity: str | None = None,
-    tier: int | None = None,
-) -> list[Ticket]:
-    """Newest first, without their events (get_ticket has those). `customers` limits the
-    list to those customers (an API token's scope), on top of `customer`."""
-    statuses = (status,) if isinstance(status, str) else status
-    query = select(tickets)
-    if statuses is not None:
-        unknown = set(statuses) - set(TICKET_STATUSES)
-        if unknown:
-            raise ValueError(f"unknown ticket status {sorted(unknown)}; use {TICKET_STATUSES}")
-        query = query.where(tickets.c.status.in_(statuses))
-    if customer is not None:
-        query = query.where(tickets.c.customer == customer)
-    if agent_id is not None:
-        query = query.where(tickets.c.agent_id == agent_id)
-    if customers is not None:
-        query = query.where(tickets.c.customer.in_(sorted(customers)))
-    if severity is not None:
-        query = query.where(tickets.c.severity == severity)
-    if tier is not None:
-        query = query.where(tickets.c.tier == tier)
-    query = (
-        query.order_by(tickets.c.opened_at.desc(), tickets.c.id.desc()).limit(limit).offset(offset)
-    )
-    return [_ticket(row) for row in conn.execute(query)]
-
-
-def count_by_state(conn: Connection) -> dict[tuple[str, str, int], int]:
-    """(status, severity, tier) -> number of tickets."""
-    query = select(tickets.c.status, tickets.c.severity, tickets.c.tier, func.count()).group_by(
-        tickets.c.status, tickets.c.severity, tickets.c.tier
-    )
-    return {
-        (status, severity, int(tier)): int(n) for status, severity, tier, n in conn.execute(query)
-    }

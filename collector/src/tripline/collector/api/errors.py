@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from tripline.collector import delivery_parking, maintenance, tickets
+from tripline.collector import delivery_parking, maintenance, ticketmodel
 from tripline.collector.agents_store import AgentNotFound
 from tripline.collector.api.encoding import Json
 from tripline.collector.enrollment import EnrollmentTokenNotFound
@@ -86,12 +86,12 @@ Handler = Callable[[Request, Exception], Coroutine[Any, Any, Response]]
 EXCEPTION_HANDLERS: dict[Any, Handler] = {
     ApiError: _api_error,
     HTTPException: _http_error,
-    tickets.TicketNotFound: _not_found,
+    ticketmodel.TicketNotFound: _not_found,
     AgentNotFound: _not_found,
     EnrollmentTokenNotFound: _not_found,
     maintenance.WindowNotFound: _not_found,
     delivery_parking.ParkedEventNotFound: _not_found,
     maintenance.InvalidWindow: _bad_input,
-    tickets.InvalidTicketTransition: _conflict,
+    ticketmodel.InvalidTicketTransition: _conflict,
     StoreUnavailable: _unavailable,
 }

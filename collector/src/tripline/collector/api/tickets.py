@@ -9,7 +9,7 @@ from sqlalchemy import Connection, select
 from starlette.responses import Response
 
 from tripline.alerts.model import SEVERITIES
-from tripline.collector import apitokens, tickets
+from tripline.collector import apitokens, ticketmodel, ticketqueries, tickets
 from tripline.collector.api.body import Body, IntField, TextField
 from tripline.collector.api.encoding import Json
 from tripline.collector.api.jsonschema import array_of, obj, or_null, page_of, ref
@@ -32,7 +32,7 @@ TICKET_ID = path_id("ticket_id", "ticket id")
 TIER = Whole(name="tier", low=1, high=3)
 
 
-def ticket_json(ticket: tickets.Ticket, *, with_events: bool = True) -> dict[str, Any]:
+def ticket_json(ticket: ticketmodel.Ticket, *, with_events: bool = True) -> dict[str, Any]:
     out = ticket.to_dict()
     if not with_events:
         del out["events"]
@@ -43,7 +43,7 @@ def _visible_ticket(conn: Connection, token: ApiToken, ticket_id: int) -> str:
     """The ticket's customer; TicketNotFound when missing or outside the scope."""
     customer = conn.scalar(select(tickets_table.c.customer).where(tickets_table.c.id == ticket_id))
     if customer is None or not token.allows(customer):
-        raise tickets.TicketNotFound(ticket_id)
+        raise ticketmodel.TicketNotFound(ticket_id)
     return str(customer)
 
 
@@ -67,7 +67,7 @@ async def list_tickets(call: Call) -> Response:
     q, token = call.query, call.token
     limit, offset = q["limit"], q["offset"]
     rows = await call.ctx.read(
-        lambda conn: tickets.list_tickets(
+        lambda conn: ticketqueries.list_tickets(
             conn,
             status=q["status"],
             customer=q["customer"],
@@ -94,9 +94,9 @@ async def list_tickets(call: Call) -> Response:
 async def show_ticket(call: Call) -> Response:
     ticket_id = call.path("ticket_id")
 
-    def work(conn: Connection) -> tickets.Ticket:
+    def work(conn: Connection) -> ticketmodel.Ticket:
         _visible_ticket(conn, call.token, ticket_id)
-        return tickets.get_ticket(conn, ticket_id)
+        return ticketqueries.get_ticket(conn, ticket_id)
 
     return Json(ticket_json(await call.ctx.read(work)))
 
@@ -105,14 +105,14 @@ async def _change_ticket(
     call: Call,
     action: str,
     data: dict[str, Any],
-    change: Callable[[Connection, int, str, float], tickets.Ticket],
+    change: Callable[[Connection, int, str, float], ticketmodel.Ticket],
 ) -> Response:
     """Apply `change` to a visible ticket with its audit row, in one transaction."""
     token = call.token
     ticket_id = call.path("ticket_id")
     now = call.ctx.clock()
 
-    def work(conn: Connection) -> tickets.Ticket:
+    def work(conn: Connection) -> ticketmodel.Ticket:
         customer = _visible_ticket(conn, token, ticket_id)
         ticket = change(conn, ticket_id, token.name, now)
         apitokens.record(

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from tripline.collector.store import Store
-    from tripline.collector.tickets import Ticket, TicketStatus
+    from tripline.collector.ticketmodel import Ticket, TicketStatus
 
 TicketDict = dict[str, Any]
 TicketRows = list[TicketDict]
@@ -53,19 +53,19 @@ class LocalTickets:
         self._now = now
 
     def list(self, *, status: TicketStatus | None, customer: str | None, limit: int) -> TicketRows:
-        from tripline.collector import tickets
+        from tripline.collector import ticketqueries
 
         with self._store.read() as conn:
-            rows = tickets.list_tickets(conn, status=status, customer=customer, limit=limit)
+            rows = ticketqueries.list_tickets(conn, status=status, customer=customer, limit=limit)
         return [t.to_dict() for t in rows]
 
     def show(self, ticket_id: int) -> TicketDict:
-        from tripline.collector import tickets
+        from tripline.collector import ticketmodel, ticketqueries
 
         try:
             with self._store.read() as conn:
-                return tickets.get_ticket(conn, ticket_id).to_dict()
-        except tickets.TicketError as exc:
+                return ticketqueries.get_ticket(conn, ticket_id).to_dict()
+        except ticketmodel.TicketError as exc:
             raise CliError(str(exc)) from None
 
     def ack(self, ticket_id: int, *, actor: str | None) -> TicketDict:
@@ -103,13 +103,13 @@ class LocalTickets:
         )
 
     def _change(self, change: Callable[[Connection, str], Ticket], actor: str | None) -> TicketDict:
-        from tripline.collector import tickets
+        from tripline.collector import ticketmodel
 
         who = actor or getpass.getuser()
         try:
             with self._store.transaction() as conn:
                 ticket = change(conn, who)
-        except tickets.TicketError as exc:
+        except ticketmodel.TicketError as exc:
             raise CliError(str(exc)) from None
         return ticket.to_dict()
 

@@ -31,7 +31,7 @@ from tripline.collector.report.model import (
     Week,
 )
 
-ENGINE_ACTOR = "tripline"  # tickets.ENGINE_ACTOR, not imported: this module reads no store
+ENGINE_ACTOR = "tripline"  # ticketmodel.ENGINE_ACTOR, not imported: this module reads no store
 SEVERITY_ORDER = ("critical", "warning", "info")
 OUTCOMES = ("auto_resolved", "first_line", "higher_tier", "escalated", "open")
 HOUR = 3600.0
