@@ -39,7 +39,7 @@ from tests.integration.hostile_rig import (  # noqa: F401  (fixtures)
     wait_until,
 )
 from tripline.collector import agent_instances, agents_store, ticketqueries
-from tripline.collector.convert import LABEL_NAME, METRIC_NAME
+from tripline.collector.seriescheck import LABEL_NAME, METRIC_NAME
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
 

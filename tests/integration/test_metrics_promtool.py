@@ -25,9 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import running_collector
 from tripline.agent.probes import Prober
 from tripline.collector.app import CollectorApp
-from tripline.collector.convert import InvalidMessage, decode_report
+from tripline.collector.convert import decode_report
 from tripline.collector.exposition import SeriesExposition
 from tripline.collector.state import LiveState
+from tripline.collector.wirecheck import InvalidMessage
 from tripline.common import catalogue
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc

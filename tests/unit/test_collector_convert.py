@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 
 from tripline.collector.convert import (
     MAX_INT64,
-    METRIC_NAME,
-    InvalidMessage,
     Report,
     decode_hello,
     decode_report,
 )
+from tripline.collector.seriescheck import METRIC_NAME
+from tripline.collector.wirecheck import InvalidMessage
 from tripline.v1 import tripline_pb2 as pb
 
 INSTANCE = "i-1"

@@ -27,9 +27,6 @@ STATED = {
     "alerts/src/tripline/alerts/rules.py": (
         "the rule file format, validated in one pass that reports every problem at once"
     ),
-    "collector/src/tripline/collector/convert.py": (
-        "not yet split: wire format being changed (issue 13)"
-    ),
     "collector/src/tripline/collector/pipeline.py": (
         "apply, tick, retire and release share one per-agent lock and one order (evaluate,"
         " commit, then memory and Ack) that exactly-once apply and ack-only-what-is-durable"

@@ -8,8 +8,9 @@ import math
 import pytest
 
 from tripline.agent.interning import SeriesInterner
-from tripline.collector.convert import InvalidMessage, decode_report
+from tripline.collector.convert import decode_report
 from tripline.collector.seriestable import SeriesTable
+from tripline.collector.wirecheck import InvalidMessage
 from tripline.v1 import tripline_pb2 as pb
 
 T = 1_700_000_000.0

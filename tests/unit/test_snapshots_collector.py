@@ -11,10 +11,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import FakeClock
-from tripline.collector.convert import MAX_CMDLINE, MAX_PROCESSES, InvalidMessage
+from tripline.collector.reportcontext import MAX_CMDLINE, MAX_PROCESSES
 from tripline.collector.selfmetrics import CollectorMetrics
 from tripline.collector.snapshotconv import MAX_FILESYSTEMS, decode_snapshot
 from tripline.collector.snapshots import SnapshotBroker, SnapshotUnavailable
+from tripline.collector.wirecheck import InvalidMessage
 from tripline.v1 import tripline_pb2 as pb
 
 RID = "0123456789abcdef" * 2

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tripline.collector.convert import REASONS as REJECT_REASONS
+from tripline.collector.wirecheck import REASONS as REJECT_REASONS
 
 SNAPSHOT_RESULTS = (
     "requested",

@@ -7,7 +7,7 @@ Prometheus remote-write 2.0 interns its strings. A steady-state report carries n
 so the collector's per-report work is a bounds check and a list index per value instead
 of name and label checks per sample.
 
-A definition is validated exactly like a named sample (:func:`convert.check_series`).
+A definition is validated exactly like a named sample (:func:`seriescheck.check_series`).
 The table is the stream's own: a new stream starts empty, so an agent resending its
 spooled reports after a reconnect defines their series again. Everything about it is
 bounded and checked; each defect refuses the whole report with its own ``reason``:
@@ -31,7 +31,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from tripline.collector.convert import InvalidMessage, check_series, clean_text
+from tripline.collector.seriescheck import check_series
+from tripline.collector.wirecheck import InvalidMessage, clean_text
 from tripline.common.labels import Labels
 from tripline.v1 import tripline_pb2 as pb
 

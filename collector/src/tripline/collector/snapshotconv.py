@@ -14,14 +14,10 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from tripline.collector.convert import (
-    MAX_CPU_COUNT,
-    MAX_INT64,
-    MAX_LABEL_VALUE,
-    InvalidMessage,
-    bounded_context,
-    clean_text,
-)
+from tripline.collector.convert import MAX_CPU_COUNT, MAX_INT64
+from tripline.collector.reportcontext import bounded_context
+from tripline.collector.seriescheck import MAX_LABEL_VALUE
+from tripline.collector.wirecheck import InvalidMessage, clean_text
 from tripline.v1 import tripline_pb2 as pb
 
 MAX_FILESYSTEMS = 64

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tripline.collector import convert, ticketmodel
+from tripline.collector import reportcontext, ticketmodel
 from tripline.collector.config import CollectorConfig
 from tripline.collector.state import AgentLive
 
@@ -35,12 +35,14 @@ def ticket_context(live: AgentLive, report_context: Mapping[str, Any]) -> dict[s
                     "size_bytes": live.value("filesystem_size_bytes", **label_map),
                 }
             )
-    # The context was bounded and escaped when decoded (convert.LazyContext); the counts
+    # The context was bounded and escaped when decoded (reportcontext.LazyContext); the counts
     # are cut again here so no other path can put more into a ticket and its events.
     return {
-        "top_cpu": list(report_context.get("top_cpu", []))[: convert.MAX_PROCESSES],
-        "top_memory": list(report_context.get("top_memory", []))[: convert.MAX_PROCESSES],
-        "logged_in_users": list(report_context.get("logged_in_users", []))[: convert.MAX_USERS],
+        "top_cpu": list(report_context.get("top_cpu", []))[: reportcontext.MAX_PROCESSES],
+        "top_memory": list(report_context.get("top_memory", []))[: reportcontext.MAX_PROCESSES],
+        "logged_in_users": list(report_context.get("logged_in_users", []))[
+            : reportcontext.MAX_USERS
+        ],
         "filesystems": filesystems,
         "uptime_seconds": live.value("uptime_seconds"),
         "memory_used_ratio": live.value("memory_used_ratio"),
