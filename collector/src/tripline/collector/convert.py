@@ -35,9 +35,12 @@ from typing import Any, Protocol
 
 from google.protobuf.json_format import MessageToDict
 
-from tripline.collector.reportcontext import LazyContext, context_bytes
+from tripline.collector.reportcontext import LazyContext, _context_bytes
 from tripline.collector.seriescheck import check_series
-from tripline.collector.wirecheck import InvalidMessage, check_time, clean_text, shown
+
+# The decoders' error, named here too: their callers catch convert.InvalidMessage.
+from tripline.collector.wirecheck import InvalidMessage as InvalidMessage
+from tripline.collector.wirecheck import _check_time, _shown, clean_text
 from tripline.common.labels import Labels
 from tripline.v1 import tripline_pb2 as pb
 
@@ -102,7 +105,7 @@ def decode_host(host: pb.HostInfo, where: str, seq: int | None = None) -> dict[s
     if host.memory_total_bytes > MAX_INT64:
         raise InvalidMessage(f"{where}.memory_total_bytes must be at most {MAX_INT64}", seq, "host")
     if host.boot_time_seconds != 0.0:  # 0: not known
-        check_time(host.boot_time_seconds, f"{where}.boot_time_seconds", seq)
+        _check_time(host.boot_time_seconds, f"{where}.boot_time_seconds", seq)
     if len(host.tags) > MAX_TAGS:
         raise InvalidMessage(
             f"{where}.tags: {len(host.tags)} tags, more than {MAX_TAGS}", seq, "host"
@@ -150,13 +153,13 @@ def decode_enroll(msg: pb.EnrollRequest) -> Enrollment:
 def decode_hello(msg: pb.Hello) -> Hello:
     if INSTANCE_ID.fullmatch(msg.instance_id) is None:
         raise InvalidMessage(
-            f"Hello.instance_id {shown(msg.instance_id)} must be 1..64 characters of "
+            f"Hello.instance_id {_shown(msg.instance_id)} must be 1..64 characters of "
             "A-Z a-z 0-9 . _ : -",
             reason="instance_id",
         )
     if not math.isfinite(msg.sent_at_seconds):
         raise InvalidMessage("Hello.sent_at_seconds must be a finite unix time", reason="time")
-    check_time(msg.sent_at_seconds, "Hello.sent_at_seconds")
+    _check_time(msg.sent_at_seconds, "Hello.sent_at_seconds")
     return Hello(
         instance_id=msg.instance_id,
         agent_version=clean_text(msg.agent_version, MAX_VERSION),
@@ -182,7 +185,7 @@ def decode_report(
         raise InvalidMessage(f"{where}: seq must be at most {MAX_INT64}", seq, "seq")
     if msg.instance_id != instance_id:
         raise InvalidMessage(
-            f"{where}: instance_id {shown(msg.instance_id)} differs from the Hello's "
+            f"{where}: instance_id {_shown(msg.instance_id)} differs from the Hello's "
             f"{instance_id!r}",
             seq,
             "instance_id",
@@ -191,7 +194,7 @@ def decode_report(
         raise InvalidMessage(
             f"{where}: collected_at_seconds must be a positive unix time", seq, "time"
         )
-    check_time(msg.collected_at_seconds, f"{where}: collected_at_seconds", seq)
+    _check_time(msg.collected_at_seconds, f"{where}: collected_at_seconds", seq)
     if msg.spool_dropped_reports_total > MAX_INT64:
         raise InvalidMessage(
             f"{where}: spool_dropped_reports_total must be at most {MAX_INT64}", seq, "size"
@@ -232,7 +235,7 @@ def decode_report(
             seq,
             "series_table",
         )
-    context = LazyContext(context_bytes(msg.context, where, seq))
+    context = LazyContext(_context_bytes(msg.context, where, seq))
     host = decode_host(msg.host, f"{where}: host", seq) if msg.HasField("host") else None
     if interned and table is not None:
         # Last: the table takes the report's definitions only when nothing else refuses it.

@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from tripline.collector.wirecheck import InvalidMessage, clean_text, shown
+from tripline.collector.wirecheck import InvalidMessage, _shown, clean_text
 from tripline.v1 import tripline_pb2 as pb
 
 # The process context of one report: per list, per field.
@@ -24,14 +24,14 @@ MAX_CMDLINE = 1024
 MAX_CONTEXT_BYTES = 64 * 1024
 
 
-def context_bytes(context: pb.Context, where: str, seq: int) -> bytes:
+def _context_bytes(context: pb.Context, where: str, seq: int) -> bytes:
     """The serialized context, re-encoded bounded when it is larger than allowed."""
     for process in itertools.chain(
         context.top_cpu[:MAX_PROCESSES], context.top_memory[:MAX_PROCESSES]
     ):
         if not (math.isfinite(process.cpu_ratio) and process.cpu_ratio >= 0):
             raise InvalidMessage(
-                f"{where}: context process {shown(process.name)} has cpu_ratio "
+                f"{where}: context process {_shown(process.name)} has cpu_ratio "
                 f"{process.cpu_ratio!r}; it must be finite and >= 0",
                 seq,
                 "context",

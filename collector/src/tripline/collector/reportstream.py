@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from tripline.collector import convert, limits, snapshotconv, wirecheck
+from tripline.collector import convert, limits, snapshotconv
 from tripline.collector.config import CollectorConfig
 from tripline.collector.pipeline import Pipeline
 from tripline.collector.selfmetrics import CollectorMetrics
@@ -155,7 +155,7 @@ class ReportReader:
                         max_samples=self.config.max_samples_per_report,
                         table=table,
                     )
-                except wirecheck.InvalidMessage as exc:
+                except convert.InvalidMessage as exc:
                     self.metrics.reports_rejected.labels(exc.reason).inc()
                     log.warning(
                         "report rejected",
@@ -254,7 +254,7 @@ class ReportReader:
         agent_id = session.agent.agent_id
         try:
             request_id, data = snapshotconv.decode_snapshot(message)
-        except wirecheck.InvalidMessage as exc:
+        except convert.InvalidMessage as exc:
             self.metrics.snapshots.labels("invalid").inc()
             log.warning("snapshot rejected", extra={"agent_id": agent_id, "error": str(exc)})
             return

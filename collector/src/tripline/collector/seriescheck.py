@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tripline.collector.wirecheck import CONTROL, ESCAPES, InvalidMessage, shown
+from tripline.collector.wirecheck import _CONTROL, _ESCAPES, InvalidMessage, _shown
 from tripline.common import catalogue, names
 from tripline.common.labels import Labels
 
@@ -51,8 +51,8 @@ def check_series(
         for position, (label, label_value) in enumerate(items):
             if label not in _GOOD_LABELS:
                 _check_label_name(label, f"{where}, {kind} #{index} ({name})", seq)
-            if CONTROL.search(label_value) is not None:
-                label_value = label_value.translate(ESCAPES)
+            if _CONTROL.search(label_value) is not None:
+                label_value = label_value.translate(_ESCAPES)
                 items[position] = (label, label_value)
             if len(label_value) > MAX_LABEL_VALUE:
                 raise InvalidMessage(
@@ -86,7 +86,7 @@ _KNOWN_NAMES_MAX = 10_000
 def _check_metric_name(name: str, where: str, index: int, seq: int, kind: str = "sample") -> None:
     if len(name) > MAX_NAME or METRIC_NAME.fullmatch(name) is None:
         raise InvalidMessage(
-            f"{where}, {kind} #{index}: metric name {shown(name)} is not a valid Prometheus "
+            f"{where}, {kind} #{index}: metric name {_shown(name)} is not a valid Prometheus "
             f"name ([a-z_][a-z0-9_]*, at most {MAX_NAME} characters)",
             seq,
             "metric_name",
@@ -106,7 +106,7 @@ def _check_metric_name(name: str, where: str, index: int, seq: int, kind: str = 
 def _check_label_name(label: str, where: str, seq: int) -> None:
     if len(label) > MAX_NAME or LABEL_NAME.fullmatch(label) is None:
         raise InvalidMessage(
-            f"{where}: label name {shown(label)} is not a valid Prometheus label name "
+            f"{where}: label name {_shown(label)} is not a valid Prometheus label name "
             f"([a-z_][a-z0-9_]*, at most {MAX_NAME} characters)",
             seq,
             "label_name",

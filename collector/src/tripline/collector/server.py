@@ -28,7 +28,6 @@ from tripline.collector import (
     reportstream,
     throttle,
     tls,
-    wirecheck,
 )
 from tripline.collector.config import CollectorConfig
 from tripline.collector.enrollment import enroll_agent
@@ -120,7 +119,7 @@ class CollectorService(pb_grpc.CollectorServicer):
         await self._throttled("token", token_key, context)
         try:
             enrollment = convert.decode_enroll(request)
-        except wirecheck.InvalidMessage as exc:
+        except convert.InvalidMessage as exc:
             self._enroll_failed(peer, None, reason=exc.reason)
             self.metrics.enrollments.labels("invalid").inc()
             self.metrics.reports_rejected.labels(exc.reason).inc()
@@ -219,7 +218,7 @@ class CollectorService(pb_grpc.CollectorServicer):
             )
         try:
             hello = convert.decode_hello(first.hello)
-        except wirecheck.InvalidMessage as exc:
+        except convert.InvalidMessage as exc:
             self.metrics.reports_rejected.labels(exc.reason).inc()
             log.warning(
                 "hello rejected",

@@ -4,6 +4,9 @@ control-character escaping, plausible times.
 Everything an agent sends is untrusted (collector.convert says how each message is
 checked); a rejection names the field and carries a ``reason`` (one per class of defect)
 for ``tripline_collector_reports_rejected_total{reason}``.
+
+The names with an underscore are shared by the edge's modules only (convert,
+seriescheck, reportcontext), under the names they had in convert.py.
 """
 
 from __future__ import annotations
@@ -53,23 +56,23 @@ class InvalidMessage(ValueError):
 
 
 # C0, DEL and C1: what a terminal, a log line or a mail header may act on.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-ESCAPES = {c: f"\\x{c:02x}" for c in itertools.chain(range(0x20), range(0x7F, 0xA0))}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ESCAPES = {c: f"\\x{c:02x}" for c in itertools.chain(range(0x20), range(0x7F, 0xA0))}
 
 
 def clean_text(value: str, limit: int) -> str:
     """``value`` with control characters escaped as ``\\xNN``, cut to ``limit`` characters."""
-    if CONTROL.search(value) is not None:
-        value = value.translate(ESCAPES)
+    if _CONTROL.search(value) is not None:
+        value = value.translate(_ESCAPES)
     return value[:limit]
 
 
-def shown(value: str, limit: int = 80) -> str:
+def _shown(value: str, limit: int = 80) -> str:
     """A value quoted for an error message: escaped and short."""
     return repr(clean_text(value, limit))
 
 
-def check_time(value: float, field: str, seq: int | None = None) -> None:
+def _check_time(value: float, field: str, seq: int | None = None) -> None:
     if not (math.isfinite(value) and MIN_TIME <= value <= MAX_TIME):
         raise InvalidMessage(
             f"{field} {value!r} is not a plausible unix time (finite, between "
