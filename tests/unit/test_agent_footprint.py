@@ -39,6 +39,6 @@ def test_an_agent_reading_textfiles_imports_the_parser_when_it_parses(tmp_path: 
 
 def test_the_agents_channel_does_not_probe_bandwidth() -> None:
     # BDP pings on every received ack cost gRPC-thread CPU each interval (bench/README.md)
-    from tripline.agent.transport import channel_options
+    from tripline.agent.channel import channel_options
 
     assert ("grpc.http2.bdp_probe", 0) in channel_options(4 * 2**20)

@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from tripline.agent import convert, probes, tls
+from tripline.agent import convert, tls
 from tripline.agent.config import AgentConfig
 from tripline.agent.identity import Identity
+from tripline.agent.inventory import inventory as read_inventory
 from tripline.agent.prober_setup import prober_for
-from tripline.agent.probes import Collection, Sample
+from tripline.agent.samples import Collection, Sample
 from tripline.agent.snapshot import Snapshotter
 from tripline.agent.spool import Spool
 from tripline.agent.transport import Transport
@@ -46,7 +47,7 @@ class AgentRunner:
         self.snapshotter = Snapshotter(self.prober)
         self.interval = config.interval
         self.inventory_interval = config.inventory_interval
-        self._inventory = probes.inventory()
+        self._inventory = read_inventory()
         self._inventory_sent_at = 0.0
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.transport = Transport(
@@ -119,7 +120,7 @@ class AgentRunner:
         collection = replace(collection, samples=collection.samples + self._self_samples())
         inventory = None
         if now - self._inventory_sent_at >= self.inventory_interval:
-            self._inventory = probes.inventory()
+            self._inventory = read_inventory()
             inventory = self._inventory
             self._inventory_sent_at = now
         return self.spool.append(
