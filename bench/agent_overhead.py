@@ -229,6 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             procstat.Sampler(exporter.pid, history=True).start() if exporter else None
         )
         agent_a = procstat.snapshot(agent.pid)
+        threads_a = procstat.thread_cpu(agent.pid)
         exporter_a = procstat.snapshot(exporter.pid) if exporter else None
         memory = _memory("agent", "start", agent.pid)
         if exporter:
@@ -248,6 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 next_scrape += args.interval
             time.sleep(max(0.0, min(0.2, end - time.monotonic())))
         agent_b = procstat.snapshot(agent.pid)
+        threads_b = procstat.thread_cpu(agent.pid)
         exporter_b = procstat.snapshot(exporter.pid) if exporter else None
         memory.update(_memory("agent", "end", agent.pid))
         if exporter:
@@ -261,6 +263,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "agent_from": args.agent_from,
             "agent_reports": reports,
             **_figures("agent", agent_a, agent_b, agent_sampler, intervals),
+            "agent_thread_cpu_ms_per_unit": {
+                name: round(1000 * (spent - threads_a.get(name, 0.0)) / intervals, 2)
+                for name, spent in sorted(threads_b.items())
+            },
             **memory,
         }
         if exporter and exporter_a and exporter_b and exporter_sampler:
@@ -316,6 +322,7 @@ def report(f: dict[str, Any], exporter: str) -> None:
         f"{f['interval']:g}s interval "
         f"({f['agent_cpu_seconds']:.2f} s over {f['duration']:g} s, {f['agent_reports']} reports)"
     )
+    _line(f"  agent threads, ms CPU per interval: {f['agent_thread_cpu_ms_per_unit']}")
     _line(_memory_line(f, "agent"))
     if f["agent_reports"] < f["agent_units"] / 2:
         _line(

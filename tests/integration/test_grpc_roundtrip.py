@@ -14,9 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import async_eventually as eventually
 from tests.integration.conftest import TOKEN, agent_config, running_collector
+from tripline.agent.enroll import EnrollmentFailed
 from tripline.agent.runner import AgentRunner
 from tripline.agent.spool import Spool
-from tripline.agent.transport import EnrollmentFailed
 from tripline.collector import agent_instances, agents_store
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc

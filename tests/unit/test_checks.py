@@ -27,7 +27,8 @@ from tripline.agent.checks import (
     parse_service_checks,
 )
 from tripline.agent.config import load_agent_config
-from tripline.agent.probes import Collection, Prober
+from tripline.agent.probes import Prober
+from tripline.agent.samples import Collection
 from tripline.common.config import ConfigError
 
 # --- config -----------------------------------------------------------------------------
@@ -312,7 +313,7 @@ def test_the_local_checks_examples_in_rules_md_load(tmp_path: Path) -> None:
 
 
 def test_once_table_shows_local_checks(tmp_path: Path) -> None:
-    from tripline.agent.probes import inventory
+    from tripline.agent.inventory import inventory
     from tripline.agent.render import render_table
     from tripline.agent.textfile import Textfile
 

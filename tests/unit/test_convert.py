@@ -7,15 +7,9 @@ import time
 from typing import Any
 
 from tripline.agent.convert import collection_to_dict, context_to_dict, host_info, report_bytes
-from tripline.agent.probes import (
-    Collection,
-    Context,
-    Inventory,
-    Prober,
-    ProcessSample,
-    Sample,
-    inventory,
-)
+from tripline.agent.inventory import Inventory, inventory
+from tripline.agent.probes import Prober
+from tripline.agent.samples import Collection, Context, ProcessSample, Sample
 from tripline.v1 import tripline_pb2 as pb
 
 INVENTORY = Inventory(

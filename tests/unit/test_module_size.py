@@ -17,13 +17,9 @@ LIMIT = 420
 # path (from the repository root) -> why it is longer. Remove an entry once the module is
 # split; the test says so when it is no longer needed.
 STATED = {
-    "agent/src/tripline/agent/probes.py": (
-        "every psutil call stays behind this one module (STYLE.md 4): one probe per family"
-    ),
     "agent/src/tripline/agent/service.py": (
         "three service managers (systemd, launchd, Windows SCM) behind one install interface"
     ),
-    "agent/src/tripline/agent/transport.py": "not yet split: wire format being changed (issue 13)",
     "alerts/src/tripline/alerts/rules.py": (
         "the rule file format, validated in one pass that reports every problem at once"
     ),

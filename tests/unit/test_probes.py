@@ -15,17 +15,11 @@ from typing import Any, ClassVar
 import psutil
 import pytest
 
-from tripline.agent.probes import (
-    CMDLINE_MAX_CHARS,
-    Collection,
-    Prober,
-    cpu_usage_ratio,
-    inventory,
-    process_cpu_ratio,
-    real_filesystem,
-    whole_disk,
-)
+from tripline.agent.inventory import inventory
+from tripline.agent.probes import Prober, cpu_usage_ratio, real_filesystem, whole_disk
+from tripline.agent.processes import CMDLINE_MAX_CHARS, process_cpu_ratio
 from tripline.agent.redact import Redaction
+from tripline.agent.samples import Collection
 from tripline.common import catalogue
 
 # The probes emit through the catalogue: every name they send is a core family there.

@@ -6,16 +6,10 @@ import time
 
 import pytest
 
-from tripline.agent.probes import (
-    Collection,
-    Context,
-    Inventory,
-    Prober,
-    ProcessSample,
-    Sample,
-    inventory,
-)
+from tripline.agent.inventory import Inventory, inventory
+from tripline.agent.probes import Prober
 from tripline.agent.render import human_bytes, human_duration, render_json, render_table
+from tripline.agent.samples import Collection, Context, ProcessSample, Sample
 
 INVENTORY = Inventory(
     hostname="pc-reception",

@@ -127,6 +127,27 @@ def test_file_is_wal_with_full_sync(spool: Spool) -> None:
     assert spool._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+def test_an_ack_is_not_synced_alone_and_appends_still_are(spool: Spool) -> None:
+    # An ack runs on the agent's event loop: no fsync of its own (a lost ack only means a
+    # resend the collector drops by seq); the next append's FULL sync carries it.
+    spool.append(fixed(b"x"))
+    statements: list[str] = []
+    spool._db.set_trace_callback(statements.append)
+    assert spool.ack(1) == 1
+    spool._db.set_trace_callback(None)
+    begin = statements.index("BEGIN IMMEDIATE")
+    assert statements[:begin] == ["PRAGMA synchronous = NORMAL"]
+    assert statements[-1] == "PRAGMA synchronous = FULL"
+    seen: list[int] = []
+    spool.append(lambda seq, dropped: seen.append(_synchronous(spool)) or b"y")
+    assert seen == [2]  # FULL while the report is written
+    assert spool.stats().reports == 1 and spool.pending() == [(2, b"y")]
+
+
+def _synchronous(spool: Spool) -> int:
+    return int(spool._db.execute("PRAGMA synchronous").fetchone()[0])
+
+
 @pytest.mark.parametrize(
     "content",
     [b"this is not a database at all" * 100, b"SQLite format 3\x00" + b"\xff" * 4000],

@@ -53,8 +53,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
+    from tripline.agent.enroll import EnrollmentFailed
     from tripline.agent.runner import AgentRunner
-    from tripline.agent.transport import EnrollmentFailed
 
     logs.configure(config.log_format, config.log_level)
 
@@ -91,7 +91,7 @@ def _service(args: argparse.Namespace) -> int:
 
 
 def _once(as_json: bool, config: AgentConfig) -> int:
-    from tripline.agent import probes
+    from tripline.agent.inventory import inventory as read_inventory
     from tripline.agent.prober_setup import prober_for
 
     prober = prober_for(config)
@@ -100,7 +100,7 @@ def _once(as_json: bool, config: AgentConfig) -> int:
     # Done while the CPU counters move rather than after the second snapshot.
     from tripline.agent import render
 
-    inventory = probes.inventory()
+    inventory = read_inventory()
     time.sleep(max(0.0, second_at - time.monotonic()))
     collection = prober.collect(time.time())
     if as_json:

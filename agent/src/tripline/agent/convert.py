@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tripline.agent.probes import Collection, Context, Inventory, ProcessSample, Sample
+from tripline.agent.inventory import Inventory
+from tripline.agent.samples import Collection, Context, ProcessSample, Sample
 from tripline.agent.snapshot import MAX_REQUEST_ID, Snapshot
 from tripline.v1 import tripline_pb2 as pb
 

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from tripline.agent.convert import collection_to_dict
-from tripline.agent.probes import Collection, Inventory, ProcessSample
+from tripline.agent.inventory import Inventory
+from tripline.agent.samples import Collection, ProcessSample
 from tripline.common import catalogue
 from tripline.common.terminal import escape
 

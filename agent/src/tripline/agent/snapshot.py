@@ -19,7 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tripline.agent.probes import Prober, ProcessSample, cpu_usage_ratio, process_cpu_ratio
+from tripline.agent.probes import Prober, cpu_usage_ratio
+from tripline.agent.processes import process_cpu_ratio
+from tripline.agent.samples import ProcessSample
 
 # What a request id may be: the collector's own, echoed back; anything longer is cut.
 MAX_REQUEST_ID = 64

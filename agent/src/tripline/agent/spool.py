@@ -170,16 +170,29 @@ class Spool:
         return [(int(seq), bytes(payload)) for seq, payload in rows]
 
     def ack(self, seq: int) -> int:
-        """Delete every report with seq <= `seq`; return how many were deleted."""
-        with self._lock, self._guard(), self._transaction() as db:
-            count, size = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM reports WHERE seq <= ?", (seq,)
-            ).fetchone()
-            if count:
-                db.execute("DELETE FROM reports WHERE seq <= ?", (seq,))
-                db.execute(
-                    "UPDATE spool_state SET total_bytes = total_bytes - ? WHERE id = 1", (size,)
-                )
+        """Delete every report with seq <= `seq`; return how many were deleted.
+
+        Not synced to disk by itself (no fsync; the next `append`'s sync carries it): an
+        ack lost to a power cut only means resending reports the collector has already
+        applied, which it drops by seq. So an ack is a small write, fit for the event loop.
+        """
+        with self._lock, self._guard():
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with self._transaction() as db:
+                    count, size = db.execute(
+                        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM reports WHERE seq <= ?",
+                        (seq,),
+                    ).fetchone()
+                    if count:
+                        db.execute("DELETE FROM reports WHERE seq <= ?", (seq,))
+                        db.execute(
+                            "UPDATE spool_state SET total_bytes = total_bytes - ? WHERE id = 1",
+                            (size,),
+                        )
+            finally:
+                # appends stay FULL: a report append returned for survives a power cut
+                self._db.execute("PRAGMA synchronous = FULL")
             return int(count)
 
     def stats(self) -> SpoolStats:

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc import aio
 
-from tripline.agent import identity as identity_file
+from tripline.agent.channel import RETRYABLE, open_channel
+from tripline.agent.enroll import load_or_enroll
 from tripline.agent.identity import Identity
 from tripline.agent.interning import SeriesInterner
+from tripline.agent.replay import Replay
 from tripline.agent.spool import Spool
 from tripline.common.backoff import Backoff
 from tripline.v1 import tripline_pb2 as pb
@@ -34,49 +36,7 @@ if TYPE_CHECKING:
     Call = aio.StreamStreamCall[pb.AgentMessage, pb.CollectorMessage]
 
 AGENT_VERSION = "0.1.0"
-# Failures worth retrying; anything else is a bug or a refusal and is logged loudly
-# (and still retried, slowly: an office PC agent must never give up for good).
-RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-}
 MAX_IN_FLIGHT = 32
-
-
-class EnrollmentFailed(Exception):
-    """The collector refused the enrollment token: a configuration error to fix by hand."""
-
-
-def channel_options(
-    max_message_bytes: int, keepalive_time: float = 30.0, keepalive_timeout: float = 10.0
-) -> list[tuple[str, int]]:
-    # By default ping every 30 s and give up on a silent peer after 10 s, so a blackholed
-    # connection is noticed within ~40 s; the collector permits pings every 10 s while it
-    # sends nothing (on a live stream its acks are data, so shorter settings work too).
-    return [
-        ("grpc.keepalive_time_ms", round(keepalive_time * 1000)),
-        ("grpc.keepalive_timeout_ms", round(keepalive_timeout * 1000)),
-        # gRPC core (1.6x on) times every ping out by this instead, default 60 s: without
-        # it a blackholed stream is noticed only after a minute (tests/e2e/test_faults.py).
-        ("grpc.http2.ping_timeout_ms", round(keepalive_timeout * 1000)),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        # our own backoff decides reconnect timing; keep gRPC's short
-        ("grpc.initial_reconnect_backoff_ms", 500),
-        ("grpc.max_reconnect_backoff_ms", 5_000),
-        # No BDP probing: it pings on received data to size the flow-control window for
-        # bulk transfers; one small report per interval never needs more than the default
-        # window, and the pings cost the PC CPU in gRPC's threads (bench/README.md).
-        ("grpc.http2.bdp_probe", 0),
-    ]
 
 
 @dataclass
@@ -141,7 +101,7 @@ class Transport:
         self.sleep = sleep
         self.clock = clock
         self.stats = TransportStats()
-        self._replay: _Replay | None = None
+        self._replay: Replay | None = None
         self._new_data = asyncio.Event()
         self._acked = asyncio.Event()
         # Reports and snapshot answers share the stream; gRPC allows one write at a time.
@@ -154,14 +114,21 @@ class Transport:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, stream, reconnect; return when ``stop`` is set."""
-        options = channel_options(self.max_message_bytes, *self.keepalive)
-        if self.credentials is None:
-            channel = aio.insecure_channel(self.target, options=options)
-        else:
-            channel = aio.secure_channel(self.target, self.credentials, options=options)
+        channel = open_channel(
+            self.target, self.credentials, self.max_message_bytes, self.keepalive
+        )
         async with channel:
             stub = pb_grpc.CollectorStub(channel)
-            ident = await self._identity(stub, stop)
+            ident = await load_or_enroll(
+                stub,
+                stop,
+                path=self.identity_path,
+                token=self.enrollment_token,
+                site=self.site,
+                host_info=self.host_info,
+                backoff=self.backoff,
+                on_identity=self.on_identity,
+            )
             if ident is None:
                 return
             while not stop.is_set():
@@ -171,55 +138,6 @@ class Transport:
                 log.info("reconnecting", extra={"in_seconds": round(delay, 2)})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-
-    async def _identity(
-        self, stub: pb_grpc.CollectorAsyncStub, stop: asyncio.Event
-    ) -> Identity | None:
-        ident = await asyncio.to_thread(identity_file.load, self.identity_path)
-        if ident is not None:
-            return ident
-        if not self.enrollment_token:
-            raise EnrollmentFailed(
-                f"not enrolled yet ({self.identity_path} missing) and no enrollment token "
-                "given: pass --enrollment-token or set enrollment_token in the config"
-            )
-        while not stop.is_set():
-            try:
-                response = await stub.Enroll(
-                    pb.EnrollRequest(
-                        enrollment_token=self.enrollment_token,
-                        host=self.host_info(),
-                        site=self.site,
-                    ),
-                    timeout=30,
-                )
-            except aio.AioRpcError as exc:
-                if exc.code() in (
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    grpc.StatusCode.PERMISSION_DENIED,
-                ):
-                    raise EnrollmentFailed(exc.details() or str(exc.code())) from None
-                delay = self.backoff.next()
-                log.warning(
-                    "enrollment failed, retrying",
-                    extra={"code": exc.code().name, "error": exc.details(), "in_seconds": delay},
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                continue
-            ident = Identity(
-                agent_id=response.agent_id,
-                credential=response.credential,
-                customer=response.customer,
-            )
-            await asyncio.to_thread(identity_file.save, self.identity_path, ident)
-            if self.on_identity is not None:
-                self.on_identity(ident)
-            log.info("enrolled", extra={"agent_id": ident.agent_id, "customer": ident.customer})
-            self.backoff.reset()
-            return ident
-        return None
 
     async def _stream_once(
         self, stub: pb_grpc.CollectorAsyncStub, ident: Identity, stop: asyncio.Event
@@ -256,7 +174,7 @@ class Transport:
                 extra={"collector": self.target, "agent_id": ident.agent_id, "applied_seq": acked},
             )
             stats = await asyncio.to_thread(self.spool.stats)
-            self._replay = _Replay.start(acked, stats.newest_seq or acked)
+            self._replay = Replay.start(acked, stats.newest_seq or acked)
             # A collector offering a series table gets each series named once per stream;
             # an older one (0) gets named samples as before.
             limit = welcome.series_table_max if self.intern_series else 0
@@ -315,26 +233,17 @@ class Transport:
         return delay
 
     async def _send(self, call: Call, after: int, interner: SeriesInterner | None = None) -> None:
+        # The spool is read here on the event loop, not in a worker thread: a read of a few
+        # indexed rows costs less than the hand-off to a thread and back (bench/README.md).
         last_sent = after
         while True:
-            in_flight = last_sent - self.stats.acked_seq
-            room = MAX_IN_FLIGHT - in_flight
-            batch = await asyncio.to_thread(self.spool.pending, last_sent, room) if room > 0 else []
-            if not batch:
-                self._new_data.clear()
-                self._acked.clear()
-                # re-check after clearing so a notify between the read and clear is not lost
-                if room > 0:
-                    more = await asyncio.to_thread(self.spool.pending, last_sent, 1)
-                    if more:
-                        continue
-                waiters = {asyncio.ensure_future(self._acked.wait())}
-                if room > 0:
-                    waiters.add(asyncio.ensure_future(self._new_data.wait()))
-                _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in pending:
-                    waiter.cancel()
-                continue
+            # Cleared before the spool is read: a report spooled or an ack read after the
+            # read sets them again. Both are set on this loop and nothing below awaits
+            # before the read, so nothing can slip in between.
+            self._new_data.clear()
+            self._acked.clear()
+            room = MAX_IN_FLIGHT - (last_sent - self.stats.acked_seq)
+            batch = self.spool.pending(last_sent, room) if room > 0 else []
             for seq, payload in batch:
                 report = pb.Report.FromString(payload)
                 if interner is not None:
@@ -343,6 +252,14 @@ class Transport:
                     await call.write(pb.AgentMessage(report=report))
                 last_sent = seq
                 self.stats.reports_sent += 1
+            if batch:
+                continue  # more may have been spooled, or acked, while these were written
+            waiters = {asyncio.ensure_future(self._acked.wait())}
+            if room > 0:
+                waiters.add(asyncio.ensure_future(self._new_data.wait()))
+            _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in pending:
+                waiter.cancel()
 
     async def _read(self, call: Call) -> None:
         while True:
@@ -352,7 +269,9 @@ class Transport:
             kind = message.WhichOneof("kind")
             if kind == "ack":
                 seq = message.ack.seq
-                deleted = await asyncio.to_thread(self.spool.ack, seq)
+                # On the loop: an ack is not synced to disk on its own (Spool.ack), so it is
+                # a small write, cheaper than a hand-off to a worker thread.
+                deleted = self.spool.ack(seq)
                 self.stats.reports_acked += deleted
                 self.stats.acked_seq = max(self.stats.acked_seq, seq)
                 self._acked.set()
@@ -400,41 +319,3 @@ class Transport:
 
 class _ProtocolError(Exception):
     pass
-
-
-# A backlog this large after a reconnect is worth progress lines in the log.
-REPLAY_REPORT_THRESHOLD = 100
-
-
-@dataclass(frozen=True)
-class _Replay:
-    """Progress of resending a backlog after an outage, logged every tenth of the way."""
-
-    first: int
-    last: int
-    next_report: int
-
-    @classmethod
-    def start(cls, acked: int, newest: int) -> _Replay | None:
-        backlog = newest - acked
-        if backlog < REPLAY_REPORT_THRESHOLD:
-            return None
-        log.info("replaying backlog", extra={"reports": backlog, "from_seq": acked + 1})
-        return cls(first=acked, last=newest, next_report=acked + max(1, backlog // 10))
-
-    def progress(self, acked: int) -> _Replay | None:
-        total = self.last - self.first
-        if acked >= self.last:
-            log.info("backlog replayed", extra={"reports": total})
-            return None
-        if acked < self.next_report:
-            return self
-        log.info(
-            "replaying backlog",
-            extra={
-                "done": acked - self.first,
-                "reports": total,
-                "percent": round(100 * (acked - self.first) / total),
-            },
-        )
-        return _Replay(self.first, self.last, acked + max(1, total // 10))
