@@ -42,12 +42,3 @@ def test_the_agents_channel_does_not_probe_bandwidth() -> None:
     from tripline.agent.channel import channel_options
 
     assert ("grpc.http2.bdp_probe", 0) in channel_options(4 * 2**20)
-
-
-def test_the_running_agent_schedules_without_apscheduler(tmp_path: Path) -> None:
-    # APScheduler 3 pulled importlib.metadata, email, zipfile, multiprocessing and tzlocal
-    # into the agent (~4 MiB) for one interval timer (tripline.agent.schedule does it now).
-    modules, result = imported("-c", "import tripline.agent.runner", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "tripline.agent.schedule" in modules
-    assert loaded(modules, "apscheduler", "email", "zipfile", "multiprocessing") == []

@@ -7,11 +7,13 @@ first, whether or not the collector is reachable.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tripline.agent import convert, tls
 from tripline.agent.config import AgentConfig
@@ -19,7 +21,6 @@ from tripline.agent.identity import Identity
 from tripline.agent.inventory import inventory as read_inventory
 from tripline.agent.prober_setup import prober_for
 from tripline.agent.samples import Collection, Sample
-from tripline.agent.schedule import IntervalSchedule
 from tripline.agent.snapshot import Snapshotter
 from tripline.agent.spool import Spool
 from tripline.agent.transport import Transport
@@ -48,7 +49,7 @@ class AgentRunner:
         self.inventory_interval = config.inventory_interval
         self._inventory = read_inventory()
         self._inventory_sent_at = 0.0
-        self.schedule = IntervalSchedule(self._collect_job, self.interval)
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.transport = Transport(
             target=config.collector,
             spool=self.spool,
@@ -88,7 +89,8 @@ class AgentRunner:
         if interval != self.interval:
             log.info("collection interval changed", extra={"interval_seconds": interval})
             self.interval = interval
-            self.schedule.reschedule(interval)
+            if self.scheduler.get_job("collect") is not None:
+                self.scheduler.reschedule_job("collect", trigger="interval", seconds=interval)
         if settings.inventory_interval_seconds > 0:
             self.inventory_interval = settings.inventory_interval_seconds
 
@@ -137,7 +139,17 @@ class AgentRunner:
         self.transport.notify()
 
     async def run(self, stop: asyncio.Event) -> None:
-        collecting = asyncio.create_task(self.schedule.run(stop))
+        self.scheduler.add_job(
+            self._collect_job,
+            "interval",
+            seconds=self.interval,
+            id="collect",
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        self.scheduler.start()
         stats = self.spool.stats()
         log.info(
             "agent started",
@@ -152,7 +164,5 @@ class AgentRunner:
         try:
             await self.transport.run(stop)
         finally:
-            collecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await collecting
+            self.scheduler.shutdown(wait=False)
             self.spool.close()

@@ -60,3 +60,5 @@ def configure(fmt: str = "json", level: str = "INFO", stream: TextIO | None = No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # APScheduler logs every job run at INFO; that is noise at a 10 s interval.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
