@@ -38,12 +38,29 @@ class _AgentHandoffs(ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
+# A rule that never trips: the default rules watch this PC's real load, and a pending
+# rule asks the agent for a snapshot, a hand-off of its own that is not per report.
+QUIET_RULES = """\
+rules:
+  - name: NeverTrips
+    metric: memory_total_bytes
+    op: "<"
+    threshold: 0
+    for: 0s
+    severity: info
+    tier: 1
+    summary: "{host} never"
+"""
+
+
 def test_one_thread_hand_off_per_report_the_collection(tmp_path: Path) -> None:
     executor = _AgentHandoffs()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(QUIET_RULES)
 
     async def scenario() -> None:
         asyncio.get_running_loop().set_default_executor(executor)
-        async with running_collector(tmp_path / "c") as app:
+        async with running_collector(tmp_path / "c", rules=rules) as app:
             runner = AgentRunner(agent_config(tmp_path / "a", app.grpc_port))
             stop = asyncio.Event()
             task = asyncio.create_task(runner.run(stop))
