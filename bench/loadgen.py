@@ -394,6 +394,17 @@ class Target:
         return int(self.address.rsplit(":", 1)[1])
 
 
+def sockets_per_process(
+    channels: int, workers: int, procs: int, *, baseline: bool
+) -> tuple[int, int]:
+    """(the most connections one server process holds, one generator process holds).
+
+    One socket per connection in each. With --workers W the kernel spreads connections
+    over W collector processes (by hash: 5% slack); the bare baseline is one process."""
+    per_worker = math.ceil(channels / workers * (1.05 if workers > 1 else 1))
+    return max(per_worker, channels if baseline else 0), math.ceil(channels / procs)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="tripline-loadgen-"))
     collector: CollectorProcess | None = None
@@ -414,13 +425,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers,
         "nofile_limit": procstat.raise_nofile_limit(),  # inherited by every child
     }
-    # One socket per connection in the server and in the generator process.
-    per_proc = math.ceil(figures["channels"] / args.procs)
-    if figures["nofile_limit"] < max(figures["channels"], per_proc) + FD_HEADROOM:
+    per_server, per_proc = sockets_per_process(
+        figures["channels"], args.workers, args.procs, baseline=not args.no_baseline
+    )
+    if figures["nofile_limit"] < max(per_server, per_proc) + FD_HEADROOM:
         raise BenchError(
-            f"{figures['channels']} connections need about {figures['channels'] + FD_HEADROOM} "
-            f"open files in the server, the hard limit is {figures['nofile_limit']}: raise it "
-            "(ulimit -Hn, or LimitNOFILE= in a unit), or use --agents-per-channel"
+            f"{figures['channels']} connections need about {per_server + FD_HEADROOM} "
+            f"open files in each server process, the hard limit is {figures['nofile_limit']}: "
+            "raise it (ulimit -Hn, or LimitNOFILE= in a unit), use --workers, --procs, or "
+            "--agents-per-channel"
         )
     try:
         tls = None if args.plaintext else make_tls(tmp / "tls")

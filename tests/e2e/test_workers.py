@@ -232,3 +232,46 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_readyz_of_worker_0_is_ready_only_when_every_worker_serves_and_names_the_one_not(
+    cluster: Cluster,
+) -> None:
+    """A load balancer probes worker 0's /readyz, but agents land on every worker: a
+    worker that does not answer (stopped) or is gone (killed, restarting) makes it 503,
+    naming that worker; it is 200 again once the worker serves."""
+    collector = cluster.collector("--workers", "2", "--customer", f"acme={TOKEN}")
+    collector.start()
+    collector.wait_ready()
+    assert collector.http_get("/readyz") == (200, "ready\n")
+    worker1 = eventually(
+        lambda: [
+            line["pid"]
+            for line in collector.log_lines()
+            if line.get("msg") == "worker started" and line.get("worker") == 1
+        ],
+        what="worker 1 started",
+    )[0]
+
+    def not_ready() -> str | None:
+        status, body = collector.http_get("/readyz")
+        return body if status == 503 else None
+
+    os.kill(worker1, signal.SIGSTOP)  # alive, so not restarted, but answering nothing
+    try:
+        body = eventually(not_ready, what="/readyz 503 while worker 1 is stopped")
+        assert body.startswith("worker 1: not answering"), body
+        assert "worker 0" not in body  # worker 0 itself serves
+    finally:
+        os.kill(worker1, signal.SIGCONT)
+    eventually(lambda: collector.http_get("/readyz") == (200, "ready\n"), what="ready again")
+
+    os.kill(worker1, signal.SIGKILL)  # dead until the supervisor's restart serves
+    body = eventually(not_ready, what="/readyz 503 while worker 1 is dead")
+    assert body.startswith("worker 1: "), body
+    eventually(lambda: collector.http_get("/readyz") == (200, "ready\n"), what="restarted, ready")
+    lines = collector.log_lines()
+    assert any(
+        line.get("msg") == "worker not ready" and line.get("worker") == 1 for line in lines
+    ), "the change is logged"
+    assert collector.stop() == 0

@@ -143,6 +143,8 @@ def test_workers_compare_runs_loadgen_per_worker_count_and_prints_the_ratio() ->
         _every_report_acked(f, "", out)
         assert f["offline_tickets"] == 0 and f["store_went_unhealthy"] == 0, out
     assert "| workers | reports/s applied |" in out and "| 1.00x |" in out, out
+    # 10 PCs lose nothing: no run is called saturated, so its ratio is not the target's
+    assert "| saturated | ratio |" in out and "| no | 1.00x |" in out, out
 
 
 def test_agent_overhead_runs_and_prints_its_figures() -> None:

@@ -6,6 +6,7 @@ stays an outage (tests/integration/test_store_contract.py, tests/e2e/test_faults
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 from grpc import aio
 
 from tests.integration.conftest import TOKEN, running_collector
+from tripline.collector import database
 from tripline.collector.store import Store, StoreContended, StoreUnavailable
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
@@ -47,13 +49,51 @@ class Hog(threading.Thread):
             conn.close()
 
 
+class Ticker(threading.Thread):
+    """Another writer that commits as a collector worker at saturation does: holds the
+    write lock `hold` seconds, commits, then leaves it free `gap` seconds (its commit
+    window, and the hand-off to its committing thread) before taking it again, until
+    `stop` is set."""
+
+    def __init__(self, path: Path, hold: float = 0.15, gap: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.path, self.hold, self.gap = path, hold, gap
+        self.commits = 0
+        self.started_holding = threading.Event()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            while not self.stop.is_set():
+                conn.execute("BEGIN IMMEDIATE")
+                self.started_holding.set()
+                conn.execute("UPDATE store_probe SET writes = writes + 1 WHERE id = 1")
+                time.sleep(self.hold)
+                conn.execute("COMMIT")
+                self.commits += 1
+                time.sleep(self.gap)
+        finally:
+            conn.close()
+
+
 def _probe_writes(path: Path) -> int:
     with sqlite3.connect(path) as conn:
         return int(conn.execute("SELECT writes FROM store_probe WHERE id = 1").fetchone()[0])
 
 
+@pytest.fixture
+def slow_lock_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hog's gaps last microseconds; a waiter trying every millisecond (the store's
+    WRITE_LOCK_POLL) lands in one now and then and the wait-out path is not reached.
+    Trying every 100 ms, as SQLite's own busy handler does, it never does: these tests
+    hold what happens once contention does outlast the busy timeout (more workers than
+    gaps, a long transaction elsewhere)."""
+    monkeypatch.setattr(database, "WRITE_LOCK_POLL", 0.1)
+
+
 def test_a_lock_busy_under_other_writers_commits_is_contention_not_an_outage(
-    tmp_path: Path,
+    tmp_path: Path, slow_lock_poll: None
 ) -> None:
     path = tmp_path / "tripline.db"
     Store(f"sqlite:///{path}").migrate()
@@ -69,6 +109,40 @@ def test_a_lock_busy_under_other_writers_commits_is_contention_not_an_outage(
         waiter.probe(time.time())  # the lock is free again: the write goes through
         assert waiter.health.healthy
     finally:
+        waiter.close()
+
+
+def test_a_waiting_writer_takes_the_first_gap_between_another_writers_commits(
+    tmp_path: Path,
+) -> None:
+    """Two workers at saturation: each commits, then leaves the lock free for its commit
+    window. A writer waiting for the lock gets it in the first gap, not after SQLite's
+    busy handler (which tries every 100 ms once it has waited a while) happens to land
+    in one: 10 writes asked for during the other's 150 ms holds take at most 10 x 150 ms."""
+    path = tmp_path / "tripline.db"
+    Store(f"sqlite:///{path}").migrate()
+    waiter = Store(f"sqlite:///{path}", busy_timeout=5.0)
+    ticker = Ticker(path)
+    try:
+        ticker.start()
+        assert ticker.started_holding.wait(10)
+        waits = []
+        chance = random.Random(7)
+        for _ in range(10):
+            started = time.monotonic()
+            waiter.probe(time.time())
+            waits.append(time.monotonic() - started)
+            # ask again at some point of the other writer's next hold (it holds the lock)
+            seen = ticker.commits
+            while ticker.commits == seen:
+                time.sleep(0.001)
+            time.sleep(ticker.gap + 0.01 + chance.uniform(0, ticker.hold - 0.03))
+        # the first gap comes within one hold (slack for a loaded machine)
+        assert sum(waits) < 10 * ticker.hold + 1.0, [round(w, 3) for w in waits]
+        assert waiter.health.healthy
+    finally:
+        ticker.stop.set()
+        ticker.join()
         waiter.close()
 
 
@@ -89,7 +163,9 @@ def test_a_lock_held_without_commits_is_still_an_outage(tmp_path: Path) -> None:
         waiter.close()
 
 
-def test_reports_wait_out_a_contended_lock_and_every_one_is_acknowledged(tmp_path: Path) -> None:
+def test_reports_wait_out_a_contended_lock_and_every_one_is_acknowledged(
+    tmp_path: Path, slow_lock_poll: None
+) -> None:
     """Another writer keeps committing under the lock for longer than the collector's
     5 s busy timeout: the agent's stream stays open, every report is acknowledged once
     the lock frees, the store never turns unhealthy, and the wait is counted."""

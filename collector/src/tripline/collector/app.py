@@ -44,6 +44,7 @@ from tripline.collector.sinks import build_sink
 from tripline.collector.state import AgentLive, LiveState
 from tripline.collector.store import Store
 from tripline.collector.ticketcounts import TicketCounts
+from tripline.collector.workerready import AllWorkersReady, ready_route
 from tripline.collector.workers import WorkerRole, watch_supervisor
 from tripline.common import files
 from tripline.common.config import parse_hostport
@@ -208,10 +209,16 @@ class CollectorApp:
         http_host, http_port = parse_hostport(config.http_listen, "http_listen")
         app = build_app(
             self.registry,
-            self.readiness.ready,
+            # worker 0 of several is ready only when every worker is (collector.workerready)
+            AllWorkersReady(self.readiness.ready, worker)
+            if worker is not None and worker.index == 0 and worker.count > 1
+            else self.readiness.ready,
             page=self.metrics_page,
             extra_routes=(
-                internal_routes(self.exposition, self.registry, worker.index, worker.secret)
+                [
+                    *internal_routes(self.exposition, self.registry, worker.index, worker.secret),
+                    ready_route(self.readiness.ready, worker.secret),
+                ]
                 if worker is not None and worker.index > 0
                 else ()
             ),

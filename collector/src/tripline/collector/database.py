@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,12 @@ _SQLITE_OUTAGE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 _SQLITE_BUSY_CODES = frozenset({5, 6})
 # "database disk image is malformed" and "file is not a database".
 _SQLITE_CORRUPT_CODES = frozenset({11, 26})
+# How often a writer waiting for the write lock tries again. SQLite's own busy handler
+# sleeps 1, 2, 5 ... ms and then 100 ms between tries: against another process that
+# commits every few tens of ms (the other workers of --workers N, one commit per tick)
+# the waiter keeps missing the gaps and can wait out the whole busy timeout while the
+# other commits dozens of times. Trying every millisecond takes the first gap.
+WRITE_LOCK_POLL = 0.001
 
 
 class DatabaseFileChanged(Exception):
@@ -236,10 +244,45 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, file: SqliteFile | None 
     def _on_begin(conn: Connection) -> None:
         # IMMEDIATE takes the write lock at BEGIN: a deferred transaction that reads and
         # then writes can fail with SQLITE_BUSY at once, whatever the busy timeout.
-        read_only = conn.get_execution_options().get(READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(READ_ONLY, False):
+            conn.exec_driver_sql("BEGIN")
+        elif memory:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # one connection: never busy
+        else:
+            begin_immediate(conn, busy_timeout)
 
     return engine
+
+
+def begin_immediate(
+    conn: Connection,
+    timeout: float,
+    *,
+    poll: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """BEGIN IMMEDIATE on a SQLite connection, trying for the write lock every `poll`
+    seconds (default: WRITE_LOCK_POLL, read at each call) until `timeout`; then raises SQLAlchemy's
+    OperationalError "database is locked", as SQLite's own busy timeout would."""
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    deadline = clock() + timeout
+    interval = WRITE_LOCK_POLL if poll is None else poll
+    # SQLite's handler off for BEGIN only: reads and COMMIT keep the configured timeout.
+    raw.execute("PRAGMA busy_timeout = 0")
+    try:
+        while clock() < deadline:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if not is_busy(error):
+                    break  # tried again below, to raise it as SQLAlchemy does
+            sleep(interval)
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the last try, raising as SQLAlchemy does
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
 
 
 def insert_ignoring_conflict(conn: Connection, table: Any, **values: Any) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import h11
@@ -28,7 +28,7 @@ from tripline.collector.web import WEB_PREFIX, build_web
 
 def build_app(
     registry: CollectorRegistry,
-    ready: Callable[[], tuple[bool, str]],
+    ready: Callable[[], tuple[bool, str] | Awaitable[tuple[bool, str]]],
     page: MetricsPage | None = None,
     api: ApiContext | None = None,
     web_refused: Callable[[str], None] = lambda reason: None,
@@ -50,7 +50,8 @@ def build_app(
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
-        ok, reason = ready()
+        answer = ready()  # worker 0 of --workers asks the others (collector.workerready)
+        ok, reason = answer if isinstance(answer, tuple) else await answer
         return PlainTextResponse(f"{reason}\n", status_code=200 if ok else 503)
 
     routes: list[Route | Mount] = [
