@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the committed Python code for protos/. The code generators are
-# pinned so the output is reproducible; tests/unit/test_protos_generated.py runs
+# pinned so the output is reproducible; tests/unit/project/test_protos_generated.py runs
 # this into a temporary directory and fails when the result differs.
 #   usage: protos/generate.sh [OUTPUT_ROOT]   (default: the repository root; code lands
 #   in OUTPUT_ROOT/protos/src/tripline/v1)

@@ -1,5 +1,6 @@
 """The files shipped in deploy/ and how tests read and check them (shared by
-tests/unit/test_deploy.py, tests/unit/test_service.py and tests/e2e/test_prometheus.py)."""
+tests/unit/project/test_deploy.py, tests/unit/agent/test_service.py and
+tests/e2e/test_prometheus.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Which modules a command imports: run it under ``python -X importtime`` (shared by
-tests/unit/test_cli_imports.py and tests/unit/test_agent_footprint.py)."""
+tests/unit/project/test_cli_imports.py and tests/unit/agent/test_agent_footprint.py)."""
 
 from __future__ import annotations
 

@@ -204,7 +204,7 @@ def test_startup_measures_each_command_and_names_its_heavy_imports() -> None:
         assert min(f[f"{name}_{m}_s"] for m in ("wall", "cpu", "imports")) > 0, out
     # the snapshot's two CPU samples are half a second apart: its wall time holds that
     assert f["agent_once_wall_s"] >= 0.5, out
-    # what each command must not import (tests/unit/test_cli_imports.py holds the detail)
+    # what each command must not import (tests/unit/project/test_cli_imports.py holds the detail)
     assert f["tickets_list_heavy_imports"] == ["sqlalchemy"], out
     assert f["rules_check_heavy_imports"] == f["agent_once_heavy_imports"] == [], out
     for name in ("tickets_list", "rules_check", "agent_once"):

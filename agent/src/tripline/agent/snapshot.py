@@ -107,7 +107,7 @@ class Snapshotter:
     async def take(self) -> Snapshot:
         """Measure over `span` seconds; call after `accept` returned True."""
         # Imported here, not at the top: convert.py imports this module's types, and
-        # `tripline-agent --once` must not pay for asyncio (tests/unit/test_cli_imports.py).
+        # `tripline-agent --once` must not pay for asyncio (tests/unit/project/test_cli_imports.py).
         import asyncio
 
         try:

@@ -4,7 +4,7 @@ One module per command group, each with ``register(sub)`` adding its sub-parser 
 setting ``func``. A module imports at its top only what building the parser needs; what a
 command runs (SQLAlchemy, the store, the server, httpx) is imported inside the command,
 so `tripline rules check` never pays for the database and `tripline tickets list` never
-for the web server (tests/unit/test_cli_imports.py holds this).
+for the web server (tests/unit/project/test_cli_imports.py holds this).
 """
 
 from __future__ import annotations

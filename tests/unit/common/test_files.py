@@ -15,7 +15,7 @@ import pytest
 from tripline.common.config import ConfigError
 from tripline.common.files import private_database, private_dir, private_if_exists, sqlite_file
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def mode(path: Path) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from tripline.collector.cli import build_parser
 from tripline.collector.config import load_collector_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _collector_help() -> str:

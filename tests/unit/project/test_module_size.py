@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SOURCES = [ROOT / d / "src" / "tripline" for d in ("agent", "alerts", "collector", "protos")]
 # "About 400": a few lines of docstring over the round number are not a second idea.
 LIMIT = 420

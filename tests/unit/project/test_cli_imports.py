@@ -15,7 +15,7 @@ import pytest
 from tests.importtime import imported, loaded
 from tripline.collector.store import Store
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_RULES = ROOT / "alerts/src/tripline/alerts/default_rules.yaml"
 
 SERVER = ("starlette", "uvicorn", "grpc", "httpx", "cryptography", "prometheus_client")

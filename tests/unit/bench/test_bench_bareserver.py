@@ -12,7 +12,7 @@ from bench.bareserver import MAX_MESSAGE_BYTES, server_options
 from tripline.collector.config import CollectorConfig
 from tripline.collector.grpcserver import grpc_server_options
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_the_baseline_has_the_collectors_grpc_options_but_not_its_port_sharing() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tripline.common import catalogue
 
-METRICS_MD = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+METRICS_MD = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
 
 
 def test_the_docs_table_is_the_catalogue() -> None:

@@ -450,7 +450,7 @@ def test_config_objects_are_frozen() -> None:
 
 # -- docs/configuration.md says what the code does ------------------------------------------
 
-CONFIGURATION_MD = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+CONFIGURATION_MD = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 # defaults the table gives in words, not as a value a config file could hold
 WORDED_DEFAULTS = {"—": None, "built-in pack": None, "3 \u00d7 interval": None}
 

@@ -17,7 +17,7 @@ from tripline.collector.cli import main
 from tripline.collector.store import Store
 from tripline.collector.ticketmodel import TicketPolicy
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 T0 = 1_700_000_000.0
 
 GOOD_RULES = """\

@@ -289,7 +289,7 @@ def test_service_checks_off_windows_send_nothing() -> None:
 
 # --- the docs' examples load ------------------------------------------------------------
 
-RULES_MD = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
+RULES_MD = Path(__file__).resolve().parents[3] / "docs" / "rules.md"
 
 
 def test_the_local_checks_examples_in_rules_md_load(tmp_path: Path) -> None:
