@@ -123,12 +123,23 @@ class PeerError(Exception):
     """A worker's private port did not answer as expected."""
 
 
+# Workers talk over loopback only. urllib's default opener honours HTTP_PROXY from the
+# environment, and a collector host behind a corporate proxy usually has one set: the
+# workers' secret would go to the proxy and the merge would fail. No proxy, ever.
+_PEER_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def open_peer(request: urllib.request.Request, timeout: float) -> Any:
+    """Open a request to a sibling worker's private port, never through a proxy."""
+    return _PEER_OPENER.open(request, timeout=timeout)
+
+
 def _call(url: str, secret: str, body: bytes | None = None) -> Any:
     request = urllib.request.Request(
         url, data=body, headers={SECRET_HEADER: secret}, method="GET" if body is None else "POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=PEER_TIMEOUT) as response:
+        with open_peer(request, PEER_TIMEOUT) as response:
             return marshal.loads(response.read())
     except (OSError, ValueError, EOFError, TypeError) as exc:
         raise PeerError(f"{url}: {exc}") from exc

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tripline.collector.metricsmerge import INTERNAL_PREFIX, SECRET_HEADER
+from tripline.collector.metricsmerge import INTERNAL_PREFIX, SECRET_HEADER, open_peer
 from tripline.collector.workers import WorkerRole
 from tripline.common.terminal import escape
 
@@ -71,7 +71,7 @@ def peer_readiness(
         f"http://127.0.0.1:{port}{READY_PATH}", headers={SECRET_HEADER: role.secret}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with open_peer(request, timeout) as response:
             answer = json.loads(response.read(MAX_ANSWER_BYTES))
     except urllib.error.HTTPError as exc:
         return False, f"not answering (HTTP {exc.code})"
