@@ -219,3 +219,51 @@ def test_reports_wait_out_a_contended_lock_and_every_one_is_acknowledged(
             call.cancel()
 
     asyncio.run(scenario())
+
+
+def test_each_write_transaction_reports_how_long_it_waited_for_the_lock(
+    tmp_path: Path,
+) -> None:
+    """`tripline_collector_store_lock_wait_seconds` is fed from here: a free lock is a
+    wait of (nearly) nothing, a lock another writer holds is the time until it commits."""
+    path = tmp_path / "tripline.db"
+    Store(f"sqlite:///{path}").migrate()
+    waits: list[float] = []
+    waiter = Store(f"sqlite:///{path}", on_lock_wait=waits.append)
+    holding, asking = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            holding.set()
+            assert asking.wait(10)
+            time.sleep(0.3)  # the waiter is asking for the lock all this time
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    try:
+        waiter.probe(time.time())
+        assert len(waits) == 1 and waits[0] < 0.3, waits  # nobody else writing
+        other = threading.Thread(target=other_writer, daemon=True)
+        other.start()
+        assert holding.wait(10)
+        asking.set()
+        waiter.probe(time.time())
+        other.join()
+        assert len(waits) == 2, waits
+        assert waits[1] >= 0.15, waits  # held 0.3 s after the waiter asked
+        assert waiter.health.healthy
+    finally:
+        waiter.close()
+
+
+def test_the_collector_exposes_its_write_lock_waits(tmp_path: Path) -> None:
+    async def scenario() -> float | None:
+        async with running_collector(tmp_path / "c") as app:
+            app.store.probe(time.time())
+            return app.registry.get_sample_value("tripline_collector_store_lock_wait_seconds_count")
+
+    count = asyncio.run(scenario())
+    assert count is not None and count >= 1

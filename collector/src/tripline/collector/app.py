@@ -68,7 +68,9 @@ class CollectorApp:
         self.rules = load_rule_set(config.rules)
         self.registry = CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
-        self.store = Store(config.effective_database_url)
+        self.store = Store(
+            config.effective_database_url, on_lock_wait=self.metrics.store_lock_wait.observe
+        )
         # a worker's supervisor holds the lock for all of them
         file = self.store.file
         self._owner = DataDirLock(file.path) if file is not None and worker is None else None

@@ -195,13 +195,21 @@ def find_outage(error: BaseException) -> exc.DBAPIError | None:
     return None
 
 
-def make_engine(url: str, *, busy_timeout: float = 5.0, file: SqliteFile | None = None) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    busy_timeout: float = 5.0,
+    file: SqliteFile | None = None,
+    on_lock_wait: Callable[[float], None] | None = None,
+) -> Engine:
     """An engine whose SQLite connections are WAL, foreign-keyed and truly transactional
     (DDL included), taking the write lock at BEGIN unless the READ_ONLY option is set.
 
     Every engine counts the statements that changed rows (`rows_written`). Given `file`,
     a SQLite engine remembers the file's identity at its first connection and refuses to
-    open a new connection once the path names another file or none.
+    open a new connection once the path names another file or none. Given
+    `on_lock_wait`, a SQLite engine reports the seconds each write transaction waited for
+    the write lock (0 when it was free): the cost of sharing the file with other writers.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -249,7 +257,9 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, file: SqliteFile | None 
         elif memory:
             conn.exec_driver_sql("BEGIN IMMEDIATE")  # one connection: never busy
         else:
-            begin_immediate(conn, busy_timeout)
+            waited = begin_immediate(conn, busy_timeout)
+            if on_lock_wait is not None:
+                on_lock_wait(waited)
 
     return engine
 
@@ -261,13 +271,15 @@ def begin_immediate(
     poll: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-) -> None:
+) -> float:
     """BEGIN IMMEDIATE on a SQLite connection, trying for the write lock every `poll`
     seconds (default: WRITE_LOCK_POLL, read at each call) until `timeout`; then raises SQLAlchemy's
-    OperationalError "database is locked", as SQLite's own busy timeout would."""
+    OperationalError "database is locked", as SQLite's own busy timeout would. Returns
+    the seconds it waited for the lock."""
     raw = conn.connection.driver_connection
     assert isinstance(raw, sqlite3.Connection)
-    deadline = clock() + timeout
+    started = clock()
+    deadline = started + timeout
     interval = WRITE_LOCK_POLL if poll is None else poll
     # SQLite's handler off for BEGIN only: reads and COMMIT keep the configured timeout.
     raw.execute("PRAGMA busy_timeout = 0")
@@ -275,12 +287,13 @@ def begin_immediate(
         while clock() < deadline:
             try:
                 raw.execute("BEGIN IMMEDIATE")
-                return
+                return clock() - started
             except sqlite3.OperationalError as error:
                 if not is_busy(error):
                     break  # tried again below, to raise it as SQLAlchemy does
             sleep(interval)
         conn.exec_driver_sql("BEGIN IMMEDIATE")  # the last try, raising as SQLAlchemy does
+        return clock() - started
     finally:
         raw.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
 

@@ -82,6 +82,13 @@ class CollectorMetrics:
             "workers) kept committing; retried, not failed: acknowledgements slow down.",
             registry=registry,
         )
+        self.store_lock_wait = Histogram(
+            "tripline_collector_store_lock_wait_seconds",
+            "Seconds each SQLite write transaction waited for the write lock (other "
+            "writers: the other workers, the CLI). Not observed on PostgreSQL.",
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0),
+            registry=registry,
+        )
         self.evaluation_errors = Counter(
             "tripline_collector_evaluation_errors_total",
             "Unexpected failures in the evaluation loop (logged with a traceback).",

@@ -105,10 +105,20 @@ class Store:
     """The database behind a small interface: `transaction()` to write, `read()` for a
     snapshot; the table modules' functions run on the connection either gives."""
 
-    def __init__(self, url: str, *, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout: float = 5.0,
+        on_lock_wait: Callable[[float], None] | None = None,
+    ) -> None:
+        """``on_lock_wait``: told how long each SQLite write transaction waited for the
+        write lock (see `database.make_engine`)."""
         path = sqlite_file(url)
         self.file = SqliteFile(path) if path is not None else None
-        self._engine = make_engine(url, busy_timeout=busy_timeout, file=self.file)
+        self._engine = make_engine(
+            url, busy_timeout=busy_timeout, file=self.file, on_lock_wait=on_lock_wait
+        )
         self.health = StoreHealth()
 
     @property
