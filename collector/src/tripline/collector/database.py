@@ -120,30 +120,30 @@ def sqlite_file(url: str) -> Path | None:
     return Path(database).absolute()
 
 
-def is_corruption(error: BaseException) -> sqlite3.Error | None:
-    """The SQLite "corrupt" or "not a database" error behind `error`, if any."""
+def _sqlite_cause(
+    error: BaseException, codes: frozenset[int], kind: type[sqlite3.Error]
+) -> sqlite3.Error | None:
+    """The SQLite error of `kind` with a primary result code in `codes` behind `error`
+    (SQLAlchemy's wrapper, or anywhere in its chain of causes), if any."""
     seen: BaseException | None = error
     while seen is not None:
         orig = seen.orig if isinstance(seen, exc.DBAPIError) else seen
-        if isinstance(orig, sqlite3.Error):
+        if isinstance(orig, kind):
             code = getattr(orig, "sqlite_errorcode", None)
-            if code is not None and (code & 0xFF) in _SQLITE_CORRUPT_CODES:
+            if code is not None and (code & 0xFF) in codes:
                 return orig
         seen = seen.__cause__ or seen.__context__
     return None
 
 
+def is_corruption(error: BaseException) -> sqlite3.Error | None:
+    """The SQLite "corrupt" or "not a database" error behind `error`, if any."""
+    return _sqlite_cause(error, _SQLITE_CORRUPT_CODES, sqlite3.Error)
+
+
 def is_busy(error: BaseException) -> bool:
     """Whether `error` comes from SQLite's busy timeout running out on a held lock."""
-    seen: BaseException | None = error
-    while seen is not None:
-        orig = seen.orig if isinstance(seen, exc.DBAPIError) else seen
-        if isinstance(orig, sqlite3.OperationalError):
-            code = getattr(orig, "sqlite_errorcode", None)
-            if code is not None and (code & 0xFF) in _SQLITE_BUSY_CODES:
-                return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return _sqlite_cause(error, _SQLITE_BUSY_CODES, sqlite3.OperationalError) is not None
 
 
 def rows_written(conn: Connection) -> int:
