@@ -339,3 +339,43 @@ def test_applied_reports_write_presence_and_daily_disk_samples(pipeline_rig: Mak
         assert days[1].sampled_at >= (days[1].day + 1) * DAY - HOUR - 10
 
     asyncio.run(c.run(scenario))
+
+
+def test_two_collectors_writing_the_same_span_and_day_both_commit(store: Store) -> None:
+    """Two collectors (or workers) that start an agent's span at the same instant collide
+    on the span's key: the second keeps the first's row, and its own transaction commits
+    everything else it holds. The day's disk sample is the later one's."""
+    from sqlalchemy import func, select
+
+    from tripline.collector.schema import agent_instances, agent_presence, filesystem_usage
+
+    agent = enroll(store, "acme", "PC-1")
+    samples = [
+        ("boot_time_seconds", (), START - HOUR),
+        ("filesystem_size_bytes", (("mountpoint", "C:"),), 100.0),
+        ("filesystem_avail_bytes", (("mountpoint", "C:"),), 40.0),
+    ]
+    recorders = ((HistoryRecorder(GAP), 40.0), (HistoryRecorder(GAP), 10.0))
+    for used_by, (recorder, avail) in enumerate(recorders):
+        samples[2] = ("filesystem_avail_bytes", (("mountpoint", "C:"),), avail)
+        with store.transaction() as conn:
+            recorder.record(conn, agent.agent_id, samples, received_at=START, report_at=START)
+            # the rest of the report's transaction: must still commit
+            conn.execute(
+                agent_instances.insert().values(
+                    agent_id=agent.agent_id,
+                    instance_id=f"instance-{used_by}",
+                    applied_seq=1,
+                    first_seen_at=START,
+                    last_seen_at=START,
+                )
+            )
+    with store.read() as conn:
+        spans = conn.execute(select(agent_presence)).all()
+        days = conn.execute(select(filesystem_usage)).all()
+        instances = conn.execute(select(func.count()).select_from(agent_instances)).scalar_one()
+    assert [(s.started_at, s.ended_at, s.boot_time) for s in spans] == [
+        (START, START, START - HOUR)
+    ]
+    assert [(d.day, d.used_bytes) for d in days] == [(int(START // DAY), 90.0)]
+    assert instances == 2

@@ -16,12 +16,12 @@ when to write; a span row lost to a rolled-back transaction is simply inserted a
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, exc, update
+from sqlalchemy import Connection, bindparam, delete, update
 
+from tripline.collector.database import insert_ignoring_conflict
 from tripline.collector.schema import agent_presence, filesystem_usage
 from tripline.common.labels import Labels
 
@@ -34,6 +34,26 @@ FS_USAGE_DAYS = 400
 # A boot time that moves less than this is the same boot (clock adjustments move it a bit).
 BOOT_JITTER = 120.0
 DAY = 86400.0
+
+
+# Built once: every applied report may run them (their names would shadow the columns').
+_SPAN_END = (
+    update(agent_presence)
+    .where(
+        agent_presence.c.agent_id == bindparam("a"),
+        agent_presence.c.started_at == bindparam("started"),
+    )
+    .values(ended_at=bindparam("ended"))
+)
+_FS_SAMPLE = (
+    update(filesystem_usage)
+    .where(
+        filesystem_usage.c.agent_id == bindparam("a"),
+        filesystem_usage.c.mountpoint == bindparam("mount"),
+        filesystem_usage.c.day == bindparam("d"),
+    )
+    .values(sampled_at=bindparam("at"), size_bytes=bindparam("size"), used_bytes=bindparam("used"))
+)
 
 
 @dataclass
@@ -107,12 +127,7 @@ class HistoryRecorder:
             return
         span.written = now
         moved = conn.execute(
-            update(agent_presence)
-            .where(
-                agent_presence.c.agent_id == agent_id,
-                agent_presence.c.started_at == span.started_at,
-            )
-            .values(ended_at=now)
+            _SPAN_END, {"a": agent_id, "started": span.started_at, "ended": now}
         ).rowcount
         if moved == 0:  # its insert was rolled back with an earlier report
             self._insert_span(conn, agent_id, span)
@@ -120,17 +135,17 @@ class HistoryRecorder:
     @staticmethod
     def _insert_span(conn: Connection, agent_id: str, span: _Span) -> None:
         # A span of another collector (or of before a restart) may start at the same
-        # instant only by coincidence; the savepoint keeps the report's transaction alive.
-        # Taken by another: this one's time is in that span already, close enough.
-        with contextlib.suppress(exc.IntegrityError), conn.begin_nested():
-            conn.execute(
-                agent_presence.insert().values(
-                    agent_id=agent_id,
-                    started_at=span.started_at,
-                    ended_at=span.written,
-                    boot_time=span.boot_time,
-                )
-            )
+        # instant only by coincidence; taken by another, this one's time is in that span
+        # already, close enough. ON CONFLICT DO NOTHING rather than a savepoint: every
+        # agent's first report after a start runs this, the whole fleet at once.
+        insert_ignoring_conflict(
+            conn,
+            agent_presence,
+            agent_id=agent_id,
+            started_at=span.started_at,
+            ended_at=span.written,
+            boot_time=span.boot_time,
+        )
 
     def _filesystem(
         self, conn: Connection, agent_id: str, mountpoint: str, size: float, free: float, at: float
@@ -141,24 +156,29 @@ class HistoryRecorder:
             return
         self._fs_written[key] = at
         day = int(at // DAY)
-        values = {"sampled_at": at, "size_bytes": size, "used_bytes": max(0.0, size - free)}
-        where = (
-            filesystem_usage.c.agent_id == agent_id,
-            filesystem_usage.c.mountpoint == mountpoint,
-        )
+        used = max(0.0, size - free)
         changed = conn.execute(
-            update(filesystem_usage).where(*where, filesystem_usage.c.day == day).values(**values)
+            _FS_SAMPLE,
+            {"a": agent_id, "mount": mountpoint, "d": day, "at": at, "size": size, "used": used},
         ).rowcount
         if changed:
             return
         # The first sample of a day: the one place old days are pruned, once a day per mount.
         # Another collector may have taken the day's first sample at once: theirs stands.
-        with contextlib.suppress(exc.IntegrityError), conn.begin_nested():
-            conn.execute(
-                filesystem_usage.insert().values(
-                    agent_id=agent_id, mountpoint=mountpoint, day=day, **values
-                )
-            )
+        insert_ignoring_conflict(
+            conn,
+            filesystem_usage,
+            agent_id=agent_id,
+            mountpoint=mountpoint,
+            day=day,
+            sampled_at=at,
+            size_bytes=size,
+            used_bytes=used,
+        )
         conn.execute(
-            delete(filesystem_usage).where(*where, filesystem_usage.c.day < day - FS_USAGE_DAYS)
+            delete(filesystem_usage).where(
+                filesystem_usage.c.agent_id == agent_id,
+                filesystem_usage.c.mountpoint == mountpoint,
+                filesystem_usage.c.day < day - FS_USAGE_DAYS,
+            )
         )
