@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tripline.collector import agent_instances
 from tripline.collector.committer import Committer
 from tripline.collector.config import load_collector_config
 from tripline.collector.selfmetrics import CollectorMetrics
-from tripline.collector.store import Store
+from tripline.collector.store import Store, StoreContended
 from tripline.common.config import ConfigError
 from tripline.v1 import tripline_pb2 as pb
 from tripline.v1 import tripline_pb2_grpc as pb_grpc
@@ -161,3 +162,88 @@ def test_reports_of_several_streams_in_one_tick_share_a_commit_and_each_is_acked
                 call.cancel()
 
     asyncio.run(scenario())
+
+
+async def _queued_then_run(committer: Committer, units: int) -> list[tuple[int, Connection]]:
+    """Queue ``units`` units before the committer runs; (unit number, connection) in the
+    order they ran, once every unit is acknowledged with its own result."""
+    ran: list[tuple[int, Connection]] = []
+
+    def unit(number: int) -> Callable[[Connection], int]:
+        def work(conn: Connection) -> int:
+            ran.append((number, conn))
+            return number + int(conn.execute(text("SELECT 0")).scalar_one())
+
+        return work
+
+    submitted = [asyncio.create_task(committer.submit(unit(n))) for n in range(units)]
+    await asyncio.sleep(0)  # every submit queued its unit
+    runner = asyncio.create_task(committer.run())
+    try:
+        assert await asyncio.wait_for(asyncio.gather(*submitted), 10) == list(range(units))
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    return ran
+
+
+def test_a_transaction_commits_what_fits_in_max_hold_and_the_rest_goes_next(
+    tmp_path: Path,
+) -> None:
+    """A transaction stops taking units once it has held the lock ``max_hold``: with no
+    time at all each of five queued units commits in its own transaction, in order, and
+    each is acknowledged; with time enough the five share one."""
+    store = _store(tmp_path)
+    metrics = CollectorMetrics(CollectorRegistry())
+    ran = asyncio.run(_queued_then_run(Committer(store, metrics, max_hold=0.0), 5))
+    assert [number for number, _ in ran] == [0, 1, 2, 3, 4]
+    assert _batches(metrics) == (5.0, 5.0)
+
+    metrics = CollectorMetrics(CollectorRegistry())
+    ran = asyncio.run(_queued_then_run(Committer(store, metrics, max_hold=60.0), 5))
+    assert [number for number, _ in ran] == [0, 1, 2, 3, 4]
+    assert len({id(conn) for _, conn in ran}) == 1
+    assert _batches(metrics) == (1.0, 5.0)
+    store.close()
+
+
+def test_a_long_batch_lets_another_writer_in_before_its_busy_timeout(tmp_path: Path) -> None:
+    """One collector commits 2 s of slow units; another writer (a second worker on the same
+    file) waits 1 s for the lock at most. Bounded transactions commit every 0.1 s, so the
+    other writer either gets in between them or sees the lock change hands (contention,
+    retried): never an outage, and the store stays healthy on both sides."""
+    store = _store(tmp_path)
+    other = Store(f"sqlite:///{tmp_path / 'tripline.db'}", busy_timeout=1.0)
+    metrics = CollectorMetrics(CollectorRegistry())
+    committer = Committer(store, metrics, max_hold=0.1)
+
+    def slow(conn: Connection) -> int:
+        conn.execute(text("UPDATE store_probe SET writes = writes + 1"))
+        time.sleep(0.02)
+        return 1
+
+    def other_write() -> str:
+        try:
+            other.probe(time.time())
+        except StoreContended:
+            return "contended"
+        return "wrote"
+
+    async def scenario() -> str:
+        runner = asyncio.create_task(committer.run())
+        try:
+            units = [asyncio.create_task(committer.submit(slow)) for _ in range(100)]
+            await asyncio.sleep(0.3)  # the first transactions are under way
+            outcome = await asyncio.to_thread(other_write)
+            assert sum(await asyncio.wait_for(asyncio.gather(*units), 30)) == 100
+            return outcome
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
+    assert asyncio.run(scenario()) in ("wrote", "contended")
+    assert store.health.healthy and other.health.healthy
+    count, units = _batches(metrics)
+    assert units == 100 and count >= 10  # at most ~5 slow units per transaction
+    store.close()
+    other.close()

@@ -18,6 +18,14 @@ A batch that waited past the busy timeout on a lock other writers kept committin
 whatever arrived meanwhile: contention slows acknowledgements, it does not fail them
 (failing them would end every waiting stream, and the agents would reconnect and resend
 into the same contention).
+
+A transaction holds the write lock for at most about ``max_hold`` seconds of unit work:
+the units left when it runs out commit in the next transaction, first in line. Without
+the bound a saturated collector's batch (hundreds of reports, each doing more on a
+fleet's first report after a start) could hold the lock for seconds on a starved
+thread, and another worker's BEGIN would wait out its busy timeout while nothing
+committed: an outage by every sign SQLite gives, so that worker would fail its batch and
+end its streams, and the agents' reconnects would add TLS handshakes to the overload.
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ from tripline.collector.store import Store, StoreContended, StoreUnavailable
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+# A quarter of a second: far above one batch's work in steady state (a few ms), and 20
+# transactions in a row still fit in the 5 s busy timeout another writer waits.
+MAX_HOLD = 0.25
+
 
 @dataclass
 class _Unit(Generic[T]):
@@ -51,13 +63,16 @@ class Committer:
         metrics: CollectorMetrics,
         max_batch: int = 500,
         window: float = 0.0,
+        max_hold: float = MAX_HOLD,
     ) -> None:
         """``window``: seconds a batch gathers after its first unit (0: commit what is
-        queued at once, as soon as the previous batch is done)."""
+        queued at once, as soon as the previous batch is done). ``max_hold``: seconds of
+        unit work after which a transaction commits what it has done (at least one unit)."""
         self._store = store
         self._metrics = metrics
         self._max_batch = max_batch
         self._window = window
+        self._max_hold = max_hold
         self._queue: asyncio.Queue[_Unit[Any]] = asyncio.Queue()
 
     @property
@@ -72,10 +87,14 @@ class Committer:
         return await future
 
     async def run(self) -> None:
+        carried: list[_Unit[Any]] = []  # units the last transaction had no time for
         while True:
-            batch = [await self._queue.get()]
-            if self._window > 0 and self._queue.qsize() < self._max_batch - 1:
-                await asyncio.sleep(self._window)
+            if carried:
+                batch, carried = carried, []
+            else:
+                batch = [await self._queue.get()]
+                if self._window > 0 and self._queue.qsize() < self._max_batch - 1:
+                    await asyncio.sleep(self._window)
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             batch = [unit for unit in batch if not unit.future.cancelled()]
@@ -103,8 +122,9 @@ class Committer:
                         unit.future.set_exception(exc)
                 continue
             self._metrics.commit_seconds.observe(time.perf_counter() - started)
-            self._metrics.commit_batch_units.observe(len(batch))
-            for unit, (ok, value) in zip(batch, results, strict=True):
+            self._metrics.commit_batch_units.observe(len(results))
+            carried = batch[len(results) :]
+            for unit, (ok, value) in zip(batch, results, strict=False):
                 if unit.future.done():
                     continue
                 if ok:
@@ -113,7 +133,8 @@ class Committer:
                     unit.future.set_exception(value)
 
     def _commit(self, batch: list[_Unit[Any]]) -> list[tuple[bool, Any]]:
-        """All units in one transaction; if any unit fails, each again in its own.
+        """The units in one transaction, as many as fit in ``max_hold`` (at least one);
+        the results of the units done, in order. If any unit fails, each again in its own.
 
         A unit failing is rare (a seq another collector applied first, a bug), so the
         common path pays for no savepoints; the fallback isolates the failure so it
@@ -121,7 +142,14 @@ class Committer:
         """
         try:
             with self._store.transaction() as conn:
-                return [(True, unit.work(conn)) for unit in batch]
+                # timed from BEGIN: the wait for the lock is not holding it
+                until = time.perf_counter() + self._max_hold
+                results: list[tuple[bool, Any]] = []
+                for unit in batch:
+                    results.append((True, unit.work(conn)))
+                    if time.perf_counter() >= until:
+                        break
+                return results
         except StoreUnavailable:
             raise
         except Exception:  # find which unit failed: retried alone below
