@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from tripline.collector.metricsmerge import merge, own_families, owners, with_worker_label
+from tripline.collector.metricsmerge import (
+    decode_agent_ids,
+    decode_owner_keys,
+    decode_part,
+    encode_agent_ids,
+    encode_owner_keys,
+    encode_part,
+    merge,
+    own_families,
+    owners,
+    with_worker_label,
+)
 
 
 @pytest.mark.parametrize(
@@ -64,3 +75,49 @@ def test_own_families_label_every_sample_and_keep_the_ticket_counts_on_worker_0(
     assert [family for family, _, _ in worker_0] == [*counter, "tripline_collector_tickets"]
     # the database's counts, the same from any worker: shown once, unlabelled
     assert worker_0[2][2] == 'tripline_collector_tickets{status="open"} 1.0\n'
+
+
+def test_a_part_survives_the_wire_and_nonsense_is_refused() -> None:
+    part = [
+        ("tripline_cpu_usage_ratio", "# HELP a\n# TYPE a gauge\n", 'a{x="é"} 1\n' * 3),
+        ("empty", "", ""),
+    ]
+    data = encode_part(part)
+    assert decode_part(data) == part
+    assert decode_part(encode_part([])) == []
+    for bad in (
+        b"",
+        data[:-1],  # truncated
+        data + b"\0",  # bytes after the last family
+        b"\xff\xff\xff\xff",  # four billion families
+        data[:4] + b"\xff" * 8 + data[12:],  # a length past the end
+        data.replace("é".encode(), b"\xff\xfe"),  # not UTF-8
+    ):
+        with pytest.raises(ValueError):
+            decode_part(bad)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b'{"a": [true]}',
+        b'{"a": ["yes", 1.0]}',
+        b'{"a": [true, "1"]}',
+        b'{"a": [true, true]}',
+        b'{"a": [true, NaN]}',
+        b'{"a": [true, Infinity]}',
+        b"{",
+    ],
+)
+def test_owner_keys_from_a_peer_are_checked_entry_by_entry(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_owner_keys(body)
+
+
+def test_owner_keys_and_agent_ids_round_trip() -> None:
+    keys = {"agt_1": (True, 1.5), "agt_2": (False, 0.0)}
+    assert decode_owner_keys(encode_owner_keys(keys)) == keys
+    assert decode_agent_ids(encode_agent_ids({"b", "a"})) == {"a", "b"}
+    with pytest.raises(ValueError):
+        decode_agent_ids(b'["a", 1]')

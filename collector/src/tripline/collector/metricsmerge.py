@@ -1,7 +1,8 @@
 """One /metrics over several worker processes (``tripline collector --workers N``).
 
 Worker 0 serves the HTTP port. To render the page it asks every other worker, over a
-private loopback port and with the workers' shared secret, in two rounds:
+private loopback port, requests and answers signed with the workers' shared secret
+(:mod:`.workerauth`), in two rounds:
 
 1. ``owners``: per agent the worker knows, (its stream is open there, its last report
    time). The agent goes to the worker with the greatest key (ties: the lowest index):
@@ -23,14 +24,12 @@ out of that page (its agents are missing from it), logged and counted.
 from __future__ import annotations
 
 import asyncio
-import hmac
+import json
 import logging
-import marshal
+import math
 import re
-import urllib.error
-import urllib.request
+import struct
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.requests import Request
@@ -38,13 +37,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tripline.collector.exposition import SeriesExposition
+from tripline.collector.workerauth import PeerError, call, signed_answer, verified
 
 log = logging.getLogger(__name__)
 
 INTERNAL_PREFIX = "/internal/v1/workers"
-SECRET_HEADER = "x-tripline-worker-secret"
 # the body of a part request: agent ids to include (bounded: ids are short)
 MAX_INCLUDE_BYTES = 64 * 2**20
+# a worker's answers: owner keys (about 60 bytes per agent), its part of the page
+MAX_OWNERS_BYTES = 64 * 2**20
+MAX_PART_BYTES = 2 * 2**30
+MAX_PART_FAMILIES = 100_000
 PEER_TIMEOUT = 30.0
 # the database's counts: the same in every worker, so only worker 0's are on the page
 SHARED_FAMILIES = frozenset({"tripline_collector_tickets"})
@@ -119,29 +122,97 @@ def owners(keys: Sequence[dict[str, tuple[bool, float]]]) -> list[set[str]]:
     return owned
 
 
-class PeerError(Exception):
-    """A worker's private port did not answer as expected."""
+def encode_owner_keys(keys: dict[str, tuple[bool, float]]) -> bytes:
+    return json.dumps(keys, separators=(",", ":")).encode()
 
 
-# Workers talk over loopback only. urllib's default opener honours HTTP_PROXY from the
-# environment, and a collector host behind a corporate proxy usually has one set: the
-# workers' secret would go to the proxy and the merge would fail. No proxy, ever.
-_PEER_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def decode_owner_keys(data: bytes) -> dict[str, tuple[bool, float]]:
+    """A worker's owner keys, every entry checked; ValueError on anything else."""
+    loaded = json.loads(data)
+    if not isinstance(loaded, dict):
+        raise ValueError("owner keys: not an object")
+    keys: dict[str, tuple[bool, float]] = {}
+    for agent_id, key in loaded.items():
+        if (
+            not isinstance(key, list)
+            or len(key) != 2
+            or not isinstance(key[0], bool)
+            or not isinstance(key[1], int | float)
+            or isinstance(key[1], bool)
+            or not math.isfinite(key[1])
+        ):
+            raise ValueError(f"owner keys: bad entry for {agent_id[:80]!r}")
+        keys[agent_id] = (key[0], float(key[1]))
+    return keys
 
 
-def open_peer(request: urllib.request.Request, timeout: float) -> Any:
-    """Open a request to a sibling worker's private port, never through a proxy."""
-    return _PEER_OPENER.open(request, timeout=timeout)
+def encode_agent_ids(agent_ids: Iterable[str]) -> bytes:
+    return json.dumps(sorted(agent_ids), separators=(",", ":")).encode()
 
 
-def _call(url: str, secret: str, body: bytes | None = None) -> Any:
-    request = urllib.request.Request(
-        url, data=body, headers={SECRET_HEADER: secret}, method="GET" if body is None else "POST"
-    )
+def decode_agent_ids(data: bytes) -> frozenset[str]:
+    loaded = json.loads(data)
+    if not isinstance(loaded, list) or not all(isinstance(a, str) for a in loaded):
+        raise ValueError("agent ids: not a list of strings")
+    return frozenset(loaded)
+
+
+_COUNT = struct.Struct(">I")
+_LENGTH = struct.Struct(">Q")
+
+
+def encode_part(part: Part) -> bytes:
+    """(family, header, lines) triples as a count, then each text as length + UTF-8."""
+    out = [_COUNT.pack(len(part))]
+    for fields in part:
+        for text in fields:
+            data = text.encode()
+            out.append(_LENGTH.pack(len(data)))
+            out.append(data)
+    return b"".join(out)
+
+
+def decode_part(data: bytes) -> Part:
+    """The inverse of encode_part, every length checked; ValueError on anything else."""
+    view = memoryview(data)
+    if len(data) < _COUNT.size:
+        raise ValueError("part: truncated")
+    (count,) = _COUNT.unpack_from(data, 0)
+    if count > MAX_PART_FAMILIES:
+        raise ValueError(f"part: {count} families")
+    position = _COUNT.size
+    part: Part = []
+    for _ in range(count):
+        fields: list[str] = []
+        for _ in range(3):
+            if len(data) - position < _LENGTH.size:
+                raise ValueError("part: truncated")
+            (length,) = _LENGTH.unpack_from(data, position)
+            position += _LENGTH.size
+            if length > len(data) - position:
+                raise ValueError("part: truncated")
+            fields.append(str(view[position : position + length], "utf-8"))
+            position += length
+        part.append((fields[0], fields[1], fields[2]))
+    if position != len(data):
+        raise ValueError("part: bytes after the last family")
+    return part
+
+
+def _owner_keys_of(url: str, secret: str) -> dict[str, tuple[bool, float]]:
+    data = call(url, secret, None, timeout=PEER_TIMEOUT, max_bytes=MAX_OWNERS_BYTES)
     try:
-        with open_peer(request, PEER_TIMEOUT) as response:
-            return marshal.loads(response.read())
-    except (OSError, ValueError, EOFError, TypeError) as exc:
+        return decode_owner_keys(data)
+    except ValueError as exc:  # json's errors are ValueErrors too
+        raise PeerError(f"{url}: {exc}") from exc
+
+
+def _part_of(url: str, secret: str, agent_ids: Iterable[str]) -> Part:
+    body = encode_agent_ids(agent_ids)
+    data = call(url, secret, body, timeout=PEER_TIMEOUT, max_bytes=MAX_PART_BYTES)
+    try:
+        return decode_part(data)
+    except ValueError as exc:  # UnicodeDecodeError is one
         raise PeerError(f"{url}: {exc}") from exc
 
 
@@ -167,7 +238,7 @@ class MergedRenderer:
         reached: list[str] = []
         for base in self.peers():
             try:
-                keys.append(_call(f"{base}{INTERNAL_PREFIX}/owners", self.secret))
+                keys.append(_owner_keys_of(f"{base}{INTERNAL_PREFIX}/owners", self.secret))
                 reached.append(base)
             except PeerError as exc:
                 self._peer_failed(exc)
@@ -175,8 +246,7 @@ class MergedRenderer:
         parts = [self.exposition.parts(owned[0]) + own_families(self.registry, 0, shared=True)]
         for base, mine in zip(reached, owned[1:], strict=True):
             try:
-                body = marshal.dumps(sorted(mine))
-                parts.append(_call(f"{base}{INTERNAL_PREFIX}/part", self.secret, body))
+                parts.append(_part_of(f"{base}{INTERNAL_PREFIX}/part", self.secret, mine))
             except PeerError as exc:
                 self._peer_failed(exc)
         return merge(parts)
@@ -186,34 +256,49 @@ class MergedRenderer:
         log.warning("a worker's metrics were left out of the page", extra={"error": str(exc)})
 
 
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None once it passes ``limit`` bytes (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def internal_routes(
     exposition: SeriesExposition, registry: CollectorRegistry, index: int, secret: str
 ) -> list[Route]:
-    """The private endpoints a worker other than 0 serves to worker 0."""
-
-    def allowed(request: Request) -> bool:
-        given = request.headers.get(SECRET_HEADER, "")
-        return hmac.compare_digest(given.encode(), secret.encode())
+    """The private endpoints a worker other than 0 serves to worker 0 (requests and
+    answers signed, collector.workerauth)."""
 
     async def owner_keys(request: Request) -> Response:
-        if not allowed(request):
+        nonce = verified(request, secret)
+        if nonce is None:
             return Response(status_code=403)
-        body = await asyncio.to_thread(lambda: marshal.dumps(exposition.owner_keys()))
-        return Response(body, media_type="application/octet-stream")
+        body = await asyncio.to_thread(lambda: encode_owner_keys(exposition.owner_keys()))
+        return signed_answer(secret, nonce, request.url.path, body, "application/json")
 
     async def part(request: Request) -> Response:
-        if not allowed(request):
-            return Response(status_code=403)
-        raw = await request.body()
-        if len(raw) > MAX_INCLUDE_BYTES:
+        raw = await _bounded_body(request, MAX_INCLUDE_BYTES)
+        if raw is None:
             return Response(status_code=413)
-        only: Collection[str] = frozenset(marshal.loads(raw))
+        nonce = verified(request, secret, raw)
+        if nonce is None:
+            return Response(status_code=403)
+        try:
+            only: Collection[str] = decode_agent_ids(raw)
+        except ValueError:
+            return Response(status_code=400)
 
         def render() -> bytes:
             own = own_families(registry, index, shared=False)
-            return marshal.dumps(exposition.parts(only) + own)
+            return encode_part(exposition.parts(only) + own)
 
-        return Response(await asyncio.to_thread(render), media_type="application/octet-stream")
+        body = await asyncio.to_thread(render)
+        return signed_answer(secret, nonce, request.url.path, body, "application/octet-stream")
 
     return [
         Route(f"{INTERNAL_PREFIX}/owners", owner_keys),

@@ -2,8 +2,8 @@
 
 A load balancer or service manager probes one HTTP port, worker 0's; the other workers
 share the gRPC port, so an agent can land on any of them. Worker 0 is therefore ready
-only when every worker is: it asks each other worker's private port (with the workers'
-shared secret, as for /metrics, :mod:`collector.metricsmerge`) for its own readiness,
+only when every worker is: it asks each other worker's private port (signed with the
+workers' shared secret, as for /metrics, :mod:`collector.workerauth`) for its own readiness,
 and names each worker that is not serving and why::
 
     503 worker 1: not answering (timed out)
@@ -17,19 +17,18 @@ wedged) is "not answering". Each change of a worker's readiness is logged once.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import threading
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from tripline.collector.metricsmerge import INTERNAL_PREFIX, SECRET_HEADER, open_peer
+from tripline.collector.metricsmerge import INTERNAL_PREFIX
+from tripline.collector.workerauth import PeerError, call, signed_answer, verified
 from tripline.collector.workers import WorkerRole
 from tripline.common.terminal import escape
 
@@ -50,13 +49,23 @@ def ready_route(ready: Callable[[], ReadyAnswer], secret: str) -> Route:
     """The private endpoint a worker other than 0 answers worker 0's readiness probe on."""
 
     async def handler(request: Request) -> Response:
-        given = request.headers.get(SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode(), secret.encode()):
+        nonce = verified(request, secret)
+        if nonce is None:
             return Response(status_code=403)
         ok, reason = ready()
-        return JSONResponse({"ready": ok, "reason": reason})
+        body = json.dumps({"ready": ok, "reason": reason}).encode()
+        return signed_answer(secret, nonce, request.url.path, body, "application/json")
 
     return Route(READY_PATH, handler)
+
+
+def describe(exc: BaseException) -> str:
+    """Why a sibling did not answer, in a few words: "HTTP 403", "timed out"..."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    return str(exc)
 
 
 def peer_readiness(
@@ -67,17 +76,14 @@ def peer_readiness(
         port = int((role.run_dir / f"{index}.port").read_text())
     except (OSError, ValueError):
         return False, "starting"  # no port announced yet (first start or a restart)
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{READY_PATH}", headers={SECRET_HEADER: role.secret}
-    )
+    url = f"http://127.0.0.1:{port}{READY_PATH}"
     try:
-        with open_peer(request, timeout) as response:
-            answer = json.loads(response.read(MAX_ANSWER_BYTES))
-    except urllib.error.HTTPError as exc:
-        return False, f"not answering (HTTP {exc.code})"
-    except urllib.error.URLError as exc:
-        return False, f"not answering ({exc.reason})"
-    except (OSError, ValueError) as exc:  # timeouts, resets, a truncated or bad body
+        answer = json.loads(
+            call(url, role.secret, None, timeout=timeout, max_bytes=MAX_ANSWER_BYTES)
+        )
+    except PeerError as exc:  # refused, timed out, an HTTP error, unsigned, too large
+        return False, f"not answering ({describe(exc.__cause__ or exc)})"
+    except ValueError as exc:  # a bad body
         return False, f"not answering ({exc})"
     if not isinstance(answer, dict):
         return False, "not answering (unexpected answer)"
