@@ -152,6 +152,10 @@ class LiveState:
             if drop:
                 del points[:drop]
         previous = live.current
+        if current == previous:
+            # The usual report: keep the set built when these series first came, whose
+            # keys the series map holds, rather than one more key object per series.
+            current = previous
         live.current = current
         if live.last_point_at is None or at > live.last_point_at:
             live.last_point_at = at
