@@ -8,6 +8,7 @@ keeping a copy per series or per report fails here rather than in a load run.
 
 from __future__ import annotations
 
+import asyncio
 import tracemalloc
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ from tripline.collector import interning
 from tripline.collector import state as state_module
 from tripline.collector.convert import decode_report
 from tripline.collector.exposition import SeriesExposition
+from tripline.collector.reportstream import Stream
 from tripline.collector.seriestable import SeriesTable
 from tripline.collector.state import LiveState
 from tripline.common.labels import Labels
@@ -55,14 +57,17 @@ def pc_samples(value: float = 0.5) -> list[Sample]:
 
 
 def held_by(
-    module_file: str, work: Callable[[], object], before: Callable[[], object] = lambda: None
+    module_file: str | None,
+    work: Callable[[], object],
+    before: Callable[[], object] = lambda: None,
 ) -> int:
-    """Bytes allocated by code in ``module_file`` while ``work`` ran and still held after
-    it. ``before`` runs traced first, so what ``work`` reallocates counts only by growth."""
+    """Bytes allocated (by code in ``module_file``; None: anywhere) while ``work`` ran and
+    still held after it. ``before`` runs traced first, so what ``work`` reallocates
+    counts only by growth."""
     tracemalloc.start()
     try:
         before()
-        only = [tracemalloc.Filter(True, module_file)]
+        only = [] if module_file is None else [tracemalloc.Filter(True, module_file)]
         start = tracemalloc.take_snapshot().filter_traces(only)
         kept = work()
         after = tracemalloc.take_snapshot().filter_traces(only)
@@ -176,3 +181,24 @@ def test_shared_keys_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(interning._series) <= 10 and len(interning._labels) <= 10
     assert keys == [("x_made_up", (("n", str(i)),)) for i in range(25)]
     assert interning.series_key("x_made_up", (("n", "24"),)) is keys[24]
+
+
+def test_a_streams_outgoing_side_is_small_and_keeps_order() -> None:
+    """One per connected PC for days: a list and a waiter, not an asyncio.Queue's four
+    deques (~2.5 KiB)."""
+
+    async def scenario() -> None:
+        held = held_by(None, lambda: [Stream() for _ in range(AGENTS)])
+        assert held / AGENTS < 400, held / AGENTS
+        stream = Stream()
+        waiting = asyncio.create_task(stream.next())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        stream.send("first")
+        stream.send("second")
+        assert await waiting == "first"
+        assert await stream.next() == "second"
+        stream.send("third")
+        assert await stream.next() == "third"
+
+    asyncio.run(scenario())
