@@ -121,9 +121,10 @@ def test_agents_share_one_header_per_family() -> None:
 
 
 def test_live_state_keeps_nothing_per_report() -> None:
-    """Once an agent's series are known, further reports of them keep nothing more than
-    the first did: points are replaced, and the set of current series is the one whose
-    keys the series map already holds (not a second key tuple per series)."""
+    """A series costs the live state little, and once an agent's series are known,
+    further reports keep nothing more than the first did: points are replaced, and the
+    set of current series is the one whose keys the series map already holds (not a
+    second key tuple per series)."""
     state = LiveState(window=900.0, retention={})
     lives = [
         state.ensure(f"agent-{i:04d}", customer="acme", hostname=f"PC-{i:04d}", site="hq")
@@ -138,8 +139,16 @@ def test_live_state_keeps_nothing_per_report() -> None:
         for n in range(1, 11):
             report(T0 + 10 * n)
 
+    first = held_by(state_module.__file__, lambda: report(T0))
+    # a series that keeps only its latest point: the map's slot, a 1-tuple and its
+    # point, a place in the current set (was ~270 bytes with a list per series)
+    assert first / AGENTS / len(pc_samples()) < 200, first / AGENTS / len(pc_samples())
     held = held_by(state_module.__file__, reports, before=lambda: report(T0))
     assert held / AGENTS < 200, held / AGENTS
+    # and the keys it holds are the fleet's shared ones, not a copy per agent
+    for live in lives:
+        assert all(key is interning.series_key(*key) for key in live.series)
+        assert all(key is interning.series_key(*key) for key in live.current)
 
 
 def table_report(seq: int, samples: list[Sample]) -> pb.Report:
