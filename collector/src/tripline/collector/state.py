@@ -19,7 +19,7 @@ SeriesKey = tuple[str, Labels]
 Points = list[tuple[float, float]] | tuple[tuple[float, float]]
 
 
-@dataclass
+@dataclass(slots=True)  # one per agent: slots, not a 17-key __dict__ (~500 bytes less)
 class AgentLive:
     agent_id: str
     customer: str
