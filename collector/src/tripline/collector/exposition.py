@@ -13,7 +13,7 @@ metrics and a real Prometheus are part of the tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 from tripline.collector.state import AgentLive, LiveState
 from tripline.common import catalogue
@@ -59,19 +59,24 @@ class _AgentLines:
     """One agent's rendered text: its series grouped by exposed family.
 
     Rebuilt as a whole after each report and swapped in by reference, so a scrape can
-    join the pieces without copying or locking. Series prefixes (name and escaped label
-    set) are cached: between reports only the values change.
+    join the pieces without copying or locking. Only the text is the agent's own: family
+    names, headers and escaped label sets are shared by every agent (see
+    :class:`SeriesExposition`), so an agent costs its text and little more.
     """
 
-    __slots__ = ("chunks", "prefixes", "target", "target_key")
+    __slots__ = ("chunks", "target", "target_key")
 
     def __init__(self, target_key: tuple[str, str, str, str]) -> None:
         self.target_key = target_key
         self.target = _target(target_key)
-        # (name, labels) -> (exposed family, its header, series prefix), None: not exposed
-        self.prefixes: dict[tuple[str, Labels], tuple[str, str, str] | None] = {}
-        # exposed family -> (header, the agent's lines of it)
+        # exposed family -> (its header, shared by all agents; the agent's lines of it)
         self.chunks: dict[str, tuple[str, str]] = {}
+
+
+# Entries in each of the shared maps below before it starts over. Sharing is only an
+# economy (a missing entry is rebuilt, a dropped one stays valid wherever it is used),
+# so an agent inventing names or label values can cost at most this, never grow them.
+SHARED_MAX = 65_536
 
 
 class SeriesExposition:
@@ -98,6 +103,11 @@ class SeriesExposition:
         self._state = state
         self._is_up = is_up
         self._agents: dict[str, _AgentLines] = {}
+        # Shared by every agent, so a series costs its agent only its line of text:
+        # agent metric name -> (exposed family, its header), None: not exposed;
+        # labels -> ',name="escaped value",...' ("" for none), None: not exposed.
+        self._families: dict[str, tuple[str, str] | None] = {}
+        self._labelsets: dict[Labels, str | None] = {}
         self.max_bytes_per_agent = max_bytes_per_agent
         # called with the number of series left out when an agent's text is over its bound
         self.on_truncated = on_truncated
@@ -114,17 +124,10 @@ class SeriesExposition:
         lines = self._agents.get(live.agent_id)
         if lines is None or lines.target_key != key:
             lines = _AgentLines(key)
+        series = live.latest() if samples is None else samples
         grouped: dict[str, list[str]] = {}
         headers: dict[str, str] = {}
-        prefixes = lines.prefixes
-        for name, labels, value in live.latest() if samples is None else samples:
-            cached = prefixes.get((name, labels), _NOT_CACHED)
-            if cached is _NOT_CACHED:
-                cached = prefixes[(name, labels)] = self._prefix(lines, name, labels)
-            if cached is None:
-                continue
-            family, header, prefix = cached
-            line = f"{prefix}{value!r}\n"
+        for family, header, line in self._lines(lines.target, series):
             parts = grouped.get(family)
             if parts is None:
                 parts = grouped[family] = []
@@ -138,13 +141,31 @@ class SeriesExposition:
             chunks, left_out = self._cut(
                 lines, live.latest() if samples is None else samples, headers
             )
-        if len(lines.prefixes) > 4 * max(1, len(live.current)):
-            lines.prefixes.clear()  # series come and go (USB disks): keep the cache bounded
         lines.chunks = chunks
         self._agents[live.agent_id] = lines
         if left_out:
             self.on_truncated(live, left_out)
         return left_out
+
+    def _lines(
+        self, target: str, samples: Iterable[tuple[str, Labels, float]]
+    ) -> Iterator[tuple[str, str, str]]:
+        """(family, header, line) of each exposed sample, in the order given."""
+        families = self._families
+        labelsets = self._labelsets
+        for name, labels, value in samples:
+            family = families.get(name, _UNKNOWN)
+            if family is _UNKNOWN:
+                family = self._family(name)
+            if family is None:
+                continue
+            extra = labelsets.get(labels, _UNKNOWN_LABELS)
+            if extra is _UNKNOWN_LABELS:
+                extra = self._labelset(labels)
+            if extra is None:
+                continue
+            exposed, header = family
+            yield exposed, header, f"{exposed}{{{target}{extra}}} {value!r}\n"
 
     def _cut(
         self,
@@ -156,12 +177,7 @@ class SeriesExposition:
         budget = self.max_bytes_per_agent
         grouped: dict[str, list[str]] = {}
         left_out = 0
-        for name, labels, value in samples:
-            cached = lines.prefixes.get((name, labels))
-            if cached is None:
-                continue  # not exposed (every exposed series was cached just before)
-            family, _, prefix = cached
-            line = f"{prefix}{value!r}\n"
+        for family, _, line in self._lines(lines.target, samples):
             cost = len(line) + (0 if family in grouped else len(headers[family]))
             if cost > budget:
                 left_out += 1
@@ -174,15 +190,27 @@ class SeriesExposition:
     def forget(self, agent_id: str) -> None:
         self._agents.pop(agent_id, None)
 
-    def _prefix(self, lines: _AgentLines, name: str, labels: Labels) -> tuple[str, str, str] | None:
-        if name in catalogue.NOT_EXPOSED:
-            return None
-        exposed, kind, help_text = catalogue.exposed(name)
-        if exposed in OWN_FAMILIES or any(label in RESERVED for label, _ in labels):
-            return None  # unreachable through the edge; kept so no other path breaks a scrape
-        extra = _labelset(labels)
-        prefix = f"{exposed}{{{lines.target}{',' + extra if extra else ''}}} "
-        return exposed, _header(exposed, kind, help_text), prefix
+    def _family(self, name: str) -> tuple[str, str] | None:
+        family: tuple[str, str] | None = None
+        if name not in catalogue.NOT_EXPOSED:
+            exposed, kind, help_text = catalogue.exposed(name)
+            # Own families are unreachable through the edge; refused here too so no
+            # other path breaks a scrape.
+            if exposed not in OWN_FAMILIES:
+                family = (exposed, _header(exposed, kind, help_text))
+        if len(self._families) >= SHARED_MAX:
+            self._families.clear()
+        self._families[name] = family
+        return family
+
+    def _labelset(self, labels: Labels) -> str | None:
+        extra: str | None = None
+        if not any(label in RESERVED for label, _ in labels):  # as for own families
+            extra = "," + _labelset(labels) if labels else ""
+        if len(self._labelsets) >= SHARED_MAX:
+            self._labelsets.clear()
+        self._labelsets[labels] = extra
+        return extra
 
     def render(self) -> bytes:
         """The agents' part of the page. Safe to call from a worker thread while the loop
@@ -250,7 +278,8 @@ class SeriesExposition:
 
 
 RESERVED = catalogue.RESERVED_LABELS
-_NOT_CACHED: tuple[str, str, str] = ("", "", "")
+_UNKNOWN: tuple[str, str] = ("", "")
+_UNKNOWN_LABELS = "\0"
 
 
 UP_HELP = "1 when the agent reported within its offline threshold."

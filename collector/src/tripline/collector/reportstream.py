@@ -59,13 +59,34 @@ def undecodable(exc: DecodeError) -> str:
 
 
 class Stream:
-    """The outgoing side of one Connect stream: the handler is its only writer."""
+    """The outgoing side of one Connect stream: the handler is its only writer.
+
+    A list and one waiter rather than an ``asyncio.Queue``: a queue holds four deques
+    (about 2.5 KiB) for its whole life, once per connected PC, where this needs one
+    reader, no bound and no task accounting.
+    """
+
+    __slots__ = ("_items", "_waiter")
 
     def __init__(self) -> None:
-        self.outgoing: asyncio.Queue[object] = asyncio.Queue()
+        self._items: list[object] = []
+        self._waiter: asyncio.Future[None] | None = None
 
     def send(self, item: object) -> None:
-        self.outgoing.put_nowait(item)
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self) -> object:
+        """The oldest item sent and not yet taken, waiting for one (one reader only)."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
 
 
 class ReportReader:
@@ -226,6 +247,9 @@ class ReportReader:
                             },
                         )
                 stream.send(pb.CollectorMessage(ack=pb.Ack(seq=report.seq)))
+                # Not kept while waiting for the next report (up to an interval): the
+                # decoded samples are the agent's in the live state already.
+                del message, report, capped
         except asyncio.CancelledError:
             raise
         except (aio.AioRpcError, aio.AbortError):

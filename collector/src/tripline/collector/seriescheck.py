@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from tripline.collector.interning import series_key
 from tripline.collector.wirecheck import _CONTROL, _ESCAPES, InvalidMessage, _shown
 from tripline.common import catalogue, names
 from tripline.common.labels import Labels
@@ -74,7 +75,7 @@ def check_series(
             seq,
             "core_labels",
         )
-    return name, labels
+    return series_key(name, labels)
 
 
 # Names already seen valid; bounded so a hostile agent cannot grow them without limit.

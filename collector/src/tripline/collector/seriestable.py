@@ -42,14 +42,16 @@ Series = tuple[str, Labels]
 class SeriesTable:
     """The series one stream has defined, in id order. Not thread-safe: one per stream."""
 
-    __slots__ = ("_entries", "_ids", "limit")
+    __slots__ = ("_entries", "limit")
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError(f"a series table holds at least one series, got limit {limit}")
         self.limit = limit
+        # Series keys are shared process-wide (collector.interning): the table holds
+        # references. No reverse map: only definitions look a series up, and those come
+        # in a stream's first reports, so they build a set when they need one.
         self._entries: list[Series] = []
-        self._ids: dict[Series, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -118,7 +120,7 @@ class SeriesTable:
     def _definitions(self, defs: Iterable[pb.SeriesDef], where: str, seq: int) -> list[Series]:
         entries = self._entries
         new: list[Series] = []
-        pending: set[Series] = set()
+        known: set[Series] = set(entries)
         for index, definition in enumerate(defs):
             expected = len(entries) + len(new)
             if definition.id < expected:
@@ -147,18 +149,16 @@ class SeriesTable:
             key = check_series(
                 definition.name, definition.labels, where, index, seq, "series definition"
             )
-            if key in self._ids or key in pending:
+            if key in known:
                 raise InvalidMessage(
                     f"{where}, series definition #{index}: series "
                     f"{clean_text(f'{key[0]}{dict(key[1])}', 200)} is already in the table",
                     seq,
                     "duplicate_series",
                 )
-            pending.add(key)
+            known.add(key)
             new.append(key)
         return new
 
     def _commit(self, new: list[Series]) -> None:
-        for key in new:
-            self._ids[key] = len(self._entries)
-            self._entries.append(key)
+        self._entries.extend(new)

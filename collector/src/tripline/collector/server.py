@@ -245,6 +245,8 @@ class CollectorService(pb_grpc.CollectorServicer):
                 "store unavailable, retry later",
                 trailing_metadata=(("retry-after", RETRY_AFTER_SECONDS),),
             )
+        # This frame lives as long as the stream (days): keep only what the session holds.
+        del first, hello
         stream = Stream()
         older = self.streams.get(agent.agent_id)
         if older is not None:
@@ -270,7 +272,7 @@ class CollectorService(pb_grpc.CollectorServicer):
                 extra={
                     "agent_id": agent.agent_id,
                     "customer": agent.customer,
-                    "instance_id": hello.instance_id,
+                    "instance_id": session.instance_id,
                     "applied_seq": session.applied_seq,
                     "peer": context.peer(),
                 },
@@ -292,7 +294,7 @@ class CollectorService(pb_grpc.CollectorServicer):
             table = SeriesTable(limit) if limit > 0 else None
             reader = asyncio.create_task(self.reader.run(request_iterator, session, stream, table))
             while True:
-                item = await stream.outgoing.get()
+                item = await stream.next()
                 if item is END:
                     return
                 if isinstance(item, Abort):

@@ -23,7 +23,7 @@ class ReportTimeRefused(Exception):
         self.reason = reason
 
 
-@dataclass
+@dataclass(slots=True)  # one per connected agent
 class Session:
     """One agent's Connect stream after Hello."""
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tripline.alerts.engine import SeriesData
+from tripline.collector.interning import series_key
 from tripline.common.labels import Labels
 
 SeriesKey = tuple[str, Labels]
+Points = list[tuple[float, float]] | tuple[tuple[float, float]]
 
 
-@dataclass
+@dataclass(slots=True)  # one per agent: slots, not a 17-key __dict__ (~500 bytes less)
 class AgentLive:
     agent_id: str
     customer: str
@@ -31,9 +33,10 @@ class AgentLive:
     reports_applied: int = 0
     last_point_at: float | None = None  # collector time of the newest report's points
     grace_until: float = 0.0  # presumed alive until then (a collector restart's grace)
-    # series key -> points (collector time, value), oldest first
-    # (a list, not a deque: most series hold one point, and an empty deque costs 600 bytes)
-    series: dict[SeriesKey, list[tuple[float, float]]] = field(default_factory=dict)
+    # series key -> points (collector time, value), oldest first: a list for a series
+    # that keeps a window, a 1-tuple for one that keeps only its latest point (most of
+    # them: 64 bytes where a list takes 120, and nothing to reallocate per report)
+    series: dict[SeriesKey, Points] = field(default_factory=dict)
     # keys present in the latest report: what is exposed and evaluated
     current: set[SeriesKey] = field(default_factory=set)
     context: Mapping[str, Any] = field(default_factory=dict)
@@ -127,19 +130,29 @@ class LiveState:
         current: set[SeriesKey] = set()
         for name, labels, value in samples:
             key = (name, labels)
-            current.add(key)
             points = live.series.get(key)
             if points is None:
+                key = series_key(name, labels)  # held as long as the series: the shared one
                 points = live.series[key] = []
+            current.add(key)
             if points and points[-1][0] >= at:
                 if points[-1][0] == at:
-                    points[-1] = (at, value)
+                    if isinstance(points, tuple):
+                        live.series[key] = ((at, value),)
+                    else:
+                        points[-1] = (at, value)
                 continue  # out of order (late replay): the window keeps time order
             if retention is None:
                 keep, spacing = self.window, 0.0
             else:
                 keep = retention.get(name, 0.0)
                 spacing = keep / POINTS_PER_WINDOW
+            if keep <= 0:
+                # Only the latest point: every older one is before `at` (checked above).
+                live.series[key] = ((at, value),)
+                continue
+            if isinstance(points, tuple):
+                points = live.series[key] = list(points)  # its metric gained a window
             if points and spacing and at // spacing == points[-1][0] // spacing:
                 points[-1] = (at, value)  # one point per spacing bucket: the newest wins
             else:
@@ -152,6 +165,10 @@ class LiveState:
             if drop:
                 del points[:drop]
         previous = live.current
+        if current == previous:
+            # The usual report: keep the set built when these series first came, whose
+            # keys the series map holds, rather than one more key object per series.
+            current = previous
         live.current = current
         if live.last_point_at is None or at > live.last_point_at:
             live.last_point_at = at
