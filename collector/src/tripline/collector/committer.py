@@ -45,8 +45,8 @@ from tripline.collector.store import Store, StoreContended, StoreUnavailable
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# A quarter of a second: far above one batch's work in steady state (a few ms), and 20
-# transactions in a row still fit in the 5 s busy timeout another writer waits.
+# A quarter of a second: far above one batch's work in steady state (a few ms), far
+# below the 5 s busy timeout another writer waits, which so sees the lock change hands.
 MAX_HOLD = 0.25
 
 
