@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import Counter
 
 from tripline.collector.config import CollectorConfig
 from tripline.collector.pipeline import Pipeline
@@ -19,6 +21,24 @@ from tripline.collector.store import StoreUnavailable
 from tripline.collector.ticketcounts import TicketCounts
 
 log = logging.getLogger(__name__)
+
+
+async def _survive(
+    step: Callable[[], Awaitable[object]], failures: Counter, *, skipped: str, failed: str
+) -> None:
+    """One step of a timed loop. A store outage is logged at debug as ``skipped`` (store
+    health reports it: the store logs each transition once and the committer counts
+    failures); anything else is logged with its traceback as ``failed`` and counted in
+    ``failures``, and the loop goes on."""
+    try:
+        await step()
+    except asyncio.CancelledError:
+        raise
+    except StoreUnavailable as exc:
+        log.debug(skipped, extra={"error": str(exc)})
+    except Exception:
+        failures.inc()
+        log.exception(failed)
 
 
 async def evaluation_ticker(
@@ -31,18 +51,12 @@ async def evaluation_ticker(
     """Every evaluation_interval: a pipeline tick, then store probe and gRPC health."""
     while True:
         await asyncio.sleep(config.evaluation_interval)
-        try:
-            await pipeline.tick()
-        except asyncio.CancelledError:
-            raise
-        except StoreUnavailable as exc:
-            # Expected while the store is locked or full: the health status says so,
-            # the store logs the transition once and the committer counts failures.
-            log.debug("evaluation tick skipped: store unavailable", extra={"error": str(exc)})
-        except Exception:
-            # The loop must survive anything; the failure is logged and counted.
-            metrics.evaluation_errors.inc()
-            log.exception("evaluation tick failed")
+        await _survive(
+            pipeline.tick,
+            metrics.evaluation_errors,
+            skipped="evaluation tick skipped: store unavailable",
+            failed="evaluation tick failed",
+        )
         await readiness.after_tick(clock())
 
 
@@ -52,18 +66,13 @@ async def count_tickets(
     config: CollectorConfig,
     clock: Callable[[], float],
 ) -> None:
-    """Keep the ticket counts /metrics shows current, off the loop (collector.ticketcounts)."""
+    """Keep the ticket counts /metrics shows current, off the loop (collector.ticketcounts);
+    when a refresh fails the old counts stay."""
     while True:
         await asyncio.sleep(config.evaluation_interval)
-        try:
-            await asyncio.to_thread(ticket_counts.refresh, clock())
-        except asyncio.CancelledError:
-            raise
-        except StoreUnavailable as exc:
-            # the counts stay as they were; store health reports the outage
-            log.debug("ticket counts not refreshed", extra={"error": str(exc)})
-        except Exception:
-            # The loop must survive anything; the old counts stay, the failure is
-            # logged and counted.
-            metrics.ticket_count_errors.inc()
-            log.exception("ticket count refresh failed")
+        await _survive(
+            lambda: asyncio.to_thread(ticket_counts.refresh, clock()),
+            metrics.ticket_count_errors,
+            skipped="ticket counts not refreshed",
+            failed="ticket count refresh failed",
+        )
